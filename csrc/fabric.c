@@ -1,0 +1,706 @@
+/* fastivc — the fabric: creation, validation, members, slots, offers, gc.
+ *
+ * Trust: every byte of the region can be written by any participant.  The
+ * geometry is validated once and copied into struct fivc_fabric; indices read
+ * from shared words (member ids, slot indices) are range-checked before use.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fastivc/atomics.h"
+#include "fastivc/fabric.h"
+#include "fastivc/util.h"
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	if (!err || !errlen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
+
+int fivc_layout_compute(struct fivc_geometry *g, uint64_t *members_off,
+			uint64_t *offers_off, uint64_t *slots_off,
+			uint64_t *rings_off, uint64_t *total)
+{
+	if (!g->nslots) g->nslots = FIVC_DEFAULT_SLOTS;
+	if (!g->nmembers) g->nmembers = FIVC_DEFAULT_MEMBERS;
+	if (!g->noffers) g->noffers = FIVC_DEFAULT_OFFERS;
+	if (!g->ring_size) g->ring_size = FIVC_DEFAULT_RING;
+	if (g->nslots > FIVC_MAX_SLOTS || g->nmembers > FIVC_MAX_MEMBERS ||
+	    g->noffers > FIVC_MAX_OFFERS || !is_pow2(g->ring_size) ||
+	    g->ring_size < FIVC_MIN_RING || g->ring_size > FIVC_MAX_RING)
+		return -EINVAL;
+	uint64_t off = FIVC_PAGE;
+	*members_off = off;
+	off += (uint64_t)g->nmembers * sizeof(struct fivc_member);
+	*offers_off = off;
+	off += (uint64_t)g->noffers * sizeof(struct fivc_offer);
+	*slots_off = off;
+	off += (uint64_t)g->nslots * sizeof(struct fivc_slot);
+	off = (off + FIVC_PAGE - 1) & ~(uint64_t)(FIVC_PAGE - 1);
+	*rings_off = off;
+	off += (uint64_t)g->nslots * 2 * g->ring_size;
+	*total = off;
+	return 0;
+}
+
+int fivc_fabric_format(void *base, uint64_t len, const struct fivc_geometry *gin)
+{
+	struct fivc_geometry g = *gin;
+	uint64_t mo, oo, so, ro, total;
+	int r = fivc_layout_compute(&g, &mo, &oo, &so, &ro, &total);
+	if (r < 0)
+		return r;
+	if (len < total)
+		return -ENOSPC;
+	struct fivc_fabric_hdr *h = base;
+	memset(h, 0, sizeof(*h));
+	h->layout_version = FIVC_LAYOUT_VERSION;
+	h->hdr_size = sizeof(*h);
+	h->total_size = total;
+	h->epoch = fivc_now_ns(CLOCK_REALTIME);
+	h->nmembers = g.nmembers;
+	h->noffers = g.noffers;
+	h->nslots = g.nslots;
+	h->ring_size = g.ring_size;
+	h->members_off = mo;
+	h->offers_off = oo;
+	h->slots_off = so;
+	h->rings_off = ro;
+	h->member_size = sizeof(struct fivc_member);
+	h->offer_size = sizeof(struct fivc_offer);
+	h->slot_size = sizeof(struct fivc_slot);
+	/* The region is zero-filled (fresh file / caller's memset): zero is
+	 * FREE for members, offers and slots.  Magic last, so a reader of a
+	 * region formatted in place (no link(2) step) never sees a half header.
+	 * SYNC POINT WRITE: pairs with the acquire load in validate_hdr(). */
+	fivc_store_release(&h->magic, FIVC_FABRIC_MAGIC);
+	return 0;
+}
+
+/* Validate a private copy of the header against the region length; fill f. */
+static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
+			struct fivc_fabric *f, const char *name, char *err,
+			size_t errlen)
+{
+	uint64_t magic = fivc_load_acquire(&h->magic);
+	if (magic != FIVC_FABRIC_MAGIC) {
+		seterr(err, errlen, "%s is not a fastivc fabric (bad magic 0x%016llx)",
+		       name, (unsigned long long)magic);
+		return -EPROTO;
+	}
+	if (h->layout_version != FIVC_LAYOUT_VERSION) {
+		seterr(err, errlen,
+		       "fabric %s has layout version %u but this library speaks version %u; "
+		       "refusing to reinterpret it (remove it when no program uses it, or "
+		       "set FASTIVC_FABRIC to another path)",
+		       name, h->layout_version, FIVC_LAYOUT_VERSION);
+		return -EPROTONOSUPPORT;
+	}
+	if (h->hdr_size != sizeof(struct fivc_fabric_hdr) ||
+	    h->member_size != sizeof(struct fivc_member) ||
+	    h->offer_size != sizeof(struct fivc_offer) ||
+	    h->slot_size != sizeof(struct fivc_slot)) {
+		seterr(err, errlen, "fabric %s: structure sizes in the header do not match this library",
+		       name);
+		return -EPROTO;
+	}
+	struct fivc_geometry g = {h->nmembers, h->noffers, h->nslots, h->ring_size};
+	if (!g.nmembers || !g.noffers || !g.nslots || !g.ring_size) {
+		seterr(err, errlen, "fabric %s: header has a zero count", name);
+		return -EPROTO;
+	}
+	uint64_t mo, oo, so, ro, total;
+	if (fivc_layout_compute(&g, &mo, &oo, &so, &ro, &total) < 0) {
+		seterr(err, errlen, "fabric %s: header geometry out of range", name);
+		return -EPROTO;
+	}
+	if (mo != h->members_off || oo != h->offers_off || so != h->slots_off ||
+	    ro != h->rings_off || total != h->total_size) {
+		seterr(err, errlen, "fabric %s: header offsets are inconsistent", name);
+		return -EPROTO;
+	}
+	if (total > len) {
+		seterr(err, errlen, "fabric %s: header says %llu bytes but the region has %llu",
+		       name, (unsigned long long)total, (unsigned long long)len);
+		return -EPROTO;
+	}
+	f->g = g;
+	f->members_off = mo;
+	f->offers_off = oo;
+	f->slots_off = so;
+	f->rings_off = ro;
+	f->size = total;
+	f->epoch = h->epoch;
+	return 0;
+}
+
+int fivc_fabric_attach_mem(void *base, uint64_t len, struct fivc_fabric *f,
+			   char *err, size_t errlen)
+{
+	struct fivc_fabric_hdr h;
+	memset(f, 0, sizeof(*f));
+	f->fd = -1;
+	if (len < sizeof(h)) {
+		seterr(err, errlen, "memory region of %llu bytes is too small for a fabric",
+		       (unsigned long long)len);
+		return -EPROTO;
+	}
+	memcpy(&h, base, sizeof(h)); /* private copy: validated once */
+	int r = validate_hdr(&h, len, f, "(memory)", err, errlen);
+	if (r < 0)
+		return r;
+	f->base = base;
+	snprintf(f->path, sizeof(f->path), "(memory)");
+	return 0;
+}
+
+/* ---- members and their locks ---- */
+
+static int lock_member(int fd, uint32_t m, short type, int cmd, struct flock *out)
+{
+	struct flock fl = {0};
+	fl.l_type = type;
+	fl.l_whence = SEEK_SET;
+	fl.l_start = (off_t)(FIVC_LOCK_BASE + m);
+	fl.l_len = 1;
+	if (fcntl(fd, cmd, &fl) < 0)
+		return -errno;
+	if (out)
+		*out = fl;
+	return 0;
+}
+
+int fivc_member_alive(struct fivc_fabric *f, uint32_t member1)
+{
+	if (member1 == 0 || member1 > f->g.nmembers)
+		return 0; /* none, or a corrupt id: nobody can hold it */
+	if (member1 == f->self || f->fd < 0)
+		return 1; /* ourselves; or no kernel witness to ask (memory fabric) */
+	struct flock fl = {0};
+	if (lock_member(f->fd, member1 - 1, F_WRLCK, F_OFD_GETLK, &fl) < 0)
+		return 1; /* cannot tell: never reclaim on doubt */
+	return fl.l_type != F_UNLCK;
+}
+
+typedef int (*dead_fn)(struct fivc_fabric *f, uint32_t member1, void *arg);
+
+static int dead_by_lock(struct fivc_fabric *f, uint32_t m1, void *arg)
+{
+	(void)arg;
+	return m1 != 0 && !fivc_member_alive(f, m1);
+}
+
+static int dead_exact(struct fivc_fabric *f, uint32_t m1, void *arg)
+{
+	(void)f;
+	return m1 != 0 && m1 == *(uint32_t *)arg;
+}
+
+/* Clear the sides of slot i whose member is dead per is_dead. */
+static void reclaim_slot(struct fivc_fabric *f, uint32_t i, dead_fn is_dead, void *arg,
+			 struct fivc_gc_report *r)
+{
+	struct fivc_slot *s = fivc_slot_at(f, i);
+	uint64_t w = fivc_load_acquire(&s->lease);
+	while ((uint32_t)w != 0) {
+		uint32_t m0 = FIVC_LEASE_SIDE(w, 0), m1 = FIVC_LEASE_SIDE(w, 1);
+		int d0 = is_dead(f, m0, arg), d1 = is_dead(f, m1, arg);
+		if (!d0 && !d1)
+			return;
+		uint64_t nw = FIVC_LEASE_WORD(FIVC_LEASE_GEN(w), d1 ? 0 : m1, d0 ? 0 : m0);
+		if (fivc_cas(&s->lease, &w, nw)) {
+			/* A dead side can no longer signal its peer: mark its
+			 * rings closed so the survivor sees EOF / EPIPE. */
+			for (int d = 0; d < 2; d++) {
+				if (!(d ? d1 : d0))
+					continue;
+				fivc_store_release(&s->ring[d].wr_closed, 1);
+				fivc_store_release(&s->ring[1 - d].rd_closed, 1);
+			}
+			r->slot_sides_freed += (uint32_t)(d0 + d1);
+			if ((uint32_t)nw == 0)
+				r->slots_freed++;
+			return;
+		}
+	}
+}
+
+/* Free offers and slot sides whose member is dead per is_dead. */
+static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
+		    struct fivc_gc_report *r)
+{
+	for (uint32_t i = 0; i < f->g.noffers; i++) {
+		struct fivc_offer *o = fivc_offer_at(f, i);
+		uint64_t w = fivc_load_acquire(&o->state);
+		if (FIVC_OFFER_STATE(w) == FIVC_OFFER_FREE)
+			continue;
+		if (!is_dead(f, FIVC_OFFER_OWNER(w), arg))
+			continue;
+		if (fivc_cas(&o->state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_OFFER_FREE)))
+			r->offers_freed++;
+	}
+	for (uint32_t i = 0; i < f->g.nslots; i++)
+		reclaim_slot(f, i, is_dead, arg, r);
+}
+
+static void member_join(struct fivc_fabric *f)
+{
+	uint32_t n = f->g.nmembers, start = (uint32_t)getpid() % n;
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t m = (start + k) % n;
+		if (lock_member(f->fd, m, F_WRLCK, F_OFD_SETLK, NULL) < 0)
+			continue;
+		/* We hold member m's lock: whoever had m before is dead.  Sweep
+		 * its leftovers before anything can carry our (equal) id. */
+		uint32_t m1 = m + 1;
+		struct fivc_gc_report rep = {0};
+		reclaim(f, dead_exact, &m1, &rep);
+		struct fivc_member *me = fivc_member_at(f, m);
+		me->pid = (uint32_t)getpid();
+		me->joined_ns = fivc_now_ns(CLOCK_REALTIME);
+		me->heartbeat_ns = me->joined_ns;
+		struct stat st;
+		me->pidns_ino = stat("/proc/self/ns/pid", &st) == 0 ? st.st_ino : 0;
+		memset(me->comm, 0, sizeof(me->comm));
+		FILE *c = fopen("/proc/self/comm", "re");
+		if (c) {
+			if (fgets(me->comm, sizeof(me->comm), c))
+				me->comm[strcspn(me->comm, "\n")] = 0;
+			fclose(c);
+		}
+		fivc_store_release(&me->state, FIVC_MEMBER_ALIVE);
+		f->self = m1;
+		return;
+	}
+	f->self = 0; /* all member ids taken: we can still read, not claim */
+}
+
+/* ---- open / create ---- */
+
+static int create_fabric(const char *path, const struct fivc_geometry *gin,
+			 char *err, size_t errlen)
+{
+	struct fivc_geometry g = gin ? *gin : (struct fivc_geometry){0};
+	uint64_t mo, oo, so, ro, total;
+	if (fivc_layout_compute(&g, &mo, &oo, &so, &ro, &total) < 0) {
+		seterr(err, errlen, "fabric %s: requested geometry out of range", path);
+		return -EINVAL;
+	}
+	char tmp[300];
+	snprintf(tmp, sizeof(tmp), "%s.%d.%llx.tmp", path, (int)getpid(),
+		 (unsigned long long)fivc_now_ns(CLOCK_MONOTONIC));
+	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		int e = errno;
+		seterr(err, errlen, "cannot create fabric %s: open(%s): %s", path, tmp, strerror(e));
+		return -e;
+	}
+	int r = 0;
+	void *base = MAP_FAILED;
+	if (ftruncate(fd, (off_t)total) < 0) {
+		r = -errno;
+		seterr(err, errlen, "cannot create fabric %s: ftruncate(%llu): %s", path,
+		       (unsigned long long)total, strerror(-r));
+		goto out;
+	}
+	base = mmap(NULL, FIVC_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED) {
+		r = -errno;
+		seterr(err, errlen, "cannot create fabric %s: mmap: %s", path, strerror(-r));
+		goto out;
+	}
+	/* Reserve the header and tables now; ring pages per slot on claim. */
+	if (fallocate(fd, 0, 0, (off_t)ro) < 0) {
+		r = -errno;
+		seterr(err, errlen, "cannot create fabric %s: fallocate(%llu): %s", path,
+		       (unsigned long long)ro, strerror(-r));
+		munmap(base, FIVC_PAGE);
+		goto out;
+	}
+	r = fivc_fabric_format(base, total, &g);
+	munmap(base, FIVC_PAGE);
+	if (r < 0)
+		goto out;
+	/* Race-free publication: the file appears under its name fully
+	 * initialised, or not at all.  Losers of the race open the winner's. */
+	if (link(tmp, path) < 0) {
+		r = -errno;
+		if (r != -EEXIST)
+			seterr(err, errlen, "cannot create fabric %s: link: %s", path, strerror(-r));
+	}
+out:
+	unlink(tmp);
+	close(fd);
+	return r;
+}
+
+int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
+		     struct fivc_fabric *f, char *err, size_t errlen)
+{
+	memset(f, 0, sizeof(*f));
+	f->fd = -1;
+	if (strlen(path) >= sizeof(f->path) - 1) {
+		seterr(err, errlen, "fabric path too long: %s", path);
+		return -ENAMETOOLONG;
+	}
+	int fd = -1;
+	for (int attempt = 0; attempt < 3 && fd < 0; attempt++) {
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd >= 0)
+			break;
+		if (errno != ENOENT) {
+			int e = errno;
+			seterr(err, errlen, "cannot open fabric %s: %s", path, strerror(e));
+			return -e;
+		}
+		int r = create_fabric(path, g, err, errlen);
+		if (r < 0 && r != -EEXIST)
+			return r;
+	}
+	if (fd < 0) {
+		seterr(err, errlen, "cannot open fabric %s: it keeps disappearing", path);
+		return -ENOENT;
+	}
+	struct stat st;
+	struct fivc_fabric_hdr h;
+	int r;
+	if (fstat(fd, &st) < 0) {
+		r = -errno;
+		seterr(err, errlen, "fstat(%s): %s", path, strerror(-r));
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		r = -EPROTO;
+		seterr(err, errlen, "fabric %s is not a regular file", path);
+		goto fail;
+	}
+	if ((uint64_t)st.st_size < sizeof(h) ||
+	    pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
+		r = -EPROTO;
+		seterr(err, errlen, "%s is not a fastivc fabric (too short: %lld bytes)", path,
+		       (long long)st.st_size);
+		goto fail;
+	}
+	r = validate_hdr(&h, (uint64_t)st.st_size, f, path, err, errlen);
+	if (r < 0)
+		goto fail;
+	f->base = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (f->base == MAP_FAILED) {
+		r = -errno;
+		f->base = NULL;
+		seterr(err, errlen, "mmap(%s, %llu bytes): %s", path,
+		       (unsigned long long)f->size, strerror(-r));
+		goto fail;
+	}
+	f->fd = fd;
+	snprintf(f->path, sizeof(f->path), "%s", path);
+	member_join(f);
+	return 0;
+fail:
+	close(fd);
+	return r;
+}
+
+void fivc_fabric_close(struct fivc_fabric *f)
+{
+	if (f->fd >= 0) {
+		if (f->self) {
+			struct fivc_member *me = fivc_member_at(f, f->self - 1);
+			fivc_store_release(&me->state, FIVC_MEMBER_FREE);
+		}
+		munmap(f->base, f->size);
+		close(f->fd); /* drops the member lock */
+	}
+	f->fd = -1;
+	f->base = NULL;
+	f->self = 0;
+}
+
+/* ---- slots ---- */
+
+static void ring_init(struct fivc_ring_hdr *r, uint32_t size)
+{
+	r->size = size;
+	r->tail = 0;
+	r->wr_closed = 0;
+	r->prod_waiting = 0;
+	r->head = 0;
+	r->rd_closed = 0;
+	r->cons_waiting = 0;
+	/* cons_wake / prod_wake keep counting: a stale sleeper compares values. */
+	r->magic = FIVC_RING_MAGIC;
+}
+
+/* A fabric file is sparse.  Reserve a slot's ring pages before first use so
+ * that a full tmpfs gives ENOSPC here (and a plain TCP connection) instead of
+ * SIGBUS on a page fault later.  Once per slot: tmpfs keeps the pages, and
+ * fallocate on a reserved 2 MiB range still costs ~30 us (measured). */
+static int reserve_rings(struct fivc_fabric *f, struct fivc_slot *s, uint32_t i)
+{
+	if (f->fd < 0 || fivc_load_acquire(&s->backed))
+		return 0;
+	off_t off = (off_t)(fivc_ring_data(f, i, 0) - f->base);
+	if (fallocate(f->fd, 0, off, (off_t)f->g.ring_size * 2) < 0)
+		return -errno;
+	fivc_store_release(&s->backed, 1);
+	return 0;
+}
+
+int fivc_slot_claim(struct fivc_fabric *f, const struct fivc_tuple *t,
+		    uint64_t nonce, uint32_t *slot, uint32_t *gen)
+{
+	if (!f->self)
+		return -EUSERS;
+	uint32_t n = f->g.nslots;
+	uint32_t start = (uint32_t)(fivc_now_ns(CLOCK_MONOTONIC) >> 6) % n;
+	for (int pass = 0; pass < 2; pass++) {
+		for (uint32_t k = 0; k < n; k++) {
+			uint32_t i = (start + k) % n;
+			struct fivc_slot *s = fivc_slot_at(f, i);
+			uint64_t w = fivc_load_acquire(&s->lease);
+			if ((uint32_t)w != 0)
+				continue;
+			uint32_t g = FIVC_LEASE_GEN(w) + 1;
+			if (!fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(g, 0, f->self)))
+				continue;
+			s->nonce = nonce;
+			if (t)
+				s->tuple = *t;
+			else
+				memset(&s->tuple, 0, sizeof(s->tuple));
+			s->switch_bytes = 0;
+			s->switch_state = 0;
+			if (reserve_rings(f, s, i) < 0) {
+				fivc_slot_release(f, i, g, FIVC_SIDE_CLIENT);
+				return -ENOSPC;
+			}
+			ring_init(&s->ring[0], f->g.ring_size);
+			ring_init(&s->ring[1], f->g.ring_size);
+			/* SYNC POINT WRITE: publishing the offer (store_release in
+			 * fivc_offer_post) orders this initialisation before the
+			 * adopter's acquire of the offer state. */
+			*slot = i;
+			*gen = g;
+			return 0;
+		}
+		/* Full: reclaim what dead members left and look once more. */
+		struct fivc_gc_report rep = {0};
+		fivc_gc(f, &rep);
+		if (!rep.slots_freed)
+			break;
+	}
+	return -ENOSPC;
+}
+
+int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen)
+{
+	if (!f->self)
+		return -EUSERS;
+	if (slot >= f->g.nslots)
+		return -EINVAL;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	uint64_t w = fivc_load_acquire(&s->lease);
+	for (;;) {
+		if (FIVC_LEASE_GEN(w) != gen)
+			return -ESTALE;
+		if (FIVC_LEASE_SIDE(w, 0) == 0)
+			return -ECONNRESET;
+		if (FIVC_LEASE_SIDE(w, 1) != 0)
+			return -EBUSY;
+		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, f->self, FIVC_LEASE_SIDE(w, 0))))
+			return 0;
+	}
+}
+
+int fivc_slot_release(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1))
+		return -EINVAL;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	uint64_t w = fivc_load_acquire(&s->lease);
+	for (;;) {
+		if (FIVC_LEASE_GEN(w) != gen || FIVC_LEASE_SIDE(w, side) != f->self)
+			return -ESTALE; /* already reclaimed */
+		uint32_t m0 = side == 0 ? 0 : FIVC_LEASE_SIDE(w, 0);
+		uint32_t m1 = side == 1 ? 0 : FIVC_LEASE_SIDE(w, 1);
+		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, m1, m0)))
+			return 0;
+	}
+}
+
+/* ---- offers ---- */
+
+int fivc_offer_post(struct fivc_fabric *f, const struct fivc_tuple *key,
+		    uint64_t nonce, uint32_t slot, uint32_t slot_gen, uint32_t *idx,
+		    uint64_t *word)
+{
+	if (!f->self)
+		return -EUSERS;
+	uint32_t n = f->g.noffers;
+	uint32_t start = (uint32_t)(nonce % n);
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t i = (start + k) % n;
+		struct fivc_offer *o = fivc_offer_at(f, i);
+		uint64_t w = fivc_load_acquire(&o->state);
+		if (FIVC_OFFER_STATE(w) != FIVC_OFFER_FREE)
+			continue;
+		uint32_t g = FIVC_OFFER_GEN(w) + 1;
+		if (!fivc_cas(&o->state, &w, FIVC_OFFER_WORD(g, f->self, FIVC_OFFER_WRITING)))
+			continue;
+		fivc_store_relaxed(&o->nonce, nonce);
+		const uint64_t *src = (const uint64_t *)key;
+		uint64_t *dst = (uint64_t *)&o->key;
+		for (size_t j = 0; j < sizeof(*key) / 8; j++)
+			fivc_store_relaxed(&dst[j], src[j]);
+		fivc_store_relaxed(&o->slot, slot);
+		fivc_store_relaxed(&o->slot_gen, slot_gen);
+		fivc_store_relaxed(&o->adopter, 0);
+		uint64_t pw = FIVC_OFFER_WORD(g, f->self, FIVC_OFFER_PENDING);
+		/* SYNC POINT WRITE: pairs with the acquire in fivc_offer_lookup. */
+		fivc_store_release(&o->state, pw);
+		*idx = i;
+		*word = pw;
+		return 0;
+	}
+	return -ENOSPC;
+}
+
+int fivc_offer_lookup(struct fivc_fabric *f, const struct fivc_tuple *key,
+		      struct fivc_offer_view *out)
+{
+	int found = 0;
+	const uint64_t *want = (const uint64_t *)key;
+	for (uint32_t i = 0; i < f->g.noffers; i++) {
+		struct fivc_offer *o = fivc_offer_at(f, i);
+		/* SYNC POINT READ: pairs with the release in fivc_offer_post. */
+		uint64_t w = fivc_load_acquire(&o->state);
+		if (FIVC_OFFER_STATE(w) != FIVC_OFFER_PENDING)
+			continue;
+		uint64_t k[sizeof(*key) / 8];
+		const uint64_t *src = (const uint64_t *)&o->key;
+		for (size_t j = 0; j < sizeof(*key) / 8; j++)
+			k[j] = fivc_load_relaxed(&src[j]);
+		struct fivc_offer_view v = {
+			.idx = i,
+			.word = w,
+			.nonce = fivc_load_relaxed(&o->nonce),
+			.slot = fivc_load_relaxed(&o->slot),
+			.slot_gen = fivc_load_relaxed(&o->slot_gen),
+		};
+		/* Seqlock re-check: the fields belong to state word w. */
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (fivc_load_relaxed(&o->state) != w)
+			continue;
+		if (memcmp(k, want, sizeof(k)) != 0)
+			continue;
+		if (v.slot >= f->g.nslots || !fivc_member_alive(f, FIVC_OFFER_OWNER(w)))
+			continue; /* corrupt or dead: not a live offer */
+		if (found++)
+			return -EEXIST;
+		*out = v;
+	}
+	return found ? 0 : -ENOENT;
+}
+
+int fivc_offer_adopt(struct fivc_fabric *f, const struct fivc_offer_view *v)
+{
+	if (v->idx >= f->g.noffers)
+		return -EINVAL;
+	int r = fivc_slot_attach(f, v->slot, v->slot_gen);
+	if (r < 0)
+		return r;
+	struct fivc_offer *o = fivc_offer_at(f, v->idx);
+	uint64_t w = v->word;
+	uint64_t nw = FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), FIVC_OFFER_OWNER(w), FIVC_OFFER_ADOPTED);
+	if (!fivc_cas(&o->state, &w, nw)) {
+		fivc_slot_release(f, v->slot, v->slot_gen, FIVC_SIDE_SERVER);
+		return -ESTALE;
+	}
+	fivc_store_relaxed(&o->adopter, f->self);
+	return 0;
+}
+
+static int offer_check(struct fivc_fabric *f, uint32_t idx, uint64_t word)
+{
+	if (idx >= f->g.noffers)
+		return -EINVAL;
+	uint64_t w = fivc_load_acquire(&fivc_offer_at(f, idx)->state);
+	if (FIVC_OFFER_GEN(w) != FIVC_OFFER_GEN(word) ||
+	    FIVC_OFFER_OWNER(w) != FIVC_OFFER_OWNER(word))
+		return -ESTALE;
+	return (int)FIVC_OFFER_STATE(w);
+}
+
+int fivc_offer_poll(struct fivc_fabric *f, uint32_t idx, uint64_t word)
+{
+	return offer_check(f, idx, word);
+}
+
+int fivc_offer_withdraw(struct fivc_fabric *f, uint32_t idx, uint64_t word)
+{
+	int st = offer_check(f, idx, word);
+	if (st < 0)
+		return st;
+	struct fivc_offer *o = fivc_offer_at(f, idx);
+	uint64_t w = FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), FIVC_OFFER_OWNER(word), FIVC_OFFER_PENDING);
+	uint64_t nw = FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), FIVC_OFFER_OWNER(word), FIVC_OFFER_WITHDRAWN);
+	if (fivc_cas(&o->state, &w, nw))
+		return 0;
+	if (FIVC_OFFER_STATE(w) == FIVC_OFFER_ADOPTED && FIVC_OFFER_GEN(w) == FIVC_OFFER_GEN(word))
+		return -EALREADY;
+	if (FIVC_OFFER_STATE(w) == FIVC_OFFER_WITHDRAWN && FIVC_OFFER_GEN(w) == FIVC_OFFER_GEN(word))
+		return 0;
+	return -ESTALE;
+}
+
+int fivc_offer_remove(struct fivc_fabric *f, uint32_t idx, uint64_t word)
+{
+	int st = offer_check(f, idx, word);
+	if (st < 0)
+		return st;
+	if (st != FIVC_OFFER_ADOPTED && st != FIVC_OFFER_WITHDRAWN)
+		return -EBUSY; /* a pending offer is withdrawn first */
+	struct fivc_offer *o = fivc_offer_at(f, idx);
+	uint64_t w = FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), FIVC_OFFER_OWNER(word), (uint32_t)st);
+	if (fivc_cas(&o->state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), 0, FIVC_OFFER_FREE)))
+		return 0;
+	return -ESTALE;
+}
+
+int fivc_slot_reap(struct fivc_fabric *f, uint32_t slot)
+{
+	struct fivc_gc_report r = {0};
+	if (slot >= f->g.nslots || f->fd < 0)
+		return 0;
+	reclaim_slot(f, slot, dead_by_lock, NULL, &r);
+	return (int)r.slot_sides_freed;
+}
+
+int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r)
+{
+	memset(r, 0, sizeof(*r));
+	if (f->fd < 0)
+		return 0; /* no kernel witness: nothing is provably dead */
+	for (uint32_t m = 0; m < f->g.nmembers; m++) {
+		struct fivc_member *me = fivc_member_at(f, m);
+		if (fivc_load_acquire(&me->state) == FIVC_MEMBER_ALIVE && !fivc_member_alive(f, m + 1))
+			r->members_dead++;
+	}
+	reclaim(f, dead_by_lock, NULL, r);
+	return 0;
+}

@@ -1,0 +1,70 @@
+/* fastivc — one accelerated connection: a slot's two rings seen from one side.
+ * Return values are byte counts or -errno (STYLE.md 6). */
+#ifndef FASTIVC_CHANNEL_H
+#define FASTIVC_CHANNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "fabric.h"
+
+/* How a side sleeps and wakes its peer.  wait() returns 0 when woken or when
+ * *word != expected already, -ETIMEDOUT or -EINTR. */
+struct fivc_doorbell {
+	int (*wait)(void *ctx, uint32_t *word, uint32_t expected, uint32_t timeout_ms);
+	void (*wake)(void *ctx, uint32_t *word);
+};
+extern const struct fivc_doorbell fivc_doorbell_futex;
+
+/* Flags for read/write. */
+#define FIVC_NONBLOCK 0x1
+#define FIVC_PEEK 0x2
+#define FIVC_WAITALL 0x4
+
+/* How long a sleeping side waits before it checks the peer is alive. */
+#define FIVC_LIVENESS_MS 100u
+
+struct fivc_chan {
+	struct fivc_fabric *f;
+	struct fivc_slot *slot;
+	uint32_t idx, gen;
+	int side;
+	struct fivc_ring_hdr *tx, *rx; /* tx: we produce; rx: we consume */
+	uint8_t *txd, *rxd;
+	uint64_t size, mask;           /* private copies: never re-read */
+	uint64_t tx_tail, tx_head_seen; /* tx_tail is ours: shared copy is write-only */
+	uint64_t rx_head, rx_tail_seen; /* rx_head is ours */
+	uint64_t spin_ns;
+	int broken;                    /* sticky -ECONNRESET after a peer violation (atomic:
+					  one reader and one writer thread may run at once) */
+	int wr_shut, rd_shut;
+	const struct fivc_doorbell *db;
+	void *db_ctx;
+	/* counters (private, for stats and tests); rx_* touched only by the
+	 * reading thread, tx_* only by the writing thread */
+	uint64_t rx_sleeps, tx_sleeps, rx_wakes_sent, tx_wakes_sent;
+};
+
+int fivc_chan_open(struct fivc_chan *c, struct fivc_fabric *f, uint32_t slot,
+		   uint32_t gen, int side);
+ssize_t fivc_chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags);
+ssize_t fivc_chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
+/* Bytes ready to read (>0), 0 when none, -ECONNRESET on a broken peer;
+ * *eof is set when the peer shut down writing and the ring is drained. */
+ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof);
+/* Free ring space in bytes, or -ECONNRESET / -EPIPE. */
+ssize_t fivc_chan_writable(struct fivc_chan *c);
+/* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
+int fivc_chan_shutdown(struct fivc_chan *c, int how);
+/* Shut down both directions and give up our side of the slot. */
+void fivc_chan_close(struct fivc_chan *c);
+
+/* The two halves of the SB pattern, exposed for the litmus test.
+ * Consumer: announce "waiting", full fence, then report whether data (or EOF)
+ * is there.  Producer: after publishing its tail, full fence, then report
+ * whether the consumer announced waiting. */
+int fivc_ring_arm_consumer(struct fivc_ring_hdr *r, uint64_t head);
+int fivc_ring_consumer_waiting(struct fivc_ring_hdr *r);
+
+#endif

@@ -1,0 +1,188 @@
+/* fastivc — the shared-memory layout of a fabric (DESIGN.md "Fabric", "Channel").
+ *
+ * Everything in this file lives in memory that every participant of a fabric
+ * can write.  A peer is untrusted: nothing read from here is used as an
+ * offset, index or size before it is checked (fabric.c, ring.c).  Geometry is
+ * copied out of the header once, at open, and never re-read.
+ *
+ * Each field says who writes it.  Fields written by different parties sit on
+ * different cache lines, with a guard line between a ring's producer and
+ * consumer lines.
+ *
+ * File layout (all offsets from the start of the fabric):
+ *
+ *   [0, 4096)                      struct fivc_fabric_hdr
+ *   members_off                    nmembers x struct fivc_member   (64 B each)
+ *   offers_off                     noffers  x struct fivc_offer    (128 B each)
+ *   slots_off                      nslots   x struct fivc_slot     (1024 B each)
+ *   rings_off (page aligned)       nslots x 2 x ring_size bytes of ring data;
+ *                                  slot i, ring d at rings_off + (2i+d)*ring_size
+ *
+ * Liveness locks are OFD byte locks on the fabric file at FIVC_LOCK_BASE + m
+ * (member m); POSIX allows locks beyond end of file, so they cost no space.
+ */
+#ifndef FASTIVC_LAYOUT_H
+#define FASTIVC_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FIVC_CACHELINE 64
+#define FIVC_PAGE 4096
+
+#define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
+#define FIVC_LAYOUT_VERSION 1u
+#define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
+#define FIVC_LOCK_BASE (1ULL << 40)
+
+/* Limits a header must respect to be accepted. */
+#define FIVC_MIN_RING (4u * 1024)
+#define FIVC_MAX_RING (64u * 1024 * 1024)
+#define FIVC_MAX_SLOTS 65535u
+#define FIVC_MAX_MEMBERS 65534u /* member+1 must fit 16 bits */
+#define FIVC_MAX_OFFERS 65536u
+
+/* ---- fabric header: written once by the creator, before the file is linked
+ * into place (fabric.c), read-only afterwards. ---- */
+struct fivc_fabric_hdr {
+	uint64_t magic;
+	uint32_t layout_version;
+	uint32_t hdr_size;
+	uint64_t total_size;
+	uint64_t epoch; /* creation time (CLOCK_REALTIME ns) */
+	uint32_t nmembers;
+	uint32_t noffers;
+	uint32_t nslots;
+	uint32_t ring_size; /* bytes per direction, power of two */
+	uint64_t members_off;
+	uint64_t offers_off;
+	uint64_t slots_off;
+	uint64_t rings_off;
+	uint32_t member_size;
+	uint32_t offer_size;
+	uint32_t slot_size;
+	uint32_t flags;
+	uint8_t reserved[FIVC_PAGE - 96];
+};
+
+/* ---- member: one per process (more exactly: per open file description of
+ * the fabric) that joined.  Written only by the member that holds its lock;
+ * everything here is informational except `state`. ---- */
+enum { FIVC_MEMBER_FREE = 0, FIVC_MEMBER_ALIVE = 1 };
+struct fivc_member {
+	uint32_t state;    /* written by the member */
+	uint32_t pid;      /* pid in the member's own pid namespace (display only) */
+	uint64_t joined_ns;
+	uint64_t heartbeat_ns; /* reserved for guests (no shared kernel) */
+	uint64_t pidns_ino;    /* inode of /proc/self/ns/pid (display only) */
+	char comm[16];
+	uint8_t pad[16];
+};
+
+/* ---- the TCP 4-tuple an offer is keyed by.  Addresses in network order,
+ * IPv4 as an IPv4-mapped IPv6 address, ports in host order. ---- */
+struct fivc_tuple {
+	uint8_t saddr[16];
+	uint8_t daddr[16];
+	uint16_t sport;
+	uint16_t dport;
+	uint32_t pad; /* zero */
+};
+
+/* ---- offer: a pending connection offer posted by a client in connect().
+ *
+ * `state` packs gen:32 | owner member+1:16 | unused:8 | state:8.  `gen` is
+ * bumped each time the entry is claimed, so a reader that sees the same
+ * `state` before and after reading the other fields (seqlock style) has a
+ * consistent snapshot.  The client writes everything but `adopter`; the
+ * server writes `adopter` and moves PENDING -> ADOPTED by CAS. ---- */
+enum {
+	FIVC_OFFER_FREE = 0,
+	FIVC_OFFER_WRITING = 1, /* being filled by its owner */
+	FIVC_OFFER_PENDING = 2,
+	FIVC_OFFER_ADOPTED = 3,
+	FIVC_OFFER_WITHDRAWN = 4,
+};
+#define FIVC_OFFER_STATE(w) ((uint32_t)((w) & 0xff))
+#define FIVC_OFFER_OWNER(w) ((uint32_t)(((w) >> 16) & 0xffff)) /* member+1 */
+#define FIVC_OFFER_GEN(w) ((uint32_t)((w) >> 32))
+#define FIVC_OFFER_WORD(gen, owner, st) \
+	(((uint64_t)(gen) << 32) | ((uint64_t)(owner) << 16) | (uint64_t)(st))
+
+struct fivc_offer {
+	uint64_t state;   /* CAS: client (claim, publish, withdraw, free), server (adopt) */
+	uint64_t nonce;   /* client */
+	struct fivc_tuple key; /* client */
+	uint32_t slot;    /* client: channel slot index */
+	uint32_t slot_gen; /* client: the slot's lease generation */
+	uint32_t adopter; /* server: member+1 that adopted */
+	uint8_t pad[128 - 68];
+};
+
+/* ---- ring header.  Ring d of a slot carries bytes from side d to side 1-d
+ * (side 0 = the connecting client, side 1 = the accepting server).  Indices
+ * are free-running 64-bit byte counts; used = tail - head, and a reader
+ * rejects used > size as a broken peer. ---- */
+struct fivc_ring_hdr {
+	/* line 0: read-only after the slot's claimer initialised it */
+	uint32_t magic;
+	uint32_t size;
+	uint8_t ro_pad[FIVC_CACHELINE - 8];
+	/* line 1: written by the producer */
+	uint64_t tail;         /* bytes produced */
+	uint32_t wr_closed;    /* producer shut down writing (EOF after drain) */
+	uint32_t cons_wake;    /* futex word the consumer sleeps on; producer bumps it */
+	uint32_t prod_waiting; /* producer is (about to be) asleep for space */
+	uint8_t p_pad[FIVC_CACHELINE - 20];
+	/* line 2: guard, written by nobody */
+	uint8_t guard0[FIVC_CACHELINE];
+	/* line 3: written by the consumer */
+	uint64_t head;         /* bytes consumed */
+	uint32_t rd_closed;    /* consumer gone: producer gets EPIPE */
+	uint32_t prod_wake;    /* futex word the producer sleeps on; consumer bumps it */
+	uint32_t cons_waiting; /* consumer is (about to be) asleep for data */
+	uint8_t c_pad[FIVC_CACHELINE - 20];
+	/* line 4: guard */
+	uint8_t guard1[FIVC_CACHELINE];
+};
+
+/* ---- channel slot control block.
+ *
+ * `lease` packs gen:32 | side1 member+1:16 | side0 member+1:16.  A slot is
+ * free when both member fields are zero.  Claim: CAS (g,0,0) -> (g+1,0,me)
+ * by the client; attach: CAS (g,0,a) -> (g,me,a) by the server (only while
+ * the client side is still there); release: CAS clearing one's own field.
+ * Reclamation clears the field of a dead member the same way. ---- */
+#define FIVC_LEASE_GEN(w) ((uint32_t)((w) >> 32))
+#define FIVC_LEASE_SIDE(w, s) ((uint32_t)(((w) >> ((s) ? 16 : 0)) & 0xffff))
+#define FIVC_LEASE_WORD(gen, m1, m0) \
+	(((uint64_t)(gen) << 32) | ((uint64_t)(m1) << 16) | (uint64_t)(m0))
+
+enum { FIVC_SIDE_CLIENT = 0, FIVC_SIDE_SERVER = 1 };
+
+struct fivc_slot {
+	/* line 0 */
+	uint64_t lease;        /* CAS by both sides and by reclaimers */
+	uint64_t nonce;        /* claimer */
+	struct fivc_tuple tuple; /* claimer: the connection this slot carries */
+	uint8_t l0_pad[FIVC_CACHELINE - 56];
+	/* line 1: the upgrade protocol (issue 3); side0 writes switch_bytes */
+	uint64_t switch_bytes; /* client: bytes it sent over TCP before the switch */
+	uint32_t switch_state; /* client */
+	uint32_t backed;       /* whoever first reserved the ring pages (fallocate) */
+	uint8_t l1_pad[FIVC_CACHELINE - 16];
+	struct fivc_ring_hdr ring[2];
+	uint8_t pad[1024 - 2 * FIVC_CACHELINE - 2 * sizeof(struct fivc_ring_hdr)];
+};
+
+_Static_assert(sizeof(struct fivc_fabric_hdr) == FIVC_PAGE, "header is one page");
+_Static_assert(sizeof(struct fivc_member) == 64, "member entry is one line");
+_Static_assert(sizeof(struct fivc_tuple) == 40, "tuple size");
+_Static_assert(sizeof(struct fivc_offer) == 128, "offer entry is two lines");
+_Static_assert(sizeof(struct fivc_ring_hdr) == 5 * FIVC_CACHELINE, "ring header lines");
+_Static_assert(offsetof(struct fivc_ring_hdr, tail) == FIVC_CACHELINE, "producer line");
+_Static_assert(offsetof(struct fivc_ring_hdr, head) == 3 * FIVC_CACHELINE, "consumer line");
+_Static_assert(sizeof(struct fivc_slot) == 1024, "slot control block");
+_Static_assert(offsetof(struct fivc_slot, ring) == 2 * FIVC_CACHELINE, "rings after two lines");
+
+#endif

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the Debian packages fastivc's build and tests need, when missing.
+# Safe to run repeatedly: it only calls apt-get when something is absent.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have cc || need+=(gcc)
+have g++ || true
+have clang || need+=(clang)
+# libFuzzer's runtime for clang (the fuzz test)
+if have clang; then
+  v=$(clang -dumpversion | cut -d. -f1)
+  ls /usr/lib/llvm-"$v"/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 \
+    || need+=("libclang-rt-$v-dev")
+else
+  need+=(libclang-rt-14-dev)
+fi
+have nm || need+=(binutils)
+have ip || need+=(iproute2)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+
+if ((${#need[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "fastivc: missing Debian packages: ${need[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "fastivc: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,1 @@
+"""Benchmarks: each scenario measures plain TCP and fastivc in the same run."""

@@ -1,0 +1,131 @@
+"""The fastivc command line.  Each subcommand calls a function that returns
+data; printing happens here.
+
+Exit codes: 0 success; 1 the operation failed (a benchmark helper failed, a
+fabric is unusable); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from ._paths import default_fabric, lib_path
+
+
+def _cmd_lib(args: argparse.Namespace) -> int:
+    print(lib_path())
+    return 0
+
+
+def _cmd_bench_ring(args: argparse.Namespace) -> int:
+    from .bench import ring
+
+    def progress(done: int, total: int, what: str) -> None:
+        if not args.quiet and sys.stderr.isatty():
+            sys.stderr.write(f"\r[{done}/{total}] {what:<24}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    sizes = tuple(args.sizes) if args.sizes else ring.STREAM_SIZES
+    try:
+        doc = ring.run(args.repeats, args.seconds, sizes, args.ring_kib, progress)
+    except (RuntimeError, FileNotFoundError) as e:
+        print(f"fastivc bench ring: {e}", file=sys.stderr)
+        return 1
+    print(ring.format_table(doc))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"results written to {args.json}")
+    return 0
+
+
+def _cmd_stat(args: argparse.Namespace) -> int:
+    from .fabric import Fabric, FabricError
+
+    path = args.fabric or default_fabric()
+    try:
+        with Fabric(path) as fab:
+            snap = fab.snapshot()
+    except FabricError as e:
+        print(f"fastivc stat: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snap.to_dict(), indent=2))
+        return 0
+    h = snap.header
+    print(f"fabric {h.path}: {h.nslots} slots x 2 x {h.ring_size // 1024} KiB rings, "
+          f"{len(snap.slots)} in use, {len(snap.offers)} offers, {len(snap.members)} members")
+    for s in snap.slots:
+        c2s, s2c = s.client_to_server, s.server_to_client
+        print(f"  slot {s.index:<4} {s.state:<11} {s.local.address}:{s.local.port} -> "
+              f"{s.peer.address}:{s.peer.port}  sent {c2s.produced} B (fill {c2s.fill})  "
+              f"received {s2c.produced} B (fill {s2c.fill})"
+              + ("" if c2s.valid and s2c.valid else "  CORRUPT"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastivc",
+        description="Carry TCP between endpoints on one host through shared memory.",
+        epilog="Exit codes: 0 success, 1 failure, 2 bad usage.",
+    )
+    p.add_argument("--version", action="version", version=f"fastivc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sp = sub.add_parser("lib", help="print the absolute path of the shipped libfastivc.so")
+    sp.set_defaults(func=_cmd_lib)
+
+    bp = sub.add_parser("bench", help="benchmarks: plain TCP and fastivc side by side")
+    bsub = bp.add_subparsers(dest="scenario", metavar="SCENARIO")
+    rp = bsub.add_parser("ring", help="the bare shared-memory channel vs TCP loopback "
+                         "(64 B round trip; streaming throughput)")
+    rp.add_argument("--repeats", type=int, default=5, help="repeats per case (default 5)")
+    rp.add_argument("--seconds", type=float, default=0.5,
+                    help="seconds per measurement (default 0.5)")
+    rp.add_argument("--sizes", type=int, nargs="+", metavar="BYTES",
+                    help="write sizes for streaming (default 64 1024 16384 65536 1048576)")
+    rp.add_argument("--ring-kib", type=int, default=None,
+                    help="ring size per direction in KiB (default: the library's, 1024)")
+    rp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    rp.add_argument("--quiet", action="store_true", help="no progress output")
+    rp.set_defaults(func=_cmd_bench_ring)
+
+    st = sub.add_parser("stat", help="list the channels, offers and members of a fabric")
+    st.add_argument("--fabric", metavar="PATH",
+                    help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
+    st.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    st.set_defaults(func=_cmd_stat)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        if args.command == "bench":
+            parser.parse_args(["bench", "--help"])
+        parser.print_help()
+        return 2
+    if args.command == "bench" and args.scenario == "ring":
+        if args.repeats < 1 or args.seconds <= 0:
+            parser.error("--repeats must be >= 1 and --seconds > 0")
+        if args.ring_kib is not None and (args.ring_kib < 4 or args.ring_kib & (args.ring_kib - 1)):
+            parser.error("--ring-kib must be a power of two >= 4")
+        if args.sizes and any(s < 1 or s > 64 << 20 for s in args.sizes):
+            parser.error("--sizes must be between 1 and 67108864 bytes")
+    try:
+        return args.func(args)
+    except FileNotFoundError as e:
+        print(f"fastivc: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Read-only inspection of a fabric (the shared region described in
+csrc/include/fastivc/layout.h).
+
+Like the C side, this treats the region as untrusted: the header is checked
+(magic, layout version, structure sizes, geometry, offsets recomputed, size
+within the file) before anything else is read, and every index or counter
+read afterwards is range-checked; a ring whose indices violate
+``0 <= tail - head <= size`` is reported as corrupt rather than believed.
+
+Member liveness asks the kernel: each member holds an OFD write lock on byte
+``FIVC_LOCK_BASE + index`` of the fabric file while it lives.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import mmap
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+
+LAYOUT_VERSION = 1
+FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
+RING_MAGIC = 0x474E4952  # "RING"
+LOCK_BASE = 1 << 40
+PAGE = 4096
+MIN_RING, MAX_RING = 4 * 1024, 64 * 1024 * 1024
+MAX_SLOTS, MAX_MEMBERS, MAX_OFFERS = 65535, 65534, 65536
+
+# struct layouts (checked against the C structs by tests/test_layout.py)
+HDR = struct.Struct("<QIIQQIIIIQQQQIIII")
+HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
+MEMBER = struct.Struct("<IIQQQ16s")
+TUPLE = struct.Struct("<16s16sHHI")
+OFFER = struct.Struct("<QQ40sIII")
+SLOT_HEAD = struct.Struct("<QQ40s")
+SLOT_SWITCH = struct.Struct("<QII")
+SLOT_SWITCH_OFF = 64
+SLOT_RING_OFF = 128
+RING_HDR_SIZE = 320
+RING_RO = struct.Struct("<II")
+RING_PROD = struct.Struct("<QIII")
+RING_PROD_OFF = 64
+RING_CONS = struct.Struct("<QIII")
+RING_CONS_OFF = 192
+
+OFFER_STATES = {0: "free", 1: "writing", 2: "pending", 3: "adopted", 4: "withdrawn"}
+
+
+class FabricError(Exception):
+    """The file is not a usable fabric; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class Header:
+    path: str
+    layout_version: int
+    total_size: int
+    epoch_ns: int
+    nmembers: int
+    noffers: int
+    nslots: int
+    ring_size: int
+    members_off: int
+    offers_off: int
+    slots_off: int
+    rings_off: int
+
+
+@dataclass(frozen=True)
+class Member:
+    index: int
+    pid: int
+    comm: str
+    joined_ns: int
+    pidns_ino: int
+    alive: bool | None  # None: the kernel could not be asked
+
+
+@dataclass(frozen=True)
+class Ring:
+    """One direction of a channel; byte counters are the free-running indices."""
+
+    produced: int
+    consumed: int
+    fill: int
+    size: int
+    writer_closed: bool
+    reader_closed: bool
+    consumer_waiting: bool
+    producer_waiting: bool
+    valid: bool
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    generation: int
+    client_member: int | None  # member index, None when that side is gone
+    server_member: int | None
+    state: str  # offered, connected, half-closed
+    local: Endpoint  # the client's address (the 4-tuple's source)
+    peer: Endpoint  # the server's address
+    nonce: int
+    switch_bytes: int
+    client_to_server: Ring
+    server_to_client: Ring
+
+
+@dataclass(frozen=True)
+class Offer:
+    index: int
+    generation: int
+    state: str
+    owner_member: int | None
+    source: Endpoint
+    destination: Endpoint
+    nonce: int
+    slot: int | None
+    slot_generation: int
+    adopter_member: int | None
+
+
+@dataclass
+class Snapshot:
+    header: Header
+    members: list[Member] = field(default_factory=list)
+    slots: list[Slot] = field(default_factory=list)
+    offers: list[Offer] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _addr(raw: bytes) -> str:
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+
+
+def _layout(nmembers: int, noffers: int, nslots: int, ring_size: int) -> tuple[int, ...]:
+    members_off = PAGE
+    offers_off = members_off + nmembers * MEMBER_SIZE
+    slots_off = offers_off + noffers * OFFER_SIZE
+    rings_off = (slots_off + nslots * SLOT_SIZE + PAGE - 1) & ~(PAGE - 1)
+    total = rings_off + nslots * 2 * ring_size
+    return members_off, offers_off, slots_off, rings_off, total
+
+
+class Fabric:
+    """A read-only view of the fabric at ``path``.
+
+    >>> with Fabric("/dev/shm/fastivc") as fab:
+    ...     snap = fab.snapshot()
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = os.fspath(path)
+        self._fd = -1
+        self._map = None
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise FabricError(f"cannot open fabric {self.path}: {e.strerror}") from e
+        try:
+            st = os.fstat(self._fd)
+            if not (st.st_mode & 0o170000) == 0o100000:
+                raise FabricError(f"fabric {self.path} is not a regular file")
+            if st.st_size < HDR_SIZE:
+                raise FabricError(
+                    f"{self.path} is not a fastivc fabric (too short: {st.st_size} bytes)"
+                )
+            raw = os.pread(self._fd, HDR.size, 0)
+            self.header = self._validate(HDR.unpack(raw), st.st_size)
+            self._map = mmap.mmap(self._fd, self.header.total_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+
+    # -- header ---------------------------------------------------------
+    def _validate(self, h: tuple, file_size: int) -> Header:
+        (magic, version, hdr_size, total, epoch, nmem, noff, nslot, ring, mo, oo, so, ro,
+         msz, osz, ssz, _flags) = h
+        if magic != FABRIC_MAGIC:
+            raise FabricError(f"{self.path} is not a fastivc fabric (bad magic 0x{magic:016x})")
+        if version != LAYOUT_VERSION:
+            raise FabricError(
+                f"fabric {self.path} has layout version {version} but this fastivc speaks "
+                f"version {LAYOUT_VERSION}; refusing to reinterpret it"
+            )
+        if (hdr_size, msz, osz, ssz) != (HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE):
+            raise FabricError(f"fabric {self.path}: structure sizes in the header do not match")
+        if not (0 < nmem <= MAX_MEMBERS and 0 < noff <= MAX_OFFERS and 0 < nslot <= MAX_SLOTS
+                and MIN_RING <= ring <= MAX_RING and ring & (ring - 1) == 0):
+            raise FabricError(f"fabric {self.path}: header geometry out of range")
+        if _layout(nmem, noff, nslot, ring) != (mo, oo, so, ro, total):
+            raise FabricError(f"fabric {self.path}: header offsets are inconsistent")
+        if total > file_size:
+            raise FabricError(
+                f"fabric {self.path}: header says {total} bytes but the file has {file_size}"
+            )
+        return Header(self.path, version, total, epoch, nmem, noff, nslot, ring, mo, oo, so, ro)
+
+    # -- liveness -------------------------------------------------------
+    def member_alive(self, index: int) -> bool | None:
+        """Whether member ``index`` holds its lock (the kernel is the witness)."""
+        if not 0 <= index < self.header.nmembers:
+            return False
+        fl = struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, LOCK_BASE + index, 1, 0)
+        try:
+            res = fcntl.fcntl(self._fd, fcntl.F_OFD_GETLK, fl)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOLCK, errno.EBADF):
+                return None
+            raise
+        return struct.unpack("hhqqi4x", res)[0] != fcntl.F_UNLCK
+
+    def _member_ref(self, m1: int) -> int | None:
+        return m1 - 1 if 0 < m1 <= self.header.nmembers else None
+
+    # -- tables ---------------------------------------------------------
+    def members(self) -> list[Member]:
+        """Members whose entry says alive, with what the kernel says."""
+        out = []
+        h = self.header
+        for i in range(h.nmembers):
+            state, pid, joined, _hb, ino, comm = MEMBER.unpack_from(
+                self._map, h.members_off + i * MEMBER_SIZE)
+            if state != 1:
+                continue
+            name = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+            out.append(Member(i, pid, name, joined, ino, self.member_alive(i)))
+        return out
+
+    def _ring(self, off: int) -> Ring:
+        size = self.header.ring_size
+        magic, rsize = RING_RO.unpack_from(self._map, off)
+        tail, wr_closed, _cw, prod_waiting = RING_PROD.unpack_from(self._map, off + RING_PROD_OFF)
+        head, rd_closed, _pw, cons_waiting = RING_CONS.unpack_from(self._map, off + RING_CONS_OFF)
+        fill = (tail - head) & 0xFFFFFFFFFFFFFFFF
+        problem = ""
+        if magic != RING_MAGIC or rsize != size:
+            problem = "bad ring magic or size"
+        elif fill > size:
+            problem = f"indices out of range (tail - head = {fill} > {size})"
+        return Ring(tail, head, fill if not problem else 0, size, bool(wr_closed),
+                    bool(rd_closed), bool(cons_waiting), bool(prod_waiting),
+                    not problem, problem)
+
+    def slots(self) -> list[Slot]:
+        """Channel slots in use."""
+        out = []
+        h = self.header
+        for i in range(h.nslots):
+            base = h.slots_off + i * SLOT_SIZE
+            lease, nonce, tup = SLOT_HEAD.unpack_from(self._map, base)
+            if lease & 0xFFFFFFFF == 0:
+                continue
+            m0, m1 = lease & 0xFFFF, (lease >> 16) & 0xFFFF
+            saddr, daddr, sport, dport, _ = TUPLE.unpack(tup)
+            switch_bytes, _st, _backed = SLOT_SWITCH.unpack_from(self._map, base + SLOT_SWITCH_OFF)
+            state = "connected" if m0 and m1 else ("offered" if m0 else "half-closed")
+            rings = [self._ring(base + SLOT_RING_OFF + d * RING_HDR_SIZE) for d in (0, 1)]
+            if m0 and not m1 and (rings[0].writer_closed or rings[1].reader_closed):
+                state = "half-closed"
+            out.append(Slot(i, lease >> 32, self._member_ref(m0), self._member_ref(m1), state,
+                            Endpoint(_addr(saddr), sport), Endpoint(_addr(daddr), dport),
+                            nonce, switch_bytes, rings[0], rings[1]))
+        return out
+
+    def offers(self) -> list[Offer]:
+        """Offer registry entries that are not free."""
+        out = []
+        h = self.header
+        for i in range(h.noffers):
+            state, nonce, key, slot, slot_gen, adopter = OFFER.unpack_from(
+                self._map, h.offers_off + i * OFFER_SIZE)
+            st = state & 0xFF
+            if st == 0:
+                continue
+            saddr, daddr, sport, dport, _ = TUPLE.unpack(key)
+            out.append(Offer(i, state >> 32, OFFER_STATES.get(st, f"invalid({st})"),
+                             self._member_ref((state >> 16) & 0xFFFF),
+                             Endpoint(_addr(saddr), sport), Endpoint(_addr(daddr), dport),
+                             nonce, slot if slot < h.nslots else None, slot_gen,
+                             self._member_ref(adopter)))
+        return out
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.header, self.members(), self.slots(), self.offers())
+
+    # -- lifetime -------------------------------------------------------
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Fabric:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()

@@ -1,0 +1,275 @@
+/* Fabric behaviour across real processes: simultaneous creation, member
+ * locks, and reclamation after kill -9 with the kernel (OFD locks) as the
+ * witness.  Uses files under a directory given as argv[1] (default /dev/shm). */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "fastivc/util.h"
+
+static char dir[200] = "/dev/shm";
+
+static void path_for(char *out, size_t n, const char *name)
+{
+	snprintf(out, n, "%s/fastivc-test-%d-%s", dir, (int)getpid(), name);
+}
+
+static int count_tmp_files(const char *prefix)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+	const char *base = strrchr(prefix, '/') + 1;
+	while ((e = readdir(d)))
+		if (strncmp(e->d_name, base, strlen(base)) == 0 && strstr(e->d_name, ".tmp"))
+			n++;
+	closedir(d);
+	return n;
+}
+
+static void test_simultaneous_create(void)
+{
+	char path[300];
+	path_for(path, sizeof(path), "race");
+	for (int round = 0; round < 10; round++) {
+		unlink(path);
+		int go[2], res[2];
+		CHECK(pipe(go) == 0 && pipe(res) == 0);
+		enum { N = 16 };
+		pid_t kids[N];
+		for (int i = 0; i < N; i++) {
+			kids[i] = fork();
+			CHECK(kids[i] >= 0);
+			if (kids[i] == 0) {
+				char c;
+				close(go[1]);
+				if (read(go[0], &c, 1) != 0) /* released by the close below */
+					_exit(3);
+				struct fivc_fabric f;
+				char err[512];
+				struct fivc_geometry g = {.nslots = 8, .ring_size = 16384};
+				uint64_t out[2] = {0, 0};
+				if (fivc_fabric_open(path, &g, &f, err, sizeof(err)) == 0) {
+					out[0] = f.epoch;
+					out[1] = f.self;
+				}
+				if (write(res[1], out, sizeof(out)) != sizeof(out))
+					_exit(4);
+				sleep(1); /* hold the member while the others open */
+				_exit(out[0] ? 0 : 1);
+			}
+		}
+		close(go[0]);
+		close(go[1]); /* all children start at once */
+		uint64_t epoch = 0, selfs[N];
+		for (int i = 0; i < N; i++) {
+			uint64_t out[2];
+			CHECK(read(res[0], out, sizeof(out)) == sizeof(out));
+			CHECK(out[0] != 0);
+			if (!epoch)
+				epoch = out[0];
+			CHECK_EQ(out[0], epoch); /* everyone opened the one fabric */
+			selfs[i] = out[1];
+			CHECK(selfs[i] != 0);
+			for (int j = 0; j < i; j++)
+				CHECK(selfs[j] != selfs[i]); /* distinct members */
+		}
+		for (int i = 0; i < N; i++) {
+			int st;
+			waitpid(kids[i], &st, 0);
+			CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		}
+		close(res[0]);
+		close(res[1]);
+		CHECK_EQ(count_tmp_files(path), 0);
+	}
+	unlink(path);
+}
+
+/* Child: claim a slot, post an offer, report, then wait to be killed. */
+static pid_t spawn_offerer(const char *path, uint32_t *slot_out)
+{
+	int p[2];
+	CHECK(pipe(p) == 0);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		struct fivc_fabric f;
+		char err[512];
+		uint32_t slot, gen, idx;
+		uint64_t word;
+		struct fivc_tuple t = {.sport = 4000, .dport = 80};
+		if (fivc_fabric_open(path, NULL, &f, err, sizeof(err)) < 0 ||
+		    fivc_slot_claim(&f, &t, 1, &slot, &gen) < 0 ||
+		    fivc_offer_post(&f, &t, 1, slot, gen, &idx, &word) < 0)
+			_exit(1);
+		if (write(p[1], &slot, sizeof(slot)) != sizeof(slot))
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(p[1]);
+	CHECK(read(p[0], slot_out, sizeof(*slot_out)) == sizeof(*slot_out));
+	close(p[0]);
+	return pid;
+}
+
+static uint32_t slots_in_use(struct fivc_fabric *f)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < f->g.nslots; i++)
+		n += (uint32_t)fivc_load_relaxed(&fivc_slot_at(f, i)->lease) != 0;
+	return n;
+}
+
+static uint32_t offers_in_use(struct fivc_fabric *f)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < f->g.noffers; i++)
+		n += FIVC_OFFER_STATE(fivc_load_relaxed(&fivc_offer_at(f, i)->state)) != FIVC_OFFER_FREE;
+	return n;
+}
+
+static void test_kill9_offer_and_slot_reclaimed(void)
+{
+	char path[300], err[512];
+	path_for(path, sizeof(path), "kill");
+	unlink(path);
+	struct fivc_fabric f;
+	struct fivc_geometry g = {.nslots = 8, .ring_size = 16384};
+	CHECK(fivc_fabric_open(path, &g, &f, err, sizeof(err)) == 0);
+	uint32_t slot;
+	pid_t pid = spawn_offerer(path, &slot);
+	struct fivc_gc_report r;
+	CHECK_EQ(fivc_gc(&f, &r), 0);
+	CHECK_EQ(r.offers_freed + r.slots_freed, 0); /* alive: nothing to reclaim */
+	CHECK_EQ(slots_in_use(&f), 1);
+	CHECK_EQ(offers_in_use(&f), 1);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	CHECK_EQ(fivc_gc(&f, &r), 0);
+	CHECK_EQ(r.members_dead, 1);
+	CHECK_EQ(r.offers_freed, 1);
+	CHECK_EQ(r.slots_freed, 1);
+	CHECK_EQ(slots_in_use(&f), 0);
+	CHECK_EQ(offers_in_use(&f), 0);
+	fivc_fabric_close(&f);
+	unlink(path);
+}
+
+/* Child = client side writing forever; parent = server reading. */
+static void test_kill9_mid_transfer(int kill_writer)
+{
+	char path[300], err[512];
+	path_for(path, sizeof(path), "mid");
+	unlink(path);
+	struct fivc_fabric f;
+	struct fivc_geometry g = {.nslots = 4, .ring_size = 65536};
+	CHECK(fivc_fabric_open(path, &g, &f, err, sizeof(err)) == 0);
+	int p[2];
+	CHECK(pipe(p) == 0);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		struct fivc_fabric cf;
+		struct fivc_chan c;
+		uint32_t slot, gen;
+		static uint8_t buf[100000];
+		if (fivc_fabric_open(path, NULL, &cf, err, sizeof(err)) < 0 ||
+		    fivc_slot_claim(&cf, NULL, 1, &slot, &gen) < 0 ||
+		    fivc_chan_open(&c, &cf, slot, gen, FIVC_SIDE_CLIENT) < 0)
+			_exit(1);
+		uint32_t msg[2] = {slot, gen};
+		if (write(p[1], msg, sizeof(msg)) != sizeof(msg))
+			_exit(1);
+		if (kill_writer)
+			for (;;)
+				fivc_chan_write(&c, buf, sizeof(buf), 0);
+		for (;;)
+			fivc_chan_read(&c, buf, sizeof(buf), 0); /* reader side dies */
+	}
+	uint32_t msg[2];
+	CHECK(read(p[0], msg, sizeof(msg)) == sizeof(msg));
+	struct fivc_chan s;
+	CHECK_EQ(fivc_slot_attach(&f, msg[0], msg[1]), 0);
+	CHECK_EQ(fivc_chan_open(&s, &f, msg[0], msg[1], FIVC_SIDE_SERVER), 0);
+	static uint8_t buf[100000];
+	ssize_t r;
+	if (kill_writer) {
+		CHECK(fivc_chan_read(&s, buf, sizeof(buf), FIVC_WAITALL) == sizeof(buf));
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		uint64_t t0 = fivc_now_ns(CLOCK_MONOTONIC);
+		while ((r = fivc_chan_read(&s, buf, sizeof(buf), 0)) > 0)
+			; /* drain what it wrote before dying */
+		CHECK(r == 0 || r == -ECONNRESET);
+		CHECK(fivc_now_ns(CLOCK_MONOTONIC) - t0 < 3000000000ull);
+	} else {
+		CHECK(fivc_chan_write(&s, buf, sizeof(buf), 0) == sizeof(buf));
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		uint64_t t0 = fivc_now_ns(CLOCK_MONOTONIC);
+		while ((r = fivc_chan_write(&s, buf, sizeof(buf), 0)) > 0)
+			; /* fill the ring; then the dead reader must be noticed */
+		CHECK(r == -EPIPE || r == -ECONNRESET);
+		CHECK(fivc_now_ns(CLOCK_MONOTONIC) - t0 < 3000000000ull);
+	}
+	fivc_chan_close(&s);
+	CHECK_EQ(slots_in_use(&f), 0); /* close reaped the dead side too */
+	fivc_fabric_close(&f);
+	close(p[0]);
+	close(p[1]);
+	unlink(path);
+}
+
+static void test_kill9_writer(void) { test_kill9_mid_transfer(1); }
+static void test_kill9_reader(void) { test_kill9_mid_transfer(0); }
+
+static void test_dead_member_id_reused_sweeps(void)
+{
+	/* A process that takes over a dead member's id first clears what the
+	 * dead one left.  Fill every member id but one with live holders so
+	 * the newcomer must get the dead one's. */
+	char path[300], err[512];
+	path_for(path, sizeof(path), "reuse");
+	unlink(path);
+	struct fivc_fabric f;
+	struct fivc_geometry g = {.nslots = 4, .nmembers = 2, .ring_size = 16384};
+	CHECK(fivc_fabric_open(path, &g, &f, err, sizeof(err)) == 0);
+	uint32_t slot;
+	pid_t pid = spawn_offerer(path, &slot);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	CHECK_EQ(slots_in_use(&f), 1);
+	struct fivc_fabric f2; /* a second open file description: a new member */
+	CHECK(fivc_fabric_open(path, NULL, &f2, err, sizeof(err)) == 0);
+	CHECK(f2.self != 0 && f2.self != f.self);
+	CHECK_EQ(slots_in_use(&f), 0);
+	CHECK_EQ(offers_in_use(&f), 0);
+	/* and now all ids are taken: a third member cannot claim, only read */
+	struct fivc_fabric f3;
+	CHECK(fivc_fabric_open(path, NULL, &f3, err, sizeof(err)) == 0);
+	CHECK_EQ(f3.self, 0);
+	uint32_t s3, g3;
+	CHECK_EQ(fivc_slot_claim(&f3, NULL, 1, &s3, &g3), -EUSERS);
+	fivc_fabric_close(&f3);
+	fivc_fabric_close(&f2);
+	fivc_fabric_close(&f);
+	unlink(path);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		snprintf(dir, sizeof(dir), "%s", argv[1]);
+	RUN(test_simultaneous_create);
+	RUN(test_kill9_offer_and_slot_reclaimed);
+	RUN(test_kill9_writer);
+	RUN(test_kill9_reader);
+	RUN(test_dead_member_id_reused_sweeps);
+	return 0;
+}

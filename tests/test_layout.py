@@ -1,0 +1,41 @@
+"""The Python inspection API reads the same layout the C structs define."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_c
+
+from fastivc import fabric as F
+
+
+def test_python_layout_matches_c_structs(cbuild):
+    c = json.loads(run_c(cbuild("release") / "layout_dump").stdout)
+    assert c["FIVC_LAYOUT_VERSION"] == F.LAYOUT_VERSION
+    assert c["FIVC_LOCK_BASE"] == F.LOCK_BASE
+    assert c["sizeof.fivc_fabric_hdr"] == F.HDR_SIZE
+    assert c["sizeof.fivc_member"] == F.MEMBER_SIZE == F.MEMBER.size + 16
+    assert c["sizeof.fivc_offer"] == F.OFFER_SIZE
+    assert c["sizeof.fivc_slot"] == F.SLOT_SIZE
+    assert c["sizeof.fivc_ring_hdr"] == F.RING_HDR_SIZE
+    assert c["sizeof.fivc_tuple"] == F.TUPLE.size
+    # header: the fields in struct order, packed as HDR describes
+    fields = ["magic", "layout_version", "hdr_size", "total_size", "epoch", "nmembers",
+              "noffers", "nslots", "ring_size", "members_off", "offers_off", "slots_off",
+              "rings_off", "member_size", "offer_size", "slot_size"]
+    offs, off = [], 0
+    for ch in F.HDR.format[1:]:
+        offs.append(off)
+        off += 8 if ch == "Q" else 4
+    for name, o in zip(fields, offs):
+        assert c[f"fivc_fabric_hdr.{name}"] == o, name
+    assert c["fivc_member.comm"] == F.MEMBER.size - 16
+    assert c["fivc_offer.key"] == 16 and c["fivc_offer.slot"] == 56
+    assert c["fivc_offer.adopter"] == 64
+    assert c["fivc_slot.tuple"] == 16
+    assert c["fivc_slot.switch_bytes"] == F.SLOT_SWITCH_OFF
+    assert c["fivc_slot.ring"] == F.SLOT_RING_OFF
+    assert c["fivc_ring_hdr.tail"] == F.RING_PROD_OFF
+    assert c["fivc_ring_hdr.prod_waiting"] == F.RING_PROD_OFF + 16
+    assert c["fivc_ring_hdr.head"] == F.RING_CONS_OFF
+    assert c["fivc_ring_hdr.cons_waiting"] == F.RING_CONS_OFF + 16
