@@ -143,6 +143,13 @@ static int ready_read(struct fivc_chan *c, int *eof)
 		*eof = tail == c->rx_head;
 		return 1;
 	}
+	switch (fivc_load_relaxed(&c->peer_gone)) {
+	case 1: /* its socket closed without a ring EOF: it died; EOF after drain */
+		*eof = 1;
+		return 1;
+	case 2:
+		return -ECONNRESET;
+	}
 	return 0;
 }
 
@@ -153,6 +160,12 @@ static int ready_write(struct fivc_chan *c)
 		return -ECONNRESET;
 	if (fivc_load_acquire(&c->tx->rd_closed))
 		return -EPIPE;
+	switch (fivc_load_relaxed(&c->peer_gone)) {
+	case 1:
+		return -EPIPE;
+	case 2:
+		return -ECONNRESET;
+	}
 	/* SYNC POINT READ: pairs with the release of the head in read. */
 	uint64_t head = fivc_load_acquire(&c->tx->head);
 	if (c->tx_tail - head > c->size)
@@ -191,7 +204,17 @@ static int wait_ready(struct fivc_chan *c, int writing)
 	}
 	uint32_t *waiting = writing ? &c->tx->prod_waiting : &c->rx->cons_waiting;
 	uint32_t *word = writing ? &c->tx->prod_wake : &c->rx->cons_wake;
+	uint64_t limit = writing ? c->wr_timeout_ns : c->rd_timeout_ns;
 	for (;;) {
+		uint32_t tmo = FIVC_LIVENESS_MS;
+		if (limit) {
+			uint64_t el = fivc_now_ns(CLOCK_MONOTONIC) - start;
+			if (el >= limit)
+				return -EAGAIN; /* SO_RCVTIMEO / SO_SNDTIMEO expired */
+			uint64_t left_ms = (limit - el + 999999) / 1000000;
+			if (left_ms < tmo)
+				tmo = (uint32_t)left_ms;
+		}
 		uint32_t seq = fivc_load_acquire(word);
 		int armed = writing ? ring_arm_producer(c->tx, c->tx_tail, c->size)
 				    : fivc_ring_arm_consumer(c->rx, c->rx_head);
@@ -200,7 +223,7 @@ static int wait_ready(struct fivc_chan *c, int writing)
 			fivc_store_relaxed(waiting, 0);
 			return r < 0 ? r : 0;
 		}
-		int w = c->db->wait(c->db_ctx, word, seq, FIVC_LIVENESS_MS);
+		int w = c->db->wait(c->db_ctx, word, seq, tmo);
 		fivc_store_relaxed(waiting, 0);
 		(*(writing ? &c->tx_sleeps : &c->rx_sleeps))++;
 		if (w == -EINTR)
@@ -230,6 +253,24 @@ ssize_t fivc_chan_writable(struct fivc_chan *c)
 	if (r < 0)
 		return r;
 	return (ssize_t)(c->size - (c->tx_tail - c->tx_head_seen));
+}
+
+int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
+{
+	int ready = 0;
+	if (rd)
+		ready |= fivc_ring_arm_consumer(c->rx, c->rx_head);
+	if (wr)
+		ready |= ring_arm_producer(c->tx, c->tx_tail, c->size);
+	if (ready)
+		fivc_chan_disarm(c);
+	return ready;
+}
+
+void fivc_chan_disarm(struct fivc_chan *c)
+{
+	fivc_store_relaxed(&c->rx->cons_waiting, 0);
+	fivc_store_relaxed(&c->tx->prod_waiting, 0);
 }
 
 /* ---- data ---- */

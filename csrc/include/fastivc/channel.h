@@ -39,6 +39,9 @@ struct fivc_chan {
 	int broken;                    /* sticky -ECONNRESET after a peer violation (atomic:
 					  one reader and one writer thread may run at once) */
 	int wr_shut, rd_shut;
+	int peer_gone;                 /* set by the doorbell: 1 the peer's socket
+					  closed (EOF after drain), 2 it was reset */
+	uint64_t rd_timeout_ns, wr_timeout_ns; /* 0: wait forever (SO_RCVTIMEO/SNDTIMEO) */
 	const struct fivc_doorbell *db;
 	void *db_ctx;
 	/* counters (private, for stats and tests); rx_* touched only by the
@@ -55,6 +58,11 @@ ssize_t fivc_chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof);
 /* Free ring space in bytes, or -ECONNRESET / -EPIPE. */
 ssize_t fivc_chan_writable(struct fivc_chan *c);
+/* For poll()-style waiting outside the channel: announce that we wait for
+ * data (rd) and/or space (wr) so the peer rings the doorbell, with the SB
+ * fence; returns 1 if that is already there (then nothing stays armed). */
+int fivc_chan_arm(struct fivc_chan *c, int rd, int wr);
+void fivc_chan_disarm(struct fivc_chan *c);
 /* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
 int fivc_chan_shutdown(struct fivc_chan *c, int how);
 /* Shut down both directions and give up our side of the slot. */

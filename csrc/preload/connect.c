@@ -1,0 +1,329 @@
+/* fastivc preload — connect() and accept(): the upgrade's first half
+ * (DESIGN.md "The upgrade", steps 1 and 2), and the TCP doorbell. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fastivc/atomics.h"
+#include "fastivc/util.h"
+#include "preload.h"
+
+/* ---- the TCP doorbell: the socket itself wakes a sleeping peer ---- */
+
+void fivc_fs_drain(struct fsock *fs, int fd)
+{
+	char buf[256];
+	if (fs->state != FS_ACCEL || fs->tcp_eof)
+		return; /* before the switch TCP bytes may be program data */
+	for (;;) {
+		ssize_t r = fivc_real.recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (r > 0)
+			continue;
+		int e = errno;
+		if (r == 0) {
+			fs->tcp_eof = 1;
+			__atomic_store_n(&fs->ch.peer_gone, 1, __ATOMIC_RELAXED);
+		} else if (e != EAGAIN && e != EINTR) {
+			fs->tcp_eof = 1;
+			fs->tcp_err = e;
+			__atomic_store_n(&fs->ch.peer_gone, 2, __ATOMIC_RELAXED);
+		}
+		return;
+	}
+}
+
+static int tcp_db_wait(void *ctx, uint32_t *word, uint32_t expected, uint32_t timeout_ms)
+{
+	struct fsock *fs = ctx;
+	if (fivc_load_acquire(word) != expected)
+		return 0;
+	if (fs->state != FS_ACCEL) {
+		/* The server still has the client's pre-switch bytes on TCP: the
+		 * socket is readable for them, not for a doorbell.  Nap briefly. */
+		fivc_real.poll(NULL, 0, timeout_ms < 1 ? (int)timeout_ms : 1);
+		return 0;
+	}
+	if (fs->tcp_eof)
+		return -ETIMEDOUT; /* let the channel re-check and see peer_gone */
+	struct pollfd p = {.fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED), .events = POLLIN};
+	int saved = errno;
+	int r = fivc_real.poll(&p, 1, (int)timeout_ms);
+	int e = errno;
+	errno = saved;
+	if (r < 0)
+		return e == EINTR ? -EINTR : 0;
+	if (r == 0)
+		return -ETIMEDOUT;
+	fivc_fs_drain(fs, p.fd);
+	return 0;
+}
+
+static void tcp_db_wake(void *ctx, uint32_t *word)
+{
+	(void)word;
+	struct fsock *fs = ctx;
+	int saved = errno;
+	fivc_real.send(__atomic_load_n(&fs->fd, __ATOMIC_RELAXED), "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	errno = saved; /* a full send buffer already holds a byte the peer will see */
+}
+
+static const struct fivc_doorbell tcp_doorbell = {tcp_db_wait, tcp_db_wake};
+
+/* ---- 4-tuples ---- */
+
+static uint32_t netns_id(void)
+{
+	static uint32_t id;
+	if (!id) {
+		struct stat st;
+		id = stat("/proc/self/ns/net", &st) == 0 ? (uint32_t)st.st_ino : 1;
+	}
+	return id;
+}
+
+static int sa_addr(const struct sockaddr_storage *ss, uint8_t out[16], uint16_t *port)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *s = (const struct sockaddr_in *)ss;
+		memset(out, 0, 10);
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &s->sin_addr, 4);
+		*port = ntohs(s->sin_port);
+		return 0;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)ss;
+		memcpy(out, &s->sin6_addr, 16);
+		*port = ntohs(s->sin6_port);
+		return 0;
+	}
+	return -EAFNOSUPPORT;
+}
+
+static int is_loopback(const uint8_t a[16])
+{
+	static const uint8_t v6lo[16] = {[15] = 1};
+	static const uint8_t v4m[12] = {[10] = 0xff, [11] = 0xff};
+	return !memcmp(a, v6lo, 16) || (!memcmp(a, v4m, 12) && a[12] == 127);
+}
+
+static int is_unspecified(const uint8_t a[16])
+{
+	static const uint8_t z[16], v4m[16] = {[10] = 0xff, [11] = 0xff};
+	return !memcmp(a, z, 16) || !memcmp(a, v4m, 16);
+}
+
+/* Loopback addresses only name a peer within one network namespace: two
+ * containers may both connect 127.0.0.1:6379 -> 127.0.0.1:6379 with the same
+ * ports.  Their keys carry the namespace so they can never match. */
+static void tuple_finish(struct fivc_tuple *t)
+{
+	t->pad = is_loopback(t->daddr) ? netns_id() : 0;
+}
+
+/* ---- connect ---- */
+
+static int tcp_stream(int fd)
+{
+	int type = 0, proto = 0;
+	socklen_t l = sizeof(type);
+	if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM)
+		return 0;
+	l = sizeof(proto);
+	return fivc_real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 &&
+	       proto == IPPROTO_TCP;
+}
+
+/* The source address the kernel will pick for dst (a UDP "connect" asks the
+ * routing table without sending anything). */
+static int route_source(int family, const struct sockaddr *dst, socklen_t len,
+			struct sockaddr_storage *src)
+{
+	int s = fivc_real.socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	socklen_t sl = sizeof(*src);
+	int r = 0;
+	if (fivc_real.connect(s, dst, len) < 0 || getsockname(s, (struct sockaddr *)src, &sl) < 0)
+		r = -errno;
+	fivc_real.close(s);
+	return r;
+}
+
+static struct fsock *fs_new(struct fivc_fabric *fab, int fd, int side)
+{
+	struct fsock *fs = calloc(1, sizeof(*fs));
+	if (!fs)
+		return NULL;
+	fs->refs = 1;
+	fs->fd = fd;
+	fs->side = side;
+	fs->fab = fab;
+	pthread_mutex_init(&fs->rd_lock, NULL);
+	pthread_mutex_init(&fs->wr_lock, NULL);
+	return fs;
+}
+
+static int fs_open_chan(struct fsock *fs)
+{
+	int r = fivc_chan_open(&fs->ch, fs->fab, fs->slot, fs->gen, fs->side);
+	if (r < 0)
+		return r;
+	fs->ch.spin_ns = fivc_cfg.spin_ns;
+	fs->ch.db = &tcp_doorbell;
+	fs->ch.db_ctx = fs;
+	return 0;
+}
+
+/* Post an offer for fd's connection to addr; returns the new fsock or NULL
+ * (then the connection simply stays plain). */
+static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	if (!addr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6) ||
+	    fivc_fs(fd) || !tcp_stream(fd))
+		return NULL;
+	int fl = fivc_real.fcntl(fd, F_GETFL);
+	if (fl < 0 || (fl & O_NONBLOCK))
+		return NULL; /* non-blocking sockets stay plain for now (event loops) */
+	struct fivc_fabric *fab = fivc_fabric_get();
+	if (!fab)
+		return NULL;
+	struct sockaddr_storage src, dst;
+	socklen_t sl = sizeof(src);
+	memset(&dst, 0, sizeof(dst));
+	memcpy(&dst, addr, len < sizeof(dst) ? len : sizeof(dst));
+	if (getsockname(fd, (struct sockaddr *)&src, &sl) < 0)
+		return NULL;
+	struct fivc_tuple t = {0};
+	uint16_t sport = 0, dport;
+	if (sa_addr(&dst, t.daddr, &dport) < 0)
+		return NULL;
+	sa_addr(&src, t.saddr, &sport);
+	if (!sport || is_unspecified(t.saddr)) {
+		/* Learn the source address and port before the SYN leaves. */
+		struct sockaddr_storage rs;
+		if (route_source(addr->sa_family, addr, len, &rs) < 0)
+			return NULL;
+		/* bound to a wildcard address with a port: keep the port */
+		if (rs.ss_family == AF_INET)
+			((struct sockaddr_in *)&rs)->sin_port = htons(sport);
+		else
+			((struct sockaddr_in6 *)&rs)->sin6_port = htons(sport);
+		if (!sport && bind(fd, (struct sockaddr *)&rs,
+				   rs.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+							   : sizeof(struct sockaddr_in6)) < 0) {
+			FIVC_DEBUG("fd %d: bind before connect failed (%s): plain", fd, strerror(errno));
+			return NULL;
+		}
+		sl = sizeof(src);
+		if (getsockname(fd, (struct sockaddr *)&src, &sl) < 0)
+			return NULL;
+		if (sport)
+			memcpy(&src, &rs, sizeof(rs));
+		if (sa_addr(&src, t.saddr, &sport) < 0 || !sport)
+			return NULL;
+	}
+	t.sport = sport;
+	t.dport = dport;
+	tuple_finish(&t);
+	struct fsock *fs = fs_new(fab, fd, FIVC_SIDE_CLIENT);
+	if (!fs)
+		return NULL;
+	uint64_t nonce = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ fivc_now_ns(CLOCK_MONOTONIC);
+	if (fivc_slot_claim(fab, &t, nonce, &fs->slot, &fs->gen) < 0) {
+		FIVC_DEBUG("fd %d: no free channel slot: plain", fd);
+		free(fs);
+		return NULL;
+	}
+	if (fs_open_chan(fs) < 0 ||
+	    fivc_offer_post(fab, &t, nonce, fs->slot, fs->gen, &fs->offer_idx, &fs->offer_word) < 0) {
+		FIVC_DEBUG("fd %d: offer registry full: plain", fd);
+		fivc_slot_release(fab, fs->slot, fs->gen, FIVC_SIDE_CLIENT);
+		free(fs);
+		return NULL;
+	}
+	fs->state = FS_CLIENT_PENDING;
+	FIVC_DEBUG("fd %d: offer %u posted for port %u -> %u (slot %u)", fd, fs->offer_idx,
+		   t.sport, t.dport, fs->slot);
+	return fs;
+}
+
+int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	struct fsock *fs = fivc_cfg.disabled || FIVC_GUARDED() ? NULL : client_offer(fd, addr, len);
+	if (fs)
+		fivc_fd_set(fd, fs);
+	int r = fivc_real.connect(fd, addr, len);
+	if (r < 0 && fs && errno != EINTR && errno != EINPROGRESS) {
+		int e = errno;
+		fivc_fd_set(fd, NULL);
+		fivc_fs_release(fs);
+		errno = e;
+	}
+	return r;
+}
+
+/* ---- accept ---- */
+
+int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4)
+{
+	int fd = use4 ? fivc_real.accept4(lfd, addr, len, flags) : fivc_real.accept(lfd, addr, len);
+	if (fd < 0 || fivc_cfg.disabled || FIVC_GUARDED() || (flags & SOCK_NONBLOCK))
+		return fd;
+	int saved = errno;
+	/* An event-loop server (non-blocking listener) stays plain until the
+	 * event-loop work lands: it would make the socket non-blocking and
+	 * watch it with epoll. */
+	int lfl = fivc_real.fcntl(lfd, F_GETFL);
+	struct fivc_fabric *fab;
+	if (lfl < 0 || (lfl & O_NONBLOCK) || !(fab = fivc_fabric_get()))
+		goto plain;
+	struct sockaddr_storage local, peer;
+	socklen_t l1 = sizeof(local), l2 = sizeof(peer);
+	struct fivc_tuple t = {0};
+	if (getsockname(fd, (struct sockaddr *)&local, &l1) < 0 ||
+	    getpeername(fd, (struct sockaddr *)&peer, &l2) < 0 ||
+	    sa_addr(&peer, t.saddr, &t.sport) < 0 || sa_addr(&local, t.daddr, &t.dport) < 0 ||
+	    !tcp_stream(fd))
+		goto plain;
+	tuple_finish(&t);
+	struct fivc_offer_view v;
+	int r = fivc_offer_lookup(fab, &t, &v);
+	if (r < 0) {
+		if (r == -EEXIST)
+			FIVC_INFO("fd %d: several offers match port %u -> %u: plain", fd, t.sport, t.dport);
+		goto plain;
+	}
+	struct fsock *fs = fs_new(fab, fd, FIVC_SIDE_SERVER);
+	if (!fs)
+		goto plain;
+	fs->slot = v.slot;
+	fs->gen = v.slot_gen;
+	if (fivc_offer_adopt(fab, &v) < 0) {
+		free(fs);
+		goto plain;
+	}
+	if (fs_open_chan(fs) < 0) {
+		/* The offer is adopted: the client will switch.  A slot we cannot
+		 * use is a broken peer; make the connection fail loudly. */
+		fs->ch.f = NULL;
+		fs->state = FS_ACCEL;
+		fs->ch.broken = 1;
+	} else {
+		fs->state = FS_SERVER_PRE;
+	}
+	/* SYNC POINT: the offer is ADOPTED before this doorbell leaves, so a
+	 * client that reads it and re-checks sees the adoption. */
+	fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	fivc_fd_set(fd, fs);
+	FIVC_DEBUG("fd %d: adopted offer %u (slot %u) for port %u -> %u", fd, v.idx, v.slot,
+		   t.sport, t.dport);
+plain:
+	errno = saved;
+	return fd;
+}

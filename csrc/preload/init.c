@@ -1,0 +1,162 @@
+/* fastivc preload — init: the real-function table, configuration, logging,
+ * the fd table and the process's fabric.  See preload.h for the order. */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "preload.h"
+
+struct fivc_real fivc_real;
+int fivc_ready;
+__thread int fivc_guard;
+struct fivc_config fivc_cfg;
+struct fsock **fivc_fds;
+int fivc_nfds;
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* A real function that could not be resolved fails with ENOSYS instead of
+ * crashing the program (STYLE.md 1). */
+static long missing_call(void)
+{
+	errno = ENOSYS;
+	return -1;
+}
+
+static void resolve_real(void)
+{
+#define X(ret, name, args)                                                      \
+	{                                                                       \
+		dlerror();                                                      \
+		void *p = dlsym(RTLD_NEXT, #name);                              \
+		fivc_real.name = p && !dlerror() ? (ret(*) args)p : (ret(*) args)(void *)missing_call; \
+	}
+	FIVC_REAL_CALLS(X)
+#undef X
+}
+
+static void read_config(void)
+{
+	const char *v;
+	memset(&fivc_cfg, 0, sizeof(fivc_cfg));
+	fivc_cfg.log_fd = 2;
+	fivc_cfg.spin_ns = 50000;
+	v = getenv("FASTIVC_DISABLE");
+	fivc_cfg.disabled = v && *v && strcmp(v, "0") != 0;
+	v = getenv("FASTIVC_SPIN_US");
+	if (v && *v)
+		fivc_cfg.spin_ns = strtoull(v, NULL, 10) * 1000ull;
+	v = getenv("FASTIVC_RING_KIB");
+	if (v && *v)
+		fivc_cfg.ring_kib = (uint32_t)strtoul(v, NULL, 10);
+	v = getenv("FASTIVC_FABRIC");
+	snprintf(fivc_cfg.fabric, sizeof(fivc_cfg.fabric), "%s", v && *v ? v : "/dev/shm/fastivc");
+	/* FASTIVC_LOG=off|info|debug[:FILE] */
+	v = getenv("FASTIVC_LOG");
+	if (v && *v) {
+		if (!strncmp(v, "info", 4))
+			fivc_cfg.log_level = FIVC_LOG_INFO;
+		else if (!strncmp(v, "debug", 5))
+			fivc_cfg.log_level = FIVC_LOG_DEBUG;
+		const char *file = strchr(v, ':');
+		if (file && file[1] && fivc_cfg.log_level) {
+			int fd = open(file + 1, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+			if (fd >= 0)
+				fivc_cfg.log_fd = fd;
+		}
+	}
+}
+
+void fivc_log(int level, const char *fmt, ...)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof(buf), "fastivc[%d] %s: ", (int)getpid(),
+			 level >= FIVC_LOG_DEBUG ? "debug" : "info");
+	va_list ap;
+	va_start(ap, fmt);
+	n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(buf) - 2)
+		n = (int)sizeof(buf) - 2;
+	buf[n++] = '\n';
+	int saved = errno;
+	fivc_real.write(fivc_cfg.log_fd, buf, (size_t)n);
+	errno = saved;
+}
+
+static void fd_table_init(void)
+{
+	struct rlimit rl;
+	rlim_t n = 65536;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY && rl.rlim_max > n)
+		n = rl.rlim_max;
+	if (n > (1u << 20))
+		n = 1u << 20;
+	fivc_fds = calloc((size_t)n, sizeof(*fivc_fds));
+	fivc_nfds = fivc_fds ? (int)n : 0;
+}
+
+void fivc_fd_set(int fd, struct fsock *fs)
+{
+	if (fd >= 0 && fd < fivc_nfds)
+		__atomic_store_n(&fivc_fds[fd], fs, __ATOMIC_RELEASE);
+}
+
+void fivc_init(void)
+{
+	pthread_mutex_lock(&init_lock);
+	if (!fivc_ready) {
+		/* Mark done first: calls made while we initialise (dlsym may
+		 * allocate, allocation may read files) see "ready" and, with no
+		 * fd table yet, take the real path.  The table entries are filled
+		 * before any wrapper can reach them through fivc_fs(). */
+		resolve_real();
+		__atomic_store_n(&fivc_ready, 1, __ATOMIC_RELEASE);
+		read_config();
+		fd_table_init();
+		FIVC_DEBUG("loaded (fabric %s, spin %llu us%s)", fivc_cfg.fabric,
+			   (unsigned long long)(fivc_cfg.spin_ns / 1000),
+			   fivc_cfg.disabled ? ", disabled" : "");
+	}
+	pthread_mutex_unlock(&init_lock);
+}
+
+__attribute__((constructor)) static void fivc_ctor(void) { FIVC_ENSURE_INIT(); }
+
+/* ---- the fabric, opened on first need ---- */
+static struct fivc_fabric fabric;
+static int fabric_state; /* 0 untried, 1 open, -1 failed */
+static pthread_mutex_t fabric_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct fivc_fabric *fivc_fabric_get(void)
+{
+	int st = __atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE);
+	if (st)
+		return st > 0 ? &fabric : NULL;
+	pthread_mutex_lock(&fabric_lock);
+	if (!fabric_state) {
+		char err[512];
+		struct fivc_geometry g = {.ring_size = fivc_cfg.ring_kib * 1024u};
+		fivc_guard++;
+		int r = fivc_fabric_open(fivc_cfg.fabric, &g, &fabric, err, sizeof(err));
+		fivc_guard--;
+		if (r < 0) {
+			FIVC_INFO("acceleration off: %s", err);
+			__atomic_store_n(&fabric_state, -1, __ATOMIC_RELEASE);
+		} else {
+			if (!fabric.self)
+				FIVC_INFO("fabric %s: no free member id; connections stay plain",
+					  fivc_cfg.fabric);
+			FIVC_DEBUG("fabric %s open, member %u", fivc_cfg.fabric, fabric.self);
+			__atomic_store_n(&fabric_state, fabric.self ? 1 : -1, __ATOMIC_RELEASE);
+		}
+	}
+	pthread_mutex_unlock(&fabric_lock);
+	return fabric_state > 0 ? &fabric : NULL;
+}

@@ -1,0 +1,278 @@
+/* fastivc preload — reads and writes on a socket that has an offer or a
+ * channel: the upgrade's second half (DESIGN.md "The upgrade", steps 3-4).
+ *
+ * Client (FS_CLIENT_PENDING): reads and writes go over TCP; bytes written are
+ * counted.  Once the offer reads ADOPTED the client switches: it publishes
+ * N = bytes written over TCP, sends one doorbell byte, and from then on uses
+ * the ring.  Any TCP byte read while pending is re-checked against the offer:
+ * an adopting server marks the offer before its doorbell leaves, so bytes
+ * seen under a PENDING offer are program data from a plain server.
+ *
+ * Server (FS_SERVER_PRE): writes go to the ring from the start; reads take
+ * exactly N bytes from TCP (re-checking for N after every TCP read and never
+ * handing out a byte beyond it), then the ring.
+ */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "fastivc/atomics.h"
+#include "fastivc/util.h"
+#include "preload.h"
+
+static int chan_flags(struct fsock *fs, int msgflags)
+{
+	int f = 0;
+	if (fs->nonblock || (msgflags & MSG_DONTWAIT))
+		f |= FIVC_NONBLOCK;
+	if (msgflags & MSG_PEEK)
+		f |= FIVC_PEEK;
+	if (msgflags & MSG_WAITALL)
+		f |= FIVC_WAITALL;
+	return f;
+}
+
+/* Client: give up on acceleration (the server is plain). */
+static void client_go_plain(struct fsock *fs)
+{
+	int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
+	if (r == -EALREADY) {
+		/* Adopted after we saw program data: impossible for a correct
+		 * server (it adopts before the program sees the connection). */
+		fs->ch.broken = 1;
+		fs->state = FS_ACCEL;
+		return;
+	}
+	fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
+	fivc_chan_close(&fs->ch);
+	fs->state = FS_PLAIN;
+	FIVC_DEBUG("fd %d: peer is not accelerated: plain TCP", fs->fd);
+}
+
+/* Client: the offer was adopted; switch to the ring.  Caller holds wr_lock
+ * (tcp_sent must not move while N is published). */
+static void client_switch(struct fsock *fs)
+{
+	struct fivc_slot *s = fivc_slot_at(fs->fab, fs->slot);
+	fivc_store_relaxed(&s->switch_bytes, fs->tcp_sent);
+	/* SYNC POINT WRITE: N before the state; pairs with fivc_fs_server_check(). */
+	fivc_store_release(&s->switch_state, 1);
+	/* The doorbell after N: wakes a server blocked reading TCP.  If the send
+	 * buffer is full the server has bytes to read and will re-check N. */
+	fivc_real.send(fs->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
+	fs->state = FS_ACCEL;
+	FIVC_DEBUG("fd %d: switched to the ring after %llu TCP bytes", fs->fd,
+		   (unsigned long long)fs->tcp_sent);
+}
+
+/* Client: if the offer was adopted, switch (takes wr_lock unless held). */
+void fivc_fs_client_check(struct fsock *fs, int have_wr_lock)
+{
+	if (fs->state != FS_CLIENT_PENDING)
+		return;
+	if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) != FIVC_OFFER_ADOPTED)
+		return;
+	if (!have_wr_lock)
+		pthread_mutex_lock(&fs->wr_lock);
+	if (fs->state == FS_CLIENT_PENDING)
+		client_switch(fs);
+	if (!have_wr_lock)
+		pthread_mutex_unlock(&fs->wr_lock);
+}
+
+/* Server: learn N once the client published it. */
+void fivc_fs_server_check(struct fsock *fs)
+{
+	if (fs->n_known)
+		return;
+	struct fivc_slot *s = fivc_slot_at(fs->fab, fs->slot);
+	/* SYNC POINT READ: pairs with the release in client_switch(). */
+	if (fivc_load_acquire(&s->switch_state)) {
+		fs->switch_n = fivc_load_relaxed(&s->switch_bytes);
+		fs->n_known = 1;
+	}
+}
+
+/* Server: the pre-switch bytes are all read once N is known and reached. */
+static void server_maybe_done(struct fsock *fs)
+{
+	fivc_fs_server_check(fs);
+	if (fs->state == FS_SERVER_PRE && fs->n_known && fs->tcp_recvd >= fs->switch_n) {
+		fs->state = FS_ACCEL;
+		FIVC_DEBUG("fd %d: read the client's %llu pre-switch bytes; ring only", fs->fd,
+			   (unsigned long long)fs->switch_n);
+	}
+}
+
+/* One recv on an fsock; the body behind every read-family wrapper. */
+ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
+{
+	ssize_t r;
+	size_t got = 0;
+	int waitall = (flags & MSG_WAITALL) && !(flags & MSG_PEEK);
+	int tflags = flags & ~MSG_WAITALL; /* never WAITALL on TCP across the switch */
+	pthread_mutex_lock(&fs->rd_lock);
+	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
+	for (;;) {
+		switch (fs->state) {
+		case FS_PLAIN:
+			r = fivc_real.recv(fd, (char *)buf + got, len - got, flags);
+			r = r < 0 ? -errno : r;
+			goto out;
+		case FS_CLIENT_PENDING:
+			fivc_fs_client_check(fs, 0);
+			if (fs->state != FS_CLIENT_PENDING)
+				continue;
+			r = fivc_real.recv(fd, (char *)buf + got, len - got,
+					   tflags | (fs->nonblock ? MSG_DONTWAIT : 0));
+			if (r < 0) {
+				r = -errno;
+				goto out;
+			}
+			/* Re-check after every TCP read (see the top of this file). */
+			if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED) {
+				/* those bytes were doorbells; after the switch the
+				 * ring waits drain them */
+				fivc_fs_client_check(fs, 0);
+				continue;
+			}
+			if (r == 0)
+				goto out; /* EOF from a server that never adopted */
+			pthread_mutex_lock(&fs->wr_lock);
+			client_go_plain(fs);
+			pthread_mutex_unlock(&fs->wr_lock);
+			got += (size_t)r;
+			if (!waitall || got == len || fs->state == FS_ACCEL) {
+				r = 0;
+				goto out;
+			}
+			continue;
+		case FS_SERVER_PRE: {
+			server_maybe_done(fs);
+			if (fs->state != FS_SERVER_PRE)
+				continue;
+			size_t want = len - got;
+			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
+				want = (size_t)(fs->switch_n - fs->tcp_recvd);
+			r = fivc_real.recv(fd, (char *)buf + got, want,
+					   tflags | (fs->nonblock ? MSG_DONTWAIT : 0));
+			if (r < 0) {
+				r = -errno;
+				goto out;
+			}
+			int was_known = fs->n_known;
+			fivc_fs_server_check(fs);
+			if (r == 0) {
+				if (fs->n_known) /* the client switched and then closed TCP */
+					continue;
+				goto out; /* EOF before any switch */
+			}
+			if (!was_known && fs->n_known && (uint64_t)r > fs->switch_n - fs->tcp_recvd) {
+				/* bytes past N are control bytes: never handed out */
+				r = (ssize_t)(fs->switch_n - fs->tcp_recvd);
+			}
+			if (!(flags & MSG_PEEK))
+				fs->tcp_recvd += (uint64_t)r;
+			server_maybe_done(fs);
+			got += (size_t)r;
+			if (r == 0 || (waitall && got < len))
+				continue;
+			r = 0;
+			goto out;
+		}
+		case FS_ACCEL:
+			r = fivc_chan_read(&fs->ch, (char *)buf + got, len - got, chan_flags(fs, flags));
+			if (r > 0) {
+				got += (size_t)r;
+				r = 0;
+			}
+			goto out;
+		}
+	}
+out:
+	pthread_mutex_unlock(&fs->rd_lock);
+	if (got)
+		return (ssize_t)got;
+	return r;
+}
+
+ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
+{
+	ssize_t r;
+	pthread_mutex_lock(&fs->wr_lock);
+	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
+	fivc_fs_client_check(fs, 1);
+	if (fs->state == FS_PLAIN || fs->state == FS_CLIENT_PENDING) {
+		r = fivc_real.send(fd, buf, len, flags);
+		if (r < 0)
+			r = -errno;
+		else if (fs->state == FS_CLIENT_PENDING)
+			fs->tcp_sent += (uint64_t)r;
+		pthread_mutex_unlock(&fs->wr_lock);
+		return r;
+	}
+	r = fivc_chan_write(&fs->ch, buf, len, chan_flags(fs, flags));
+	pthread_mutex_unlock(&fs->wr_lock);
+	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
+		pthread_kill(pthread_self(), SIGPIPE); /* as TCP would */
+	return r;
+}
+
+/* Vectored forms: gather into the ring piece by piece (a short count when a
+ * non-blocking ring fills, like a socket). */
+ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags)
+{
+	size_t done = 0;
+	for (int i = 0; i < n; i++) {
+		if (!iov[i].iov_len)
+			continue;
+		ssize_t r = fivc_fs_send(fs, fd, iov[i].iov_base, iov[i].iov_len,
+					 done ? flags | MSG_NOSIGNAL : flags);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += (size_t)r;
+		if ((size_t)r < iov[i].iov_len)
+			break;
+	}
+	return (ssize_t)done;
+}
+
+ssize_t fivc_fs_recvv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags)
+{
+	size_t done = 0;
+	for (int i = 0; i < n; i++) {
+		if (!iov[i].iov_len)
+			continue;
+		/* after the first bytes, take only what is already there */
+		ssize_t r = fivc_fs_recv(fs, fd, iov[i].iov_base, iov[i].iov_len,
+					 done && !(flags & MSG_WAITALL) ? flags | MSG_DONTWAIT : flags);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		done += (size_t)r;
+		if ((size_t)r < iov[i].iov_len)
+			break;
+	}
+	return (ssize_t)done;
+}
+
+long fivc_fs_nread(struct fsock *fs, int fd)
+{
+	int n = 0;
+	if (fs->state == FS_ACCEL) {
+		int eof;
+		ssize_t r = fivc_chan_readable(&fs->ch, &eof);
+		return r < 0 ? 0 : r;
+	}
+	if (fivc_real.ioctl(fd, FIONREAD, &n) < 0)
+		return -errno;
+	if (fs->state == FS_SERVER_PRE && fs->n_known && (uint64_t)n > fs->switch_n - fs->tcp_recvd)
+		n = (int)(fs->switch_n - fs->tcp_recvd);
+	if (fs->state == FS_CLIENT_PENDING &&
+	    fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED)
+		n = 0;
+	return n;
+}

@@ -1,0 +1,180 @@
+/* fastivc — the LD_PRELOAD interposer: shared declarations.
+ *
+ * Init order (each step needs the previous one):
+ *   1. real-function table  (dlsym(RTLD_NEXT)); everything calls through it
+ *   2. configuration        (environment: FASTIVC_*; logging needs it)
+ *   3. logging              (writes with real.write)
+ *   4. fd table             (sized from RLIMIT_NOFILE)
+ * The fabric is opened lazily, at the first eligible connect()/accept(), so a
+ * program that never uses TCP never creates one.
+ */
+#ifndef FASTIVC_PRELOAD_H
+#define FASTIVC_PRELOAD_H
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "fastivc/channel.h"
+#include "fastivc/fabric.h"
+
+#define FIVC_EXPORT __attribute__((visibility("default")))
+
+/* ---- 1. the real functions ---- */
+#define FIVC_REAL_CALLS(X)                                                                    \
+	X(int, socket, (int, int, int))                                                       \
+	X(int, connect, (int, const struct sockaddr *, socklen_t))                            \
+	X(int, accept, (int, struct sockaddr *, socklen_t *))                                 \
+	X(int, accept4, (int, struct sockaddr *, socklen_t *, int))                           \
+	X(ssize_t, read, (int, void *, size_t))                                               \
+	X(ssize_t, write, (int, const void *, size_t))                                        \
+	X(ssize_t, readv, (int, const struct iovec *, int))                                   \
+	X(ssize_t, writev, (int, const struct iovec *, int))                                  \
+	X(ssize_t, recv, (int, void *, size_t, int))                                          \
+	X(ssize_t, recvfrom, (int, void *, size_t, int, struct sockaddr *, socklen_t *))      \
+	X(ssize_t, recvmsg, (int, struct msghdr *, int))                                      \
+	X(ssize_t, send, (int, const void *, size_t, int))                                    \
+	X(ssize_t, sendto, (int, const void *, size_t, int, const struct sockaddr *, socklen_t)) \
+	X(ssize_t, sendmsg, (int, const struct msghdr *, int))                                \
+	X(ssize_t, sendfile, (int, int, off_t *, size_t))                                     \
+	X(ssize_t, sendfile64, (int, int, off_t *, size_t))                                   \
+	X(int, close, (int))                                                                  \
+	X(int, shutdown, (int, int))                                                          \
+	X(int, dup, (int))                                                                    \
+	X(int, dup2, (int, int))                                                              \
+	X(int, dup3, (int, int, int))                                                         \
+	X(int, fcntl, (int, int, ...))                                                        \
+	X(int, ioctl, (int, unsigned long, ...))                                              \
+	X(int, setsockopt, (int, int, int, const void *, socklen_t))                          \
+	X(int, getsockopt, (int, int, int, void *, socklen_t *))                              \
+	X(int, poll, (struct pollfd *, nfds_t, int))                                          \
+	X(int, ppoll, (struct pollfd *, nfds_t, const struct timespec *, const sigset_t *))   \
+	X(int, select, (int, fd_set *, fd_set *, fd_set *, struct timeval *))                 \
+	X(int, pselect, (int, fd_set *, fd_set *, fd_set *, const struct timespec *,          \
+			 const sigset_t *))                                                   \
+	X(pid_t, fork, (void))
+
+struct fivc_real {
+#define X(ret, name, args) ret(*name) args;
+	FIVC_REAL_CALLS(X)
+#undef X
+};
+extern struct fivc_real fivc_real;
+extern int fivc_ready; /* 1 once init ran (set before it runs: re-entrant calls pass) */
+void fivc_init(void);
+#define FIVC_ENSURE_INIT()                                                   \
+	do {                                                                 \
+		if (__builtin_expect(!__atomic_load_n(&fivc_ready, __ATOMIC_ACQUIRE), 0)) \
+			fivc_init();                                         \
+	} while (0)
+
+/* Per-thread recursion guard: the library's own socket calls go straight to
+ * fivc_real, but libc may call back into wrapped symbols while we hold locks
+ * (e.g. fopen -> read); those take the real path. */
+extern __thread int fivc_guard;
+#define FIVC_GUARDED() (fivc_guard > 0)
+
+/* ---- 2./3. configuration and logging ---- */
+enum { FIVC_LOG_OFF = 0, FIVC_LOG_INFO = 1, FIVC_LOG_DEBUG = 2 };
+struct fivc_config {
+	int disabled;
+	int log_level;
+	int log_fd;
+	uint64_t spin_ns;
+	uint32_t ring_kib;
+	char fabric[256];
+};
+extern struct fivc_config fivc_cfg;
+void fivc_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define FIVC_INFO(...) do { if (fivc_cfg.log_level >= FIVC_LOG_INFO) fivc_log(FIVC_LOG_INFO, __VA_ARGS__); } while (0)
+#define FIVC_DEBUG(...) do { if (fivc_cfg.log_level >= FIVC_LOG_DEBUG) fivc_log(FIVC_LOG_DEBUG, __VA_ARGS__); } while (0)
+
+/* The process's fabric, opened on first need; NULL when unavailable. */
+struct fivc_fabric *fivc_fabric_get(void);
+
+/* ---- 4. accelerated sockets ---- */
+enum fsock_state {
+	FS_CLIENT_PENDING, /* offer posted; reads/writes on TCP, counting bytes sent */
+	FS_SERVER_PRE,     /* adopted; reading the client's pre-switch TCP bytes */
+	FS_ACCEL,          /* everything on the ring; TCP carries control bytes only */
+	FS_PLAIN,          /* gave up (peer not accelerated): plain TCP for good */
+};
+
+struct fsock {
+	int refs;          /* fds of this process that refer to it (dup) */
+	int fd;            /* one of those fds: the TCP socket for doorbells */
+	int side;          /* FIVC_SIDE_CLIENT / FIVC_SIDE_SERVER */
+	int state;         /* enum fsock_state; changes under both locks */
+	int nonblock;      /* O_NONBLOCK, tracked through fcntl/ioctl */
+	int tcp_eof;       /* the TCP peer closed (FIN) or reset (tcp_err) */
+	int tcp_err;
+	uint64_t rcvtimeo_ns, sndtimeo_ns; /* 0: none */
+	pthread_mutex_t rd_lock, wr_lock;
+	struct fivc_fabric *fab;
+	uint32_t slot, gen;
+	uint32_t offer_idx;
+	uint64_t offer_word;
+	uint64_t tcp_sent; /* client: program bytes sent over TCP before the switch */
+	uint64_t tcp_recvd; /* server: program bytes read from TCP before the switch */
+	uint64_t switch_n;  /* server: N once the client published it */
+	int n_known;
+	struct fivc_chan ch;
+};
+
+/* fd -> fsock; NULL for every fd the library does not handle. */
+extern struct fsock **fivc_fds;
+extern int fivc_nfds;
+static inline struct fsock *fivc_fs(int fd)
+{
+	if (fd < 0 || fd >= fivc_nfds || !fivc_fds)
+		return NULL;
+	return __atomic_load_n(&fivc_fds[fd], __ATOMIC_ACQUIRE);
+}
+void fivc_fd_set(int fd, struct fsock *fs);
+
+/* connect / accept (connect.c) */
+int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len);
+int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4);
+
+/* I/O on an accelerated socket (io.c); -errno inside, errno at the wrappers */
+ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags);
+ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags);
+ssize_t fivc_fs_recvv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags);
+ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags);
+/* Readiness of an accelerated socket for poll: POLLIN/POLLOUT/POLLHUP/POLLERR
+ * bits now ready; *kernel_events is what to ask the kernel for on the TCP fd
+ * to be woken (arms the ring's waiting flags when arm is set). */
+short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kernel_events);
+void fivc_fs_disarm(struct fsock *fs);
+/* Client: switch now if the offer was adopted.  Server: learn N. */
+void fivc_fs_client_check(struct fsock *fs, int have_wr_lock);
+void fivc_fs_server_check(struct fsock *fs);
+/* Consume control bytes (after the switch) without blocking. */
+void fivc_fs_drain(struct fsock *fs, int fd);
+long fivc_fs_nread(struct fsock *fs, int fd);
+
+/* close / dup / shutdown (sock.c) */
+int fivc_fs_close(int fd);
+int fivc_fs_dup(int oldfd, int newfd);
+int fivc_fs_shutdown(struct fsock *fs, int fd, int how);
+void fivc_fs_release(struct fsock *fs);
+
+/* errno at the libc boundary only (STYLE.md 6) */
+static inline long fivc_ret(long r)
+{
+	if (r < 0) {
+		errno = (int)-r;
+		return -1;
+	}
+	return r;
+}
+
+#endif

@@ -1,0 +1,128 @@
+/* fastivc preload — lifetime of accelerated sockets: close, dup, shutdown,
+ * and their readiness for poll/select. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastivc/atomics.h"
+#include "preload.h"
+
+void fivc_fs_release(struct fsock *fs)
+{
+	if (fs->state == FS_CLIENT_PENDING) {
+		int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
+		if (r == -EALREADY) {
+			/* Adopted while we closed: switch, so the server reads our TCP
+			 * bytes and then sees the ring's EOF. */
+			fivc_fs_client_check(fs, 1);
+		} else {
+			fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
+		}
+	}
+	if (fs->state != FS_PLAIN)
+		fivc_chan_close(&fs->ch);
+	pthread_mutex_destroy(&fs->rd_lock);
+	pthread_mutex_destroy(&fs->wr_lock);
+	free(fs);
+}
+
+/* Forget fd; the connection ends with its last fd. */
+int fivc_fs_close(int fd)
+{
+	struct fsock *fs = fivc_fs(fd);
+	if (fs) {
+		fivc_fd_set(fd, NULL);
+		if (__atomic_sub_fetch(&fs->refs, 1, __ATOMIC_ACQ_REL) == 0)
+			fivc_fs_release(fs);
+		else if (__atomic_load_n(&fs->fd, __ATOMIC_RELAXED) == fd)
+			__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED); /* next call sets one */
+	}
+	return 0;
+}
+
+/* newfd now refers to oldfd's connection (dup, dup2, dup3, F_DUPFD). */
+int fivc_fs_dup(int oldfd, int newfd)
+{
+	struct fsock *fs = fivc_fs(oldfd);
+	if (!fs || newfd < 0 || newfd == oldfd)
+		return 0;
+	if (newfd >= fivc_nfds) {
+		FIVC_INFO("fd %d beyond the fd table: the duplicate stays unmanaged", newfd);
+		return 0;
+	}
+	__atomic_add_fetch(&fs->refs, 1, __ATOMIC_ACQ_REL);
+	fivc_fd_set(newfd, fs);
+	return 0;
+}
+
+int fivc_fs_shutdown(struct fsock *fs, int fd, int how)
+{
+	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
+		return -EINVAL;
+	if (fs->state == FS_PLAIN || fs->state == FS_CLIENT_PENDING) {
+		if (fivc_real.shutdown(fd, how) < 0)
+			return -errno;
+		if (fs->state == FS_PLAIN)
+			return 0;
+	}
+	/* On the ring only: the TCP socket must stay able to carry doorbells
+	 * both ways; it is shut down by the final close. */
+	return fivc_chan_shutdown(&fs->ch, how);
+}
+
+/* See preload.h.  *kernel_events: what to ask the kernel for on the TCP fd;
+ * bits of the kernel's answer that count are those in *kernel_events too,
+ * except for FS_ACCEL where the kernel only wakes us (doorbell, FIN). */
+short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kernel_events)
+{
+	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
+	if (fs->state == FS_CLIENT_PENDING)
+		fivc_fs_client_check(fs, 0);
+	if (fs->state == FS_SERVER_PRE) {
+		pthread_mutex_lock(&fs->rd_lock);
+		fivc_fs_server_check(fs);
+		if (fs->n_known && fs->tcp_recvd >= fs->switch_n)
+			fs->state = FS_ACCEL;
+		pthread_mutex_unlock(&fs->rd_lock);
+	}
+	switch (fs->state) {
+	case FS_PLAIN:
+	case FS_CLIENT_PENDING:
+		*kernel_events = events;
+		return 0;
+	default:
+		break;
+	}
+	short r = 0;
+	int eof = 0;
+	int pre = fs->state == FS_SERVER_PRE;
+	if (!pre && (events & (POLLIN | POLLRDNORM | POLLRDHUP))) {
+		ssize_t n = fivc_chan_readable(&fs->ch, &eof);
+		if (n < 0)
+			r |= POLLIN | POLLRDNORM | POLLERR | POLLHUP;
+		else if (n > 0 || eof)
+			r |= (events & (POLLIN | POLLRDNORM)) | (eof ? POLLRDHUP : 0);
+	}
+	if (events & (POLLOUT | POLLWRNORM)) {
+		ssize_t n = fivc_chan_writable(&fs->ch);
+		if (n > 0 || n == -EPIPE)
+			r |= events & (POLLOUT | POLLWRNORM);
+		else if (n < 0)
+			r |= POLLERR;
+	}
+	if (eof && fs->ch.wr_shut)
+		r |= POLLHUP;
+	r &= (short)(events | POLLERR | POLLHUP);
+	if (!r && arm && !fs->ch.broken) {
+		if (fivc_chan_arm(&fs->ch, !pre && (events & (POLLIN | POLLRDNORM)) != 0,
+				  (events & (POLLOUT | POLLWRNORM)) != 0))
+			return fivc_fs_ready(fs, fd, events, 0, kernel_events);
+	}
+	*kernel_events = POLLIN; /* pre: program bytes; accel: doorbell or FIN */
+	return r;
+}
+
+void fivc_fs_disarm(struct fsock *fs)
+{
+	if (fs->state == FS_ACCEL || fs->state == FS_SERVER_PRE)
+		fivc_chan_disarm(&fs->ch);
+}

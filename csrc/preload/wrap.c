@@ -1,0 +1,354 @@
+/* fastivc preload — the interposed symbols.  Each wrapper is one dispatch:
+ * a socket the library does not manage takes the real call directly. */
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "preload.h"
+
+int fivc_do_poll(struct pollfd *fds, nfds_t n, int timeout_ms);
+int fivc_do_ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask);
+int fivc_do_select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *tv);
+int fivc_do_pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *ts,
+		    const sigset_t *mask);
+
+/* The managed socket behind fd, or NULL (then: the real call). */
+static inline struct fsock *managed(int fd)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? NULL : fivc_fs(fd);
+}
+
+/* ---- connect / accept ---- */
+
+FIVC_EXPORT int connect(int fd, const struct sockaddr *a, socklen_t l)
+{
+	FIVC_ENSURE_INIT();
+	return fivc_do_connect(fd, a, l);
+}
+
+FIVC_EXPORT int accept(int fd, struct sockaddr *a, socklen_t *l)
+{
+	FIVC_ENSURE_INIT();
+	return fivc_do_accept(fd, a, l, 0, 0);
+}
+
+FIVC_EXPORT int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags)
+{
+	FIVC_ENSURE_INIT();
+	return fivc_do_accept(fd, a, l, flags, 1);
+}
+
+/* ---- reads ---- */
+
+FIVC_EXPORT ssize_t read(int fd, void *b, size_t n)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_recv(fs, fd, b, n, 0)) : fivc_real.read(fd, b, n);
+}
+
+FIVC_EXPORT ssize_t recv(int fd, void *b, size_t n, int flags)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_recv(fs, fd, b, n, flags)) : fivc_real.recv(fd, b, n, flags);
+}
+
+FIVC_EXPORT ssize_t recvfrom(int fd, void *b, size_t n, int flags, struct sockaddr *a, socklen_t *l)
+{
+	struct fsock *fs = managed(fd);
+	if (!fs)
+		return fivc_real.recvfrom(fd, b, n, flags, a, l);
+	if (a && l)
+		*l = 0; /* as Linux TCP does: no address */
+	return fivc_ret(fivc_fs_recv(fs, fd, b, n, flags));
+}
+
+FIVC_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_recvv(fs, fd, iov, cnt, 0)) : fivc_real.readv(fd, iov, cnt);
+}
+
+FIVC_EXPORT ssize_t recvmsg(int fd, struct msghdr *m, int flags)
+{
+	struct fsock *fs = managed(fd);
+	if (!fs)
+		return fivc_real.recvmsg(fd, m, flags);
+	ssize_t r = fivc_fs_recvv(fs, fd, m->msg_iov, (int)m->msg_iovlen, flags);
+	if (r >= 0) {
+		m->msg_namelen = 0;
+		m->msg_controllen = 0;
+		m->msg_flags = 0;
+	}
+	return fivc_ret(r);
+}
+
+/* ---- writes ---- */
+
+FIVC_EXPORT ssize_t write(int fd, const void *b, size_t n)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_send(fs, fd, b, n, 0)) : fivc_real.write(fd, b, n);
+}
+
+FIVC_EXPORT ssize_t send(int fd, const void *b, size_t n, int flags)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_send(fs, fd, b, n, flags)) : fivc_real.send(fd, b, n, flags);
+}
+
+FIVC_EXPORT ssize_t sendto(int fd, const void *b, size_t n, int flags, const struct sockaddr *a,
+			   socklen_t l)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_send(fs, fd, b, n, flags))
+		  : fivc_real.sendto(fd, b, n, flags, a, l);
+}
+
+FIVC_EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_sendv(fs, fd, iov, cnt, 0)) : fivc_real.writev(fd, iov, cnt);
+}
+
+FIVC_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? fivc_ret(fivc_fs_sendv(fs, fd, m->msg_iov, (int)m->msg_iovlen, flags))
+		  : fivc_real.sendmsg(fd, m, flags);
+}
+
+/* sendfile into an accelerated socket: copy through a buffer. */
+static ssize_t sendfile_fs(struct fsock *fs, int out, int in, off_t *off, size_t count)
+{
+	char buf[65536];
+	size_t done = 0;
+	off_t pos = off ? *off : 0;
+	while (done < count) {
+		size_t want = count - done < sizeof(buf) ? count - done : sizeof(buf);
+		ssize_t r = off ? pread(in, buf, want, pos) : fivc_real.read(in, buf, want);
+		if (r < 0) {
+			if (done)
+				break;
+			return -errno;
+		}
+		if (r == 0)
+			break;
+		ssize_t w = fivc_fs_send(fs, out, buf, (size_t)r, 0);
+		if (w < 0) {
+			if (!off && done == 0)
+				return w;
+			if (!off) /* we consumed r bytes of the file we could not send */
+				lseek(in, -(off_t)r, SEEK_CUR);
+			break;
+		}
+		if (!off && w < r)
+			lseek(in, -(off_t)(r - w), SEEK_CUR);
+		done += (size_t)w;
+		pos += w;
+		if (w < r)
+			break;
+	}
+	if (off)
+		*off = pos;
+	return (ssize_t)done;
+}
+
+FIVC_EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
+{
+	struct fsock *fs = managed(out);
+	return fs ? fivc_ret(sendfile_fs(fs, out, in, off, count)) : fivc_real.sendfile(out, in, off, count);
+}
+
+FIVC_EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t count)
+{
+	struct fsock *fs = managed(out);
+	return fs ? fivc_ret(sendfile_fs(fs, out, in, off, count))
+		  : fivc_real.sendfile64(out, in, off, count);
+}
+
+/* ---- glibc fortify variants ---- */
+
+static void chk_fail(void) __attribute__((noreturn));
+static void chk_fail(void)
+{
+	static const char m[] = "*** buffer overflow detected ***: terminated\n";
+	fivc_real.write(2, m, sizeof(m) - 1);
+	abort();
+}
+
+FIVC_EXPORT ssize_t __read_chk(int fd, void *b, size_t n, size_t bl)
+{
+	if (n > bl)
+		chk_fail();
+	return read(fd, b, n);
+}
+
+FIVC_EXPORT ssize_t __recv_chk(int fd, void *b, size_t n, size_t bl, int flags)
+{
+	if (n > bl)
+		chk_fail();
+	return recv(fd, b, n, flags);
+}
+
+FIVC_EXPORT ssize_t __recvfrom_chk(int fd, void *b, size_t n, size_t bl, int flags,
+				   struct sockaddr *a, socklen_t *l)
+{
+	if (n > bl)
+		chk_fail();
+	return recvfrom(fd, b, n, flags, a, l);
+}
+
+FIVC_EXPORT int __poll_chk(struct pollfd *fds, nfds_t n, int t, size_t fdslen)
+{
+	if (fdslen / sizeof(*fds) < n)
+		chk_fail();
+	return poll(fds, n, t);
+}
+
+FIVC_EXPORT int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
+			    const sigset_t *m, size_t fdslen)
+{
+	if (fdslen / sizeof(*fds) < n)
+		chk_fail();
+	return ppoll(fds, n, ts, m);
+}
+
+/* ---- readiness ---- */
+
+FIVC_EXPORT int poll(struct pollfd *fds, nfds_t n, int t)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? fivc_real.poll(fds, n, t) : fivc_do_poll(fds, n, t);
+}
+
+FIVC_EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *m)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? fivc_real.ppoll(fds, n, ts, m) : fivc_do_ppoll(fds, n, ts, m);
+}
+
+FIVC_EXPORT int select(int n, fd_set *r, fd_set *w, fd_set *x, struct timeval *tv)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? fivc_real.select(n, r, w, x, tv) : fivc_do_select(n, r, w, x, tv);
+}
+
+FIVC_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *x, const struct timespec *ts,
+			const sigset_t *m)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? fivc_real.pselect(n, r, w, x, ts, m) : fivc_do_pselect(n, r, w, x, ts, m);
+}
+
+/* ---- descriptors ---- */
+
+FIVC_EXPORT int close(int fd)
+{
+	FIVC_ENSURE_INIT();
+	if (fivc_fs(fd))
+		fivc_fs_close(fd);
+	return fivc_real.close(fd);
+}
+
+FIVC_EXPORT int shutdown(int fd, int how)
+{
+	struct fsock *fs = managed(fd);
+	return fs ? (int)fivc_ret(fivc_fs_shutdown(fs, fd, how)) : fivc_real.shutdown(fd, how);
+}
+
+FIVC_EXPORT int dup(int fd)
+{
+	FIVC_ENSURE_INIT();
+	int r = fivc_real.dup(fd);
+	if (r >= 0 && fivc_fs(fd))
+		fivc_fs_dup(fd, r);
+	return r;
+}
+
+static int dup_onto(int oldfd, int newfd, int r)
+{
+	if (r >= 0 && oldfd != newfd) {
+		/* the kernel closed whatever newfd was */
+		if (fivc_fs(newfd))
+			fivc_fs_close(newfd);
+		fivc_fs_dup(oldfd, newfd);
+	}
+	return r;
+}
+
+FIVC_EXPORT int dup2(int oldfd, int newfd)
+{
+	FIVC_ENSURE_INIT();
+	return dup_onto(oldfd, newfd, fivc_real.dup2(oldfd, newfd));
+}
+
+FIVC_EXPORT int dup3(int oldfd, int newfd, int flags)
+{
+	FIVC_ENSURE_INIT();
+	return dup_onto(oldfd, newfd, fivc_real.dup3(oldfd, newfd, flags));
+}
+
+FIVC_EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *); /* every fcntl argument fits a pointer */
+	va_end(ap);
+	FIVC_ENSURE_INIT();
+	int r = fivc_real.fcntl(fd, cmd, arg);
+	struct fsock *fs = fivc_fs(fd);
+	if (r < 0 || !fs)
+		return r;
+	if (cmd == F_SETFL)
+		fs->nonblock = ((int)(intptr_t)arg & O_NONBLOCK) != 0;
+	else if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+		fivc_fs_dup(fd, r);
+	return r;
+}
+
+FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	va_start(ap, req);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	struct fsock *fs = managed(fd);
+	if (fs && req == FIONREAD) {
+		long n = fivc_fs_nread(fs, fd);
+		if (n < 0)
+			return (int)fivc_ret(n);
+		*(int *)arg = (int)n;
+		return 0;
+	}
+	int r = fivc_real.ioctl(fd, req, arg);
+	if (r == 0 && fs && req == FIONBIO)
+		fs->nonblock = *(int *)arg != 0;
+	return r;
+}
+
+FIVC_EXPORT int setsockopt(int fd, int level, int name, const void *v, socklen_t l)
+{
+	FIVC_ENSURE_INIT();
+	int r = fivc_real.setsockopt(fd, level, name, v, l);
+	struct fsock *fs = fivc_fs(fd);
+	if (r == 0 && fs && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
+	    l >= sizeof(struct timeval)) {
+		const struct timeval *tv = v;
+		uint64_t ns = (uint64_t)tv->tv_sec * 1000000000ull + (uint64_t)tv->tv_usec * 1000ull;
+		if (name == SO_RCVTIMEO)
+			fs->ch.rd_timeout_ns = fs->rcvtimeo_ns = ns;
+		else
+			fs->ch.wr_timeout_ns = fs->sndtimeo_ns = ns;
+	}
+	return r;
+}
+
+FIVC_EXPORT int getsockopt(int fd, int level, int name, void *v, socklen_t *l)
+{
+	FIVC_ENSURE_INIT();
+	return fivc_real.getsockopt(fd, level, name, v, l);
+}
