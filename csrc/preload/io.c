@@ -123,26 +123,41 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			r = fivc_real.recv(fd, (char *)buf + got, len - got, flags);
 			r = r < 0 ? -errno : r;
 			goto out;
-		case FS_CLIENT_PENDING:
+		case FS_CLIENT_PENDING: {
 			fivc_fs_client_check(fs, 0);
 			if (fs->state != FS_CLIENT_PENDING)
 				continue;
+			/* Announce that we wait on the ring too: if another thread
+			 * switches while we sleep in TCP recv, the server's first
+			 * ring write rings the doorbell and wakes us. */
+			int nb = fs->nonblock || (flags & MSG_DONTWAIT);
+			int armed = !nb && !fivc_chan_arm(&fs->ch, 1, 0);
 			r = fivc_real.recv(fd, (char *)buf + got, len - got,
 					   tflags | (fs->nonblock ? MSG_DONTWAIT : 0));
+			int e = errno;
+			if (armed)
+				fivc_chan_disarm(&fs->ch);
 			if (r < 0) {
-				r = -errno;
+				r = -e;
 				goto out;
 			}
-			/* Re-check after every TCP read (see the top of this file). */
-			if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED) {
-				/* those bytes were doorbells; after the switch the
-				 * ring waits drain them */
-				fivc_fs_client_check(fs, 0);
+			/* Re-check after every TCP read (see the top of this file),
+			 * under wr_lock so no switch runs concurrently. */
+			pthread_mutex_lock(&fs->wr_lock);
+			if (fs->state != FS_CLIENT_PENDING) {
+				/* switched meanwhile: those bytes were doorbells */
+				pthread_mutex_unlock(&fs->wr_lock);
 				continue;
 			}
-			if (r == 0)
+			if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED) {
+				client_switch(fs); /* those bytes were doorbells */
+				pthread_mutex_unlock(&fs->wr_lock);
+				continue;
+			}
+			if (r == 0) {
+				pthread_mutex_unlock(&fs->wr_lock);
 				goto out; /* EOF from a server that never adopted */
-			pthread_mutex_lock(&fs->wr_lock);
+			}
 			client_go_plain(fs);
 			pthread_mutex_unlock(&fs->wr_lock);
 			got += (size_t)r;
@@ -151,6 +166,7 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 				goto out;
 			}
 			continue;
+		}
 		case FS_SERVER_PRE: {
 			server_maybe_done(fs);
 			if (fs->state != FS_SERVER_PRE)

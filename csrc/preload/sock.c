@@ -85,8 +85,13 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 		pthread_mutex_unlock(&fs->rd_lock);
 	}
 	switch (fs->state) {
-	case FS_PLAIN:
 	case FS_CLIENT_PENDING:
+		/* TCP decides while pending; arm the ring as well so a switch
+		 * made by another thread still wakes this poll (see io.c). */
+		if (arm && (events & (POLLIN | POLLRDNORM)))
+			fivc_chan_arm(&fs->ch, 1, 0);
+		/* fall through */
+	case FS_PLAIN:
 		*kernel_events = events;
 		return 0;
 	default:
@@ -123,6 +128,6 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 
 void fivc_fs_disarm(struct fsock *fs)
 {
-	if (fs->state == FS_ACCEL || fs->state == FS_SERVER_PRE)
+	if (fs->state != FS_PLAIN)
 		fivc_chan_disarm(&fs->ch);
 }

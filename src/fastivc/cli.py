@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +44,28 @@ def _cmd_bench_ring(args: argparse.Namespace) -> int:
             json.dump(doc, f, indent=2)
         print(f"results written to {args.json}")
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import build_env, exec_command
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("fastivc run: no command given (fastivc run [OPTIONS] -- CMD ARGS...)",
+              file=sys.stderr)
+        return 2
+    env = build_env(os.environ, args.fabric, args.spin_us, args.log, args.ring_kib, args.disable)
+    try:
+        exec_command(cmd, env)
+    except FileNotFoundError:
+        print(f"fastivc run: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"fastivc run: permission denied: {cmd[0]}", file=sys.stderr)
+        return 126
+    return 1  # not reached
 
 
 def _cmd_stat(args: argparse.Namespace) -> int:
@@ -97,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="no progress output")
     rp.set_defaults(func=_cmd_bench_ring)
 
+    rn = sub.add_parser(
+        "run", help="run a program with fastivc (its TCP connections to accelerated peers "
+        "on this host go through shared memory)",
+        description="Exec CMD with libfastivc.so appended to LD_PRELOAD. Connections "
+        "between two accelerated programs on this host switch to shared memory; every other "
+        "connection stays plain TCP. Statically linked and setuid programs stay on TCP.",
+        usage="fastivc run [--fabric PATH] [--spin-us N] [--log off|info|debug[:FILE]] "
+        "[--ring-kib K] [--disable] -- CMD ARGS...")
+    rn.add_argument("--fabric", metavar="PATH",
+                    help="fabric file shared by the peers (default $FASTIVC_FABRIC or "
+                    "/dev/shm/fastivc)")
+    rn.add_argument("--spin-us", type=int, metavar="N",
+                    help="microseconds a side polls before sleeping (default 50)")
+    rn.add_argument("--log", metavar="LEVEL[:FILE]",
+                    help="off, info or debug, to stderr or to FILE")
+    rn.add_argument("--ring-kib", type=int, metavar="K",
+                    help="ring size per direction if this run creates the fabric")
+    rn.add_argument("--disable", action="store_true",
+                    help="load the library but accelerate nothing (FASTIVC_DISABLE=1)")
+    rn.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
+    rn.set_defaults(func=_cmd_run)
+
     st = sub.add_parser("stat", help="list the channels, offers and members of a fabric")
     st.add_argument("--fabric", metavar="PATH",
                     help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
@@ -113,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(["bench", "--help"])
         parser.print_help()
         return 2
+    if args.command == "run":
+        if args.spin_us is not None and args.spin_us < 0:
+            parser.error("--spin-us must be >= 0")
+        if args.log and args.log.split(":", 1)[0] not in ("off", "info", "debug"):
+            parser.error("--log must be off, info or debug (optionally :FILE)")
+        if args.ring_kib is not None and (args.ring_kib < 4 or args.ring_kib & (args.ring_kib - 1)):
+            parser.error("--ring-kib must be a power of two >= 4")
     if args.command == "bench" and args.scenario == "ring":
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")

@@ -1,0 +1,100 @@
+"""Two hosts on one machine for the tests: network namespaces joined by a
+veth pair, with private addresses created here; and helpers that start
+test programs with or without fastivc and read what they print."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import subprocess
+import sys
+from pathlib import Path
+
+from fastivc.run import build_env
+
+NS_CLIENT, NS_SERVER = "fivc-test-a", "fivc-test-b"
+ADDR = {4: ("10.201.0.1", "10.201.0.2"), 6: ("fd00:201::1", "fd00:201::2")}
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+PEER = str(Path(__file__).with_name("peer.py"))
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    subprocess.run(["ip", *args], check=check, capture_output=True)
+
+
+def netns_down() -> None:
+    for ns in (NS_CLIENT, NS_SERVER):
+        _ip("netns", "del", ns, check=False)
+
+
+def netns_up() -> None:
+    netns_down()
+    _ip("netns", "add", NS_CLIENT)
+    _ip("netns", "add", NS_SERVER)
+    _ip("link", "add", "fivc-ta", "type", "veth", "peer", "name", "fivc-tb")
+    for ns, dev, i in ((NS_CLIENT, "fivc-ta", 0), (NS_SERVER, "fivc-tb", 1)):
+        _ip("link", "set", dev, "netns", ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "addr", "add", f"{ADDR[4][i]}/24", "dev", dev)
+        _ip("-n", ns, "-6", "addr", "add", f"{ADDR[6][i]}/64", "dev", dev, "nodad")
+        _ip("-n", ns, "link", "set", dev, "up")
+
+
+class Proc:
+    """A test program; `fastivc` decides whether it runs under the library."""
+
+    def __init__(self, argv: list[str], fabric: str, fastivc: bool = True, ns: str | None = None,
+                 extra_env: dict | None = None):
+        env = build_env(os.environ, fabric=fabric) if fastivc else dict(os.environ)
+        if not fastivc:
+            env.pop("LD_PRELOAD", None)
+        env.update(extra_env or {})
+        prefix = ["ip", "netns", "exec", ns] if ns else []
+        self.p = subprocess.Popen(prefix + argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=env, text=True)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.p.stdout, selectors.EVENT_READ)
+
+    def line(self, timeout: float = 30) -> dict:
+        if not self._sel.select(timeout):
+            raise TimeoutError(f"no output from {self.p.args} in {timeout}s")
+        ln = self.p.stdout.readline()
+        if not ln:
+            err = self.p.stderr.read()
+            raise RuntimeError(f"{self.p.args} exited {self.p.wait()} without output: {err}")
+        return json.loads(ln)
+
+    def finish(self, timeout: float = 30) -> int:
+        try:
+            self.p.stdin.close()
+        except OSError:
+            pass
+        try:
+            return self.p.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
+def peer(role: str, host: str, port: int, fabric: str, fastivc: bool, ns: str | None,
+         *args: str) -> Proc:
+    return Proc([sys.executable, PEER, role, host, str(port), *args], fabric, fastivc, ns)
+
+
+def tcp_counters(ns: str | None, port: int) -> dict:
+    """Kernel byte counters of the established TCP connection with local port
+    `port` (ss -i), in namespace ns."""
+    prefix = ["ip", "netns", "exec", ns] if ns else []
+    out = subprocess.run(prefix + ["ss", "-HtinO", "state", "established",
+                                   f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    line = out.strip().splitlines()
+    assert len(line) == 1, f"expected one connection on port {port}: {out!r}"
+    get = lambda k: int(m.group(1)) if (m := re.search(rf"\b{k}:(\d+)", line[0])) else 0  # noqa: E731
+    return {"bytes_sent": get("bytes_sent"), "bytes_received": get("bytes_received")}

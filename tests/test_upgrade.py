@@ -1,0 +1,199 @@
+"""The upgrade protocol with unmodified programs (tests/peer.py) under
+`fastivc run`: the fallback matrix, I2, exactness across the switch, peer
+death and short connections (issue: transparent upgrade)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+
+import pytest
+from netenv import ADDR, LOOPBACK, NS_CLIENT, NS_SERVER, netns_down, netns_up, peer, tcp_counters
+
+from fastivc import Fabric
+
+N = 300_000
+_ports = itertools.count(20000 + os.getpid() % 1000 * 20)
+
+
+@pytest.fixture(scope="session")
+def netns():
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    netns_up()
+    yield
+    netns_down()
+
+
+def place(placement: str, ipv: int, request) -> tuple[str | None, str | None, str]:
+    """(client ns, server ns, server address)."""
+    if placement == "netns":
+        request.getfixturevalue("netns")
+        return NS_CLIENT, NS_SERVER, ADDR[ipv][1]
+    return None, None, LOOPBACK[ipv]
+
+
+def _slot_for(fabric: str, cport: int, sport: int):
+    with Fabric(fabric) as fab:
+        return [s for s in fab.slots() if s.local.port == cport and s.peer.port == sport]
+
+
+@pytest.mark.parametrize("ipv", [4, 6])
+@pytest.mark.parametrize("placement", ["loopback", "netns"])
+@pytest.mark.parametrize("mode", ["client-first", "server-first", "both"])
+@pytest.mark.parametrize("cfast,sfast", [(True, True), (True, False), (False, True),
+                                         (False, False)],
+                         ids=["both-fastivc", "plain-server", "plain-client", "both-plain"])
+def test_fallback_matrix(request, shm_path, cfast, sfast, mode, placement, ipv):
+    cns, sns, host = place(placement, ipv, request)
+    port = next(_ports)
+    srv = peer("server", host, port, shm_path, sfast, sns, "--mode", mode, "--bytes", str(N))
+    cli = None
+    try:
+        srv.line()
+        cli = peer("client", host, port, shm_path, cfast, cns, "--mode", mode, "--bytes", str(N))
+        c, s = cli.line(), srv.line()
+        assert c["intact"] and s["intact"], (c, s)
+        assert c["received"] == N and s["received"] == N
+        cport = c["local"][1]
+        slots = _slot_for(shm_path, cport, port) if os.path.exists(shm_path) else []
+        if cfast and sfast:
+            assert len(slots) == 1, slots
+            sl = slots[0]
+            assert sl.state == "connected"
+            # every byte went through the ring, but the client's pre-switch TCP bytes
+            assert sl.client_to_server.produced + sl.switch_bytes == N
+            assert sl.server_to_client.produced == N
+            kc = tcp_counters(sns, port)  # the server's side of the connection
+            assert kc["bytes_sent"] < 4096, kc  # doorbells only
+            assert kc["bytes_received"] < sl.switch_bytes + 4096, kc
+        else:
+            assert not [sl for sl in slots if sl.state == "connected"], slots
+            kc = tcp_counters(sns, port)
+            assert kc["bytes_sent"] >= N and kc["bytes_received"] >= N
+    finally:
+        if cli:
+            assert cli.finish() == 0
+        assert srv.finish() == 0
+    with Fabric(shm_path) if os.path.exists(shm_path) else _nullfab() as fab:
+        if fab:
+            assert fab.slots() == [] and fab.offers() == []
+
+
+class _nullfab:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return None
+
+
+I2_SCRIPT = r"""
+import json, socket, sys
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+c = socket.create_connection(ls.getsockname())   # connect: must not wait for accept
+c.sendall(b"hello before accept " * 100)
+s, _ = ls.accept()                                # accept: must not wait for the client
+got = b""
+while len(got) < 2000:
+    got += s.recv(4096)
+s.sendall(b"reply via ring")
+r = c.recv(100)
+c.sendall(b"after the switch")
+tail = s.recv(100)
+print(json.dumps({"ok": got == b"hello before accept " * 100 and r == b"reply via ring"
+                  and tail == b"after the switch", "cport": c.getsockname()[1],
+                  "sport": ls.getsockname()[1]}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_i2_single_thread_connects_to_own_listener_then_accepts(shm_path):
+    import sys
+
+    from netenv import Proc
+    p = Proc([sys.executable, "-c", I2_SCRIPT], shm_path, True)
+    try:
+        out = p.line(timeout=20)
+        assert out["ok"]
+        (sl,) = _slot_for(shm_path, out["cport"], out["sport"])
+        assert sl.state == "connected"
+        assert sl.switch_bytes == 2000  # written before accept, over TCP
+        assert sl.server_to_client.produced == len(b"reply via ring")
+        assert sl.client_to_server.produced == len(b"after the switch")
+    finally:
+        assert p.finish() == 0
+
+
+@pytest.mark.parametrize("mode", ["client-first", "both"])
+def test_exact_across_switch_with_late_accept(request, shm_path, mode):
+    n = 6_000_000
+    port = next(_ports)
+    srv = peer("server", "127.0.0.1", port, shm_path, True, None, "--mode", mode,
+               "--bytes", str(n), "--accept-delay", "0.5", "--chunk-max", "70000")
+    srv.line()
+    cli = peer("client", "127.0.0.1", port, shm_path, True, None, "--mode", mode,
+               "--bytes", str(n), "--chunk-max", "70000")
+    try:
+        c, s = cli.line(), srv.line()
+        assert c["intact"] and s["intact"] and s["received"] == n
+        (sl,) = _slot_for(shm_path, c["local"][1], port)
+        # the client wrote into TCP before the server accepted: N > 0
+        assert sl.switch_bytes > 0
+        assert sl.switch_bytes + sl.client_to_server.produced == n
+    finally:
+        cli.finish()
+        srv.finish()
+
+
+@pytest.mark.parametrize("victim", ["client", "server"])
+@pytest.mark.parametrize("placement", ["loopback", "netns"])
+def test_peer_death_mid_transfer(request, shm_path, victim, placement):
+    cns, sns, host = place(placement, 4, request)
+    port = next(_ports)
+    srv = peer("server", host, port, shm_path, True, sns, "--mode", "sink")
+    srv.line()
+    cli = peer("client", host, port, shm_path, True, cns, "--mode", "sink")
+    try:
+        addr = cli.line()
+        time.sleep(0.3)  # data is flowing through the ring
+        (sl,) = _slot_for(shm_path, addr["local"][1], port)
+        assert sl.state == "connected" and sl.client_to_server.produced > 0
+        dead, survivor = (cli, srv) if victim == "client" else (srv, cli)
+        os.kill(dead.p.pid, signal.SIGKILL)
+        if placement == "netns":  # `ip netns exec` execs: the pid is the program
+            pass
+        t0 = time.monotonic()
+        out = survivor.line(timeout=10)  # EOF / ECONNRESET / EPIPE, not a hang
+        assert time.monotonic() - t0 < 5
+        if victim == "client":
+            assert out["received"] > 0
+        else:
+            assert out["error"]
+        assert survivor.finish() == 0
+    finally:
+        cli.kill()
+        srv.kill()
+    with Fabric(shm_path) as fab:  # the survivor's close reclaimed the dead side
+        assert fab.slots() == [] and fab.offers() == []
+
+
+def test_short_connections_leave_nothing_behind(shm_path):
+    count = 10_000
+    port = next(_ports)
+    srv = peer("server", "127.0.0.1", port, shm_path, True, None, "--mode", "cycles",
+               "--count", str(count))
+    srv.line()
+    cli = peer("client", "127.0.0.1", port, shm_path, True, None, "--mode", "cycles",
+               "--count", str(count))
+    try:
+        out = cli.line(timeout=300)
+        assert out == {"cycles": count, "ok": count}
+        assert srv.line(timeout=60) == {"served": count}
+    finally:
+        cli.finish()
+        srv.finish()
+    with Fabric(shm_path) as fab:
+        assert fab.slots() == [] and fab.offers() == []
