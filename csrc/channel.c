@@ -382,8 +382,10 @@ void fivc_chan_close(struct fivc_chan *c)
 		return;
 	fivc_chan_shutdown(c, SHUT_RDWR);
 	fivc_slot_release(c->f, c->idx, c->gen, c->side);
-	/* A peer that died cannot release its side; do it for it now rather
-	 * than leave the slot to the next gc. */
-	fivc_slot_reap(c->f, c->idx);
+	/* A peer that died cannot release its side; when we saw it go, do it
+	 * for it now rather than leave the slot to the next gc.  (Not on every
+	 * close: asking the kernel costs a syscall per connection.) */
+	if (is_broken(c) || fivc_load_relaxed(&c->peer_gone))
+		fivc_slot_reap(c->f, c->idx);
 	c->f = NULL;
 }

@@ -12,34 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fastivc.netns import TwoHosts, in_ns
 from fastivc.run import build_env
 
-NS_CLIENT, NS_SERVER = "fivc-test-a", "fivc-test-b"
-ADDR = {4: ("10.201.0.1", "10.201.0.2"), 6: ("fd00:201::1", "fd00:201::2")}
+HOSTS = TwoHosts("fivc-test", 201)
+NS_CLIENT, NS_SERVER = HOSTS.client_ns, HOSTS.server_ns
+ADDR = {v: (HOSTS.addr(v, 1), HOSTS.addr(v, 2)) for v in (4, 6)}
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 PEER = str(Path(__file__).with_name("peer.py"))
-
-
-def _ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True)
-
-
-def netns_down() -> None:
-    for ns in (NS_CLIENT, NS_SERVER):
-        _ip("netns", "del", ns, check=False)
-
-
-def netns_up() -> None:
-    netns_down()
-    _ip("netns", "add", NS_CLIENT)
-    _ip("netns", "add", NS_SERVER)
-    _ip("link", "add", "fivc-ta", "type", "veth", "peer", "name", "fivc-tb")
-    for ns, dev, i in ((NS_CLIENT, "fivc-ta", 0), (NS_SERVER, "fivc-tb", 1)):
-        _ip("link", "set", dev, "netns", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", ns, "addr", "add", f"{ADDR[4][i]}/24", "dev", dev)
-        _ip("-n", ns, "-6", "addr", "add", f"{ADDR[6][i]}/64", "dev", dev, "nodad")
-        _ip("-n", ns, "link", "set", dev, "up")
+netns_up, netns_down = HOSTS.up, HOSTS.down
 
 
 class Proc:
@@ -51,8 +32,7 @@ class Proc:
         if not fastivc:
             env.pop("LD_PRELOAD", None)
         env.update(extra_env or {})
-        prefix = ["ip", "netns", "exec", ns] if ns else []
-        self.p = subprocess.Popen(prefix + argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.p = subprocess.Popen(in_ns(ns, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, env=env, text=True)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.p.stdout, selectors.EVENT_READ)
@@ -90,9 +70,8 @@ def peer(role: str, host: str, port: int, fabric: str, fastivc: bool, ns: str | 
 def tcp_counters(ns: str | None, port: int) -> dict:
     """Kernel byte counters of the established TCP connection with local port
     `port` (ss -i), in namespace ns."""
-    prefix = ["ip", "netns", "exec", ns] if ns else []
-    out = subprocess.run(prefix + ["ss", "-HtinO", "state", "established",
-                                   f"( sport = :{port} )"],
+    out = subprocess.run(in_ns(ns, ["ss", "-HtinO", "state", "established",
+                                    f"( sport = :{port} )"]),
                          capture_output=True, text=True, check=True).stdout
     line = out.strip().splitlines()
     assert len(line) == 1, f"expected one connection on port {port}: {out!r}"

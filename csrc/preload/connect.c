@@ -67,8 +67,11 @@ static void tcp_db_wake(void *ctx, uint32_t *word)
 {
 	(void)word;
 	struct fsock *fs = ctx;
+	int fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED);
+	if (fd < 0)
+		return; /* closing: the FIN wakes the peer */
 	int saved = errno;
-	fivc_real.send(__atomic_load_n(&fs->fd, __ATOMIC_RELAXED), "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 	errno = saved; /* a full send buffer already holds a byte the peer will see */
 }
 
@@ -130,6 +133,9 @@ static void tuple_finish(struct fivc_tuple *t)
 
 static int tcp_stream(int fd)
 {
+	int k = fivc_fd_kind(fd);
+	if (k)
+		return k == FIVC_KIND_TCP;
 	int type = 0, proto = 0;
 	socklen_t l = sizeof(type);
 	if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM)
@@ -139,9 +145,59 @@ static int tcp_stream(int fd)
 	       proto == IPPROTO_TCP;
 }
 
+static int route_lookup(int family, const struct sockaddr *dst, socklen_t len,
+			struct sockaddr_storage *src);
+
 /* The source address the kernel will pick for dst (a UDP "connect" asks the
  * routing table without sending anything). */
+/* A small cache of those answers (a route lookup costs a socket and three
+ * syscalls per connection); entries live one second. */
+#define ROUTE_CACHE 16
+static struct {
+	uint8_t dst[16];
+	int family;
+	uint64_t when;
+	struct sockaddr_storage src;
+} route_cache[ROUTE_CACHE];
+static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int route_source(int family, const struct sockaddr *dst, socklen_t len,
+			struct sockaddr_storage *src)
+{
+	struct sockaddr_storage d = {0};
+	uint8_t key[16];
+	uint16_t port;
+	memcpy(&d, dst, len < sizeof(d) ? len : sizeof(d));
+	uint64_t now = fivc_now_ns(CLOCK_MONOTONIC);
+	int hit = 0;
+	unsigned h = 0;
+	if (sa_addr(&d, key, &port) == 0) {
+		for (int i = 0; i < 16; i++)
+			h = h * 31 + key[i];
+		h %= ROUTE_CACHE;
+		pthread_mutex_lock(&route_lock);
+		if (route_cache[h].family == family && !memcmp(route_cache[h].dst, key, 16) &&
+		    now - route_cache[h].when < 1000000000ull) {
+			*src = route_cache[h].src;
+			hit = 1;
+		}
+		pthread_mutex_unlock(&route_lock);
+		if (hit)
+			return 0;
+	}
+	int r = route_lookup(family, dst, len, src);
+	if (r == 0 && sa_addr(&d, key, &port) == 0) {
+		pthread_mutex_lock(&route_lock);
+		memcpy(route_cache[h].dst, key, 16);
+		route_cache[h].family = family;
+		route_cache[h].when = now;
+		route_cache[h].src = *src;
+		pthread_mutex_unlock(&route_lock);
+	}
+	return r;
+}
+
+static int route_lookup(int family, const struct sockaddr *dst, socklen_t len,
 			struct sockaddr_storage *src)
 {
 	int s = fivc_real.socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -273,6 +329,8 @@ int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len)
 int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4)
 {
 	int fd = use4 ? fivc_real.accept4(lfd, addr, len, flags) : fivc_real.accept(lfd, addr, len);
+	if (fd >= 0)
+		fivc_fd_set_kind(fd, fivc_fd_kind(lfd));
 	if (fd < 0 || fivc_cfg.disabled || FIVC_GUARDED() || (flags & SOCK_NONBLOCK))
 		return fd;
 	int saved = errno;
@@ -317,9 +375,8 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	} else {
 		fs->state = FS_SERVER_PRE;
 	}
-	/* SYNC POINT: the offer is ADOPTED before this doorbell leaves, so a
-	 * client that reads it and re-checks sees the adoption. */
-	fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	/* No adoption doorbell (see io.c): a client blocked in a TCP read has
+	 * armed its ring and wakes on our first ring write. */
 	fivc_fd_set(fd, fs);
 	FIVC_DEBUG("fd %d: adopted offer %u (slot %u) for port %u -> %u", fd, v.idx, v.slot,
 		   t.sport, t.dport);

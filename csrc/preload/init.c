@@ -17,6 +17,7 @@ int fivc_ready;
 __thread int fivc_guard;
 struct fivc_config fivc_cfg;
 struct fsock **fivc_fds;
+uint8_t *fivc_kinds;
 int fivc_nfds;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -99,6 +100,11 @@ static void fd_table_init(void)
 	if (n > (1u << 20))
 		n = 1u << 20;
 	fivc_fds = calloc((size_t)n, sizeof(*fivc_fds));
+	fivc_kinds = calloc((size_t)n, 1);
+	if (!fivc_kinds) {
+		free(fivc_fds);
+		fivc_fds = NULL;
+	}
 	fivc_nfds = fivc_fds ? (int)n : 0;
 }
 

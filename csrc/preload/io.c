@@ -3,10 +3,17 @@
  *
  * Client (FS_CLIENT_PENDING): reads and writes go over TCP; bytes written are
  * counted.  Once the offer reads ADOPTED the client switches: it publishes
- * N = bytes written over TCP, sends one doorbell byte, and from then on uses
- * the ring.  Any TCP byte read while pending is re-checked against the offer:
- * an adopting server marks the offer before its doorbell leaves, so bytes
- * seen under a PENDING offer are program data from a plain server.
+ * N = bytes written over TCP and from then on uses the ring.  Any TCP byte
+ * read while pending is re-checked against the offer: an adopting server
+ * marks the offer before it writes anything, and writes only to the ring, so
+ * bytes seen under a PENDING offer are program data from a plain server.
+ *
+ * Departure from DESIGN.md steps 2-3 (measured): neither side sends a
+ * doorbell byte when it adopts or switches.  Instead a side that blocks in a
+ * TCP read before the switch also announces "waiting" on its ring, so the
+ * peer's first ring write (or ring EOF) rings the doorbell then.  The two
+ * protocol doorbells were two extra TCP packets per connection, most of the
+ * gap in the connection-rate benchmark.
  *
  * Server (FS_SERVER_PRE): writes go to the ring from the start; reads take
  * exactly N bytes from TCP (re-checking for N after every TCP read and never
@@ -60,9 +67,8 @@ static void client_switch(struct fsock *fs)
 	fivc_store_relaxed(&s->switch_bytes, fs->tcp_sent);
 	/* SYNC POINT WRITE: N before the state; pairs with fivc_fs_server_check(). */
 	fivc_store_release(&s->switch_state, 1);
-	/* The doorbell after N: wakes a server blocked reading TCP.  If the send
-	 * buffer is full the server has bytes to read and will re-check N. */
-	fivc_real.send(fs->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	/* No doorbell: a server blocked in a TCP read has armed its ring and
+	 * wakes on our first ring write or ring EOF (see the top). */
 	fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
 	fs->state = FS_ACCEL;
 	FIVC_DEBUG("fd %d: switched to the ring after %llu TCP bytes", fs->fd,
@@ -174,10 +180,17 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			size_t want = len - got;
 			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
 				want = (size_t)(fs->switch_n - fs->tcp_recvd);
+			/* armed: the client's first ring write after its switch
+			 * wakes this TCP read with a doorbell byte */
+			int nb = fs->nonblock || (flags & MSG_DONTWAIT);
+			int armed = !nb && !fs->n_known && !fivc_chan_arm(&fs->ch, 1, 0);
 			r = fivc_real.recv(fd, (char *)buf + got, want,
 					   tflags | (fs->nonblock ? MSG_DONTWAIT : 0));
+			int e = errno;
+			if (armed)
+				fivc_chan_disarm(&fs->ch);
 			if (r < 0) {
-				r = -errno;
+				r = -e;
 				goto out;
 			}
 			int was_known = fs->n_known;

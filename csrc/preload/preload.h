@@ -52,6 +52,7 @@
 	X(int, dup2, (int, int))                                                              \
 	X(int, dup3, (int, int, int))                                                         \
 	X(int, fcntl, (int, int, ...))                                                        \
+	X(int, fcntl64, (int, int, ...))                                                      \
 	X(int, ioctl, (int, unsigned long, ...))                                              \
 	X(int, setsockopt, (int, int, int, const void *, socklen_t))                          \
 	X(int, getsockopt, (int, int, int, void *, socklen_t *))                              \
@@ -139,6 +140,20 @@ static inline struct fsock *fivc_fs(int fd)
 	return __atomic_load_n(&fivc_fds[fd], __ATOMIC_ACQUIRE);
 }
 void fivc_fd_set(int fd, struct fsock *fs);
+
+/* What socket() made of each fd: TCP stream sockets are the only candidates.
+ * 0 = unknown (made before we were loaded: ask the kernel). */
+enum { FIVC_KIND_UNKNOWN = 0, FIVC_KIND_TCP = 1, FIVC_KIND_OTHER = 2 };
+extern uint8_t *fivc_kinds;
+static inline int fivc_fd_kind(int fd)
+{
+	return fd >= 0 && fd < fivc_nfds && fivc_kinds ? __atomic_load_n(&fivc_kinds[fd], __ATOMIC_RELAXED) : 0;
+}
+static inline void fivc_fd_set_kind(int fd, int kind)
+{
+	if (fd >= 0 && fd < fivc_nfds && fivc_kinds)
+		__atomic_store_n(&fivc_kinds[fd], (uint8_t)kind, __ATOMIC_RELAXED);
+}
 
 /* connect / accept (connect.c) */
 int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len);

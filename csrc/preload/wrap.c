@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include "preload.h"
@@ -22,7 +23,21 @@ static inline struct fsock *managed(int fd)
 	return FIVC_GUARDED() ? NULL : fivc_fs(fd);
 }
 
-/* ---- connect / accept ---- */
+/* ---- socket / connect / accept ---- */
+
+FIVC_EXPORT int socket(int domain, int type, int proto)
+{
+	FIVC_ENSURE_INIT();
+	int fd = fivc_real.socket(domain, type, proto);
+	if (fd >= 0)
+		fivc_fd_set_kind(fd, (domain == AF_INET || domain == AF_INET6) &&
+					     (type & 0xf) == SOCK_STREAM &&
+					     (proto == 0 || proto == IPPROTO_TCP)
+				     ? FIVC_KIND_TCP
+				     : FIVC_KIND_OTHER);
+	return fd;
+}
+
 
 FIVC_EXPORT int connect(int fd, const struct sockaddr *a, socklen_t l)
 {
@@ -249,9 +264,7 @@ FIVC_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *x, const struct tim
 FIVC_EXPORT int close(int fd)
 {
 	FIVC_ENSURE_INIT();
-	if (fivc_fs(fd))
-		fivc_fs_close(fd);
-	return fivc_real.close(fd);
+	return fivc_fs_close(fd);
 }
 
 FIVC_EXPORT int shutdown(int fd, int how)
@@ -264,17 +277,25 @@ FIVC_EXPORT int dup(int fd)
 {
 	FIVC_ENSURE_INIT();
 	int r = fivc_real.dup(fd);
-	if (r >= 0 && fivc_fs(fd))
-		fivc_fs_dup(fd, r);
+	if (r >= 0) {
+		fivc_fd_set_kind(r, fivc_fd_kind(fd));
+		if (fivc_fs(fd))
+			fivc_fs_dup(fd, r);
+	}
 	return r;
 }
 
 static int dup_onto(int oldfd, int newfd, int r)
 {
 	if (r >= 0 && oldfd != newfd) {
-		/* the kernel closed whatever newfd was */
-		if (fivc_fs(newfd))
-			fivc_fs_close(newfd);
+		/* the kernel closed whatever newfd was: forget it */
+		struct fsock *old = fivc_fs(newfd);
+		if (old) {
+			fivc_fd_set(newfd, NULL);
+			if (__atomic_sub_fetch(&old->refs, 1, __ATOMIC_ACQ_REL) == 0)
+				fivc_fs_release(old);
+		}
+		fivc_fd_set_kind(newfd, fivc_fd_kind(oldfd));
 		fivc_fs_dup(oldfd, newfd);
 	}
 	return r;
@@ -292,14 +313,12 @@ FIVC_EXPORT int dup3(int oldfd, int newfd, int flags)
 	return dup_onto(oldfd, newfd, fivc_real.dup3(oldfd, newfd, flags));
 }
 
-FIVC_EXPORT int fcntl(int fd, int cmd, ...)
+static int do_fcntl(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 {
-	va_list ap;
-	va_start(ap, cmd);
-	void *arg = va_arg(ap, void *); /* every fcntl argument fits a pointer */
-	va_end(ap);
 	FIVC_ENSURE_INIT();
-	int r = fivc_real.fcntl(fd, cmd, arg);
+	int r = real(fd, cmd, arg);
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
+		fivc_fd_set_kind(r, fivc_fd_kind(fd));
 	struct fsock *fs = fivc_fs(fd);
 	if (r < 0 || !fs)
 		return r;
@@ -308,6 +327,28 @@ FIVC_EXPORT int fcntl(int fd, int cmd, ...)
 	else if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
 		fivc_fs_dup(fd, r);
 	return r;
+}
+
+/* fcntl and fcntl64 (what programs built with _FILE_OFFSET_BITS=64 call):
+ * both must be seen, or an O_NONBLOCK change would be missed. */
+FIVC_EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *); /* every fcntl argument fits a pointer */
+	va_end(ap);
+	FIVC_ENSURE_INIT();
+	return do_fcntl(fivc_real.fcntl, fd, cmd, arg);
+}
+
+FIVC_EXPORT int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	FIVC_ENSURE_INIT();
+	return do_fcntl(fivc_real.fcntl64, fd, cmd, arg);
 }
 
 FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)

@@ -68,6 +68,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def _progress(quiet: bool):
+    def progress(done: int, total: int, what: str) -> None:
+        if not quiet and sys.stderr.isatty():
+            sys.stderr.write(f"\r[{done}/{total}] {what:<32}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    return progress
+
+
+def _cmd_bench_tcp(args: argparse.Namespace) -> int:
+    from .bench import ring, tcp
+
+    scenarios = (args.scenario,) if args.scenario != "all" else tcp.SCENARIOS
+    try:
+        doc = tcp.run(scenarios, args.repeats, args.seconds, args.size, args.loopback,
+                      _progress(args.quiet))
+    except (RuntimeError, FileNotFoundError) as e:
+        print(f"fastivc bench: {e}", file=sys.stderr)
+        return 1
+    print(ring.format_table(doc, "plain TCP"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"results written to {args.json}")
+    return 0
+
+
 def _cmd_stat(args: argparse.Namespace) -> int:
     from .fabric import Fabric, FabricError
 
@@ -119,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
     rp.add_argument("--quiet", action="store_true", help="no progress output")
     rp.set_defaults(func=_cmd_bench_ring)
+    for name, what in (("rr", "64 B request/response latency"),
+                       ("stream", "streaming throughput"),
+                       ("connect", "connection setup rate (connect, request, response, close)"),
+                       ("all", "rr, stream and connect")):
+        tp = bsub.add_parser(name, help=f"{what}: an unmodified TCP program, plain and under "
+                             "fastivc run (two network namespaces when root, else loopback)")
+        tp.add_argument("--repeats", type=int, default=5, help="repeats (default 5)")
+        tp.add_argument("--seconds", type=float, default=1.0,
+                        help="seconds per measurement (default 1)")
+        tp.add_argument("--size", type=int, default=65536,
+                        help="write size for stream (default 65536)")
+        tp.add_argument("--loopback", action="store_true",
+                        help="client and server on loopback even as root")
+        tp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+        tp.add_argument("--quiet", action="store_true", help="no progress output")
+        tp.set_defaults(func=_cmd_bench_tcp)
 
     rn = sub.add_parser(
         "run", help="run a program with fastivc (its TCP connections to accelerated peers "
@@ -165,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--log must be off, info or debug (optionally :FILE)")
         if args.ring_kib is not None and (args.ring_kib < 4 or args.ring_kib & (args.ring_kib - 1)):
             parser.error("--ring-kib must be a power of two >= 4")
+    if args.command == "bench" and args.scenario in ("rr", "stream", "connect", "all"):
+        if args.repeats < 1 or args.seconds <= 0:
+            parser.error("--repeats must be >= 1 and --seconds > 0")
+        if not 1 <= args.size <= 64 << 20:
+            parser.error("--size must be between 1 and 67108864 bytes")
     if args.command == "bench" and args.scenario == "ring":
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")

@@ -28,6 +28,7 @@ LOCK_BASE = 1 << 40
 PAGE = 4096
 MIN_RING, MAX_RING = 4 * 1024, 64 * 1024 * 1024
 MAX_SLOTS, MAX_MEMBERS, MAX_OFFERS = 65535, 65534, 65536
+OFFER_BUCKET = 8
 
 # struct layouts (checked against the C structs by tests/test_layout.py)
 HDR = struct.Struct("<QIIQQIIIIQQQQIIII")
@@ -200,7 +201,8 @@ class Fabric:
         if (hdr_size, msz, osz, ssz) != (HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE):
             raise FabricError(f"fabric {self.path}: structure sizes in the header do not match")
         if not (0 < nmem <= MAX_MEMBERS and 0 < noff <= MAX_OFFERS and 0 < nslot <= MAX_SLOTS
-                and MIN_RING <= ring <= MAX_RING and ring & (ring - 1) == 0):
+                and MIN_RING <= ring <= MAX_RING and ring & (ring - 1) == 0
+                and (noff <= OFFER_BUCKET or noff % OFFER_BUCKET == 0)):
             raise FabricError(f"fabric {self.path}: header geometry out of range")
         if _layout(nmem, noff, nslot, ring) != (mo, oo, so, ro, total):
             raise FabricError(f"fabric {self.path}: header offsets are inconsistent")

@@ -17,6 +17,7 @@ struct fivc_geometry {
 #define FIVC_DEFAULT_SLOTS 256u
 #define FIVC_DEFAULT_MEMBERS 1024u
 #define FIVC_DEFAULT_OFFERS 1024u
+#define FIVC_OFFER_BUCKET 8u /* noffers is a multiple of it (or smaller) */
 /* 1 MiB per direction: measured on the 2-core reference machine, 64 KiB
  * streaming ran 10-15 GB/s with 128-256 KiB rings and 31-38 GB/s with
  * 1-2 MiB rings (producer and consumer stop sharing cache lines). */

@@ -123,9 +123,9 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if v < 100 else f"{v:.0f}"
 
 
-def format_table(doc: dict) -> str:
+def format_table(doc: dict, baseline_title: str = "TCP loopback") -> str:
     """A plain-text table: medians with (min-max) and the ratio."""
-    head = ("scenario", "unit", "TCP loopback", "fastivc", "ratio")
+    head = ("scenario", "unit", baseline_title, "fastivc", "ratio")
     lines = []
     for r in doc["rows"]:
         b, f = r["baseline"], r["fastivc"]
@@ -137,7 +137,7 @@ def format_table(doc: dict) -> str:
             f"{r['ratio']:.1f}x ({lo:.1f}-{hi:.1f})",
         ))
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
-    out = [f"fastivc bench ring: {doc['fastivc']} vs {doc['baseline']}",
+    out = [f"fastivc bench {doc['benchmark']}: {doc['fastivc']} vs {doc['baseline']}",
            f"{doc['repeats']} repeats x {doc['seconds_per_case']} s per case; "
            "median (min-max); ratio > 1 means fastivc is better",
            "  ".join(h.ljust(w) for h, w in zip(head, widths))]

@@ -1,0 +1,216 @@
+/* fastivc-tcpbench — an ordinary TCP benchmark program (it contains no
+ * fastivc code): `fastivc bench` runs it plain and under `fastivc run`.
+ *
+ *   fastivc-tcpbench server --bind ADDR --port P --mode rr|stream|connect [--size N]
+ *   fastivc-tcpbench client --host ADDR --port P --mode rr|stream|connect [--size N] [--seconds S]
+ *
+ * The server prints "ready" once listening and serves connections one after
+ * another until killed.  The client prints one JSON object. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what)
+{
+	fprintf(stderr, "fastivc-tcpbench: %s: %s\n", what, strerror(errno));
+	exit(2);
+}
+
+static int write_all(int fd, const void *b, size_t n)
+{
+	const char *p = b;
+	while (n) {
+		ssize_t r = write(fd, p, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static ssize_t read_full(int fd, void *b, size_t n)
+{
+	char *p = b;
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = read(fd, p + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -1 : (ssize_t)got;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
+static int resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *ai;
+	char ps[16];
+	snprintf(ps, sizeof(ps), "%d", port);
+	if (getaddrinfo(host, ps, &hints, &ai) != 0)
+		return -1;
+	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+	*len = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		return 2;
+	int server = strcmp(argv[1], "server") == 0;
+	const char *host = "127.0.0.1", *mode = "rr";
+	int port = 0;
+	size_t size = 64;
+	double seconds = 1;
+	static struct option opts[] = {{"bind", 1, 0, 'h'}, {"host", 1, 0, 'h'}, {"port", 1, 0, 'p'},
+				       {"mode", 1, 0, 'm'}, {"size", 1, 0, 's'}, {"seconds", 1, 0, 'S'},
+				       {0, 0, 0, 0}};
+	int o;
+	optind = 2;
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'h': host = optarg; break;
+		case 'p': port = atoi(optarg); break;
+		case 'm': mode = optarg; break;
+		case 's': size = strtoul(optarg, NULL, 0); break;
+		case 'S': seconds = strtod(optarg, NULL); break;
+		default: return 2;
+		}
+	}
+	int rr = !strcmp(mode, "rr"), stream = !strcmp(mode, "stream"), conn = !strcmp(mode, "connect");
+	if ((!rr && !stream && !conn) || !port || !size || size > (64u << 20)) {
+		fprintf(stderr, "fastivc-tcpbench: bad arguments\n");
+		return 2;
+	}
+	struct sockaddr_storage sa;
+	socklen_t sl;
+	if (resolve(host, port, &sa, &sl) < 0) {
+		fprintf(stderr, "fastivc-tcpbench: bad address %s\n", host);
+		return 2;
+	}
+	size_t bufsz = size < 65536 ? 65536 : size;
+	char *buf = calloc(1, bufsz);
+	int one = 1;
+	if (server) {
+		int l = socket(sa.ss_family, SOCK_STREAM, 0);
+		setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (l < 0 || bind(l, (struct sockaddr *)&sa, sl) < 0 || listen(l, 1024) < 0)
+			die("listen");
+		printf("ready\n");
+		fflush(stdout);
+		for (;;) {
+			int c = accept(l, NULL, NULL);
+			if (c < 0)
+				continue;
+			setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+			if (rr) {
+				while (read_full(c, buf, size) == (ssize_t)size)
+					if (write_all(c, buf, size) < 0)
+						break;
+			} else if (stream) {
+				uint64_t total = 0;
+				ssize_t r;
+				while ((r = read(c, buf, bufsz)) > 0)
+					total += (uint64_t)r;
+				write_all(c, &total, sizeof(total));
+			} else if (read_full(c, buf, 64) == 64) {
+				write_all(c, buf, 64);
+			}
+			close(c);
+		}
+	}
+	uint64_t dur = (uint64_t)(seconds * 1e9);
+	if (conn) {
+		uint64_t t0 = now_ns(), n = 0;
+		while (now_ns() - t0 < dur) {
+			int c = socket(sa.ss_family, SOCK_STREAM, 0);
+			if (c < 0 || connect(c, (struct sockaddr *)&sa, sl) < 0)
+				die("connect");
+			if (write_all(c, buf, 64) < 0 || read_full(c, buf, 64) != 64)
+				die("request");
+			/* the server closes first (its side keeps TIME_WAIT), as an
+			 * HTTP/1.0 server does; we close on its EOF */
+			if (read(c, buf, 1) != 0)
+				die("expected EOF");
+			close(c);
+			n++;
+		}
+		double el = (double)(now_ns() - t0) / 1e9;
+		printf("{\"mode\":\"connect\",\"connections\":%llu,\"seconds\":%.4f,\"rate\":%.1f}\n",
+		       (unsigned long long)n, el, (double)n / el);
+		return 0;
+	}
+	int c = socket(sa.ss_family, SOCK_STREAM, 0);
+	if (c < 0 || connect(c, (struct sockaddr *)&sa, sl) < 0)
+		die("connect");
+	setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (rr) {
+		size_t cap = 1u << 22, n = 0;
+		uint64_t *lat = malloc(cap * sizeof(*lat));
+		for (int i = 0; i < 200; i++)
+			if (write_all(c, buf, size) < 0 || read_full(c, buf, size) != (ssize_t)size)
+				die("warm-up");
+		uint64_t t0 = now_ns(), t = t0;
+		while (t - t0 < dur && n < cap) {
+			if (write_all(c, buf, size) < 0 || read_full(c, buf, size) != (ssize_t)size)
+				die("request");
+			uint64_t t1 = now_ns();
+			lat[n++] = t1 - t;
+			t = t1;
+		}
+		qsort(lat, n, sizeof(*lat), cmp_u64);
+		printf("{\"mode\":\"rr\",\"size\":%zu,\"samples\":%zu,\"p50_us\":%.3f,\"p99_us\":%.3f,"
+		       "\"rate\":%.1f}\n", size, n, lat[n / 2] / 1e3, lat[n * 99 / 100] / 1e3,
+		       (double)n / ((double)(t - t0) / 1e9));
+	} else {
+		uint64_t t0 = now_ns(), sent = 0;
+		while (now_ns() - t0 < dur)
+			for (int i = 0; i < 16; i++) {
+				if (write_all(c, buf, size) < 0)
+					die("write");
+				sent += size;
+			}
+		shutdown(c, SHUT_WR);
+		uint64_t total = 0;
+		if (read_full(c, &total, sizeof(total)) != sizeof(total) || total != sent) {
+			fprintf(stderr, "fastivc-tcpbench: server counted %llu of %llu bytes\n",
+				(unsigned long long)total, (unsigned long long)sent);
+			return 1;
+		}
+		double el = (double)(now_ns() - t0) / 1e9;
+		printf("{\"mode\":\"stream\",\"size\":%zu,\"bytes\":%llu,\"seconds\":%.4f,\"gbps\":%.4f}\n",
+		       size, (unsigned long long)total, el, (double)total / el / 1e9);
+	}
+	close(c);
+	return 0;
+}

@@ -1,0 +1,166 @@
+"""`fastivc bench rr|stream|connect`: plain TCP and fastivc side by side.
+
+Both runs use the same unmodified program (fastivc-tcpbench), as separate
+client and server processes; the fastivc run starts both under
+`fastivc run`.  As root, client and server sit in two network namespaces
+joined by a veth pair ("two containers on one host"); otherwise on loopback.
+Each repeat runs the baseline and then fastivc, so both see the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import __version__
+from .._paths import helper_path
+from ..netns import NetnsError, TwoHosts, in_ns
+from ..run import build_env
+from .stats import machine_info, summarize
+
+HELPER = "fastivc-tcpbench"
+SCENARIOS = ("rr", "stream", "connect")
+
+
+@dataclass
+class Placement:
+    name: str
+    client_ns: str | None
+    server_ns: str | None
+    server_addr: str
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    subprocess.run(in_ns(ns, ["sysctl", "-q", "-w", f"{key}={value}"]), capture_output=True)
+
+
+class _Server:
+    def __init__(self, argv: list[str], env: dict, ns: str | None):
+        self.p = subprocess.Popen(in_ns(ns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=env, text=True)
+        line = self.p.stdout.readline()
+        if line.strip() != "ready":
+            err = self.p.stderr.read()
+            self.stop()
+            raise RuntimeError(f"{' '.join(argv)} did not start: {err.strip()}")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+
+
+def _one(scenario: str, size: int, seconds: float, fast: bool, pl: Placement, port: int,
+         fabric: str) -> tuple[dict, list[str]]:
+    helper = str(helper_path(HELPER))
+    env = build_env(os.environ, fabric=fabric) if fast else {
+        k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FASTIVC_")}
+    srv_argv = [helper, "server", "--bind", pl.server_addr, "--port", str(port), "--mode",
+                scenario, "--size", str(size)]
+    cli_argv = [helper, "client", "--host", pl.server_addr, "--port", str(port), "--mode",
+                scenario, "--size", str(size), "--seconds", str(seconds)]
+    srv = _Server(srv_argv, env, pl.server_ns)
+    try:
+        p = subprocess.run(in_ns(pl.client_ns, cli_argv), capture_output=True, text=True, env=env,
+                           timeout=60 + seconds * 4)
+    finally:
+        srv.stop()
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cli_argv)} failed (exit {p.returncode}): {p.stderr.strip()}")
+    prefix = "fastivc run -- " if fast else ""
+    cmds = [prefix + " ".join(in_ns(pl.server_ns, srv_argv)),
+            prefix + " ".join(in_ns(pl.client_ns, cli_argv))]
+    return json.loads(p.stdout), cmds
+
+
+METRICS = {
+    "rr": [("p50_us", "us", "lower", "64 B request/response p50"),
+           ("p99_us", "us", "lower", "64 B request/response p99")],
+    "stream": [("gbps", "GB/s", "higher", "stream, {size} writes")],
+    "connect": [("rate", "conn/s", "higher", "connect+request+response+close")],
+}
+
+
+def run(scenarios: tuple[str, ...] = SCENARIOS, repeats: int = 5, seconds: float = 1.0,
+        stream_size: int = 65536, loopback: bool = False,
+        progress: Callable[[int, int, str], None] | None = None) -> dict:
+    if repeats < 1 or seconds <= 0:
+        raise ValueError("repeats must be >= 1 and seconds > 0")
+    hosts = None
+    if not loopback and os.geteuid() == 0:
+        try:
+            hosts = TwoHosts("fivc-bench", 202).up()
+        except NetnsError:
+            hosts = None
+    if hosts:
+        for ns in (hosts.client_ns, hosts.server_ns):
+            _sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")
+        pl = Placement("two network namespaces joined by veth", hosts.client_ns,
+                       hosts.server_ns, hosts.addr(4, 2))
+    else:
+        pl = Placement("loopback (not root: no network namespaces)" if not loopback
+                       else "loopback", None, None, "127.0.0.1")
+    fabric = tempfile.mktemp(prefix="fastivc-bench-", dir="/dev/shm")
+    raw: dict[str, dict[str, list]] = {s: {"plain": [], "fastivc": []} for s in scenarios}
+    commands: dict[str, list[str]] = {}
+    total, done = len(scenarios) * repeats * 2, 0
+    port = 21000 + os.getpid() % 2000
+    try:
+        for rep in range(repeats):
+            for sc in scenarios:
+                size = stream_size if sc == "stream" else 64
+                for mode in ("plain", "fastivc"):
+                    if progress:
+                        progress(done, total, f"{sc} {mode} ({rep + 1}/{repeats})")
+                    port += 1
+                    res, cmds = _one(sc, size, seconds, mode == "fastivc", pl, port, fabric)
+                    raw[sc][mode].append(res)
+                    commands.setdefault(f"{sc}-{mode}", cmds)
+                    done += 1
+                    time.sleep(0.05)
+        if progress:
+            progress(total, total, "done")
+    finally:
+        if hosts:
+            hosts.down()
+        try:
+            os.unlink(fabric)
+        except FileNotFoundError:
+            pass
+    rows = []
+    for sc in scenarios:
+        for field, unit, better, title in METRICS[sc]:
+            b = [r[field] for r in raw[sc]["plain"]]
+            f = [r[field] for r in raw[sc]["fastivc"]]
+            per = [(x / y if better == "lower" else y / x) if min(x, y) > 0 else 0.0
+                   for x, y in zip(b, f)]
+            bs, fs = summarize(b), summarize(f)
+            ratio = bs["median"] / fs["median"] if better == "lower" else fs["median"] / bs["median"]
+            rows.append({"scenario": title.format(size=_size(stream_size)), "unit": unit,
+                         "better": better, "baseline": bs, "fastivc": fs, "ratio": ratio,
+                         "ratio_range": [min(per), max(per)]})
+    return {
+        "benchmark": "tcp",
+        "placement": pl.name,
+        "baseline": f"plain TCP ({pl.name})",
+        "fastivc": "fastivc run, default settings",
+        "repeats": repeats,
+        "seconds_per_case": seconds,
+        "machine": machine_info(),
+        "versions": {"fastivc": __version__},
+        "commands": commands,
+        "rows": rows,
+        "raw": raw,
+    }
+
+
+def _size(n: int) -> str:
+    for unit, f in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= f and n % f == 0:
+            return f"{n // f} {unit}"
+    return f"{n} B"
