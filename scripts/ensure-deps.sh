@@ -19,6 +19,11 @@ fi
 have nm || need+=(binutils)
 have ip || need+=(iproute2)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# real programs the tests run under fastivc
+have iperf3 || need+=(iperf3)
+have sockperf || need+=(sockperf)
+have curl || need+=(curl)
+have ss || need+=(iproute2)
 
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

@@ -73,3 +73,14 @@ def shm_path(tmp_path_factory, request):
         os.unlink(name)
     except FileNotFoundError:
         pass
+
+
+@pytest.fixture(scope="session")
+def netns():
+    """The client and server namespaces of tests/netenv.py, up for the session."""
+    from netenv import netns_down, netns_up
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    netns_up()
+    yield
+    netns_down()

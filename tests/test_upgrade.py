@@ -10,21 +10,12 @@ import signal
 import time
 
 import pytest
-from netenv import ADDR, LOOPBACK, NS_CLIENT, NS_SERVER, netns_down, netns_up, peer, tcp_counters
+from netenv import ADDR, LOOPBACK, NS_CLIENT, NS_SERVER, peer, tcp_counters
 
 from fastivc import Fabric
 
 N = 300_000
 _ports = itertools.count(20000 + os.getpid() % 1000 * 20)
-
-
-@pytest.fixture(scope="session")
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    netns_up()
-    yield
-    netns_down()
 
 
 def place(placement: str, ipv: int, request) -> tuple[str | None, str | None, str]:

@@ -71,6 +71,18 @@ static void tcp_db_wake(void *ctx, uint32_t *word)
 	if (fd < 0)
 		return; /* closing: the FIN wakes the peer */
 	int saved = errno;
+	if (!__atomic_load_n(&fs->nodelay_forced, __ATOMIC_ACQUIRE)) {
+		/* After the switch no program data crosses TCP, so Nagle only
+		 * delays doorbells (see preload.h). */
+		int v = 0, one = 1;
+		socklen_t l = sizeof(v);
+		if (fivc_real.getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &l) == 0) {
+			fs->app_nodelay = v;
+			if (!v)
+				fivc_real.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		}
+		__atomic_store_n(&fs->nodelay_forced, 1, __ATOMIC_RELEASE);
+	}
 	fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 	errno = saved; /* a full send buffer already holds a byte the peer will see */
 }

@@ -127,6 +127,11 @@ struct fsock {
 	uint64_t tcp_recvd; /* server: program bytes read from TCP before the switch */
 	uint64_t switch_n;  /* server: N once the client published it */
 	int n_known;
+	/* TCP_NODELAY: doorbells must not wait for Nagle (measured: iperf3,
+	 * which leaves Nagle on, fell from ~20 to ~1 Gbit/s as each 1-byte
+	 * doorbell waited for the peer's delayed ACK).  Forced on before the
+	 * first doorbell; the program keeps seeing its own setting. */
+	int nodelay_forced, app_nodelay;
 	struct fivc_chan ch;
 };
 

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <unistd.h>
 
 #include "preload.h"
@@ -371,11 +372,20 @@ FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)
 	return r;
 }
 
+static int is_nodelay(int level, int name) { return level == IPPROTO_TCP && name == TCP_NODELAY; }
+
 FIVC_EXPORT int setsockopt(int fd, int level, int name, const void *v, socklen_t l)
 {
 	FIVC_ENSURE_INIT();
-	int r = fivc_real.setsockopt(fd, level, name, v, l);
 	struct fsock *fs = fivc_fs(fd);
+	if (fs && is_nodelay(level, name) && __atomic_load_n(&fs->nodelay_forced, __ATOMIC_ACQUIRE)) {
+		/* the program's view only: doorbells keep Nagle off */
+		if (!v || l < sizeof(int))
+			return (int)fivc_ret(-EINVAL);
+		fs->app_nodelay = *(const int *)v != 0;
+		return 0;
+	}
+	int r = fivc_real.setsockopt(fd, level, name, v, l);
 	if (r == 0 && fs && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
 	    l >= sizeof(struct timeval)) {
 		const struct timeval *tv = v;
@@ -391,5 +401,10 @@ FIVC_EXPORT int setsockopt(int fd, int level, int name, const void *v, socklen_t
 FIVC_EXPORT int getsockopt(int fd, int level, int name, void *v, socklen_t *l)
 {
 	FIVC_ENSURE_INIT();
-	return fivc_real.getsockopt(fd, level, name, v, l);
+	struct fsock *fs = fivc_fs(fd);
+	int r = fivc_real.getsockopt(fd, level, name, v, l);
+	if (r == 0 && fs && is_nodelay(level, name) && v && l && *l >= sizeof(int) &&
+	    __atomic_load_n(&fs->nodelay_forced, __ATOMIC_ACQUIRE))
+		*(int *)v = fs->app_nodelay;
+	return r;
 }
