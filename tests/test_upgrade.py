@@ -188,3 +188,35 @@ def test_short_connections_leave_nothing_behind(shm_path):
         srv.finish()
     with Fabric(shm_path) as fab:
         assert fab.slots() == [] and fab.offers() == []
+
+
+FD_SCRIPT = r"""
+import json, os, socket, sys
+from fastivc import Fabric
+fabric = os.environ["FASTIVC_FABRIC"]
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+c = socket.create_connection(ls.getsockname()); s, _ = ls.accept()
+c.sendall(b"one"); assert s.recv(10) == b"one"
+mine = [int(f) for f in os.listdir("/proc/self/fd")
+        if os.path.realpath(f"/proc/self/fd/{f}") == os.path.realpath(fabric)]
+for fd in mine:          # what a daemon closing "all other fds" would do
+    os.close(fd)
+    os.dup2(0, fd)
+c.sendall(b"two"); got = s.recv(10)
+with Fabric(fabric) as fab:
+    alive = [m.alive for m in fab.members()]
+print(json.dumps({"found": len(mine), "got": got.decode(), "alive": alive}), flush=True)
+"""
+
+
+def test_program_closing_the_fabric_fd_keeps_the_member_alive(shm_path):
+    import sys
+
+    from netenv import Proc
+    p = Proc([sys.executable, "-c", FD_SCRIPT], shm_path, True)
+    try:
+        out = p.line(timeout=20)
+        assert out["found"] == 1 and out["got"] == "two"
+        assert out["alive"] and all(out["alive"]), out
+    finally:
+        p.finish()

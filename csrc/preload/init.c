@@ -138,7 +138,34 @@ __attribute__((constructor)) static void fivc_ctor(void) { FIVC_ENSURE_INIT(); }
 /* ---- the fabric, opened on first need ---- */
 static struct fivc_fabric fabric;
 static int fabric_state; /* 0 untried, 1 open, -1 failed */
+void fivc_fabric_fd_move(int avoid);
 static pthread_mutex_t fabric_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The fabric's fd holds our member lock: keep it out of the program's way,
+ * high in the fd space, and move it again if the program dup2()s onto it.
+ * (The lock belongs to the open file description, so it survives the move.) */
+int fivc_fabric_fd(void)
+{
+	return __atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE) > 0 ? fabric.fd : -1;
+}
+
+void fivc_fabric_fd_move(int avoid)
+{
+	struct rlimit rl;
+	int floor = 3;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 256)
+		floor = (int)(rl.rlim_cur > 4096 ? 4096 : rl.rlim_cur) - 64;
+	int nfd = fivc_real.fcntl(fabric.fd, F_DUPFD_CLOEXEC, floor);
+	if (nfd == avoid) { /* cannot happen (avoid is open), but never hand it back */
+		fivc_real.close(nfd);
+		nfd = -1;
+	}
+	if (nfd >= 0) {
+		int old = fabric.fd;
+		fabric.fd = nfd;
+		fivc_real.close(old);
+	}
+}
 
 struct fivc_fabric *fivc_fabric_get(void)
 {
@@ -156,6 +183,7 @@ struct fivc_fabric *fivc_fabric_get(void)
 			FIVC_INFO("acceleration off: %s", err);
 			__atomic_store_n(&fabric_state, -1, __ATOMIC_RELEASE);
 		} else {
+			fivc_fabric_fd_move(-1);
 			if (!fabric.self)
 				FIVC_INFO("fabric %s: no free member id; connections stay plain",
 					  fivc_cfg.fabric);

@@ -100,6 +100,10 @@ void fivc_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 
 
 /* The process's fabric, opened on first need; NULL when unavailable. */
 struct fivc_fabric *fivc_fabric_get(void);
+/* Its fd (-1 if none) and moving it elsewhere when the program wants the
+ * number (dup2 onto it). */
+int fivc_fabric_fd(void);
+void fivc_fabric_fd_move(int avoid);
 
 /* ---- 4. accelerated sockets ---- */
 enum fsock_state {

@@ -265,6 +265,8 @@ FIVC_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *x, const struct tim
 FIVC_EXPORT int close(int fd)
 {
 	FIVC_ENSURE_INIT();
+	if (fd >= 0 && fd == fivc_fabric_fd())
+		return 0; /* not the program's: closing it would drop our member lock */
 	return fivc_fs_close(fd);
 }
 
@@ -305,12 +307,16 @@ static int dup_onto(int oldfd, int newfd, int r)
 FIVC_EXPORT int dup2(int oldfd, int newfd)
 {
 	FIVC_ENSURE_INIT();
+	if (newfd >= 0 && newfd == fivc_fabric_fd())
+		fivc_fabric_fd_move(newfd);
 	return dup_onto(oldfd, newfd, fivc_real.dup2(oldfd, newfd));
 }
 
 FIVC_EXPORT int dup3(int oldfd, int newfd, int flags)
 {
 	FIVC_ENSURE_INIT();
+	if (newfd >= 0 && newfd == fivc_fabric_fd())
+		fivc_fabric_fd_move(newfd);
 	return dup_onto(oldfd, newfd, fivc_real.dup3(oldfd, newfd, flags));
 }
 
