@@ -486,6 +486,8 @@ int fivc_slot_claim(struct fivc_fabric *f, const struct fivc_tuple *t,
 				memset(&s->tuple, 0, sizeof(s->tuple));
 			s->switch_bytes = 0;
 			s->switch_state = 0;
+			fivc_store_relaxed(&s->holders[0], 1);
+			fivc_store_relaxed(&s->holders[1], 0);
 			if (reserve_rings(f, s, i) < 0) {
 				fivc_slot_release(f, i, g, FIVC_SIDE_CLIENT);
 				return -ENOSPC;
@@ -523,8 +525,10 @@ int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen)
 			return -ECONNRESET;
 		if (FIVC_LEASE_SIDE(w, 1) != 0)
 			return -EBUSY;
-		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, f->self, FIVC_LEASE_SIDE(w, 0))))
+		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, f->self, FIVC_LEASE_SIDE(w, 0)))) {
+			fivc_store_relaxed(&s->holders[1], 1);
 			return 0;
+		}
 	}
 }
 

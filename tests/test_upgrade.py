@@ -220,3 +220,68 @@ def test_program_closing_the_fabric_fd_keeps_the_member_alive(shm_path):
         assert out["alive"] and all(out["alive"]), out
     finally:
         p.finish()
+
+
+FORK_SERVER = r"""
+import json, os, socket, sys
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", int(sys.argv[1]))); ls.listen(8)
+print(json.dumps({"listening": 1}), flush=True)
+kids = []
+for _ in range(3):
+    c, _ = ls.accept()
+    pid = os.fork()
+    if pid == 0:            # the child serves the connection
+        ls.close()
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.close()           # as socketserver's ForkingMixIn does before _exit
+        os._exit(0)
+    c.close()               # the parent lets go of its copy at once
+    kids.append(pid)
+for p in kids:
+    os.waitpid(p, 0)
+print(json.dumps({"served": 3}), flush=True)
+"""
+
+ECHO_CLIENT = r"""
+import json, os, socket, sys, threading
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+data = os.urandom(3_000_000)
+got = bytearray()
+def rd():
+    while len(got) < len(data):
+        d = c.recv(65536)
+        if not d:
+            break
+        got.extend(d)
+t = threading.Thread(target=rd); t.start(); c.sendall(data); t.join()
+print(json.dumps({"intact": bytes(got) == data}), flush=True)
+"""
+
+
+def test_accept_then_fork_server(shm_path, tmp_path):
+    """The parent closes its copy right after fork(); the child's channel
+    must live on (shared holder count), and all of it ends cleanly."""
+    import sys
+
+    from netenv import Proc
+    port = next(_ports)
+    log = tmp_path / "log"
+    srv = Proc([sys.executable, "-c", FORK_SERVER, str(port)], shm_path, True,
+               extra_env={"FASTIVC_LOG": f"debug:{log}"})
+    try:
+        srv.line()
+        for _ in range(3):
+            cli = Proc([sys.executable, "-c", ECHO_CLIENT, str(port)], shm_path, True)
+            assert cli.line(timeout=30) == {"intact": True}
+            cli.finish()
+        assert srv.line(timeout=30) == {"served": 3}
+    finally:
+        srv.finish()
+    assert log.read_text().count("adopted offer") == 3
+    with Fabric(shm_path) as fab:
+        assert fab.slots() == [] and fab.offers() == []

@@ -19,6 +19,7 @@ struct fivc_config fivc_cfg;
 struct fsock **fivc_fds;
 uint8_t *fivc_kinds;
 int fivc_nfds;
+int fivc_fd_high;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -110,8 +111,14 @@ static void fd_table_init(void)
 
 void fivc_fd_set(int fd, struct fsock *fs)
 {
-	if (fd >= 0 && fd < fivc_nfds)
-		__atomic_store_n(&fivc_fds[fd], fs, __ATOMIC_RELEASE);
+	if (fd < 0 || fd >= fivc_nfds)
+		return;
+	__atomic_store_n(&fivc_fds[fd], fs, __ATOMIC_RELEASE);
+	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
+	while (fs && fd > hi &&
+	       !__atomic_compare_exchange_n(&fivc_fd_high, &hi, fd, 0, __ATOMIC_RELAXED,
+					    __ATOMIC_RELAXED))
+		;
 }
 
 void fivc_init(void)

@@ -61,7 +61,11 @@
 	X(int, select, (int, fd_set *, fd_set *, fd_set *, struct timeval *))                 \
 	X(int, pselect, (int, fd_set *, fd_set *, fd_set *, const struct timespec *,          \
 			 const sigset_t *))                                                   \
-	X(pid_t, fork, (void))
+	X(pid_t, fork, (void))                                                                \
+	X(int, execve, (const char *, char *const[], char *const[]))                          \
+	X(int, execv, (const char *, char *const[]))                                          \
+	X(int, execvp, (const char *, char *const[]))                                         \
+	X(int, execvpe, (const char *, char *const[], char *const[]))
 
 struct fivc_real {
 #define X(ret, name, args) ret(*name) args;
@@ -142,6 +146,7 @@ struct fsock {
 /* fd -> fsock; NULL for every fd the library does not handle. */
 extern struct fsock **fivc_fds;
 extern int fivc_nfds;
+extern int fivc_fd_high; /* highest fd ever given an fsock */
 static inline struct fsock *fivc_fs(int fd)
 {
 	if (fd < 0 || fd >= fivc_nfds || !fivc_fds)
@@ -190,6 +195,8 @@ int fivc_fs_close(int fd);
 int fivc_fs_dup(int oldfd, int newfd);
 int fivc_fs_shutdown(struct fsock *fs, int fd, int how);
 void fivc_fs_release(struct fsock *fs);
+pid_t fivc_do_fork(void);
+void fivc_before_exec(void);
 
 /* errno at the libc boundary only (STYLE.md 6) */
 static inline long fivc_ret(long r)

@@ -1,13 +1,26 @@
 /* fastivc preload — lifetime of accelerated sockets: close, dup, shutdown,
  * and their readiness for poll/select. */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fastivc/atomics.h"
 #include "preload.h"
 
+/* This process lets go of fs.  When other processes still hold the same
+ * side (fork), only our private state goes; the last holder closes. */
 void fivc_fs_release(struct fsock *fs)
 {
+	if (fs->state != FS_PLAIN && fs->ch.f) {
+		struct fivc_slot *s = fivc_slot_at(fs->fab, fs->slot);
+		if (__atomic_sub_fetch(&s->holders[fs->side], 1, __ATOMIC_ACQ_REL) > 0) {
+			pthread_mutex_destroy(&fs->rd_lock);
+			pthread_mutex_destroy(&fs->wr_lock);
+			free(fs);
+			return;
+		}
+	}
 	if (fs->state == FS_CLIENT_PENDING) {
 		int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
 		if (r == -EALREADY) {
@@ -147,4 +160,73 @@ void fivc_fs_disarm(struct fsock *fs)
 {
 	if (fs->state != FS_PLAIN)
 		fivc_chan_disarm(&fs->ch);
+}
+
+/* ---- fork and exec ---- */
+
+/* Each distinct fsock once: fds that share one (dup) are seen together. */
+static void for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void *arg)
+{
+	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
+	for (int fd = 0; fd <= hi && fd < fivc_nfds; fd++) {
+		struct fsock *fs = fivc_fs(fd);
+		if (!fs)
+			continue;
+		int first = 1;
+		for (int e = 0; e < fd && first; e++)
+			first = fivc_fs(e) != fs;
+		if (first)
+			fn(fs, fd, arg);
+	}
+}
+
+static void hold_one(struct fsock *fs, int fd, void *arg)
+{
+	(void)fd;
+	int delta = *(int *)arg;
+	if (fs->state != FS_PLAIN && fs->ch.f)
+		__atomic_add_fetch(&fivc_slot_at(fs->fab, fs->slot)->holders[fs->side], delta,
+				   __ATOMIC_ACQ_REL);
+}
+
+/* fork(): both processes hold every connection; count the new holder
+ * before the child exists, so a close in either can never free the ring
+ * under the other. */
+pid_t fivc_do_fork(void)
+{
+	int plus = 1, minus = -1;
+	for_each_fsock(hold_one, &plus);
+	pid_t pid = fivc_real.fork();
+	if (pid < 0) {
+		int e = errno;
+		for_each_fsock(hold_one, &minus);
+		errno = e;
+	}
+	return pid;
+}
+
+static void drop_cloexec(struct fsock *fs, int fd, void *arg)
+{
+	(void)arg;
+	/* all fds of fs must be close-on-exec for the connection to go */
+	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
+	for (int e = fd; e <= hi && e < fivc_nfds; e++)
+		if (fivc_fs(e) == fs) {
+			int fl = fivc_real.fcntl(e, F_GETFD);
+			if (fl < 0 || !(fl & FD_CLOEXEC))
+				return;
+		}
+	for (int e = fd; e <= hi && e < fivc_nfds; e++)
+		if (fivc_fs(e) == fs)
+			fivc_fd_set(e, NULL);
+	fivc_fs_release(fs);
+}
+
+/* exec(): the kernel closes close-on-exec fds without telling us; let go of
+ * those connections first.  (A connection whose fd survives the exec is not
+ * re-attached yet: the new program would find a TCP socket carrying only
+ * doorbells.  Noted in README.md.) */
+void fivc_before_exec(void)
+{
+	for_each_fsock(drop_cloexec, NULL);
 }

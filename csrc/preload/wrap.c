@@ -414,3 +414,39 @@ FIVC_EXPORT int getsockopt(int fd, int level, int name, void *v, socklen_t *l)
 		*(int *)v = fs->app_nodelay;
 	return r;
 }
+
+/* ---- process ---- */
+
+FIVC_EXPORT pid_t fork(void)
+{
+	FIVC_ENSURE_INIT();
+	return fivc_do_fork();
+}
+
+FIVC_EXPORT int execve(const char *p, char *const a[], char *const e[])
+{
+	FIVC_ENSURE_INIT();
+	fivc_before_exec();
+	return fivc_real.execve(p, a, e);
+}
+
+FIVC_EXPORT int execv(const char *p, char *const a[])
+{
+	FIVC_ENSURE_INIT();
+	fivc_before_exec();
+	return fivc_real.execv(p, a);
+}
+
+FIVC_EXPORT int execvp(const char *p, char *const a[])
+{
+	FIVC_ENSURE_INIT();
+	fivc_before_exec();
+	return fivc_real.execvp(p, a);
+}
+
+FIVC_EXPORT int execvpe(const char *p, char *const a[], char *const e[])
+{
+	FIVC_ENSURE_INIT();
+	fivc_before_exec();
+	return fivc_real.execvpe(p, a, e);
+}

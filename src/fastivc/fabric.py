@@ -37,7 +37,7 @@ MEMBER = struct.Struct("<IIQQQ16s")
 TUPLE = struct.Struct("<16s16sHHI")
 OFFER = struct.Struct("<QQ40sIII")
 SLOT_HEAD = struct.Struct("<QQ40s")
-SLOT_SWITCH = struct.Struct("<QII")
+SLOT_SWITCH = struct.Struct("<QIIII")
 SLOT_SWITCH_OFF = 64
 SLOT_RING_OFF = 128
 RING_HDR_SIZE = 320
@@ -269,7 +269,8 @@ class Fabric:
                 continue
             m0, m1 = lease & 0xFFFF, (lease >> 16) & 0xFFFF
             saddr, daddr, sport, dport, _ = TUPLE.unpack(tup)
-            switch_bytes, _st, _backed = SLOT_SWITCH.unpack_from(self._map, base + SLOT_SWITCH_OFF)
+            switch_bytes, _st, _backed, _h0, _h1 = SLOT_SWITCH.unpack_from(
+                self._map, base + SLOT_SWITCH_OFF)
             state = "connected" if m0 and m1 else ("offered" if m0 else "half-closed")
             rings = [self._ring(base + SLOT_RING_OFF + d * RING_HDR_SIZE) for d in (0, 1)]
             if m0 and not m1 and (rings[0].writer_closed or rings[1].reader_closed):

@@ -170,7 +170,9 @@ struct fivc_slot {
 	uint64_t switch_bytes; /* client: bytes it sent over TCP before the switch */
 	uint32_t switch_state; /* client */
 	uint32_t backed;       /* whoever first reserved the ring pages (fallocate) */
-	uint8_t l1_pad[FIVC_CACHELINE - 16];
+	uint32_t holders[2];   /* processes holding side s (fork): the side owner's
+				  processes, by atomic add; the last one closes */
+	uint8_t l1_pad[FIVC_CACHELINE - 24];
 	struct fivc_ring_hdr ring[2];
 	uint8_t pad[1024 - 2 * FIVC_CACHELINE - 2 * sizeof(struct fivc_ring_hdr)];
 };
