@@ -7,7 +7,6 @@ under the gcc ASan+UBSan build as well."""
 from __future__ import annotations
 
 from conftest import run_c
-
 from test_c_core import ASAN_ENV
 
 

@@ -3,7 +3,6 @@ corrupted files."""
 
 from __future__ import annotations
 
-import os
 import signal
 import struct
 import subprocess

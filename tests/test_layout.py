@@ -27,7 +27,7 @@ def test_python_layout_matches_c_structs(cbuild):
     for ch in F.HDR.format[1:]:
         offs.append(off)
         off += 8 if ch == "Q" else 4
-    for name, o in zip(fields, offs):
+    for name, o in zip(fields, offs[:len(fields)], strict=True):
         assert c[f"fivc_fabric_hdr.{name}"] == o, name
     assert c["fivc_member.comm"] == F.MEMBER.size - 16
     assert c["fivc_offer.key"] == 16 and c["fivc_offer.slot"] == 56

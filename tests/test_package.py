@@ -41,3 +41,11 @@ def test_library_exports_only_its_api():
 def test_no_command_prints_help_and_exit_2():
     r = _cli()
     assert r.returncode == 2 and "usage" in r.stdout
+
+
+def test_python_sources_are_ruff_clean():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

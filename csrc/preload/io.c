@@ -114,6 +114,21 @@ static void server_maybe_done(struct fsock *fs)
 	}
 }
 
+/* A TCP read before the switch.  When it may block and `arm` is set, the
+ * ring's "waiting" is announced too, so that the peer's first ring write (or
+ * ring EOF) rings the doorbell and ends the wait (see the top of this file).
+ * Returns bytes, 0 at EOF, or -errno. */
+static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, int flags, int arm)
+{
+	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
+	int armed = arm && !nb && !fivc_chan_arm(&fs->ch, 1, 0);
+	ssize_t r = fivc_real.recv(fd, buf, len, flags | (fs->nonblock ? MSG_DONTWAIT : 0));
+	int e = errno;
+	if (armed)
+		fivc_chan_disarm(&fs->ch);
+	return r < 0 ? -e : r;
+}
+
 /* One recv on an fsock; the body behind every read-family wrapper. */
 ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 {
@@ -133,20 +148,11 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			fivc_fs_client_check(fs, 0);
 			if (fs->state != FS_CLIENT_PENDING)
 				continue;
-			/* Announce that we wait on the ring too: if another thread
-			 * switches while we sleep in TCP recv, the server's first
-			 * ring write rings the doorbell and wakes us. */
-			int nb = fs->nonblock || (flags & MSG_DONTWAIT);
-			int armed = !nb && !fivc_chan_arm(&fs->ch, 1, 0);
-			r = fivc_real.recv(fd, (char *)buf + got, len - got,
-					   tflags | (fs->nonblock ? MSG_DONTWAIT : 0));
-			int e = errno;
-			if (armed)
-				fivc_chan_disarm(&fs->ch);
-			if (r < 0) {
-				r = -e;
+			/* armed: if another thread switches while we sleep here,
+			 * the server's first ring write wakes us */
+			r = tcp_read_armed(fs, fd, (char *)buf + got, len - got, tflags, 1);
+			if (r < 0)
 				goto out;
-			}
 			/* Re-check after every TCP read (see the top of this file),
 			 * under wr_lock so no switch runs concurrently. */
 			pthread_mutex_lock(&fs->wr_lock);
@@ -181,18 +187,10 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
 				want = (size_t)(fs->switch_n - fs->tcp_recvd);
 			/* armed: the client's first ring write after its switch
-			 * wakes this TCP read with a doorbell byte */
-			int nb = fs->nonblock || (flags & MSG_DONTWAIT);
-			int armed = !nb && !fs->n_known && !fivc_chan_arm(&fs->ch, 1, 0);
-			r = fivc_real.recv(fd, (char *)buf + got, want,
-					   tflags | (fs->nonblock ? MSG_DONTWAIT : 0));
-			int e = errno;
-			if (armed)
-				fivc_chan_disarm(&fs->ch);
-			if (r < 0) {
-				r = -e;
+			 * wakes this read */
+			r = tcp_read_armed(fs, fd, (char *)buf + got, want, tflags, !fs->n_known);
+			if (r < 0)
 				goto out;
-			}
 			int was_known = fs->n_known;
 			fivc_fs_server_check(fs);
 			if (r == 0) {

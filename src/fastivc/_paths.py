@@ -16,7 +16,8 @@ def lib_path() -> Path:
     """
     p = _HERE / "libfastivc.so"
     if not p.is_file():
-        raise FileNotFoundError(f"libfastivc.so not found at {p}: install the package (pip install .)")
+        raise FileNotFoundError(
+            f"libfastivc.so not found at {p}: install the package (pip install .)")
     return p
 
 
@@ -24,7 +25,8 @@ def helper_path(name: str) -> Path:
     """Absolute path of a helper program shipped in ``fastivc/libexec``."""
     p = _HERE / "libexec" / name
     if not (p.is_file() and os.access(p, os.X_OK)):
-        raise FileNotFoundError(f"helper {name} not found at {p}: install the package (pip install .)")
+        raise FileNotFoundError(
+            f"helper {name} not found at {p}: install the package (pip install .)")
     return p
 
 

@@ -22,28 +22,39 @@ def _cmd_lib(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_ring(args: argparse.Namespace) -> int:
-    from .bench import ring
-
+def _progress(quiet: bool):
     def progress(done: int, total: int, what: str) -> None:
-        if not args.quiet and sys.stderr.isatty():
-            sys.stderr.write(f"\r[{done}/{total}] {what:<24}")
+        if not quiet and sys.stderr.isatty():
+            sys.stderr.write(f"\r[{done}/{total}] {what:<32}")
             if done == total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
+    return progress
 
-    sizes = tuple(args.sizes) if args.sizes else ring.STREAM_SIZES
+
+def _bench_output(args: argparse.Namespace, measure, baseline_title: str) -> int:
+    """Run a benchmark function, print its table, write --json."""
+    from .bench import ring
+
     try:
-        doc = ring.run(args.repeats, args.seconds, sizes, args.ring_kib, progress)
+        doc = measure(_progress(args.quiet))
     except (RuntimeError, FileNotFoundError) as e:
-        print(f"fastivc bench ring: {e}", file=sys.stderr)
+        print(f"fastivc bench {args.scenario}: {e}", file=sys.stderr)
         return 1
-    print(ring.format_table(doc))
+    print(ring.format_table(doc, baseline_title))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
         print(f"results written to {args.json}")
     return 0
+
+
+def _cmd_bench_ring(args: argparse.Namespace) -> int:
+    from .bench import ring
+
+    sizes = tuple(args.sizes) if args.sizes else ring.STREAM_SIZES
+    return _bench_output(args, lambda p: ring.run(args.repeats, args.seconds, sizes,
+                                                  args.ring_kib, p), "TCP loopback")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -68,32 +79,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def _progress(quiet: bool):
-    def progress(done: int, total: int, what: str) -> None:
-        if not quiet and sys.stderr.isatty():
-            sys.stderr.write(f"\r[{done}/{total}] {what:<32}")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-    return progress
-
-
 def _cmd_bench_tcp(args: argparse.Namespace) -> int:
-    from .bench import ring, tcp
+    from .bench import tcp
 
     scenarios = (args.scenario,) if args.scenario != "all" else tcp.SCENARIOS
-    try:
-        doc = tcp.run(scenarios, args.repeats, args.seconds, args.size, args.loopback,
-                      _progress(args.quiet))
-    except (RuntimeError, FileNotFoundError) as e:
-        print(f"fastivc bench: {e}", file=sys.stderr)
-        return 1
-    print(ring.format_table(doc, "plain TCP"))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-        print(f"results written to {args.json}")
-    return 0
+    return _bench_output(args, lambda p: tcp.run(scenarios, args.repeats, args.seconds,
+                                                 args.size, args.loopback, p), "plain TCP")
 
 
 def _cmd_stat(args: argparse.Namespace) -> int:

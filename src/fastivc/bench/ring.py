@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from .._paths import helper_path
-from .stats import machine_info, summarize
+from .stats import compare, machine_info, size_label
 
 STREAM_SIZES = (64, 1024, 16384, 65536, 1048576)
 SPIN_FOREVER_US = 10_000_000  # "spinning": never sleeps within a measurement
@@ -81,21 +81,15 @@ def run(repeats: int = 5, seconds: float = 0.5, sizes: tuple[int, ...] = STREAM_
     rows = []
 
     def row(name: str, unit: str, base_key: str, fast_key: str, field: str, better: str) -> None:
-        b = [r[field] for r in raw[base_key]]
-        f = [r[field] for r in raw[fast_key]]
-        per = [(x / y if better == "lower" else y / x) if (y if better == "lower" else x) else 0.0
-               for x, y in zip(b, f)]
-        bs, fs = summarize(b), summarize(f)
-        ratio = (bs["median"] / fs["median"] if better == "lower" else fs["median"] / bs["median"])
-        rows.append({"scenario": name, "unit": unit, "better": better, "baseline": bs,
-                     "fastivc": fs, "ratio": ratio, "ratio_range": [min(per), max(per)]})
+        rows.append(compare(name, unit, better, [r[field] for r in raw[base_key]],
+                            [r[field] for r in raw[fast_key]]))
 
     row("64 B round trip p50, spinning", "us", "rr-tcp", "rr-ring-spin", "p50_us", "lower")
     row("64 B round trip p99, spinning", "us", "rr-tcp", "rr-ring-spin", "p99_us", "lower")
     row("64 B round trip p50, sleeping", "us", "rr-tcp", "rr-ring-sleep", "p50_us", "lower")
     row("64 B round trip p99, sleeping", "us", "rr-tcp", "rr-ring-sleep", "p99_us", "lower")
     for s in sizes:
-        row(f"stream, {_size(s)} writes", "GB/s", f"stream-tcp-{s}", f"stream-ring-{s}",
+        row(f"stream, {size_label(s)} writes", "GB/s", f"stream-tcp-{s}", f"stream-ring-{s}",
             "gbps", "higher")
     ring_kib_used = raw["rr-ring-spin"][0].get("ring_kib")
     return {
@@ -110,13 +104,6 @@ def run(repeats: int = 5, seconds: float = 0.5, sizes: tuple[int, ...] = STREAM_
         "rows": rows,
         "raw": raw,
     }
-
-
-def _size(n: int) -> str:
-    for unit, f in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= f and n % f == 0:
-            return f"{n // f} {unit}"
-    return f"{n} B"
 
 
 def _fmt(v: float) -> str:
@@ -140,8 +127,8 @@ def format_table(doc: dict, baseline_title: str = "TCP loopback") -> str:
     out = [f"fastivc bench {doc['benchmark']}: {doc['fastivc']} vs {doc['baseline']}",
            f"{doc['repeats']} repeats x {doc['seconds_per_case']} s per case; "
            "median (min-max); ratio > 1 means fastivc is better",
-           "  ".join(h.ljust(w) for h, w in zip(head, widths))]
+           "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     out.append("  ".join("-" * w for w in widths))
     for x in lines:
-        out.append("  ".join(v.ljust(w) for v, w in zip(x, widths)))
+        out.append("  ".join(v.ljust(w) for v, w in zip(x, widths, strict=True)))
     return "\n".join(out)

@@ -22,6 +22,28 @@ def summarize(values: list[float]) -> dict:
     }
 
 
+def compare(scenario: str, unit: str, better: str, baseline: list[float],
+            fastivc: list[float]) -> dict:
+    """One results row: both summaries, the ratio of the medians (> 1 means
+    fastivc is better) and the range of the per-repeat ratios."""
+    def ratio(b: float, f: float) -> float:
+        if min(b, f) <= 0:
+            return 0.0
+        return b / f if better == "lower" else f / b
+    bs, fs = summarize(baseline), summarize(fastivc)
+    per = [ratio(b, f) for b, f in zip(baseline, fastivc, strict=True)]
+    return {"scenario": scenario, "unit": unit, "better": better, "baseline": bs,
+            "fastivc": fs, "ratio": ratio(bs["median"], fs["median"]),
+            "ratio_range": [min(per), max(per)]}
+
+
+def size_label(n: int) -> str:
+    for unit, f in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= f and n % f == 0:
+            return f"{n // f} {unit}"
+    return f"{n} B"
+
+
 def machine_info() -> dict:
     cpu = ""
     try:

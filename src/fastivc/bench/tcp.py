@@ -21,7 +21,7 @@ from .. import __version__
 from .._paths import helper_path
 from ..netns import NetnsError, TwoHosts, in_ns
 from ..run import build_env
-from .stats import machine_info, summarize
+from .stats import compare, machine_info, size_label
 
 HELPER = "fastivc-tcpbench"
 SCENARIOS = ("rr", "stream", "connect")
@@ -132,18 +132,9 @@ def run(scenarios: tuple[str, ...] = SCENARIOS, repeats: int = 5, seconds: float
             os.unlink(fabric)
         except FileNotFoundError:
             pass
-    rows = []
-    for sc in scenarios:
-        for field, unit, better, title in METRICS[sc]:
-            b = [r[field] for r in raw[sc]["plain"]]
-            f = [r[field] for r in raw[sc]["fastivc"]]
-            per = [(x / y if better == "lower" else y / x) if min(x, y) > 0 else 0.0
-                   for x, y in zip(b, f)]
-            bs, fs = summarize(b), summarize(f)
-            ratio = bs["median"] / fs["median"] if better == "lower" else fs["median"] / bs["median"]
-            rows.append({"scenario": title.format(size=_size(stream_size)), "unit": unit,
-                         "better": better, "baseline": bs, "fastivc": fs, "ratio": ratio,
-                         "ratio_range": [min(per), max(per)]})
+    rows = [compare(title.format(size=size_label(stream_size)), unit, better,
+                    [r[field] for r in raw[sc]["plain"]], [r[field] for r in raw[sc]["fastivc"]])
+            for sc in scenarios for field, unit, better, title in METRICS[sc]]
     return {
         "benchmark": "tcp",
         "placement": pl.name,
@@ -157,10 +148,3 @@ def run(scenarios: tuple[str, ...] = SCENARIOS, repeats: int = 5, seconds: float
         "rows": rows,
         "raw": raw,
     }
-
-
-def _size(n: int) -> str:
-    for unit, f in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= f and n % f == 0:
-            return f"{n // f} {unit}"
-    return f"{n} B"
