@@ -240,6 +240,23 @@ int main(int argc, char **argv)
 	SHOW("write after peer close", write(c2, "z", 1));
 	printf("  sigpipe after write %d\n", sigpipes > 0);
 	close(c2);
+
+	/* SO_SNDTIMEO: a peer that does not read; a blocking send returns what
+	 * fit when the timeout expires.  (Whether a second send then fails
+	 * depends on TCP buffer autotuning, so it is not compared.) */
+	int c3 = socket(ss.ss_family, SOCK_STREAM, 0);
+	connect(c3, (struct sockaddr *)&ss, sl);
+	int s3 = accept(l, NULL, NULL);
+	(void)s3;
+	to = (struct timeval){0, 100000};
+	SHOW("setsockopt SO_SNDTIMEO", setsockopt(c3, SOL_SOCKET, SO_SNDTIMEO, &to, sizeof(to)));
+	size_t huge = 64u << 20;
+	char *junk = calloc(1, huge);
+	ssize_t part = send(c3, junk, huge, 0);
+	printf("  partial send %s\n", part > 0 && (size_t)part < huge ? "yes" : "NO");
+	free(junk);
+	close(c3);
+	close(s3);
 	close(c);
 	close(s);
 	close(l);
