@@ -267,6 +267,14 @@ int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
 	return ready;
 }
 
+void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr)
+{
+	if (rd)
+		fivc_ring_arm_consumer(c->rx, c->rx_head);
+	if (wr)
+		ring_arm_producer(c->tx, c->tx_tail, c->size);
+}
+
 void fivc_chan_disarm(struct fivc_chan *c)
 {
 	fivc_store_relaxed(&c->rx->cons_waiting, 0);

@@ -23,6 +23,7 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 have iperf3 || need+=(iperf3)
 have sockperf || need+=(sockperf)
 have curl || need+=(curl)
+have redis-server || need+=(redis-server)
 have ss || need+=(iproute2)
 
 if ((${#need[@]})); then

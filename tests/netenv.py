@@ -27,8 +27,9 @@ class Proc:
     """A test program; `fastivc` decides whether it runs under the library."""
 
     def __init__(self, argv: list[str], fabric: str, fastivc: bool = True, ns: str | None = None,
-                 extra_env: dict | None = None):
-        env = build_env(os.environ, fabric=fabric) if fastivc else dict(os.environ)
+                 extra_env: dict | None = None, event_loops: bool = False):
+        env = (build_env(os.environ, fabric=fabric, event_loops=event_loops) if fastivc
+               else dict(os.environ))
         if not fastivc:
             env.pop("LD_PRELOAD", None)
         env.update(extra_env or {})

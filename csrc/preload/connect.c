@@ -256,8 +256,8 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 	    fivc_fs(fd) || !tcp_stream(fd))
 		return NULL;
 	int fl = fivc_real.fcntl(fd, F_GETFL);
-	if (fl < 0 || (fl & O_NONBLOCK))
-		return NULL; /* non-blocking sockets stay plain for now (event loops) */
+	if (fl < 0 || ((fl & O_NONBLOCK) && !fivc_cfg.nonblock_ok))
+		return NULL; /* non-blocking sockets stay plain unless enabled */
 	struct fivc_fabric *fab = fivc_fabric_get();
 	if (!fab)
 		return NULL;
@@ -316,6 +316,7 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 		return NULL;
 	}
 	fs->state = FS_CLIENT_PENDING;
+	fs->nonblock = (fl & O_NONBLOCK) != 0;
 	FIVC_DEBUG("fd %d: offer %u posted for port %u -> %u (slot %u)", fd, fs->offer_idx,
 		   t.sport, t.dport, fs->slot);
 	return fs;
@@ -343,7 +344,8 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	int fd = use4 ? fivc_real.accept4(lfd, addr, len, flags) : fivc_real.accept(lfd, addr, len);
 	if (fd >= 0)
 		fivc_fd_set_kind(fd, fivc_fd_kind(lfd));
-	if (fd < 0 || fivc_cfg.disabled || FIVC_GUARDED() || (flags & SOCK_NONBLOCK))
+	if (fd < 0 || fivc_cfg.disabled || FIVC_GUARDED() ||
+	    ((flags & SOCK_NONBLOCK) && !fivc_cfg.nonblock_ok))
 		return fd;
 	int saved = errno;
 	/* An event-loop server (non-blocking listener) stays plain until the
@@ -351,7 +353,7 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	 * watch it with epoll. */
 	int lfl = fivc_real.fcntl(lfd, F_GETFL);
 	struct fivc_fabric *fab;
-	if (lfl < 0 || (lfl & O_NONBLOCK) || !(fab = fivc_fabric_get()))
+	if (lfl < 0 || ((lfl & O_NONBLOCK) && !fivc_cfg.nonblock_ok) || !(fab = fivc_fabric_get()))
 		goto plain;
 	struct sockaddr_storage local, peer;
 	socklen_t l1 = sizeof(local), l2 = sizeof(peer);
@@ -372,6 +374,7 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	struct fsock *fs = fs_new(fab, fd, FIVC_SIDE_SERVER);
 	if (!fs)
 		goto plain;
+	fs->nonblock = (flags & SOCK_NONBLOCK) != 0;
 	fs->slot = v.slot;
 	fs->gen = v.slot_gen;
 	if (fivc_offer_adopt(fab, &v) < 0) {

@@ -61,6 +61,11 @@
 	X(int, select, (int, fd_set *, fd_set *, fd_set *, struct timeval *))                 \
 	X(int, pselect, (int, fd_set *, fd_set *, fd_set *, const struct timespec *,          \
 			 const sigset_t *))                                                   \
+	X(int, epoll_ctl, (int, int, int, struct epoll_event *))                              \
+	X(int, epoll_wait, (int, struct epoll_event *, int, int))                              \
+	X(int, epoll_pwait, (int, struct epoll_event *, int, int, const sigset_t *))          \
+	X(int, epoll_pwait2, (int, struct epoll_event *, int, const struct timespec *,        \
+			      const sigset_t *))                                              \
 	X(pid_t, fork, (void))                                                                \
 	X(int, execve, (const char *, char *const[], char *const[]))                          \
 	X(int, execv, (const char *, char *const[]))                                          \
@@ -91,6 +96,7 @@ extern __thread int fivc_guard;
 enum { FIVC_LOG_OFF = 0, FIVC_LOG_INFO = 1, FIVC_LOG_DEBUG = 2 };
 struct fivc_config {
 	int disabled;
+	int nonblock_ok;  /* accelerate sockets that are non-blocking at connect/accept */
 	int log_level;
 	int log_fd;
 	uint64_t spin_ns;
@@ -196,6 +202,12 @@ int fivc_fs_dup(int oldfd, int newfd);
 int fivc_fs_shutdown(struct fsock *fs, int fd, int how);
 void fivc_fs_release(struct fsock *fs);
 pid_t fivc_do_fork(void);
+/* epoll (epoll.c) */
+int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
+int fivc_do_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
+		       const sigset_t *mask);
+void fivc_epoll_forget_fd(int fd);
+void fivc_epoll_forget_set(int epfd);
 void fivc_before_exec(void);
 
 /* errno at the libc boundary only (STYLE.md 6) */

@@ -267,6 +267,10 @@ FIVC_EXPORT int close(int fd)
 	FIVC_ENSURE_INIT();
 	if (fd >= 0 && fd == fivc_fabric_fd())
 		return 0; /* not the program's: closing it would drop our member lock */
+	if (fivc_fs(fd))
+		fivc_epoll_forget_fd(fd);
+	else
+		fivc_epoll_forget_set(fd);
 	return fivc_fs_close(fd);
 }
 
@@ -449,4 +453,36 @@ FIVC_EXPORT int execvpe(const char *p, char *const a[], char *const e[])
 	FIVC_ENSURE_INIT();
 	fivc_before_exec();
 	return fivc_real.execvpe(p, a, e);
+}
+
+/* ---- epoll ---- */
+
+FIVC_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? fivc_real.epoll_ctl(epfd, op, fd, ev)
+			      : fivc_do_epoll_ctl(epfd, op, fd, ev);
+}
+
+FIVC_EXPORT int epoll_wait(int epfd, struct epoll_event *ev, int max, int t)
+{
+	FIVC_ENSURE_INIT();
+	return fivc_do_epoll_wait(epfd, ev, max, t, NULL);
+}
+
+FIVC_EXPORT int epoll_pwait(int epfd, struct epoll_event *ev, int max, int t, const sigset_t *m)
+{
+	FIVC_ENSURE_INIT();
+	return fivc_do_epoll_wait(epfd, ev, max, t, m);
+}
+
+FIVC_EXPORT int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct timespec *ts,
+			     const sigset_t *m)
+{
+	FIVC_ENSURE_INIT();
+	if (ts && (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000))
+		return (int)fivc_ret(-EINVAL);
+	/* millisecond resolution, rounded up, as the wait loop works in ms */
+	int t = ts ? (int)(ts->tv_sec * 1000 + (ts->tv_nsec + 999999) / 1000000) : -1;
+	return fivc_do_epoll_wait(epfd, ev, max, t, m);
 }

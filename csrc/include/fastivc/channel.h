@@ -63,6 +63,8 @@ ssize_t fivc_chan_writable(struct fivc_chan *c);
  * fence; returns 1 if that is already there (then nothing stays armed). */
 int fivc_chan_arm(struct fivc_chan *c, int rd, int wr);
 void fivc_chan_disarm(struct fivc_chan *c);
+/* Arm without looking: for edge-triggered waiters, woken by the next change. */
+void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr);
 /* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
 int fivc_chan_shutdown(struct fivc_chan *c, int how);
 /* Shut down both directions and give up our side of the slot. */
