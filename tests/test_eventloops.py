@@ -106,3 +106,21 @@ def test_redis_benchmark_and_cli(shm_path, tmp_path):
     finally:
         srv.kill()
     assert slog.read_text().count("adopted offer") >= 50  # benchmark's 50 clients
+
+
+def test_epoll_semantics_same_with_and_without_fastivc(cbuild, shm_path, tmp_path):
+    """tests/c/epoll_surface.c: non-blocking connect, LT, EPOLLET,
+    EPOLLONESHOT, EPOLLRDHUP, ADD/MOD/DEL errors; identical output plain and
+    accelerated, and accelerated it was."""
+    prog = str(cbuild("release") / "epoll_surface")
+    plain_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    plain = subprocess.run([prog], capture_output=True, text=True, timeout=60, env=plain_env)
+    assert plain.returncode == 0, plain.stderr
+    log = tmp_path / "log"
+    env = build_env(os.environ, fabric=shm_path, log=f"debug:{log}", event_loops=True)
+    fast = subprocess.run([prog], capture_output=True, text=True, timeout=60, env=env)
+    assert fast.returncode == 0, fast.stderr
+    assert fast.stdout.splitlines() == plain.stdout.splitlines()
+    assert "ET: no new edge" in plain.stdout
+    text = log.read_text()
+    assert "adopted offer" in text and "switched to the ring" in text, text

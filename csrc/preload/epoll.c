@@ -350,7 +350,7 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 			}
 			events[out++] = events[i];
 		}
-		if (woke && out < max)
+		if (woke && !n && out < max) /* (entries already reported stay once) */
 			out += collect(s, events + out, max - out);
 		pthread_mutex_unlock(&s->lock);
 		if (out || (!n && left == 0))
