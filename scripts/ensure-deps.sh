@@ -24,6 +24,8 @@ have iperf3 || need+=(iperf3)
 have sockperf || need+=(sockperf)
 have curl || need+=(curl)
 have redis-server || need+=(redis-server)
+have nginx || need+=(nginx-light)
+have wrk || need+=(wrk)
 have ss || need+=(iproute2)
 
 if ((${#need[@]})); then

@@ -124,3 +124,60 @@ def test_epoll_semantics_same_with_and_without_fastivc(cbuild, shm_path, tmp_pat
     assert "ET: no new edge" in plain.stdout
     text = log.read_text()
     assert "adopted offer" in text and "switched to the ring" in text, text
+
+
+NGINX_CONF = """
+user root;
+worker_processes 2;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  server {{
+    listen {addr}:{port};
+    root {dir}/html;
+  }}
+}}
+"""
+
+
+def test_nginx_workers_with_curl_and_wrk(shm_path, tmp_path):
+    """Several nginx workers (epoll, accept4 non-blocking, sendfile) and wrk
+    (epoll, non-blocking connect).  Regression: a client whose epoll_wait
+    began before the server's accept slept until wrk's timeout, because
+    epoll did not arm pending sockets; wrk would report timeouts."""
+    for prog in ("nginx", "wrk", "curl"):
+        if not shutil.which(prog):
+            pytest.fail(f"{prog} is not installed (make test installs it)")
+    port = next(_ports)
+    (tmp_path / "html").mkdir()
+    page = os.urandom(200_000)
+    (tmp_path / "html" / "blob").write_bytes(page)
+    (tmp_path / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp_path, addr=SERVER, port=port))
+    slog = tmp_path / "fastivc.log"
+    srv = Proc(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], shm_path,
+               True, NS_SERVER, {"FASTIVC_LOG": f"debug:{slog}"}, event_loops=True)
+    env = build_env(os.environ, fabric=shm_path, event_loops=True)
+
+    def client(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(in_ns(NS_CLIENT, list(argv)), env=env, capture_output=True,
+                              timeout=120)
+    try:
+        url = f"http://{SERVER}:{port}/blob"
+        for _ in range(50):
+            r = client("curl", "-s", "-o", str(tmp_path / "out"), "-w", "%{http_code}", url)
+            if r.stdout == b"200":
+                break
+            time.sleep(0.1)
+        assert r.stdout == b"200", r.stderr
+        assert (tmp_path / "out").read_bytes() == page
+        r = client("wrk", "-t1", "-c10", "-d1s", url)
+        out = r.stdout.decode()
+        assert r.returncode == 0 and "Requests/sec" in out, out
+        assert "Socket errors" not in out and "Non-2xx" not in out, out
+    finally:
+        srv.kill()
+        subprocess.run(["pkill", "-f", f"nginx -p {tmp_path}"], capture_output=True)
+    assert slog.read_text().count("adopted offer") >= 10  # curl and wrk's 10 connections

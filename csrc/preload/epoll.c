@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fastivc/atomics.h"
 #include "fastivc/util.h"
 #include "preload.h"
 
@@ -280,9 +281,19 @@ static int arm_all(struct ep_set *s)
 			if (fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, e->fd, &kev) == 0)
 				e->kmask = want;
 		}
-		if (fs->state != FS_ACCEL || !fs->ch.f)
-			continue; /* the kernel watches TCP for it */
+		if (!fs->ch.f || fs->state == FS_PLAIN)
+			continue;
 		int rd = (e->events & EPOLLIN) != 0, wr = (e->events & EPOLLOUT) != 0;
+		if (fs->state != FS_ACCEL) {
+			/* The kernel watches TCP for it; arm the ring for reading as
+			 * well: the peer adopts/switches without a doorbell and its
+			 * first ring write must wake us (io.c).  Regression: wrk
+			 * against nginx stalled when its epoll_wait began before the
+			 * server's accept. */
+			if (rd)
+				fivc_chan_arm_always(&fs->ch, 1, 0);
+			continue;
+		}
 		if (et_unmoved(e, fs, e->events & (EPOLLIN | EPOLLOUT))) {
 			fivc_chan_arm_always(&fs->ch, rd, wr); /* wake on the next move */
 			continue;
@@ -311,6 +322,30 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 	if (!s || !s->head)
 		return fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
+	if (timeout_ms != 0 && fivc_cfg.spin_ns) {
+		/* Spin before sleeping, as a blocking read does: a busy peer's next
+		 * message usually comes within microseconds, and catching it here
+		 * saves its doorbell and our wake-up (measured with nginx + wrk).
+		 * The kernel is asked now and then, so plain fds are not starved. */
+		for (unsigned i = 1;; i++) {
+			pthread_mutex_lock(&s->lock);
+			int n = collect(s, events, max);
+			pthread_mutex_unlock(&s->lock);
+			if (n)
+				return n;
+			if (!(i & 15)) {
+				int k = fivc_real.epoll_pwait(epfd, events, max, 0, mask);
+				if (k != 0) {
+					if (k < 0)
+						return k;
+					break; /* let the full path sort ours from the program's */
+				}
+				if (fivc_now_ns(CLOCK_MONOTONIC) - start >= fivc_cfg.spin_ns)
+					break;
+			}
+			fivc_cpu_relax();
+		}
+	}
 	for (;;) {
 		pthread_mutex_lock(&s->lock);
 		int n = collect(s, events, max);
