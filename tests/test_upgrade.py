@@ -15,7 +15,10 @@ from netenv import ADDR, LOOPBACK, NS_CLIENT, NS_SERVER, peer, tcp_counters
 from fastivc import Fabric
 
 N = 300_000
-_ports = itertools.count(20000 + os.getpid() % 1000 * 20)
+# Listening ports for the tests: below the kernel's ephemeral range (32768 and
+# up), where client sockets of earlier tests (10,000 short connections) may
+# still hold a port.
+_ports = itertools.count(10000 + os.getpid() % 500 * 40)
 
 
 def place(placement: str, ipv: int, request) -> tuple[str | None, str | None, str]:
