@@ -30,7 +30,6 @@ void fivc_fs_drain(struct fsock *fs, int fd)
 			__atomic_store_n(&fs->ch.peer_gone, 1, __ATOMIC_RELAXED);
 		} else if (e != EAGAIN && e != EINTR) {
 			fs->tcp_eof = 1;
-			fs->tcp_err = e;
 			__atomic_store_n(&fs->ch.peer_gone, 2, __ATOMIC_RELAXED);
 		}
 		return;

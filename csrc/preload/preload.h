@@ -129,9 +129,8 @@ struct fsock {
 	int side;          /* FIVC_SIDE_CLIENT / FIVC_SIDE_SERVER */
 	int state;         /* enum fsock_state; changes under both locks */
 	int nonblock;      /* O_NONBLOCK, tracked through fcntl/ioctl */
-	int tcp_eof;       /* the TCP peer closed (FIN) or reset (tcp_err) */
-	int tcp_err;
-	uint64_t rcvtimeo_ns, sndtimeo_ns; /* 0: none */
+	int tcp_eof;       /* the TCP peer closed or reset (ch.peer_gone says which);
+			      SO_RCVTIMEO/SO_SNDTIMEO live in ch.rd/wr_timeout_ns */
 	pthread_mutex_t rd_lock, wr_lock;
 	struct fivc_fabric *fab;
 	uint32_t slot, gen;

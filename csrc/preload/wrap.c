@@ -401,9 +401,9 @@ FIVC_EXPORT int setsockopt(int fd, int level, int name, const void *v, socklen_t
 		const struct timeval *tv = v;
 		uint64_t ns = (uint64_t)tv->tv_sec * 1000000000ull + (uint64_t)tv->tv_usec * 1000ull;
 		if (name == SO_RCVTIMEO)
-			fs->ch.rd_timeout_ns = fs->rcvtimeo_ns = ns;
+			fs->ch.rd_timeout_ns = ns;
 		else
-			fs->ch.wr_timeout_ns = fs->sndtimeo_ns = ns;
+			fs->ch.wr_timeout_ns = ns;
 	}
 	return r;
 }
