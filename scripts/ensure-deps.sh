@@ -26,6 +26,8 @@ have curl || need+=(curl)
 have redis-server || need+=(redis-server)
 have nginx || need+=(nginx-light)
 have wrk || need+=(wrk)
+have memcached || need+=(memcached)
+have node || need+=(nodejs)
 have ss || need+=(iproute2)
 
 if ((${#need[@]})); then

@@ -1,7 +1,8 @@
 """Event loops (experimental, `fastivc run --event-loops`): epoll-driven,
 non-blocking programs, each end under fastivc, client and server in two
-network namespaces: Python asyncio streams, and redis-server with
-redis-benchmark and redis-cli.  Each is shown to be accelerated."""
+network namespaces: Python asyncio streams, redis-server with
+redis-benchmark and redis-cli, nginx with curl and wrk, node http, memcached.
+Each is shown to be accelerated."""
 
 from __future__ import annotations
 
@@ -181,3 +182,48 @@ def test_nginx_workers_with_curl_and_wrk(shm_path, tmp_path):
         srv.kill()
         subprocess.run(["pkill", "-f", f"nginx -p {tmp_path}"], capture_output=True)
     assert slog.read_text().count("adopted offer") >= 10  # curl and wrk's 10 connections
+
+
+PROGRAMS = os.path.join(os.path.dirname(__file__), "programs")
+
+
+def _serve_and_run(shm_path, tmp_path, server_argv, client_argv, ready_wait=0.5):
+    slog = tmp_path / "s.log"
+    srv = Proc(server_argv, shm_path, True, NS_SERVER, {"FASTIVC_LOG": f"debug:{slog}"},
+               event_loops=True)
+    try:
+        env = build_env(os.environ, fabric=shm_path, event_loops=True)
+        for _ in range(50):
+            time.sleep(ready_wait / 5)
+            r = subprocess.run(in_ns(NS_CLIENT, client_argv), env=env, capture_output=True,
+                               text=True, timeout=120)
+            if r.returncode == 0:
+                break
+        return r, slog.read_text() if slog.exists() else ""
+    finally:
+        srv.kill()
+
+
+def test_node_http_server_and_client(shm_path, tmp_path):
+    if not shutil.which("node"):
+        pytest.fail("node is not installed (make test installs nodejs)")
+    port = str(next(_ports))
+    r, log = _serve_and_run(shm_path, tmp_path,
+                            ["node", os.path.join(PROGRAMS, "node_server.js"), SERVER, port],
+                            ["node", os.path.join(PROGRAMS, "node_client.js"), SERVER, port])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '{"done":200,"ok":200}'
+    assert "adopted offer" in log
+
+
+def test_memcached_with_a_text_protocol_client(shm_path, tmp_path):
+    if not shutil.which("memcached"):
+        pytest.fail("memcached is not installed (make test installs it)")
+    port = str(next(_ports))
+    r, log = _serve_and_run(shm_path, tmp_path,
+                            ["memcached", "-u", "root", "-l", SERVER, "-p", port, "-t", "4"],
+                            [sys.executable, os.path.join(PROGRAMS, "memcached_client.py"),
+                             SERVER, port])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '{"ok": 500}'
+    assert "adopted offer" in log
