@@ -4,6 +4,7 @@ settings: correctness of the output, not speed)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,20 @@ def test_stat_names_bad_fabric(tmp_path):
     bad.write_bytes(b"\0" * 8192)
     r = _cli("stat", "--fabric", str(bad))
     assert r.returncode == 1 and str(bad) in r.stderr and "bad magic" in r.stderr
+
+
+def test_stat_into_a_closed_pipe_is_quiet(cbuild, shm_path):
+    p = subprocess.Popen([str(cbuild("release") / "hold"), shm_path, "5000", "7000"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("ready")
+        rd, wr = os.pipe()
+        os.close(rd)  # the reader is gone before stat writes a byte
+        r = subprocess.run([sys.executable, "-m", "fastivc", "stat", "--fabric", shm_path],
+                           stdout=wr, stderr=subprocess.PIPE, text=True, timeout=60)
+        os.close(wr)
+        assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+        assert r.returncode == 0
+    finally:
+        p.kill()
+        p.wait()

@@ -221,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"fastivc: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader went away (`fastivc stat | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
