@@ -197,6 +197,8 @@ long fivc_fs_nread(struct fsock *fs, int fd);
 
 /* close / dup / shutdown (sock.c) */
 int fivc_fs_close(int fd);
+/* fd was replaced by the kernel (dup2/dup3 onto it): forget what it was. */
+void fivc_fs_replaced(int fd);
 int fivc_fs_dup(int oldfd, int newfd);
 int fivc_fs_shutdown(struct fsock *fs, int fd, int how);
 void fivc_fs_release(struct fsock *fs);

@@ -12,16 +12,11 @@
  * side (fork), only our private state goes; the last holder closes. */
 void fivc_fs_release(struct fsock *fs)
 {
-	if (fs->state != FS_PLAIN && fs->ch.f) {
-		struct fivc_slot *s = fivc_slot_at(fs->fab, fs->slot);
-		if (__atomic_sub_fetch(&s->holders[fs->side], 1, __ATOMIC_ACQ_REL) > 0) {
-			pthread_mutex_destroy(&fs->rd_lock);
-			pthread_mutex_destroy(&fs->wr_lock);
-			free(fs);
-			return;
-		}
-	}
-	if (fs->state == FS_CLIENT_PENDING) {
+	int last = 1;
+	if (fs->state != FS_PLAIN && fs->ch.f)
+		last = __atomic_sub_fetch(&fivc_slot_at(fs->fab, fs->slot)->holders[fs->side], 1,
+					  __ATOMIC_ACQ_REL) == 0;
+	if (last && fs->state == FS_CLIENT_PENDING) {
 		int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
 		if (r == -EALREADY) {
 			/* Adopted while we closed: switch, so the server reads our TCP
@@ -31,39 +26,47 @@ void fivc_fs_release(struct fsock *fs)
 			fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
 		}
 	}
-	if (fs->state != FS_PLAIN)
+	if (last && fs->state != FS_PLAIN)
 		fivc_chan_close(&fs->ch);
 	pthread_mutex_destroy(&fs->rd_lock);
 	pthread_mutex_destroy(&fs->wr_lock);
 	free(fs);
 }
 
-/* close(fd): the connection ends with its last fd.
+/* fd stops referring to its socket: closed by us (do_close), or already by
+ * the kernel (dup2/dup3 onto it).  The connection ends with its last fd.
  *
  * Order (measured): the TCP socket is closed first, the ring after.  A peer
  * that sees the ring's EOF then finds our FIN already there and closes after
  * it, as with plain TCP; closing the ring first made both sides close at
  * once, leaving TIME_WAIT on both and exhausting the client's ports in the
  * connection-rate benchmark.  fs->fd is cleared first so that no doorbell
- * can go to a descriptor number that another thread reuses meanwhile. */
-int fivc_fs_close(int fd)
+ * can go to a descriptor number that is reused meanwhile. */
+static int fs_detach(int fd, int do_close)
 {
 	struct fsock *fs = fivc_fs(fd);
+	if (fs)
+		fivc_epoll_forget_fd(fd);
+	else
+		fivc_epoll_forget_set(fd); /* it may have been an epoll fd */
 	fivc_fd_set(fd, NULL);
 	fivc_fd_set_kind(fd, FIVC_KIND_UNKNOWN);
-	if (!fs)
-		return fivc_real.close(fd);
-	if (__atomic_sub_fetch(&fs->refs, 1, __ATOMIC_ACQ_REL) != 0) {
-		__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED); /* another fd's call sets one */
-		return fivc_real.close(fd);
+	int r = 0, e = errno;
+	if (fs)
+		__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED); /* the next call sets one */
+	if (do_close) {
+		r = fivc_real.close(fd);
+		e = errno;
 	}
-	__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED);
-	int r = fivc_real.close(fd);
-	int e = errno;
-	fivc_fs_release(fs);
+	if (fs && __atomic_sub_fetch(&fs->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		fivc_fs_release(fs);
 	errno = e;
 	return r;
 }
+
+int fivc_fs_close(int fd) { return fs_detach(fd, 1); }
+
+void fivc_fs_replaced(int fd) { fs_detach(fd, 0); }
 
 /* newfd now refers to oldfd's connection (dup, dup2, dup3, F_DUPFD). */
 int fivc_fs_dup(int oldfd, int newfd)

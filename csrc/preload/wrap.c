@@ -267,10 +267,6 @@ FIVC_EXPORT int close(int fd)
 	FIVC_ENSURE_INIT();
 	if (fd >= 0 && fd == fivc_fabric_fd())
 		return 0; /* not the program's: closing it would drop our member lock */
-	if (fivc_fs(fd))
-		fivc_epoll_forget_fd(fd);
-	else
-		fivc_epoll_forget_set(fd);
 	return fivc_fs_close(fd);
 }
 
@@ -295,13 +291,7 @@ FIVC_EXPORT int dup(int fd)
 static int dup_onto(int oldfd, int newfd, int r)
 {
 	if (r >= 0 && oldfd != newfd) {
-		/* the kernel closed whatever newfd was: forget it */
-		struct fsock *old = fivc_fs(newfd);
-		if (old) {
-			fivc_fd_set(newfd, NULL);
-			if (__atomic_sub_fetch(&old->refs, 1, __ATOMIC_ACQ_REL) == 0)
-				fivc_fs_release(old);
-		}
+		fivc_fs_replaced(newfd); /* the kernel closed whatever newfd was */
 		fivc_fd_set_kind(newfd, fivc_fd_kind(oldfd));
 		fivc_fs_dup(oldfd, newfd);
 	}
