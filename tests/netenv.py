@@ -15,7 +15,9 @@ from pathlib import Path
 from fastivc.netns import TwoHosts, in_ns
 from fastivc.run import build_env
 
-HOSTS = TwoHosts("fivc-test", 201)
+# FIVC_TEST_NS / FIVC_TEST_SUBNET let two checkouts run their tests at once.
+HOSTS = TwoHosts(os.environ.get("FIVC_TEST_NS", "fivc-test"),
+                 int(os.environ.get("FIVC_TEST_SUBNET", "201")))
 NS_CLIENT, NS_SERVER = HOSTS.client_ns, HOSTS.server_ns
 ADDR = {v: (HOSTS.addr(v, 1), HOSTS.addr(v, 2)) for v in (4, 6)}
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
