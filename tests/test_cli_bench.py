@@ -1,5 +1,5 @@
-"""`fastivc bench ring` and `fastivc stat` as a user runs them (short
-settings: correctness of the output, not speed)."""
+"""`fastivc bench ring|redis|nginx` and `fastivc stat` as a user runs them
+(short settings: correctness of the output, not speed)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
+
+from fastivc.bench import servers, tcp
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -79,3 +83,86 @@ def test_stat_into_a_closed_pipe_is_quiet(cbuild, shm_path):
     finally:
         p.kill()
         p.wait()
+
+
+def _bench_servers_json(tmp_path, *args: str) -> dict:
+    """`fastivc bench redis|nginx ...` briefly; its JSON, checked for what every
+    server scenario must hold: positive numbers and accelerated fastivc runs."""
+    out = tmp_path / "bench.json"
+    r = _cli("bench", *args, "--repeats", "1", "--seconds", "1", "--quiet", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["notes"] == [], doc["notes"]
+    for row in doc["rows"]:
+        assert row["accelerated"] is True and row["accelerated_runs"] == 1, row
+        assert row["unit"] == "req/s"
+        assert row["baseline"]["median"] > 0 and row["fastivc"]["median"] > 0
+        assert row["ratio"] > 0
+    assert len(doc["raw"]["plain"]) == 1 and len(doc["raw"]["fastivc"]) == 1
+    fast = doc["raw"]["fastivc"][0]
+    assert fast["accelerated"] and fast["plain_fallbacks"] == 0
+    assert fast["server_adopted"] >= fast["connections_expected"]
+    assert doc["commands"]["fastivc"] and doc["commands"]["plain"]
+    return doc
+
+
+def test_bench_redis_get_and_set_accelerated(tmp_path):
+    doc = _bench_servers_json(tmp_path, "redis")
+    assert [row["scenario"] for row in doc["rows"]] == ["redis-benchmark GET",
+                                                          "redis-benchmark SET"]
+
+
+def test_bench_nginx_with_two_workers_accelerated(tmp_path):
+    doc = _bench_servers_json(tmp_path, "nginx", "--workers", "2")
+    assert len(doc["rows"]) == 1 and "nginx (2 workers)" in doc["rows"][0]["scenario"]
+    assert doc["workers"] == 2 and doc["page_bytes"] == 612
+
+
+def test_bench_servers_reject_bad_arguments():
+    assert _cli("bench", "redis", "--repeats", "0").returncode == 2
+    r = _cli("bench", "nginx", "--workers", "0")
+    assert r.returncode == 2 and "--workers" in r.stderr
+
+
+def test_bench_names_a_missing_program_and_its_package(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}  # no nginx, wrk, curl there
+    r = subprocess.run([sys.executable, "-m", "fastivc", "bench", "nginx", "--repeats", "1"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1
+    assert "nginx not found" in r.stderr and "nginx-light" in r.stderr, r.stderr
+
+
+def test_unaccelerated_fastivc_run_is_not_reported_as_fastivc(tmp_path, monkeypatch):
+    """A fastivc run whose logs show a plain fallback is flagged, and it and its
+    paired plain run are left out of the row; none accelerated is an error."""
+    slog, clog = tmp_path / "s.log", tmp_path / "c.log"
+    slog.write_text("fd 7: adopted offer 1 (slot 0) for port 1 -> 2\n" * 10)
+    clog.write_text("fd 5: switched to the ring after 0 TCP bytes\n" * 10)
+    assert servers.acceleration(str(slog), str(clog), 10)["accelerated"]
+    assert not servers.acceleration(str(slog), str(clog), 11)["accelerated"]
+    clog.write_text("fd 5: peer is not accelerated: plain TCP\n")
+    assert not servers.acceleration(str(slog), str(clog), 10)["accelerated"]
+
+    fast_rps = iter([30.0, 99.0, 40.0])  # repeat 1's fastivc run was plain
+
+    def once(r):
+        v = next(fast_rps) if r.fast else 10.0 + len(calls)
+        calls.append(v)
+        res = {"rps": v}
+        if r.fast:
+            res.update(accelerated=v != 99.0, server_adopted=0, connections_expected=1,
+                       plain_fallbacks=int(v == 99.0))
+        return res, []
+    calls: list[float] = []
+    monkeypatch.setattr(servers, "place", lambda loopback: (None, tcp.Placement(
+        "loopback", None, None, "127.0.0.1")))
+    doc = servers._drive("t", once, [("rps", "t")], 3, 1.0, True, 20000, None)
+    row = doc["rows"][0]
+    assert row["accelerated"] is False and row["accelerated_runs"] == 2
+    assert row["fastivc"]["values"] == [30.0, 40.0]
+    # plain runs were 10, 13 (after repeat 1's fastivc run: alternating order), 14
+    assert row["baseline"]["values"] == [10.0, 14.0]
+    assert doc["notes"] and len(doc["raw"]["fastivc"]) == 3
+    fast_rps = iter([99.0])
+    with pytest.raises(RuntimeError, match="no fastivc run was accelerated"):
+        servers._drive("t", once, [("rps", "t")], 1, 1.0, True, 20000, None)

@@ -41,6 +41,9 @@ def _bench_output(args: argparse.Namespace, measure, baseline_title: str) -> int
     except (RuntimeError, FileNotFoundError) as e:
         print(f"fastivc bench {args.scenario}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the benchmark has cleaned up
+        print(f"\nfastivc bench {args.scenario}: interrupted", file=sys.stderr)
+        return 130
     print(ring.format_table(doc, baseline_title))
     if args.json:
         with open(args.json, "w") as f:
@@ -86,6 +89,21 @@ def _cmd_bench_tcp(args: argparse.Namespace) -> int:
     scenarios = (args.scenario,) if args.scenario != "all" else tcp.SCENARIOS
     return _bench_output(args, lambda p: tcp.run(scenarios, args.repeats, args.seconds,
                                                  args.size, args.loopback, p), "plain TCP")
+
+
+def _cmd_bench_redis(args: argparse.Namespace) -> int:
+    from .bench import servers
+
+    return _bench_output(args, lambda p: servers.run_redis(args.repeats, args.seconds,
+                                                           args.loopback, p), "plain TCP")
+
+
+def _cmd_bench_nginx(args: argparse.Namespace) -> int:
+    from .bench import servers
+
+    return _bench_output(args, lambda p: servers.run_nginx(args.repeats, args.seconds,
+                                                           args.workers, args.connections,
+                                                           args.loopback, p), "plain TCP")
 
 
 def _cmd_stat(args: argparse.Namespace) -> int:
@@ -142,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("rr", "64 B request/response latency"),
                        ("stream", "streaming throughput"),
                        ("connect", "connection setup rate (connect, request, response, close)"),
-                       ("all", "rr, stream and connect")):
+                       ("all", "rr, stream and connect (not redis and nginx: they need those "
+                        "programs and take longer)")):
         tp = bsub.add_parser(name, help=f"{what}: an unmodified TCP program, plain and under "
                              "fastivc run (two network namespaces when root, else loopback)")
         tp.add_argument("--repeats", type=int, default=5, help="repeats (default 5)")
@@ -155,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
         tp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
         tp.add_argument("--quiet", action="store_true", help="no progress output")
         tp.set_defaults(func=_cmd_bench_tcp)
+    for name, what in (("redis", "redis-benchmark GET and SET against redis-server"),
+                       ("nginx", "wrk against nginx serving a 612-byte static file")):
+        sp = bsub.add_parser(name, help=f"{what}, requests/s: plain and under fastivc run "
+                             "--event-loops (two network namespaces when root, else loopback)")
+        sp.add_argument("--repeats", type=int, default=5, help="repeats (default 5)")
+        sp.add_argument("--seconds", type=float, default=1.0, help=(
+            "seconds per measurement (default 1); redis-benchmark counts requests, so "
+            "this sets -n to seconds x 100000 per test" if name == "redis" else
+            "seconds per measurement (default 1; wrk takes whole seconds)"))
+        if name == "nginx":
+            sp.add_argument("--workers", type=int, default=1,
+                            help="nginx worker processes (default 1)")
+            sp.add_argument("--connections", type=int, default=10,
+                            help="wrk connections, one thread (default 10)")
+        sp.add_argument("--loopback", action="store_true",
+                        help="client and server on loopback even as root")
+        sp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+        sp.add_argument("--quiet", action="store_true", help="no progress output")
+        sp.set_defaults(func=_cmd_bench_redis if name == "redis" else _cmd_bench_nginx)
 
     rn = sub.add_parser(
         "run", help="run a program with fastivc (its TCP connections to accelerated peers "
@@ -209,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--repeats must be >= 1 and --seconds > 0")
         if not 1 <= args.size <= 64 << 20:
             parser.error("--size must be between 1 and 67108864 bytes")
+    if args.command == "bench" and args.scenario in ("redis", "nginx"):
+        if args.repeats < 1 or args.seconds <= 0:
+            parser.error("--repeats must be >= 1 and --seconds > 0")
+        if args.scenario == "nginx" and (args.workers < 1 or args.connections < 1):
+            parser.error("--workers and --connections must be >= 1")
     if args.command == "bench" and args.scenario == "ring":
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")

@@ -131,4 +131,5 @@ def format_table(doc: dict, baseline_title: str = "TCP loopback") -> str:
     out.append("  ".join("-" * w for w in widths))
     for x in lines:
         out.append("  ".join(v.ljust(w) for v, w in zip(x, widths, strict=True)))
+    out.extend(f"note: {n}" for n in doc.get("notes", ()))
     return "\n".join(out)

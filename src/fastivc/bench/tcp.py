@@ -86,25 +86,39 @@ METRICS = {
 }
 
 
+def bench_hosts() -> TwoHosts:
+    """The benchmark's two namespaces: fivc-bench-a/b in 10.202.0.0/24, or the
+    prefix and subnet in FIVC_BENCH_NS / FIVC_BENCH_SUBNET (so two checkouts can
+    benchmark at once)."""
+    return TwoHosts(os.environ.get("FIVC_BENCH_NS", "fivc-bench"),
+                    int(os.environ.get("FIVC_BENCH_SUBNET", "202")))
+
+
+def place(loopback: bool) -> tuple[TwoHosts | None, Placement]:
+    """Two namespaces joined by veth when root (and not `loopback`), else
+    loopback; the caller takes the hosts down."""
+    hosts = None
+    if not loopback and os.geteuid() == 0:
+        try:
+            hosts = bench_hosts().up()
+        except NetnsError:
+            bench_hosts().down()  # whatever up() made before it failed
+            hosts = None
+    if hosts:
+        for ns in (hosts.client_ns, hosts.server_ns):
+            _sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")
+        return hosts, Placement("two network namespaces joined by veth", hosts.client_ns,
+                                hosts.server_ns, hosts.addr(4, 2))
+    name = "loopback (not root: no network namespaces)" if not loopback else "loopback"
+    return None, Placement(name, None, None, "127.0.0.1")
+
+
 def run(scenarios: tuple[str, ...] = SCENARIOS, repeats: int = 5, seconds: float = 1.0,
         stream_size: int = 65536, loopback: bool = False,
         progress: Callable[[int, int, str], None] | None = None) -> dict:
     if repeats < 1 or seconds <= 0:
         raise ValueError("repeats must be >= 1 and seconds > 0")
-    hosts = None
-    if not loopback and os.geteuid() == 0:
-        try:
-            hosts = TwoHosts("fivc-bench", 202).up()
-        except NetnsError:
-            hosts = None
-    if hosts:
-        for ns in (hosts.client_ns, hosts.server_ns):
-            _sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")
-        pl = Placement("two network namespaces joined by veth", hosts.client_ns,
-                       hosts.server_ns, hosts.addr(4, 2))
-    else:
-        pl = Placement("loopback (not root: no network namespaces)" if not loopback
-                       else "loopback", None, None, "127.0.0.1")
+    hosts, pl = place(loopback)
     fabric = tempfile.mktemp(prefix="fastivc-bench-", dir="/dev/shm")
     raw: dict[str, dict[str, list]] = {s: {"plain": [], "fastivc": []} for s in scenarios}
     commands: dict[str, list[str]] = {}

@@ -1,0 +1,414 @@
+"""`fastivc bench redis|nginx`: unmodified servers and their usual load
+generators, plain TCP and under fastivc in the same run.
+
+- redis: redis-server in the server namespace, redis-benchmark (`-t get,set`,
+  its default 50 clients) in the client namespace; GET and SET requests/s.
+- nginx: nginx (N workers, Debian's default sendfile/tcp_nopush settings)
+  serving a 612-byte static file, wrk (`-t1 -cC`); requests/s.
+
+Both are epoll event loops, so the fastivc runs use `fastivc run
+--event-loops` (FASTIVC_NONBLOCK=1) on both sides.  Each repeat runs plain and
+fastivc back to back, alternating which goes first.  Each fastivc run gets a
+fresh fabric under /dev/shm (removed afterwards) and debug logs for the
+server and the client; a run counts as accelerated only if the server
+adopted an offer for at least every benchmark connection and no client
+connection fell back to plain TCP.  A run that was not accelerated is kept
+in "raw" but never reported as a fastivc number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .. import __version__
+from ..netns import in_ns
+from ..run import build_env
+from .stats import compare, machine_info, tool_version
+from .tcp import Placement, place
+
+Progress = Callable[[int, int, str], None]
+
+# program -> the Debian package that provides it
+PACKAGES = {
+    "redis-server": "redis-server",
+    "redis-benchmark": "redis-tools",
+    "redis-cli": "redis-tools",
+    "nginx": "nginx-light",
+    "wrk": "wrk",
+    "curl": "curl",
+}
+REDIS_PORT, NGINX_PORT = 16379, 18080
+REDIS_RPS_GUESS = 100_000  # redis-benchmark counts requests: --seconds x this per test
+PAGE_SIZE = 612  # the size of nginx's own welcome page
+
+# What the library logs (csrc/preload/connect.c, io.c, init.c) per connection.
+LOG_ADOPTED = "adopted offer"
+LOG_SWITCHED = "switched to the ring"
+LOG_PLAIN = ("peer is not accelerated", "no free channel slot", "offer registry full",
+             "bind before connect failed", "several offers match", "acceleration off",
+             "no free member id")
+
+
+def require(*programs: str) -> None:
+    """A clear error naming the program and its Debian package when one is missing."""
+    for prog in programs:
+        if not shutil.which(prog):
+            raise RuntimeError(f"{prog} not found: install the Debian package "
+                               f"{PACKAGES.get(prog, prog)} (scripts/ensure-deps.sh does)")
+
+
+def _plain_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k != "LD_PRELOAD" and not k.startswith("FASTIVC_")}
+
+
+class _Server:
+    """A server in its own session (so nginx's workers go with it), output to a file."""
+
+    def __init__(self, argv: list[str], env: dict, ns: str | None, out: str):
+        self.argv = in_ns(ns, argv)
+        self.out = out
+        with open(out, "wb") as f:
+            self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                                      env=env, start_new_session=True)
+
+    def output(self) -> str:
+        try:
+            with open(self.out, errors="replace") as f:
+                return f.read()[-2000:].strip()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group; SIGKILL to whatever is left
+        once the leader has exited (or 5 s later).  The leader is reaped only
+        after that, so the group id cannot have been reused meanwhile."""
+        pid = self.p.pid
+        if self.p.returncode is not None:
+            return  # reaped already (died at start): its group id is not ours any more
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                break
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self.p.wait()
+
+
+def _client(pl: Placement, argv: list[str], env: dict, timeout: float
+            ) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(in_ns(pl.client_ns, argv), env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"{' '.join(argv)} hung: no exit within {timeout:.0f} s") from e
+
+
+def _wait_ready(srv: _Server, probe: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if srv.p.poll() is not None:
+            raise RuntimeError(f"{what} exited {srv.p.returncode} at start: {srv.output()}")
+        if probe():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer within 15 s: {srv.output()}")
+
+
+def _count(path: str, needles: tuple[str, ...]) -> int:
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return 0
+    return sum(text.count(n) for n in needles)
+
+
+def acceleration(server_log: str, client_log: str, connections: int) -> dict:
+    """What the fastivc logs say about one run: accelerated when the server
+    adopted an offer for at least every benchmark connection and nothing fell
+    back to plain TCP."""
+    adopted = _count(server_log, (LOG_ADOPTED,))
+    plain = _count(server_log, LOG_PLAIN) + _count(client_log, LOG_PLAIN)
+    return {"accelerated": adopted >= connections and plain == 0,
+            "connections_expected": connections, "server_adopted": adopted,
+            "client_switched": _count(client_log, (LOG_SWITCHED,)), "plain_fallbacks": plain}
+
+
+@dataclass
+class Run:
+    """What one case needs: where, which port, plain or not, a scratch directory."""
+
+    pl: Placement
+    port: int
+    fast: bool
+    seconds: float
+    workdir: str
+
+    @property
+    def fabric(self) -> str:
+        return os.path.join("/dev/shm", f"fastivc-bench-{os.getpid()}-{self.port}")
+
+    def env(self, side: str) -> dict[str, str]:
+        if not self.fast:
+            return _plain_env()
+        log = os.path.join(self.workdir, f"{side}.fastivc.log")
+        return build_env(_plain_env(), fabric=self.fabric, log=f"debug:{log}", event_loops=True)
+
+    def logs(self) -> tuple[str, str]:
+        return (os.path.join(self.workdir, "server.fastivc.log"),
+                os.path.join(self.workdir, "client.fastivc.log"))
+
+    def cmd(self, ns: str | None, argv: list[str]) -> str:
+        prefix = ["fastivc", "run", "--event-loops", "--"] if self.fast else []
+        return shlex.join(in_ns(ns, [*prefix, *argv]))
+
+
+# --- redis -------------------------------------------------------------------------------
+
+REDIS_CLIENTS = 50  # redis-benchmark's default
+
+
+def _redis_once(r: Run) -> tuple[dict, list[str]]:
+    addr, port = r.pl.server_addr, str(r.port)
+    srv_argv = ["redis-server", "--port", port, "--bind", addr, "--save", "", "--appendonly",
+                "no", "--protected-mode", "no"]
+    n = max(1000, int(r.seconds * REDIS_RPS_GUESS))
+    cli_argv = ["redis-benchmark", "-h", addr, "-p", port, "-t", "set,get", "-n", str(n),
+                "-c", str(REDIS_CLIENTS), "--csv"]
+    srv = _Server(srv_argv, r.env("server"), r.pl.server_ns,
+                  os.path.join(r.workdir, "redis.out"))
+    try:
+        _wait_ready(srv, lambda: _client(r.pl, ["redis-cli", "-h", addr, "-p", port, "ping"],
+                                         _plain_env(), 10).stdout.strip() == "PONG",
+                    "redis-server")
+        b = _client(r.pl, cli_argv, r.env("client"), 120 + 4 * r.seconds)
+        if b.returncode != 0:
+            raise RuntimeError(f"{' '.join(cli_argv)} failed (exit {b.returncode}): "
+                               f"{b.stderr.strip()[-1000:]}")
+        # redis-benchmark's SET stores a 3-byte value (-d 3) under this very key (no -r)
+        got = _client(r.pl, ["redis-cli", "-h", addr, "-p", port, "strlen", "key:__rand_int__"],
+                      r.env("client"), 30).stdout.strip()
+        if got != "3":
+            raise RuntimeError(f"wrong result: STRLEN key:__rand_int__ after redis-benchmark "
+                               f"returned {got!r}, not 3 ({'fastivc' if r.fast else 'plain'})")
+    finally:
+        srv.stop()
+    rps = {}
+    for line in b.stdout.splitlines():
+        m = re.match(r'"(SET|GET)","([0-9.]+)"', line)
+        if m:
+            rps[m.group(1)] = float(m.group(2))
+    if set(rps) != {"SET", "GET"}:
+        raise RuntimeError(f"{' '.join(cli_argv)}: no SET/GET rates in its output: "
+                           f"{b.stdout.strip()[-1000:]}")
+    res: dict = {"get_rps": rps["GET"], "set_rps": rps["SET"], "requests": n}
+    if r.fast:
+        res.update(acceleration(*r.logs(), 2 * REDIS_CLIENTS))
+    return res, [r.cmd(r.pl.server_ns, srv_argv), r.cmd(r.pl.client_ns, cli_argv)]
+
+
+# --- nginx -------------------------------------------------------------------------------
+
+NGINX_CONF = """\
+user root;
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_timeout 65;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  server {{
+    listen {addr}:{port};
+    root {dir}/html;
+  }}
+}}
+"""
+
+
+def _page() -> bytes:
+    head = b"<!DOCTYPE html>\n<html><head><title>fastivc bench</title></head><body>\n"
+    tail = b"\n</body></html>\n"
+    return head + b"x" * (PAGE_SIZE - len(head) - len(tail)) + tail
+
+
+def _nginx_once(r: Run, workers: int, connections: int) -> tuple[dict, list[str]]:
+    os.makedirs(os.path.join(r.workdir, "html"), exist_ok=True)
+    page = _page()
+    with open(os.path.join(r.workdir, "html", "index.html"), "wb") as f:
+        f.write(page)
+    conf = os.path.join(r.workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(workers=workers, dir=r.workdir, addr=r.pl.server_addr,
+                                  port=r.port))
+    url = f"http://{r.pl.server_addr}:{r.port}/index.html"
+    secs = max(1, round(r.seconds))  # wrk takes whole seconds
+    srv_argv = ["nginx", "-p", r.workdir, "-e", os.path.join(r.workdir, "error.log"), "-c", conf]
+    cli_argv = ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", url]
+    srv = _Server(srv_argv, r.env("server"), r.pl.server_ns,
+                  os.path.join(r.workdir, "nginx.out"))
+    try:
+        _wait_ready(srv, lambda: _client(r.pl, ["curl", "-s", "-o", "/dev/null", "-w",
+                                                "%{http_code}", url],
+                                         _plain_env(), 10).stdout == "200", "nginx")
+        w = _client(r.pl, cli_argv, r.env("client"), 120 + 4 * secs)
+        out = w.stdout
+        if w.returncode != 0 or "Requests/sec" not in out:
+            raise RuntimeError(f"{' '.join(cli_argv)} failed (exit {w.returncode}): "
+                               f"{(w.stderr or out).strip()[-1000:]}")
+        if "Socket errors" in out or "Non-2xx" in out:
+            raise RuntimeError(f"{' '.join(cli_argv)} ({'fastivc' if r.fast else 'plain'}) "
+                               f"reported errors: {out.strip()[-1000:]}")
+        got = subprocess.run(in_ns(r.pl.client_ns, ["curl", "-s", url]), env=r.env("client"),
+                             capture_output=True, timeout=30).stdout
+        if got != page:
+            raise RuntimeError(f"wrong result: curl {url} returned {len(got)} bytes, not the "
+                               f"{len(page)}-byte page ({'fastivc' if r.fast else 'plain'})")
+    finally:
+        srv.stop()
+    m = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+    if not m:
+        raise RuntimeError(f"{' '.join(cli_argv)}: no Requests/sec in its output: {out[-500:]}")
+    res: dict = {"rps": float(m.group(1)), "seconds": secs}
+    if r.fast:
+        res.update(acceleration(*r.logs(), connections))
+    return res, [r.cmd(r.pl.server_ns, srv_argv), r.cmd(r.pl.client_ns, cli_argv)]
+
+
+# --- the driver --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so servers, fabrics and namespaces go too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _drive(name: str, once: Callable[[Run], tuple[dict, list[str]]],
+           metrics: list[tuple[str, str]], repeats: int, seconds: float, loopback: bool,
+           base_port: int, progress: Progress | None) -> dict:
+    if repeats < 1 or seconds <= 0:
+        raise ValueError("repeats must be >= 1 and seconds > 0")
+    raw: dict[str, list[dict]] = {"plain": [], "fastivc": []}
+    commands: dict[str, list[str]] = {}
+    total, done = 2 * repeats, 0
+    port = base_port + os.getpid() % 1000
+    with _sigterm_as_interrupt():
+        hosts, pl = place(loopback)
+        try:
+            for rep in range(repeats):
+                # alternate which goes first: a noisy neighbour hits both alike
+                for mode in (("plain", "fastivc") if rep % 2 == 0 else ("fastivc", "plain")):
+                    if progress:
+                        progress(done, total, f"{name} {mode} ({rep + 1}/{repeats})")
+                    port += 1
+                    workdir = tempfile.mkdtemp(prefix=f"fastivc-bench-{name}-")
+                    r = Run(pl, port, mode == "fastivc", seconds, workdir)
+                    try:
+                        res, cmds = once(r)
+                    finally:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(r.fabric)
+                        shutil.rmtree(workdir, ignore_errors=True)
+                    res["repeat"] = rep
+                    raw[mode].append(res)
+                    commands.setdefault(mode, cmds)
+                    done += 1
+            if progress:
+                progress(total, total, "done")
+        finally:
+            if hosts:
+                hosts.down()
+    ok = [i for i, f in enumerate(raw["fastivc"]) if f["accelerated"]]
+    if not ok:
+        f = raw["fastivc"][0]
+        raise RuntimeError(f"no fastivc run was accelerated (first run: server adopted "
+                           f"{f['server_adopted']} offers for {f['connections_expected']} "
+                           f"connections, {f['plain_fallbacks']} fell back to plain TCP)")
+    notes = []
+    if len(ok) < repeats:
+        notes.append(f"{repeats - len(ok)} of {repeats} fastivc runs were not accelerated; "
+                     "they and their paired plain runs are left out of the rows (see raw)")
+    rows = []
+    for field, title in metrics:
+        row = compare(title, "req/s", "higher", [raw["plain"][i][field] for i in ok],
+                      [raw["fastivc"][i][field] for i in ok])
+        row.update(accelerated=len(ok) == repeats, accelerated_runs=len(ok),
+                   fastivc_runs=repeats)
+        rows.append(row)
+    return {
+        "benchmark": name,
+        "placement": pl.name,
+        "baseline": f"plain TCP ({pl.name})",
+        "fastivc": "fastivc run --event-loops, a fresh fabric per run",
+        "repeats": repeats,
+        "seconds_per_case": seconds,
+        "machine": machine_info(),
+        "versions": {"fastivc": __version__},
+        "commands": commands,
+        "notes": notes,
+        "rows": rows,
+        "raw": raw,
+    }
+
+
+def run_redis(repeats: int = 5, seconds: float = 1.0, loopback: bool = False,
+              progress: Progress | None = None) -> dict:
+    """redis-benchmark GET and SET against redis-server: requests/s."""
+    require("redis-server", "redis-benchmark", "redis-cli")
+    doc = _drive("redis", _redis_once,
+                 [("get_rps", "redis-benchmark GET"), ("set_rps", "redis-benchmark SET")],
+                 repeats, seconds, loopback, REDIS_PORT, progress)
+    doc["versions"].update({"redis-server": tool_version(["redis-server", "--version"]),
+                            "redis-benchmark": tool_version(["redis-benchmark", "--version"])})
+    doc["requests_per_test"] = max(1000, int(seconds * REDIS_RPS_GUESS))
+    return doc
+
+
+def run_nginx(repeats: int = 5, seconds: float = 1.0, workers: int = 1, connections: int = 10,
+              loopback: bool = False, progress: Progress | None = None) -> dict:
+    """wrk against nginx serving a small static file: requests/s."""
+    require("nginx", "wrk", "curl")
+    if workers < 1 or connections < 1:
+        raise ValueError("workers and connections must be >= 1")
+    title = (f"nginx ({workers} worker{'s' if workers > 1 else ''}) + wrk -c{connections}, "
+             f"{PAGE_SIZE} B file")
+    doc = _drive("nginx", lambda r: _nginx_once(r, workers, connections), [("rps", title)],
+                 repeats, seconds, loopback, NGINX_PORT, progress)
+    doc["versions"].update({"nginx": tool_version(["nginx", "-v"]),
+                            "wrk": tool_version(["wrk", "-v"])})
+    doc.update(workers=workers, connections=connections, page_bytes=PAGE_SIZE)
+    return doc
