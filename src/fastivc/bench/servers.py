@@ -208,15 +208,18 @@ def _redis_once(r: Run) -> tuple[dict, list[str]]:
                                f"returned {got!r}, not 3 ({'fastivc' if r.fast else 'plain'})")
     finally:
         srv.stop()
-    rps = {}
+    # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+    # "p99_latency_ms","max_latency_ms"
+    res: dict = {"requests": n}
     for line in b.stdout.splitlines():
-        m = re.match(r'"(SET|GET)","([0-9.]+)"', line)
-        if m:
-            rps[m.group(1)] = float(m.group(2))
-    if set(rps) != {"SET", "GET"}:
+        f = [x.strip('"') for x in line.strip().split(",")]
+        if len(f) >= 8 and f[0] in ("SET", "GET"):
+            t = f[0].lower()
+            res.update({f"{t}_rps": float(f[1]), f"{t}_p50_ms": float(f[4]),
+                        f"{t}_p99_ms": float(f[6]), f"{t}_max_ms": float(f[7])})
+    if "get_rps" not in res or "set_rps" not in res:
         raise RuntimeError(f"{' '.join(cli_argv)}: no SET/GET rates in its output: "
                            f"{b.stdout.strip()[-1000:]}")
-    res: dict = {"get_rps": rps["GET"], "set_rps": rps["SET"], "requests": n}
     if r.fast:
         res.update(acceleration(*r.logs(), 2 * REDIS_CLIENTS))
     return res, [r.cmd(r.pl.server_ns, srv_argv), r.cmd(r.pl.client_ns, cli_argv)]
