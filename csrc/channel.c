@@ -180,10 +180,9 @@ static int peer_alive(struct fivc_chan *c)
 	uint64_t w = fivc_load_acquire(&c->slot->lease);
 	if (FIVC_LEASE_GEN(w) != c->gen)
 		return 0;
-	uint32_t peer = FIVC_LEASE_SIDE(w, 1 - c->side);
-	if (!peer)
-		return c->side == FIVC_SIDE_CLIENT && !FIVC_LEASE_SIDE(w, 1) ? 1 : 0;
-	return fivc_member_alive(c->f, peer);
+	if (!FIVC_LEASE_SIDE(w, 1 - c->side))
+		return c->side == FIVC_SIDE_CLIENT ? 1 : 0; /* not adopted yet */
+	return fivc_slot_side_alive(c->f, c->idx, c->gen, 1 - c->side);
 }
 
 /* Spin for spin_ns, then sleep on the doorbell until ready.  0 = ready

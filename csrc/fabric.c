@@ -212,18 +212,47 @@ static int dead_exact(struct fivc_fabric *f, uint32_t m1, void *arg)
 	return m1 != 0 && m1 == *(uint32_t *)arg;
 }
 
-/* Clear the sides of slot i whose member is dead per is_dead. */
+/* 1 when a live holder (with or without an entry) of the side is left;
+ * with clear, the dead entries are removed from the table. */
+static int side_live(struct fivc_fabric *f, struct fivc_slot *s, int side, uint32_t lease_m,
+		     dead_fn is_dead, void *arg, int clear)
+{
+	int live = fivc_load_acquire(&s->holders[side]) != 0, seen = 0;
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
+		if (!id)
+			continue;
+		seen = 1;
+		if (is_dead(f, id, arg)) {
+			/* only by a reclaimer that then frees the side: an
+			 * emptied table would hand the verdict to the lease */
+			if (clear)
+				fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)0);
+		} else
+			live = 1;
+	}
+	/* An empty table under a held side: the claimer or attacher between
+	 * its lease CAS and its entry, or the last holder about to release.
+	 * The lease's member decides. */
+	if (!seen && !live)
+		live = !is_dead(f, lease_m, arg);
+	return live;
+}
+
+/* Clear the sides of slot i whose holders are all dead per is_dead. */
 static void reclaim_slot(struct fivc_fabric *f, uint32_t i, dead_fn is_dead, void *arg,
 			 struct fivc_gc_report *r)
 {
 	struct fivc_slot *s = fivc_slot_at(f, i);
 	uint64_t w = fivc_load_acquire(&s->lease);
-	while ((uint32_t)w != 0) {
-		uint32_t m0 = FIVC_LEASE_SIDE(w, 0), m1 = FIVC_LEASE_SIDE(w, 1);
-		int d0 = is_dead(f, m0, arg), d1 = is_dead(f, m1, arg);
-		if (!d0 && !d1)
-			return;
-		uint64_t nw = FIVC_LEASE_WORD(FIVC_LEASE_GEN(w), d1 ? 0 : m1, d0 ? 0 : m0);
+	if ((uint32_t)w == 0)
+		return;
+	uint32_t m0 = FIVC_LEASE_SIDE(w, 0), m1 = FIVC_LEASE_SIDE(w, 1);
+	int d0 = m0 && !side_live(f, s, 0, m0, is_dead, arg, 1);
+	int d1 = m1 && !side_live(f, s, 1, m1, is_dead, arg, 1);
+	while (d0 || d1) {
+		uint64_t nw = FIVC_LEASE_WORD(FIVC_LEASE_GEN(w), d1 ? 0 : FIVC_LEASE_SIDE(w, 1),
+					      d0 ? 0 : FIVC_LEASE_SIDE(w, 0));
 		if (fivc_cas(&s->lease, &w, nw)) {
 			/* A dead side can no longer signal its peer: mark its
 			 * rings closed so the survivor sees EOF / EPIPE. */
@@ -238,6 +267,11 @@ static void reclaim_slot(struct fivc_fabric *f, uint32_t i, dead_fn is_dead, voi
 				r->slots_freed++;
 			return;
 		}
+		/* the lease moved: only sides still held and of the same lease */
+		d0 = d0 && FIVC_LEASE_SIDE(w, 0);
+		d1 = d1 && FIVC_LEASE_SIDE(w, 1);
+		if ((uint32_t)w == 0)
+			return;
 	}
 }
 
@@ -259,12 +293,13 @@ static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
 		reclaim_slot(f, i, is_dead, arg, r);
 }
 
-static void member_join(struct fivc_fabric *f)
+/* Take a free member id through fd's open file description; 0 if none. */
+static uint32_t member_join_fd(struct fivc_fabric *f, int fd)
 {
 	uint32_t n = f->g.nmembers, start = (uint32_t)getpid() % n;
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t m = (start + k) % n;
-		if (lock_member(f->fd, m, F_WRLCK, F_OFD_SETLK, NULL) < 0)
+		if (lock_member(fd, m, F_WRLCK, F_OFD_SETLK, NULL) < 0)
 			continue;
 		/* We hold member m's lock: whoever had m before is dead.  Sweep
 		 * its leftovers before anything can carry our (equal) id. */
@@ -278,17 +313,65 @@ static void member_join(struct fivc_fabric *f)
 		struct stat st;
 		me->pidns_ino = stat("/proc/self/ns/pid", &st) == 0 ? st.st_ino : 0;
 		memset(me->comm, 0, sizeof(me->comm));
-		FILE *c = fopen("/proc/self/comm", "re");
-		if (c) {
-			if (fgets(me->comm, sizeof(me->comm), c))
-				me->comm[strcspn(me->comm, "\n")] = 0;
-			fclose(c);
+		if (f->self) { /* a fork child to be: it runs the same program */
+			memcpy(me->comm, fivc_member_at(f, f->self - 1)->comm, sizeof(me->comm));
+			me->comm[sizeof(me->comm) - 1] = 0;
+		} else {
+			FILE *c = fopen("/proc/self/comm", "re");
+			if (c) {
+				if (fgets(me->comm, sizeof(me->comm), c))
+					me->comm[strcspn(me->comm, "\n")] = 0;
+				fclose(c);
+			}
 		}
 		fivc_store_release(&me->state, FIVC_MEMBER_ALIVE);
-		f->self = m1;
-		return;
+		return m1;
 	}
-	f->self = 0; /* all member ids taken: we can still read, not claim */
+	return 0;
+}
+
+static void member_join(struct fivc_fabric *f)
+{
+	f->self = 0;
+	f->self = member_join_fd(f, f->fd); /* 0: all ids taken; we can read, not claim */
+}
+
+int fivc_member_prepare(struct fivc_fabric *f, int *fd, uint32_t *member1)
+{
+	if (f->fd < 0 || !f->self)
+		return -EINVAL;
+	int nfd = open(f->path, O_RDWR | O_CLOEXEC);
+	if (nfd < 0)
+		return -errno;
+	struct stat a, b;
+	if (fstat(nfd, &a) < 0 || fstat(f->fd, &b) < 0 || a.st_ino != b.st_ino ||
+	    a.st_dev != b.st_dev) {
+		close(nfd); /* the path now names another file: no identity there */
+		return -ESTALE;
+	}
+	uint32_t m1 = member_join_fd(f, nfd);
+	if (!m1) {
+		close(nfd);
+		return -EUSERS;
+	}
+	*fd = nfd;
+	*member1 = m1;
+	return 0;
+}
+
+void fivc_fabric_become(struct fivc_fabric *f, int fd, uint32_t member1)
+{
+	close(f->fd); /* our copy only: the parent's descriptor keeps its lock */
+	f->fd = fd;
+	f->self = member1;
+	fivc_member_at(f, member1 - 1)->pid = (uint32_t)getpid();
+}
+
+void fivc_member_forget(struct fivc_fabric *f, int fd, uint32_t member1, int free_entry)
+{
+	if (free_entry)
+		fivc_store_release(&fivc_member_at(f, member1 - 1)->state, FIVC_MEMBER_FREE);
+	close(fd);
 }
 
 /* ---- open / create ---- */
@@ -486,8 +569,13 @@ int fivc_slot_claim(struct fivc_fabric *f, const struct fivc_tuple *t,
 				memset(&s->tuple, 0, sizeof(s->tuple));
 			s->switch_bytes = 0;
 			s->switch_state = 0;
-			fivc_store_relaxed(&s->holders[0], 1);
+			fivc_store_relaxed(&s->holders[0], 0);
 			fivc_store_relaxed(&s->holders[1], 0);
+			for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+				fivc_store_relaxed(&s->holder_ids[0][k], (uint16_t)0);
+				fivc_store_relaxed(&s->holder_ids[1][k], (uint16_t)0);
+			}
+			fivc_store_release(&s->holder_ids[0][0], (uint16_t)f->self);
 			if (reserve_rings(f, s, i) < 0) {
 				fivc_slot_release(f, i, g, FIVC_SIDE_CLIENT);
 				return -ENOSPC;
@@ -526,7 +614,10 @@ int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen)
 		if (FIVC_LEASE_SIDE(w, 1) != 0)
 			return -EBUSY;
 		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, f->self, FIVC_LEASE_SIDE(w, 0)))) {
-			fivc_store_relaxed(&s->holders[1], 1);
+			fivc_store_relaxed(&s->holders[1], 0);
+			for (int k = 1; k < FIVC_SLOT_HOLDERS; k++)
+				fivc_store_relaxed(&s->holder_ids[1][k], (uint16_t)0);
+			fivc_store_release(&s->holder_ids[1][0], (uint16_t)f->self);
 			return 0;
 		}
 	}
@@ -539,13 +630,78 @@ int fivc_slot_release(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int si
 	struct fivc_slot *s = fivc_slot_at(f, slot);
 	uint64_t w = fivc_load_acquire(&s->lease);
 	for (;;) {
-		if (FIVC_LEASE_GEN(w) != gen || FIVC_LEASE_SIDE(w, side) != f->self)
-			return -ESTALE; /* already reclaimed */
+		/* The last holder releases; after a fork that may be another
+		 * process than the one whose id the lease carries. */
+		uint32_t m = FIVC_LEASE_SIDE(w, side);
+		if (FIVC_LEASE_GEN(w) != gen || m == 0 || m > f->g.nmembers)
+			return -ESTALE; /* already reclaimed, or not a member's */
 		uint32_t m0 = side == 0 ? 0 : FIVC_LEASE_SIDE(w, 0);
 		uint32_t m1 = side == 1 ? 0 : FIVC_LEASE_SIDE(w, 1);
 		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, m1, m0)))
 			return 0;
 	}
+}
+
+int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1))
+		return 0;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	uint64_t w = fivc_load_acquire(&s->lease);
+	uint32_t m = FIVC_LEASE_SIDE(w, side);
+	if (FIVC_LEASE_GEN(w) != gen || !m)
+		return 0;
+	return side_live(f, s, side, m, dead_by_lock, NULL, 0);
+}
+
+int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+		   uint32_t member1)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1) || member1 > f->g.nmembers)
+		return -EINVAL;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	if (FIVC_LEASE_GEN(fivc_load_acquire(&s->lease)) != gen)
+		return -ESTALE;
+	for (int k = 0; member1 && k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = 0;
+		if (fivc_load_relaxed(&s->holder_ids[side][k]) == 0 &&
+		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
+			return 0;
+	}
+	fivc_fetch_add(&s->holders[side], 1u);
+	return 1;
+}
+
+int fivc_slot_unhold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+		     uint32_t member1)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1))
+		return -EINVAL;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	if (FIVC_LEASE_GEN(fivc_load_acquire(&s->lease)) != gen)
+		return -ESTALE;
+	if (!member1) {
+		uint32_t n = fivc_load_acquire(&s->holders[side]);
+		while (n && !fivc_cas(&s->holders[side], &n, n - 1))
+			;
+	} else {
+		for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+			uint16_t id = (uint16_t)member1;
+			if (fivc_load_relaxed(&s->holder_ids[side][k]) == id &&
+			    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)0))
+				break;
+		}
+	}
+	/* SYNC POINT: seq_cst CASes above and loads below; two holders that
+	 * leave at once may both see an empty table and both close, which
+	 * is idempotent (flags, and a release CAS that only one wins). */
+	fivc_smp_mb();
+	if (fivc_load_acquire(&s->holders[side]))
+		return 0;
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++)
+		if (fivc_load_acquire(&s->holder_ids[side][k]))
+			return 0;
+	return 1;
 }
 
 /* ---- offers ---- */

@@ -34,6 +34,8 @@ def test_python_layout_matches_c_structs(cbuild):
     assert c["fivc_offer.adopter"] == 64
     assert c["fivc_slot.tuple"] == 16
     assert c["fivc_slot.switch_bytes"] == F.SLOT_SWITCH_OFF
+    assert c["fivc_slot.holder_ids"] == F.SLOT_SWITCH_OFF + 24
+    assert F.SLOT_SWITCH.size == 24 + 4 * F.SLOT_HOLDERS
     assert c["fivc_slot.ring"] == F.SLOT_RING_OFF
     assert c["fivc_ring_hdr.tail"] == F.RING_PROD_OFF
     assert c["fivc_ring_hdr.prod_waiting"] == F.RING_PROD_OFF + 16

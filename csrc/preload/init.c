@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@ struct fsock **fivc_fds;
 uint8_t *fivc_kinds;
 int fivc_nfds;
 int fivc_fd_high;
+pid_t fivc_pid;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -135,6 +137,7 @@ void fivc_init(void)
 		__atomic_store_n(&fivc_ready, 1, __ATOMIC_RELEASE);
 		read_config();
 		fd_table_init();
+		fivc_pid = getpid();
 		FIVC_DEBUG("loaded (fabric %s, spin %llu us%s)", fivc_cfg.fabric,
 			   (unsigned long long)(fivc_cfg.spin_ns / 1000),
 			   fivc_cfg.disabled ? ", disabled" : "");
@@ -202,4 +205,43 @@ struct fivc_fabric *fivc_fabric_get(void)
 	}
 	pthread_mutex_unlock(&fabric_lock);
 	return fabric_state > 0 ? &fabric : NULL;
+}
+
+void fivc_fabric_fork_prepare(int eager, int *fd, uint32_t *member1)
+{
+	*fd = -1;
+	*member1 = 0;
+	if (!eager || __atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE) <= 0)
+		return;
+	fivc_guard++;
+	int r = fivc_member_prepare(&fabric, fd, member1);
+	fivc_guard--;
+	if (r < 0) {
+		*fd = -1;
+		FIVC_INFO("fork: no member id for the child (%s); it shares ours", strerror(-r));
+	}
+}
+
+void fivc_fabric_fork_parent(int fd, uint32_t member1, int failed)
+{
+	if (fd >= 0)
+		fivc_member_forget(&fabric, fd, member1, failed);
+}
+
+void fivc_fabric_fork_child(int eager, int fd, uint32_t member1)
+{
+	if (fd >= 0) {
+		fivc_fabric_become(&fabric, fd, member1);
+		fivc_fabric_fd_move(-1);
+		FIVC_DEBUG("fork: member %u", member1);
+	} else if (__atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE) > 0 && !eager) {
+		/* Nothing inherited uses the fabric: drop the parent's identity
+		 * (our copy of its fd; its lock stays with the parent) and join
+		 * afresh on first need. */
+		munmap(fabric.base, fabric.size);
+		fivc_real.close(fabric.fd);
+		memset(&fabric, 0, sizeof(fabric));
+		fabric.fd = -1;
+		__atomic_store_n(&fabric_state, 0, __ATOMIC_RELEASE);
+	}
 }

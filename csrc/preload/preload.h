@@ -114,6 +114,13 @@ struct fivc_fabric *fivc_fabric_get(void);
  * number (dup2 onto it). */
 int fivc_fabric_fd(void);
 void fivc_fabric_fd_move(int avoid);
+/* fork: every process has a member id of its own (its own lock), so that
+ * a child that exits without closing is seen dead.  prepare (parent, before
+ * fork; eager when the child inherits connections) gives the child's fd and
+ * id, or fd -1 for a child that re-opens the fabric when it needs it. */
+void fivc_fabric_fork_prepare(int eager, int *fd, uint32_t *member1);
+void fivc_fabric_fork_parent(int fd, uint32_t member1, int failed);
+void fivc_fabric_fork_child(int eager, int fd, uint32_t member1);
 
 /* ---- 4. accelerated sockets ---- */
 enum fsock_state {
@@ -145,6 +152,8 @@ struct fsock {
 	 * doorbell waited for the peer's delayed ACK).  Forced on before the
 	 * first doorbell; the program keeps seeing its own setting. */
 	int nodelay_forced, app_nodelay;
+	int untracked;      /* we hold the slot side without a holder entry (fork) */
+	int child_untracked; /* during fork: so will the child */
 	struct fivc_chan ch;
 };
 
@@ -152,6 +161,7 @@ struct fsock {
 extern struct fsock **fivc_fds;
 extern int fivc_nfds;
 extern int fivc_fd_high; /* highest fd ever given an fsock */
+extern pid_t fivc_pid;     /* this process (set at init and in fork children) */
 static inline struct fsock *fivc_fs(int fd)
 {
 	if (fd < 0 || fd >= fivc_nfds || !fivc_fds)

@@ -14,8 +14,8 @@ void fivc_fs_release(struct fsock *fs)
 {
 	int last = 1;
 	if (fs->state != FS_PLAIN && fs->ch.f)
-		last = __atomic_sub_fetch(&fivc_slot_at(fs->fab, fs->slot)->holders[fs->side], 1,
-					  __ATOMIC_ACQ_REL) == 0;
+		last = fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
+					fs->untracked ? 0 : fs->fab->self) != 0;
 	if (last && fs->state == FS_CLIENT_PENDING) {
 		int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
 		if (r == -EALREADY) {
@@ -183,28 +183,76 @@ static void for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void
 	}
 }
 
-static void hold_one(struct fsock *fs, int fd, void *arg)
+static int uses_fabric(struct fsock *fs) { return fs->state != FS_PLAIN && fs->ch.f; }
+
+static void count_held(struct fsock *fs, int fd, void *arg)
 {
 	(void)fd;
-	int delta = *(int *)arg;
-	if (fs->state != FS_PLAIN && fs->ch.f)
-		__atomic_add_fetch(&fivc_slot_at(fs->fab, fs->slot)->holders[fs->side], delta,
-				   __ATOMIC_ACQ_REL);
+	*(int *)arg += uses_fabric(fs);
 }
 
-/* fork(): both processes hold every connection; count the new holder
- * before the child exists, so a close in either can never free the ring
- * under the other. */
+struct fork_child {
+	uint32_t member1; /* the child's member id; 0: it shares ours */
+	int undo;
+};
+
+/* Before fork: the child holds every connection we hold, under its own
+ * member id (or counted without an entry: no id, or a full table). */
+static void hold_for_child(struct fsock *fs, int fd, void *arg)
+{
+	struct fork_child *c = arg;
+	if (!uses_fabric(fs))
+		return;
+	if (c->undo) { /* fork failed */
+		fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
+				 fs->child_untracked ? 0 : c->member1);
+		return;
+	}
+	fs->child_untracked = fivc_slot_hold(fs->fab, fs->slot, fs->gen, fs->side, c->member1) == 1;
+	if (fs->child_untracked)
+		FIVC_INFO("fork: fd %d: the child holds the connection without an entry of its own",
+			  fd);
+}
+
+static void fork_settle(struct fsock *fs, int fd, void *arg)
+{
+	(void)fd;
+	if (*(int *)arg)
+		fs->untracked |= fs->child_untracked;
+	fs->child_untracked = 0;
+}
+
+/* fork(): the child holds every connection too.  It is counted before it
+ * exists, so a close in either process can never free a ring under the
+ * other, and it has its own member id, so that if it exits without closing
+ * (a forked server's worker often does) its hold is seen dead and reclaimed
+ * while the parent lives on. */
 pid_t fivc_do_fork(void)
 {
-	int plus = 1, minus = -1;
-	for_each_fsock(hold_one, &plus);
+	int held = 0;
+	for_each_fsock(count_held, &held);
+	int cfd;
+	struct fork_child c = {0};
+	fivc_fabric_fork_prepare(held > 0, &cfd, &c.member1);
+	if (held)
+		for_each_fsock(hold_for_child, &c);
 	pid_t pid = fivc_real.fork();
-	if (pid < 0) {
-		int e = errno;
-		for_each_fsock(hold_one, &minus);
-		errno = e;
+	int e = errno;
+	if (pid == 0) {
+		int one = 1;
+		fivc_pid = getpid();
+		for_each_fsock(fork_settle, &one);
+		fivc_fabric_fork_child(held > 0, cfd, c.member1);
+		return 0;
 	}
+	if (pid < 0 && held) {
+		c.undo = 1;
+		for_each_fsock(hold_for_child, &c);
+	}
+	int zero = 0;
+	for_each_fsock(fork_settle, &zero);
+	fivc_fabric_fork_parent(cfd, c.member1, pid < 0);
+	errno = e;
 	return pid;
 }
 
@@ -231,5 +279,10 @@ static void drop_cloexec(struct fsock *fs, int fd, void *arg)
  * doorbells.  Noted in README.md.) */
 void fivc_before_exec(void)
 {
+	/* A vfork() child (or one of a raw clone) may share the parent's
+	 * memory, and its exec closes only its own descriptors: the
+	 * connections stay the parent's. */
+	if (getpid() != fivc_pid)
+		return;
 	for_each_fsock(drop_cloexec, NULL);
 }

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
 from . import __version__
-from ._paths import default_fabric, lib_path
+from ._paths import default_fabric, helper_path, lib_path
 
 
 def _cmd_lib(args: argparse.Namespace) -> int:
@@ -104,6 +105,22 @@ def _cmd_bench_nginx(args: argparse.Namespace) -> int:
     return _bench_output(args, lambda p: servers.run_nginx(args.repeats, args.seconds,
                                                            args.workers, args.connections,
                                                            args.loopback, p), "plain TCP")
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    path = args.fabric or default_fabric()
+    r = subprocess.run([str(helper_path("fastivc-gc")), path], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"fastivc gc: {r.stderr.strip() or f'exit {r.returncode}'}", file=sys.stderr)
+        return 1
+    rep = json.loads(r.stdout)
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        print(f"fabric {path}: {rep['members_dead']} dead members; freed "
+              f"{rep['offers_freed']} offers, {rep['slot_sides_freed']} slot sides "
+              f"({rep['slots_freed']} slots now free)")
+    return 0
 
 
 def _cmd_stat(args: argparse.Namespace) -> int:
@@ -224,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
     st.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     st.set_defaults(func=_cmd_stat)
+
+    gc = sub.add_parser("gc", help="reclaim the offers and slot sides of dead processes "
+                        "(or dead guests) and report what was freed")
+    gc.add_argument("--fabric", metavar="PATH",
+                    help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=_cmd_gc)
     return p
 
 

@@ -21,7 +21,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
 RING_MAGIC = 0x474E4952  # "RING"
 LOCK_BASE = 1 << 40
@@ -37,7 +37,8 @@ MEMBER = struct.Struct("<IIQQQ16s")
 TUPLE = struct.Struct("<16s16sHHI")
 OFFER = struct.Struct("<QQ40sIII")
 SLOT_HEAD = struct.Struct("<QQ40s")
-SLOT_SWITCH = struct.Struct("<QIIII")
+SLOT_SWITCH = struct.Struct("<QIIII8H8H")
+SLOT_HOLDERS = 8
 SLOT_SWITCH_OFF = 64
 SLOT_RING_OFF = 128
 RING_HDR_SIZE = 320
@@ -115,6 +116,9 @@ class Slot:
     switch_bytes: int
     client_to_server: Ring
     server_to_client: Ring
+    # member indexes of the processes holding each side (several after fork)
+    client_holders: tuple[int, ...] = ()
+    server_holders: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -269,15 +273,18 @@ class Fabric:
                 continue
             m0, m1 = lease & 0xFFFF, (lease >> 16) & 0xFFFF
             saddr, daddr, sport, dport, _ = TUPLE.unpack(tup)
-            switch_bytes, _st, _backed, _h0, _h1 = SLOT_SWITCH.unpack_from(
+            switch_bytes, _st, _backed, _h0, _h1, *ids = SLOT_SWITCH.unpack_from(
                 self._map, base + SLOT_SWITCH_OFF)
+            holders = [tuple(r for r in map(self._member_ref, ids[k * SLOT_HOLDERS:
+                                                                   (k + 1) * SLOT_HOLDERS])
+                             if r is not None) for k in (0, 1)]
             state = "connected" if m0 and m1 else ("offered" if m0 else "half-closed")
             rings = [self._ring(base + SLOT_RING_OFF + d * RING_HDR_SIZE) for d in (0, 1)]
             if m0 and not m1 and (rings[0].writer_closed or rings[1].reader_closed):
                 state = "half-closed"
             out.append(Slot(i, lease >> 32, self._member_ref(m0), self._member_ref(m1), state,
                             Endpoint(_addr(saddr), sport), Endpoint(_addr(daddr), dport),
-                            nonce, switch_bytes, rings[0], rings[1]))
+                            nonce, switch_bytes, rings[0], rings[1], holders[0], holders[1]))
         return out
 
     def offers(self) -> list[Offer]:

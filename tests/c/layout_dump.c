@@ -24,7 +24,8 @@ int main(void)
 	F(fivc_offer, state); F(fivc_offer, nonce); F(fivc_offer, key); F(fivc_offer, slot);
 	F(fivc_offer, slot_gen); F(fivc_offer, adopter);
 	F(fivc_slot, lease); F(fivc_slot, nonce); F(fivc_slot, tuple); F(fivc_slot, switch_bytes);
-	F(fivc_slot, switch_state); F(fivc_slot, backed); F(fivc_slot, holders); F(fivc_slot, ring);
+	F(fivc_slot, switch_state); F(fivc_slot, backed); F(fivc_slot, holders); F(fivc_slot, holder_ids);
+	F(fivc_slot, ring);
 	F(fivc_ring_hdr, magic); F(fivc_ring_hdr, size); F(fivc_ring_hdr, tail);
 	F(fivc_ring_hdr, wr_closed); F(fivc_ring_hdr, cons_wake); F(fivc_ring_hdr, prod_waiting);
 	F(fivc_ring_hdr, head); F(fivc_ring_hdr, rd_closed); F(fivc_ring_hdr, prod_wake);

@@ -67,7 +67,7 @@ static void test_version_mismatch_names_file_and_versions(void)
 	CHECK_EQ(fivc_fabric_open(path, NULL, &f, err, sizeof(err)), -EPROTONOSUPPORT);
 	CHECK(strstr(err, path) != NULL);
 	CHECK(strstr(err, "layout version 7") != NULL);
-	CHECK(strstr(err, "version 1") != NULL);
+	CHECK(strstr(err, "version 2") != NULL);
 	/* a file that is not a fabric at all */
 	fd = open(path, O_WRONLY | O_TRUNC);
 	CHECK(write(fd, "hello", 5) == 5);

@@ -82,6 +82,27 @@ int fivc_slot_claim(struct fivc_fabric *f, const struct fivc_tuple *t,
 		    uint64_t nonce, uint32_t *slot, uint32_t *gen);
 /* Attach as side 1 to slot (gen must match, side 0 must still be there). */
 int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen);
+/* Whether some process still holds `side` of the slot (read-only). */
+int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);
+/* Processes holding a side (fork).  hold: the process with member id
+ * member1 holds `side` too (called by a holder, before the new process can
+ * run); 0, or 1 when it is counted without an entry (member1 0, or the
+ * table is full) (then it unholds with member1 = 0).  unhold: member1 lets
+ * go; returns 1 when no holder is left, and the caller then closes the
+ * channel, which releases the side. */
+int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+		   uint32_t member1);
+int fivc_slot_unhold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+		     uint32_t member1);
+/* Join the fabric once more through a new open file description, for a
+ * process about to be forked: returns the new fd and member id in *fd and
+ * *member1 (the child makes them its own: fivc_fabric_become).  -errno. */
+int fivc_member_prepare(struct fivc_fabric *f, int *fd, uint32_t *member1);
+/* The child side of fivc_member_prepare: switch f to fd and member1,
+ * closing the inherited fd (whose lock the parent keeps). */
+void fivc_fabric_become(struct fivc_fabric *f, int fd, uint32_t member1);
+/* Undo fivc_member_prepare (fork failed, or in the parent after it). */
+void fivc_member_forget(struct fivc_fabric *f, int fd, uint32_t member1, int free_entry);
 /* Give up our side of the slot; the slot is free once both sides did. */
 int fivc_slot_release(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);
 

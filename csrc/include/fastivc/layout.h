@@ -31,9 +31,10 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 1u
+#define FIVC_LAYOUT_VERSION 2u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
+#define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
 
 /* Limits a header must respect to be accepted. */
 #define FIVC_MIN_RING (4u * 1024)
@@ -170,9 +171,16 @@ struct fivc_slot {
 	uint64_t switch_bytes; /* client: bytes it sent over TCP before the switch */
 	uint32_t switch_state; /* client */
 	uint32_t backed;       /* whoever first reserved the ring pages (fallocate) */
-	uint32_t holders[2];   /* processes holding side s (fork): the side owner's
-				  processes, by atomic add; the last one closes */
-	uint8_t l1_pad[FIVC_CACHELINE - 24];
+	/* Who holds each side.  A process that holds a side (it claimed or
+	 * attached it, or inherited it through fork) has its member id in
+	 * holder_ids[side]; it removes it when it lets go, and the one that
+	 * leaves the table empty closes the side.  A side whose holders are
+	 * all dead is reclaimed.  holders[side] counts processes that hold the
+	 * side without an entry (more than FIVC_SLOT_HOLDERS forks): while it
+	 * is non-zero the side is never reclaimed. */
+	uint32_t holders[2];
+	uint16_t holder_ids[2][FIVC_SLOT_HOLDERS]; /* member+1, 0 = empty */
+	uint8_t l1_pad[FIVC_CACHELINE - 24 - 4 * FIVC_SLOT_HOLDERS];
 	struct fivc_ring_hdr ring[2];
 	uint8_t pad[1024 - 2 * FIVC_CACHELINE - 2 * sizeof(struct fivc_ring_hdr)];
 };
