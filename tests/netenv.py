@@ -66,8 +66,9 @@ class Proc:
 
 
 def peer(role: str, host: str, port: int, fabric: str, fastivc: bool, ns: str | None,
-         *args: str) -> Proc:
-    return Proc([sys.executable, PEER, role, host, str(port), *args], fabric, fastivc, ns)
+         *args: str, event_loops: bool = False) -> Proc:
+    return Proc([sys.executable, PEER, role, host, str(port), *args], fabric, fastivc, ns,
+                event_loops=event_loops)
 
 
 def tcp_counters(ns: str | None, port: int) -> dict:

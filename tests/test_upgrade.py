@@ -41,13 +41,24 @@ def _slot_for(fabric: str, cport: int, sport: int):
                                          (False, False)],
                          ids=["both-fastivc", "plain-server", "plain-client", "both-plain"])
 def test_fallback_matrix(request, shm_path, cfast, sfast, mode, placement, ipv):
+    fallback_case(request, shm_path, cfast, sfast, mode, placement, ipv)
+
+
+def fallback_case(request, shm_path, cfast, sfast, mode, placement, ipv, io="blocking"):
+    """One case of the fallback matrix: data intact both ways; both under
+    fastivc -> upgraded, every byte but the pre-switch ones through the ring;
+    otherwise plain TCP carried it all; nothing left in the fabric after.
+    io other than blocking: non-blocking sockets in an event loop, fastivc
+    with event loops on."""
     cns, sns, host = place(placement, ipv, request)
     port = next(_ports)
-    srv = peer("server", host, port, shm_path, sfast, sns, "--mode", mode, "--bytes", str(N))
+    args = ("--mode", mode, "--bytes", str(N), "--io", io)
+    nb = io != "blocking"
+    srv = peer("server", host, port, shm_path, sfast, sns, *args, event_loops=nb)
     cli = None
     try:
         srv.line()
-        cli = peer("client", host, port, shm_path, cfast, cns, "--mode", mode, "--bytes", str(N))
+        cli = peer("client", host, port, shm_path, cfast, cns, *args, event_loops=nb)
         c, s = cli.line(), srv.line()
         assert c["intact"] and s["intact"], (c, s)
         assert c["received"] == N and s["received"] == N
