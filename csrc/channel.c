@@ -236,6 +236,17 @@ static int wait_ready(struct fivc_chan *c, int writing)
 	}
 }
 
+int fivc_chan_peer_shut(struct fivc_chan *c)
+{
+	return fivc_load_acquire(&c->rx->wr_closed) || fivc_load_relaxed(&c->peer_gone);
+}
+
+int fivc_chan_peer_closed(struct fivc_chan *c)
+{
+	return fivc_load_relaxed(&c->peer_gone) ||
+	       (fivc_load_acquire(&c->rx->wr_closed) && fivc_load_acquire(&c->tx->rd_closed));
+}
+
 ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof)
 {
 	int r = ready_read(c, eof);

@@ -52,15 +52,11 @@ PROCMODEL = {
 NBCONNECT = {
     "flags": (2, ()),
     "connect": (3, ()),
-    "refused": (1, (xfail("poll on a refused non-blocking connect reports OUT without "
-                          "HUP ERR"),)),
+    "refused": (1, ()),
     "fill": (1, ()),
-    "rdhup": (1, (xfail("after the peer's shutdown(SHUT_WR) epoll and poll report IN "
-                        "without RDHUP"),)),
-    "peer-close": (1, (xfail("the first write after the peer closed fails with EPIPE at "
-                             "once (TCP takes it, then reports HUP ERR)"),)),
-    "nested": (1, (xfail("an epoll fd nested in another: the outer set never reports "
-                         "the inner one readable"),)),
+    "rdhup": (1, ()),
+    "peer-close": (1, ()),
+    "nested": (1, ()),
 }
 
 

@@ -11,6 +11,13 @@
  * EPOLLONESHOT disables the entry after one report until EPOLL_CTL_MOD.
  * Sockets still on TCP (pending client, server before N) take the kernel's
  * answer for the TCP fd, asked with a zero-timeout poll.
+ *
+ * Nested sets: an epoll fd inside another (or watched by poll/select) is an
+ * entry like a socket.  It is ready when one of its own entries is (looked
+ * at without consuming an edge or a one-shot) or when the kernel says so for
+ * its other fds; the kernel watches it for the doorbells of its sockets,
+ * which are armed through it.  Edge-triggered: reported again when one of
+ * its rings moved or the kernel saw a new edge.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +32,8 @@
 
 struct ep_entry {
 	int fd;
+	int nested;      /* fd is an epoll fd (FIVC_KIND_EPOLL) */
+	int kwoke;       /* nested, ET: the kernel reported an edge for it */
 	uint32_t events; /* the program's */
 	epoll_data_t data;
 	int disabled;    /* EPOLLONESHOT fired */
@@ -131,8 +140,11 @@ static uint32_t to_epoll(short r)
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
 	struct fsock *fs = fivc_fs(fd);
-	struct ep_set *s = set_for(epfd, fs && op == EPOLL_CTL_ADD);
-	if (!fs) {
+	int nested = !fs && fivc_fd_kind(fd) == FIVC_KIND_EPOLL && fd != epfd;
+	struct ep_set *s = set_for(epfd, (fs || nested) && op == EPOLL_CTL_ADD);
+	if (nested && op == EPOLL_CTL_ADD && !set_for(fd, 1))
+		return (int)fivc_ret(-ENOMEM);
+	if (!fs && !nested) {
 		if (s && op == EPOLL_CTL_DEL) {
 			pthread_mutex_lock(&s->lock);
 			entry_remove(s, fd); /* it may have been managed when added */
@@ -158,8 +170,10 @@ int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 			r = -EFAULT;
 			break;
 		}
-		kev.events = fs->state == FS_ACCEL ? EPOLLIN | EPOLLRDHUP
-						   : (ev->events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)) | EPOLLIN;
+		kev.events = nested ? EPOLLIN | (ev->events & EPOLLET)
+			     : fs->state == FS_ACCEL
+				     ? EPOLLIN | EPOLLRDHUP
+				     : (ev->events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)) | EPOLLIN;
 		if (fivc_real.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &kev) < 0) {
 			r = -errno;
 			break;
@@ -171,6 +185,7 @@ int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 			break;
 		}
 		e->fd = fd;
+		e->nested = nested;
 		e->kmask = kev.events;
 		e->events = ev->events;
 		e->data = ev->data;
@@ -191,6 +206,11 @@ int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 		e->data = ev->data;
 		e->disabled = 0;
 		e->seen_in = e->seen_out = UINT64_MAX;
+		if (e->nested && (e->kmask & EPOLLET) != (ev->events & EPOLLET)) {
+			kev.events = EPOLLIN | (ev->events & EPOLLET);
+			if (fivc_real.epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &kev) == 0)
+				e->kmask = kev.events;
+		}
 		break;
 	case EPOLL_CTL_DEL:
 		if (!e) {
@@ -223,11 +243,18 @@ static int et_unmoved(struct ep_entry *e, struct fsock *fs, uint32_t ev)
 	return 1;
 }
 
-/* What to report for one entry now (0: nothing). */
-static uint32_t entry_ready(struct ep_entry *e)
+static uint32_t nested_ready(struct ep_entry *e, int peek);
+
+/* What to report for one entry now (0: nothing).  peek: only look (no edge
+ * is consumed), for a set that contains this one. */
+static uint32_t entry_ready(struct ep_entry *e, int peek)
 {
+	if (e->disabled)
+		return 0;
+	if (e->nested)
+		return nested_ready(e, peek);
 	struct fsock *fs = fivc_fs(e->fd);
-	if (!fs || e->disabled)
+	if (!fs)
 		return 0;
 	short kev;
 	short r = fivc_fs_ready(fs, e->fd, to_poll(e->events), 0, &kev);
@@ -240,18 +267,77 @@ static uint32_t entry_ready(struct ep_entry *e)
 	uint32_t out = to_epoll(r) & (e->events | EPOLLERR | EPOLLHUP);
 	if (out && !(out & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) && et_unmoved(e, fs, out))
 		return 0;
-	if (out && (e->events & EPOLLET) && fs->state == FS_ACCEL) {
+	if (out && !peek && (e->events & EPOLLET) && fs->state == FS_ACCEL) {
 		e->seen_in = __atomic_load_n(&fs->ch.rx->tail, __ATOMIC_ACQUIRE);
 		e->seen_out = __atomic_load_n(&fs->ch.tx->head, __ATOMIC_ACQUIRE);
 	}
 	return out;
 }
 
+/* Sum of the ring positions under a set: it changes when any ring moves. */
+static uint64_t set_signature(struct ep_set *s, int depth)
+{
+	uint64_t sig = 0;
+	for (struct ep_entry *e = s->head; e; e = e->next) {
+		if (e->nested) {
+			struct ep_set *in = depth < 4 ? set_for(e->fd, 0) : NULL;
+			if (in) {
+				pthread_mutex_lock(&in->lock);
+				sig += set_signature(in, depth + 1);
+				pthread_mutex_unlock(&in->lock);
+			}
+			continue;
+		}
+		struct fsock *fs = fivc_fs(e->fd);
+		if (fs && fs->state == FS_ACCEL && fs->ch.f)
+			sig += __atomic_load_n(&fs->ch.rx->tail, __ATOMIC_ACQUIRE) +
+			       __atomic_load_n(&fs->ch.tx->head, __ATOMIC_ACQUIRE);
+	}
+	return sig;
+}
+
+static int set_peek(struct ep_set *s)
+{
+	for (struct ep_entry *e = s->head; e; e = e->next)
+		if (entry_ready(e, 1))
+			return 1;
+	return 0;
+}
+
+static uint32_t nested_ready(struct ep_entry *e, int peek)
+{
+	struct ep_set *in = set_for(e->fd, 0);
+	int r = 0;
+	uint64_t sig = 0;
+	if (in) {
+		pthread_mutex_lock(&in->lock);
+		r = set_peek(in);
+		if (e->events & EPOLLET)
+			sig = set_signature(in, 0);
+		pthread_mutex_unlock(&in->lock);
+	}
+	if (!r) {
+		struct pollfd p = {.fd = e->fd, .events = POLLIN};
+		r = fivc_real.poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
+	}
+	if (!r || !(e->events & EPOLLIN))
+		return 0;
+	if (e->events & EPOLLET) {
+		if (sig == e->seen_in && !e->kwoke)
+			return 0;
+		if (!peek) {
+			e->seen_in = sig;
+			e->kwoke = 0;
+		}
+	}
+	return EPOLLIN;
+}
+
 static int collect(struct ep_set *s, struct epoll_event *out, int max)
 {
 	int n = 0;
 	for (struct ep_entry *e = s->head; e && n < max; e = e->next) {
-		uint32_t r = entry_ready(e);
+		uint32_t r = entry_ready(e, 0);
 		if (!r)
 			continue;
 		out[n].events = r;
@@ -266,10 +352,19 @@ static int collect(struct ep_set *s, struct epoll_event *out, int max)
 /* Before sleeping: make every entry's peer ring the doorbell on a change,
  * and keep the kernel's mask in step with the socket's state.  Returns 1 if
  * an entry turned reportable meanwhile (then: collect again). */
-static int arm_all(struct ep_set *s)
+static int arm_all(struct ep_set *s, int force)
 {
 	int ready = 0;
 	for (struct ep_entry *e = s->head; e; e = e->next) {
+		if (e->nested && !e->disabled) {
+			if (entry_ready(e, 1))
+				ready = 1;
+			else /* unreportable (ET, nothing new): wake on any move */
+				fivc_epoll_fd_ready(e->fd, force || (e->events & EPOLLET) ? 2 : 1);
+			if (!ready && !(e->events & EPOLLET) && entry_ready(e, 1))
+				ready = 1; /* it turned ready while we armed */
+			continue;
+		}
 		struct fsock *fs = fivc_fs(e->fd);
 		if (!fs || e->disabled)
 			continue;
@@ -294,7 +389,7 @@ static int arm_all(struct ep_set *s)
 				fivc_chan_arm_always(&fs->ch, 1, 0);
 			continue;
 		}
-		if (et_unmoved(e, fs, e->events & (EPOLLIN | EPOLLOUT))) {
+		if (force || et_unmoved(e, fs, e->events & (EPOLLIN | EPOLLOUT))) {
 			fivc_chan_arm_always(&fs->ch, rd, wr); /* wake on the next move */
 			continue;
 		}
@@ -307,6 +402,10 @@ static int arm_all(struct ep_set *s)
 static void disarm_all(struct ep_set *s)
 {
 	for (struct ep_entry *e = s->head; e; e = e->next) {
+		if (e->nested) {
+			fivc_epoll_fd_disarm(e->fd);
+			continue;
+		}
 		struct fsock *fs = fivc_fs(e->fd);
 		if (fs)
 			fivc_fs_disarm(fs);
@@ -349,7 +448,7 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 	for (;;) {
 		pthread_mutex_lock(&s->lock);
 		int n = collect(s, events, max);
-		int again = !n && arm_all(s);
+		int again = !n && arm_all(s, 0);
 		if (again)
 			disarm_all(s);
 		pthread_mutex_unlock(&s->lock);
@@ -380,6 +479,11 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 				struct fsock *fs = fivc_fs((int)(uint32_t)d);
 				if (fs && fs->state == FS_ACCEL)
 					fivc_fs_drain(fs, (int)(uint32_t)d);
+				else if (!fs) {
+					struct ep_entry *ne = entry_of(s, (int)(uint32_t)d);
+					if (ne && ne->nested)
+						ne->kwoke = 1;
+				}
 				woke = 1;
 				continue;
 			}
@@ -391,4 +495,43 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		if (out || (!n && left == 0))
 			return out;
 	}
+}
+
+int fivc_epoll_is_managed(int epfd)
+{
+	if (fivc_fd_kind(epfd) != FIVC_KIND_EPOLL || !__atomic_load_n(&nsets, __ATOMIC_RELAXED))
+		return 0;
+	struct ep_set *s = set_for(epfd, 0);
+	return s && s->head;
+}
+
+static __thread int fd_depth; /* the kernel bounds nesting (5 levels); so do we */
+
+short fivc_epoll_fd_ready(int epfd, int arm)
+{
+	struct ep_set *s = set_for(epfd, 0);
+	if (!s || fd_depth > 5)
+		return 0;
+	fd_depth++;
+	pthread_mutex_lock(&s->lock);
+	int r = arm == 2 ? 0 : set_peek(s);
+	if (arm == 2)
+		arm_all(s, 1);
+	else if (!r && arm && arm_all(s, 0)) {
+		disarm_all(s);
+		r = 1;
+	}
+	pthread_mutex_unlock(&s->lock);
+	fd_depth--;
+	return r ? POLLIN : 0;
+}
+
+void fivc_epoll_fd_disarm(int epfd)
+{
+	struct ep_set *s = set_for(epfd, 0);
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	disarm_all(s);
+	pthread_mutex_unlock(&s->lock);
 }

@@ -243,6 +243,10 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 		return r;
 	}
 	r = fivc_chan_write(&fs->ch, buf, len, chan_flags(fs, flags));
+	if (r == -EPIPE && !fs->reset && !fs->ch.wr_shut && fivc_chan_peer_closed(&fs->ch)) {
+		fs->reset = 1; /* as TCP: taken, then the peer's reset */
+		r = (ssize_t)len;
+	}
 	pthread_mutex_unlock(&fs->wr_lock);
 	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
 		pthread_kill(pthread_self(), SIGPIPE); /* as TCP would */

@@ -17,7 +17,7 @@ static int any_managed(const struct pollfd *fds, nfds_t n)
 {
 	for (nfds_t i = 0; i < n; i++) {
 		struct fsock *fs = fivc_fs(fds[i].fd);
-		if (fs && fs->state != FS_PLAIN)
+		if ((fs && fs->state != FS_PLAIN) || fivc_epoll_is_managed(fds[i].fd))
 			return 1;
 	}
 	return 0;
@@ -47,12 +47,22 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			k[i].revents = 0;
 			fds[i].revents = 0;
 			auth[i] = (short)0xffff;
+			if (!fs && fivc_epoll_is_managed(fds[i].fd)) {
+				/* an epoll fd with accelerated sockets in it */
+				fds[i].revents = fivc_epoll_fd_ready(fds[i].fd, 1) & fds[i].events;
+				k[i].events = POLLIN;
+				auth[i] = 0;
+				ready += fds[i].revents != 0;
+				continue;
+			}
 			if (!fs || fs->state == FS_PLAIN)
 				continue;
 			short kev;
 			fds[i].revents = fivc_fs_ready(fs, fds[i].fd, fds[i].events, 1, &kev);
 			k[i].events = kev;
-			auth[i] = fs->state == FS_ACCEL ? 0 : kev;
+			/* on TCP still: the kernel's answer, with what it always
+			 * reports (a refused connect: HUP, ERR) */
+			auth[i] = fs->state == FS_ACCEL ? 0 : kev | POLLERR | POLLHUP | POLLNVAL;
 			ready += fds[i].revents != 0;
 		}
 		int64_t left = -1;
@@ -69,6 +79,8 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			struct fsock *fs = fivc_fs(fds[i].fd);
 			if (fs)
 				fivc_fs_disarm(fs);
+			else if (!auth[i])
+				fivc_epoll_fd_disarm(fds[i].fd);
 		}
 		if (r < 0) {
 			ret = -e;
@@ -78,7 +90,10 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 		for (nfds_t i = 0; i < n; i++) {
 			struct fsock *fs = fivc_fs(fds[i].fd);
 			short kr = k[i].revents & auth[i];
-			if (fs && fs->state != FS_PLAIN && !auth[i]) {
+			if (!fs && !auth[i]) {
+				fds[i].revents = (fivc_epoll_fd_ready(fds[i].fd, 0) & fds[i].events) |
+						 (k[i].revents & POLLNVAL);
+			} else if (fs && fs->state != FS_PLAIN && !auth[i]) {
 				/* accelerated: the kernel woke us; the ring decides */
 				if (k[i].revents)
 					fivc_fs_drain(fs, fds[i].fd);
@@ -135,7 +150,7 @@ static int select_managed(int nfds, fd_set *r, fd_set *w, fd_set *x, int64_t tim
 			continue;
 		cnt++;
 		struct fsock *fs = fivc_fs(fd);
-		managed |= fs && fs->state != FS_PLAIN;
+		managed |= (fs && fs->state != FS_PLAIN) || fivc_epoll_is_managed(fd);
 	}
 	if (!managed)
 		return 0;

@@ -66,6 +66,8 @@
 	X(int, epoll_pwait, (int, struct epoll_event *, int, int, const sigset_t *))          \
 	X(int, epoll_pwait2, (int, struct epoll_event *, int, const struct timespec *,        \
 			      const sigset_t *))                                              \
+	X(int, epoll_create, (int))                                                           \
+	X(int, epoll_create1, (int))                                                          \
 	X(pid_t, fork, (void))                                                                \
 	X(int, execve, (const char *, char *const[], char *const[]))                          \
 	X(int, execv, (const char *, char *const[]))                                          \
@@ -154,6 +156,9 @@ struct fsock {
 	int nodelay_forced, app_nodelay;
 	int untracked;      /* we hold the slot side without a holder entry (fork) */
 	int child_untracked; /* during fork: so will the child */
+	/* A write to a peer that had closed: TCP takes it and the peer answers
+	 * with a reset, so the first one succeeds, then HUP|ERR, then EPIPE. */
+	int reset;
 	struct fivc_chan ch;
 };
 
@@ -172,7 +177,7 @@ void fivc_fd_set(int fd, struct fsock *fs);
 
 /* What socket() made of each fd: TCP stream sockets are the only candidates.
  * 0 = unknown (made before we were loaded: ask the kernel). */
-enum { FIVC_KIND_UNKNOWN = 0, FIVC_KIND_TCP = 1, FIVC_KIND_OTHER = 2 };
+enum { FIVC_KIND_UNKNOWN = 0, FIVC_KIND_TCP = 1, FIVC_KIND_OTHER = 2, FIVC_KIND_EPOLL = 3 };
 extern uint8_t *fivc_kinds;
 static inline int fivc_fd_kind(int fd)
 {
@@ -218,6 +223,13 @@ int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
 int fivc_do_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
 		       const sigset_t *mask);
 void fivc_epoll_forget_fd(int fd);
+/* An epoll fd watched by poll/select or by another epoll fd (nested):
+ * whether it has something to report (POLLIN), arming its sockets when it
+ * has not and arm is 1; arm 2: arm them all to wake on the next change and
+ * report nothing; and undoing that. */
+int fivc_epoll_is_managed(int epfd);
+short fivc_epoll_fd_ready(int epfd, int arm);
+void fivc_epoll_fd_disarm(int epfd);
 void fivc_epoll_forget_set(int epfd);
 void fivc_before_exec(void);
 

@@ -130,14 +130,17 @@ checked:
 		break;
 	}
 	short r = 0;
-	int eof = 0;
+	int eof = 0, shut = 0;
 	int pre = fs->state == FS_SERVER_PRE;
 	if (!pre && (events & (POLLIN | POLLRDNORM | POLLRDHUP))) {
 		ssize_t n = fivc_chan_readable(&fs->ch, &eof);
 		if (n < 0)
 			r |= POLLIN | POLLRDNORM | POLLERR | POLLHUP;
 		else if (n > 0 || eof)
-			r |= (events & (POLLIN | POLLRDNORM)) | (eof ? POLLRDHUP : 0);
+			r |= events & (POLLIN | POLLRDNORM);
+		shut = n >= 0 && (eof || fivc_chan_peer_shut(&fs->ch));
+		if (shut)
+			r |= POLLRDHUP; /* the FIN is in, even with data before it */
 	}
 	if (events & (POLLOUT | POLLWRNORM)) {
 		ssize_t n = fivc_chan_writable(&fs->ch);
@@ -146,8 +149,12 @@ checked:
 		else if (n < 0)
 			r |= POLLERR;
 	}
-	if (eof && fs->ch.wr_shut)
-		r |= POLLHUP;
+	if (!pre && !shut)
+		shut = fivc_chan_peer_shut(&fs->ch);
+	if (shut && fs->ch.wr_shut)
+		r |= POLLHUP; /* shut both ways */
+	if (fs->reset)
+		r |= POLLHUP | POLLERR;
 	r &= (short)(events | POLLERR | POLLHUP);
 	if (!r && arm && !fs->ch.broken) {
 		/* pre: the client's first ring write must wake us too (io.c) */

@@ -411,6 +411,23 @@ FIVC_EXPORT int getsockopt(int fd, int level, int name, void *v, socklen_t *l)
 
 /* ---- process ---- */
 
+/* epoll fds are remembered: one may be watched inside another (nested). */
+FIVC_EXPORT int epoll_create(int size)
+{
+	FIVC_ENSURE_INIT();
+	int fd = fivc_real.epoll_create(size);
+	fivc_fd_set_kind(fd, FIVC_KIND_EPOLL);
+	return fd;
+}
+
+FIVC_EXPORT int epoll_create1(int flags)
+{
+	FIVC_ENSURE_INIT();
+	int fd = fivc_real.epoll_create1(flags);
+	fivc_fd_set_kind(fd, FIVC_KIND_EPOLL);
+	return fd;
+}
+
 FIVC_EXPORT pid_t fork(void)
 {
 	FIVC_ENSURE_INIT();

@@ -56,6 +56,11 @@ ssize_t fivc_chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 /* Bytes ready to read (>0), 0 when none, -ECONNRESET on a broken peer;
  * *eof is set when the peer shut down writing and the ring is drained. */
 ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof);
+/* The peer shut down writing (or its socket went): TCP's RDHUP, even
+ * while data is still to be read. */
+int fivc_chan_peer_shut(struct fivc_chan *c);
+/* The peer closed both ways (or its socket went). */
+int fivc_chan_peer_closed(struct fivc_chan *c);
 /* Free ring space in bytes, or -ECONNRESET / -EPIPE. */
 ssize_t fivc_chan_writable(struct fivc_chan *c);
 /* For poll()-style waiting outside the channel: announce that we wait for
