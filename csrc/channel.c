@@ -83,8 +83,9 @@ int fivc_chan_open(struct fivc_chan *c, struct fivc_fabric *f, uint32_t slot,
 		return -EINVAL;
 	struct fivc_slot *s = fivc_slot_at(f, slot);
 	uint64_t w = fivc_load_acquire(&s->lease);
-	if (FIVC_LEASE_GEN(w) != gen || FIVC_LEASE_SIDE(w, side) != f->self || !f->self)
-		return -ESTALE;
+	if (FIVC_LEASE_GEN(w) != gen || !f->self ||
+	    (FIVC_LEASE_SIDE(w, side) != f->self && !fivc_slot_held_by(f, slot, side, f->self)))
+		return -ESTALE; /* (after fork and exec the holder may not be the leaser) */
 	for (int d = 0; d < 2; d++)
 		if (fivc_load_relaxed(&s->ring[d].magic) != FIVC_RING_MAGIC ||
 		    fivc_load_relaxed(&s->ring[d].size) != f->g.ring_size)

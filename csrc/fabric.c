@@ -433,6 +433,68 @@ out:
 	return r;
 }
 
+/* Validate the fabric behind fd and map it into f (fd, path set; no member). */
+static int map_fd(struct fivc_fabric *f, int fd, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	struct fivc_fabric_hdr h;
+	int r;
+	if (fstat(fd, &st) < 0) {
+		r = -errno;
+		seterr(err, errlen, "fstat(%s): %s", path, strerror(-r));
+		return r;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		r = -EPROTO;
+		seterr(err, errlen, "fabric %s is not a regular file", path);
+		return r;
+	}
+	if ((uint64_t)st.st_size < sizeof(h) ||
+	    pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
+		r = -EPROTO;
+		seterr(err, errlen, "%s is not a fastivc fabric (too short: %lld bytes)", path,
+		       (long long)st.st_size);
+		return r;
+	}
+	r = validate_hdr(&h, (uint64_t)st.st_size, f, path, err, errlen);
+	if (r < 0)
+		return r;
+	f->base = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (f->base == MAP_FAILED) {
+		r = -errno;
+		f->base = NULL;
+		seterr(err, errlen, "mmap(%s, %llu bytes): %s", path,
+		       (unsigned long long)f->size, strerror(-r));
+		return r;
+	}
+	f->fd = fd;
+	snprintf(f->path, sizeof(f->path), "%s", path);
+	return 0;
+}
+
+int fivc_fabric_adopt_fd(const char *path, int fd, uint32_t member1, struct fivc_fabric *f,
+			 char *err, size_t errlen)
+{
+	memset(f, 0, sizeof(*f));
+	f->fd = -1;
+	if (strlen(path) >= sizeof(f->path) - 1) {
+		seterr(err, errlen, "fabric path too long: %s", path);
+		return -ENAMETOOLONG;
+	}
+	int r = map_fd(f, fd, path, err, errlen);
+	if (r < 0)
+		return r;
+	if (!member1 || member1 > f->g.nmembers) {
+		seterr(err, errlen, "fabric %s: member id %u out of range", path, member1);
+		munmap(f->base, f->size);
+		memset(f, 0, sizeof(*f));
+		f->fd = -1;
+		return -EINVAL;
+	}
+	f->self = member1;
+	return 0;
+}
+
 int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		     struct fivc_fabric *f, char *err, size_t errlen)
 {
@@ -460,39 +522,9 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		seterr(err, errlen, "cannot open fabric %s: it keeps disappearing", path);
 		return -ENOENT;
 	}
-	struct stat st;
-	struct fivc_fabric_hdr h;
-	int r;
-	if (fstat(fd, &st) < 0) {
-		r = -errno;
-		seterr(err, errlen, "fstat(%s): %s", path, strerror(-r));
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = -EPROTO;
-		seterr(err, errlen, "fabric %s is not a regular file", path);
-		goto fail;
-	}
-	if ((uint64_t)st.st_size < sizeof(h) ||
-	    pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
-		r = -EPROTO;
-		seterr(err, errlen, "%s is not a fastivc fabric (too short: %lld bytes)", path,
-		       (long long)st.st_size);
-		goto fail;
-	}
-	r = validate_hdr(&h, (uint64_t)st.st_size, f, path, err, errlen);
+	int r = map_fd(f, fd, path, err, errlen);
 	if (r < 0)
 		goto fail;
-	f->base = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (f->base == MAP_FAILED) {
-		r = -errno;
-		f->base = NULL;
-		seterr(err, errlen, "mmap(%s, %llu bytes): %s", path,
-		       (unsigned long long)f->size, strerror(-r));
-		goto fail;
-	}
-	f->fd = fd;
-	snprintf(f->path, sizeof(f->path), "%s", path);
 	member_join(f);
 	return 0;
 fail:
@@ -652,6 +684,19 @@ int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int
 	if (FIVC_LEASE_GEN(w) != gen || !m)
 		return 0;
 	return side_live(f, s, side, m, dead_by_lock, NULL, 0);
+}
+
+int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t member1)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1) || !member1)
+		return 0;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	if (FIVC_LEASE_SIDE(fivc_load_acquire(&s->lease), side) == member1)
+		return 1;
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++)
+		if (fivc_load_acquire(&s->holder_ids[side][k]) == member1)
+			return 1;
+	return 0;
 }
 
 int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,

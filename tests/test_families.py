@@ -37,8 +37,7 @@ PROCMODEL = {
                                 "parent one record, then stray data"),)),
     "threads-read": (1, ()),
     "threads-write": (1, ()),
-    "exec": (1, (xfail("a connection whose fd survives exec is not re-attached: the "
-                       "exec'd program's read times out"),)),
+    "exec": (1, ()),
     "close-range": (3, ()),
     "close-range-cloexec": (1, ()),
     "posix-spawn": (2, ()),

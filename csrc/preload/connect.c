@@ -222,7 +222,7 @@ static int route_lookup(int family, const struct sockaddr *dst, socklen_t len,
 	return r;
 }
 
-static struct fsock *fs_new(struct fivc_fabric *fab, int fd, int side)
+struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side)
 {
 	struct fsock *fs = calloc(1, sizeof(*fs));
 	if (!fs)
@@ -236,7 +236,7 @@ static struct fsock *fs_new(struct fivc_fabric *fab, int fd, int side)
 	return fs;
 }
 
-static int fs_open_chan(struct fsock *fs)
+int fivc_fs_open_chan(struct fsock *fs)
 {
 	int r = fivc_chan_open(&fs->ch, fs->fab, fs->slot, fs->gen, fs->side);
 	if (r < 0)
@@ -298,7 +298,7 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 	t.sport = sport;
 	t.dport = dport;
 	tuple_finish(&t);
-	struct fsock *fs = fs_new(fab, fd, FIVC_SIDE_CLIENT);
+	struct fsock *fs = fivc_fs_new(fab, fd, FIVC_SIDE_CLIENT);
 	if (!fs)
 		return NULL;
 	uint64_t nonce = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ fivc_now_ns(CLOCK_MONOTONIC);
@@ -307,7 +307,7 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 		free(fs);
 		return NULL;
 	}
-	if (fs_open_chan(fs) < 0 ||
+	if (fivc_fs_open_chan(fs) < 0 ||
 	    fivc_offer_post(fab, &t, nonce, fs->slot, fs->gen, &fs->offer_idx, &fs->offer_word) < 0) {
 		FIVC_DEBUG("fd %d: offer registry full: plain", fd);
 		fivc_slot_release(fab, fs->slot, fs->gen, FIVC_SIDE_CLIENT);
@@ -370,7 +370,7 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 			FIVC_INFO("fd %d: several offers match port %u -> %u: plain", fd, t.sport, t.dport);
 		goto plain;
 	}
-	struct fsock *fs = fs_new(fab, fd, FIVC_SIDE_SERVER);
+	struct fsock *fs = fivc_fs_new(fab, fd, FIVC_SIDE_SERVER);
 	if (!fs)
 		goto plain;
 	fs->nonblock = (flags & SOCK_NONBLOCK) != 0;
@@ -380,7 +380,7 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 		free(fs);
 		goto plain;
 	}
-	if (fs_open_chan(fs) < 0) {
+	if (fivc_fs_open_chan(fs) < 0) {
 		/* The offer is adopted: the client will switch.  A slot we cannot
 		 * use is a broken peer; make the connection fail loudly. */
 		fs->ch.f = NULL;

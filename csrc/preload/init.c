@@ -138,6 +138,8 @@ void fivc_init(void)
 		read_config();
 		fd_table_init();
 		fivc_pid = getpid();
+		if (!fivc_cfg.disabled)
+			fivc_inherit();
 		FIVC_DEBUG("loaded (fabric %s, spin %llu us%s)", fivc_cfg.fabric,
 			   (unsigned long long)(fivc_cfg.spin_ns / 1000),
 			   fivc_cfg.disabled ? ", disabled" : "");
@@ -244,4 +246,35 @@ void fivc_fabric_fork_child(int eager, int fd, uint32_t member1)
 		fabric.fd = -1;
 		__atomic_store_n(&fabric_state, 0, __ATOMIC_RELEASE);
 	}
+}
+
+/* exec: the fabric fd survives (and with it our member lock and id) only
+ * while connections are handed over. */
+int fivc_fabric_keep_across_exec(int keep)
+{
+	if (__atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE) <= 0)
+		return -1;
+	int fl = fivc_real.fcntl(fabric.fd, F_GETFD);
+	if (fl >= 0)
+		fivc_real.fcntl(fabric.fd, F_SETFD, keep ? fl & ~FD_CLOEXEC : fl | FD_CLOEXEC);
+	return fabric.fd;
+}
+
+int fivc_fabric_adopt(int fd, uint32_t member1)
+{
+	char err[512];
+	pthread_mutex_lock(&fabric_lock);
+	int r = -EALREADY;
+	if (!fabric_state) {
+		r = fivc_fabric_adopt_fd(fivc_cfg.fabric, fd, member1, &fabric, err, sizeof(err));
+		if (r < 0) {
+			FIVC_INFO("exec: cannot take over the fabric on fd %d: %s", fd, err);
+		} else {
+			fivc_real.fcntl(fd, F_SETFD, FD_CLOEXEC);
+			fivc_fabric_fd_move(-1);
+			__atomic_store_n(&fabric_state, 1, __ATOMIC_RELEASE);
+		}
+	}
+	pthread_mutex_unlock(&fabric_lock);
+	return r;
 }

@@ -190,6 +190,8 @@ static inline void fivc_fd_set_kind(int fd, int kind)
 }
 
 /* connect / accept (connect.c) */
+struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side);
+int fivc_fs_open_chan(struct fsock *fs); /* slot, gen, side set: the ring + TCP doorbell */
 int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len);
 int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4);
 
@@ -232,6 +234,16 @@ short fivc_epoll_fd_ready(int epfd, int arm);
 void fivc_epoll_fd_disarm(int epfd);
 void fivc_epoll_forget_set(int epfd);
 void fivc_before_exec(void);
+/* exec (exec.c): connections whose fd survives exec are handed to the new
+ * program through FASTIVC_INHERIT with the fabric fd (and so the member
+ * id) kept open; fivc_exec_env returns the environment to exec with (NULL:
+ * use the program's), fivc_exec_failed undoes it. */
+char **fivc_exec_env(char *const envp[]);
+void fivc_exec_failed(char **env);
+void fivc_inherit(void);
+/* The fabric fd as it survives exec (init.c). */
+int fivc_fabric_keep_across_exec(int keep);
+int fivc_fabric_adopt(int fd, uint32_t member1);
 
 /* errno at the libc boundary only (STYLE.md 6) */
 static inline long fivc_ret(long r)

@@ -411,6 +411,8 @@ FIVC_EXPORT int getsockopt(int fd, int level, int name, void *v, socklen_t *l)
 
 /* ---- process ---- */
 
+extern char **environ;
+
 /* epoll fds are remembered: one may be watched inside another (nested). */
 FIVC_EXPORT int epoll_create(int size)
 {
@@ -434,32 +436,41 @@ FIVC_EXPORT pid_t fork(void)
 	return fivc_do_fork();
 }
 
+/* exec: close-on-exec connections are let go; the others are handed to the
+ * new program (exec.c).  execv/execvp go through their e-forms with the
+ * environment that carries them. */
 FIVC_EXPORT int execve(const char *p, char *const a[], char *const e[])
 {
 	FIVC_ENSURE_INIT();
 	fivc_before_exec();
-	return fivc_real.execve(p, a, e);
+	char **env = fivc_exec_env(e);
+	int r = fivc_real.execve(p, a, env ? env : e);
+	int err = errno;
+	fivc_exec_failed(env);
+	errno = err;
+	return r;
 }
 
 FIVC_EXPORT int execv(const char *p, char *const a[])
 {
-	FIVC_ENSURE_INIT();
-	fivc_before_exec();
-	return fivc_real.execv(p, a);
-}
-
-FIVC_EXPORT int execvp(const char *p, char *const a[])
-{
-	FIVC_ENSURE_INIT();
-	fivc_before_exec();
-	return fivc_real.execvp(p, a);
+	return execve(p, a, environ);
 }
 
 FIVC_EXPORT int execvpe(const char *p, char *const a[], char *const e[])
 {
 	FIVC_ENSURE_INIT();
 	fivc_before_exec();
-	return fivc_real.execvpe(p, a, e);
+	char **env = fivc_exec_env(e);
+	int r = fivc_real.execvpe(p, a, env ? env : e);
+	int err = errno;
+	fivc_exec_failed(env);
+	errno = err;
+	return r;
+}
+
+FIVC_EXPORT int execvp(const char *p, char *const a[])
+{
+	return execvpe(p, a, environ);
 }
 
 /* ---- epoll ---- */

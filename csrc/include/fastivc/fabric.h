@@ -47,6 +47,11 @@ int fivc_layout_compute(struct fivc_geometry *g, uint64_t *members_off,
  * naming the path and the problem is written to err. */
 int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		     struct fivc_fabric *f, char *err, size_t errlen);
+/* Take over a fabric already open on fd as member member1 (its lock is on
+ * fd's open file description: exec kept it open).  path is for display and
+ * for fork's re-join. */
+int fivc_fabric_adopt_fd(const char *path, int fd, uint32_t member1, struct fivc_fabric *f,
+			 char *err, size_t errlen);
 /* Validate and adopt an existing region (e.g. a test image, a PCI BAR);
  * no member is joined and no locks exist (fd = -1). */
 int fivc_fabric_attach_mem(void *base, uint64_t len, struct fivc_fabric *f,
@@ -82,6 +87,8 @@ int fivc_slot_claim(struct fivc_fabric *f, const struct fivc_tuple *t,
 		    uint64_t nonce, uint32_t *slot, uint32_t *gen);
 /* Attach as side 1 to slot (gen must match, side 0 must still be there). */
 int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen);
+/* Whether member1 holds `side` of the slot (its lease or a holder entry). */
+int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t member1);
 /* Whether some process still holds `side` of the slot (read-only). */
 int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);
 /* Processes holding a side (fork).  hold: the process with member id

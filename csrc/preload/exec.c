@@ -1,0 +1,259 @@
+/* fastivc preload — exec: a connection whose fd survives exec goes on in
+ * the new program.
+ *
+ * Before exec, each such connection is written into FASTIVC_INHERIT (one
+ * record per connection: its surviving fds and the private state that is
+ * not in shared memory) and the fabric fd is kept open across the exec, so
+ * the new program is the same member, already entered in the slots' holder
+ * tables.  At load, the new program's library reads the records back,
+ * checks each against the kernel (the fd is a TCP socket) and the fabric
+ * (the slot is held by this member), and rebuilds the sockets.  A record
+ * that does not check out has its TCP connection shut down, so the peer sees
+ * the connection end instead of writing into a ring nobody reads.
+ *
+ * Not covered: a program exec'd without the library (LD_PRELOAD removed, a
+ * static binary) gets a TCP socket that carries only doorbells; nor exec in
+ * a vfork() child or through posix_spawn (not interposed).
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "preload.h"
+
+#define VAR "FASTIVC_INHERIT="
+#define REC_FMT "%" SCNu32 ":%" SCNu32 ":%d:%d:%d:%d:%" SCNu64 ":%" SCNu64 ":%" SCNu64 ":%d:%" \
+		SCNu32 ":%" SCNu64 ":%d:%d:%d:%d:%d:%d:%" SCNu64 ":%" SCNu64
+
+extern char **environ;
+
+/* Append one record: "fd,fd,...=" then the fields. */
+static int put_record(char *out, size_t cap, size_t *len, struct fsock *fs, int first_fd)
+{
+	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
+	size_t n = *len;
+	int any = 0;
+	for (int e = first_fd; e <= hi && e < fivc_nfds; e++) {
+		if (fivc_fs(e) != fs)
+			continue;
+		int fl = fivc_real.fcntl(e, F_GETFD);
+		if (fl < 0 || (fl & FD_CLOEXEC))
+			continue;
+		int k = snprintf(out + n, cap - n, "%s%d", any ? "," : "", e);
+		if (k < 0 || (size_t)k >= cap - n)
+			return -1;
+		n += (size_t)k;
+		any = 1;
+	}
+	if (!any)
+		return 0;
+	int k = snprintf(out + n, cap - n,
+			 "=%" PRIu32 ":%" PRIu32 ":%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ":%" PRIu64
+			 ":%d:%" PRIu32 ":%" PRIu64 ":%d:%d:%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ";",
+			 fs->slot, fs->gen, fs->side, fs->state, fs->nonblock, fs->untracked,
+			 fs->tcp_sent, fs->tcp_recvd, fs->switch_n, fs->n_known, fs->offer_idx,
+			 fs->offer_word, fs->app_nodelay, fs->nodelay_forced, fs->reset,
+			 fs->ch.wr_shut, fs->ch.rd_shut, fs->tcp_eof, fs->ch.rd_timeout_ns,
+			 fs->ch.wr_timeout_ns);
+	if (k < 0 || (size_t)k >= cap - n)
+		return -1;
+	*len = n + (size_t)k;
+	return 1;
+}
+
+char **fivc_exec_env(char *const envp[])
+{
+	if (getpid() != fivc_pid) /* vfork child: see the top */
+		return NULL;
+	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
+	size_t cap = 256 + (size_t)(hi + 1) * 24, len = 0;
+	char *rec = malloc(cap);
+	if (!rec)
+		return NULL;
+	rec[0] = 0;
+	int count = 0;
+	for (int fd = 0; fd <= hi && fd < fivc_nfds; fd++) {
+		struct fsock *fs = fivc_fs(fd);
+		if (!fs || fs->state == FS_PLAIN || !fs->ch.f)
+			continue;
+		int first = 1;
+		for (int e = 0; e < fd && first; e++)
+			first = fivc_fs(e) != fs;
+		if (!first)
+			continue;
+		int r = put_record(rec, cap, &len, fs, fd);
+		if (r < 0) {
+			FIVC_INFO("exec: too many connections to hand over; they end");
+			free(rec);
+			return NULL;
+		}
+		count += r;
+	}
+	int ffd = count ? fivc_fabric_keep_across_exec(1) : -1;
+	if (ffd < 0) {
+		free(rec);
+		return NULL;
+	}
+	size_t n = 0;
+	while (envp && envp[n])
+		n++;
+	char **env = malloc((n + 2) * sizeof(*env));
+	char *var = malloc(len + 64);
+	if (!env || !var) {
+		free(env);
+		free(var);
+		free(rec);
+		fivc_fabric_keep_across_exec(0);
+		return NULL;
+	}
+	snprintf(var, len + 64, VAR "%d:%" PRIu32 ";%s", ffd, fivc_fabric_get()->self, rec);
+	free(rec);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(envp[i], VAR, sizeof(VAR) - 1) != 0)
+			env[k++] = envp[i];
+	env[k++] = var;
+	env[k] = NULL;
+	FIVC_DEBUG("exec: handing over %d connection(s)", count);
+	return env;
+}
+
+void fivc_exec_failed(char **env)
+{
+	if (!env)
+		return;
+	for (size_t i = 0; env[i]; i++)
+		if (!strncmp(env[i], VAR, sizeof(VAR) - 1))
+			free(env[i]);
+	free(env);
+	fivc_fabric_keep_across_exec(0);
+}
+
+static int is_tcp(int fd)
+{
+	int type = 0, dom = 0;
+	socklen_t l = sizeof(type);
+	if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM)
+		return 0;
+	l = sizeof(dom);
+	return fivc_real.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) == 0 &&
+	       (dom == AF_INET || dom == AF_INET6);
+}
+
+/* End what cannot be rebuilt: the peer must not write into a ring nobody reads. */
+static void give_up(const char *fds, const char *why)
+{
+	FIVC_INFO("exec: connection on fd(s) %s cannot go on (%s): shut down", fds, why);
+	char *copy = strdup(fds), *save = NULL;
+	for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save)) {
+		int fd = atoi(t);
+		if (is_tcp(fd))
+			fivc_real.shutdown(fd, SHUT_RDWR);
+	}
+	free(copy);
+}
+
+static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
+{
+	struct fsock tmp;
+	memset(&tmp, 0, sizeof(tmp));
+	int wr_shut, rd_shut;
+	if (sscanf(fields, REC_FMT, &tmp.slot, &tmp.gen, &tmp.side, &tmp.state, &tmp.nonblock,
+		   &tmp.untracked, &tmp.tcp_sent, &tmp.tcp_recvd, &tmp.switch_n, &tmp.n_known,
+		   &tmp.offer_idx, &tmp.offer_word, &tmp.app_nodelay, &tmp.nodelay_forced,
+		   &tmp.reset, &wr_shut, &rd_shut, &tmp.tcp_eof, &tmp.ch.rd_timeout_ns,
+		   &tmp.ch.wr_timeout_ns) != 20 ||
+	    (tmp.side != 0 && tmp.side != 1) ||
+	    (tmp.state != FS_CLIENT_PENDING && tmp.state != FS_SERVER_PRE && tmp.state != FS_ACCEL)) {
+		give_up(fds, "malformed record");
+		return;
+	}
+	if (!fab) {
+		give_up(fds, "no fabric");
+		return;
+	}
+	int first = -1;
+	char *save = NULL;
+	char *copy = strdup(fds);
+	for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save)) {
+		int fd = atoi(t);
+		if (fd < 0 || fd >= fivc_nfds || !is_tcp(fd)) {
+			free(copy);
+			give_up(fds, "not a TCP socket");
+			return;
+		}
+		if (first < 0)
+			first = fd;
+	}
+	free(copy);
+	struct fsock *fs = first >= 0 ? fivc_fs_new(fab, first, tmp.side) : NULL;
+	if (!fs) {
+		give_up(fds, "out of memory");
+		return;
+	}
+	fs->slot = tmp.slot;
+	fs->gen = tmp.gen;
+	if (fivc_fs_open_chan(fs) < 0) {
+		free(fs);
+		give_up(fds, "its slot is no longer ours");
+		return;
+	}
+	fs->state = tmp.state;
+	fs->nonblock = tmp.nonblock;
+	fs->untracked = tmp.untracked;
+	fs->tcp_sent = tmp.tcp_sent;
+	fs->tcp_recvd = tmp.tcp_recvd;
+	fs->switch_n = tmp.switch_n;
+	fs->n_known = tmp.n_known;
+	fs->offer_idx = tmp.offer_idx;
+	fs->offer_word = tmp.offer_word;
+	fs->app_nodelay = tmp.app_nodelay;
+	fs->nodelay_forced = tmp.nodelay_forced;
+	fs->reset = tmp.reset;
+	fs->tcp_eof = tmp.tcp_eof;
+	fs->ch.wr_shut = wr_shut;
+	fs->ch.rd_shut = rd_shut;
+	fs->ch.rd_timeout_ns = tmp.ch.rd_timeout_ns;
+	fs->ch.wr_timeout_ns = tmp.ch.wr_timeout_ns;
+	fs->refs = 0;
+	copy = strdup(fds);
+	for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save)) {
+		fs->refs++;
+		fivc_fd_set(atoi(t), fs);
+		fivc_fd_set_kind(atoi(t), FIVC_KIND_TCP);
+	}
+	free(copy);
+	FIVC_DEBUG("exec: fd(s) %s go on (slot %u)", fds, fs->slot);
+}
+
+/* At load: take over what the program before the exec handed over. */
+void fivc_inherit(void)
+{
+	const char *v = getenv("FASTIVC_INHERIT");
+	if (!v || !*v)
+		return;
+	char *all = strdup(v);
+	unsetenv("FASTIVC_INHERIT"); /* ours alone: never passed further */
+	if (!all)
+		return;
+	int ffd = -1;
+	uint32_t member1 = 0;
+	char *save = NULL;
+	char *head = strtok_r(all, ";", &save);
+	struct fivc_fabric *fab = NULL;
+	if (head && sscanf(head, "%d:%" SCNu32, &ffd, &member1) == 2 && ffd >= 0 &&
+	    fivc_fabric_adopt(ffd, member1) == 0)
+		fab = fivc_fabric_get();
+	for (char *r = strtok_r(NULL, ";", &save); r; r = strtok_r(NULL, ";", &save)) {
+		char *eq = strchr(r, '=');
+		if (!eq)
+			continue;
+		*eq = 0;
+		inherit_one(fab, r, eq + 1);
+	}
+	free(all);
+}
