@@ -8,7 +8,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/futex.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <sys/socket.h>
 
 #include "fastivc/atomics.h"
@@ -248,8 +251,21 @@ int fivc_chan_peer_closed(struct fivc_chan *c)
 	       (fivc_load_acquire(&c->rx->wr_closed) && fivc_load_acquire(&c->tx->rd_closed));
 }
 
+/* Shared: readiness from the ring's own indices (no lock: only a hint). */
+static void refresh(struct fivc_chan *c)
+{
+	if (!fivc_load_relaxed(&c->shared))
+		return;
+	uint64_t h = fivc_load_acquire(&c->rx->head), t = fivc_load_acquire(&c->tx->tail);
+	if (h - c->rx_head <= c->size)
+		c->rx_head = h;
+	if (t - c->tx_tail <= c->size)
+		c->tx_tail = t;
+}
+
 ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof)
 {
+	refresh(c);
 	int r = ready_read(c, eof);
 	if (r < 0)
 		return r;
@@ -260,6 +276,7 @@ ssize_t fivc_chan_writable(struct fivc_chan *c)
 {
 	if (c->wr_shut)
 		return -EPIPE;
+	refresh(c);
 	int r = ready_write(c);
 	if (r < 0)
 		return r;
@@ -269,6 +286,7 @@ ssize_t fivc_chan_writable(struct fivc_chan *c)
 int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
 {
 	int ready = 0;
+	refresh(c);
 	if (rd)
 		ready |= fivc_ring_arm_consumer(c->rx, c->rx_head);
 	if (wr)
@@ -292,9 +310,104 @@ void fivc_chan_disarm(struct fivc_chan *c)
 	fivc_store_relaxed(&c->tx->prod_waiting, 0);
 }
 
-/* ---- data ---- */
+/* ---- several processes on one side (fork) ----
+ *
+ * The ring indices a side keeps privately are then the shared ones: each
+ * read (write) takes the side's reading (writing) lock in the slot and
+ * reloads its index from the ring header.  A lock whose owner died is taken
+ * over; one whose owner is not a live member (garbage from a broken peer)
+ * too, after the same wait. */
+#define XLOCK_WAITERS 0x80000000u
+
+static int xlock(struct fivc_chan *c, int wr)
+{
+	uint32_t *w = &c->slot->xlock[c->side][wr];
+	uint32_t me = c->f->self;
+	for (unsigned spins = 0;; spins++) {
+		uint32_t v = fivc_load_relaxed(w);
+		if ((v & ~XLOCK_WAITERS) == 0) {
+			if (fivc_cas(w, &v, me | (v & XLOCK_WAITERS)))
+				return 0;
+			continue;
+		}
+		if (spins < 256) {
+			fivc_cpu_relax();
+			continue;
+		}
+		if (!(v & XLOCK_WAITERS) && !fivc_cas(w, &v, v | XLOCK_WAITERS))
+			continue;
+		struct timespec ts = {0, 10 * 1000000};
+		long r = syscall(SYS_futex, w, FUTEX_WAIT, v | XLOCK_WAITERS, &ts, NULL, 0);
+		if (r < 0 && errno == EINTR)
+			return -EINTR;
+		if (r < 0 && errno == ETIMEDOUT) {
+			uint32_t owner = v & ~XLOCK_WAITERS;
+			if (owner != me && !fivc_member_alive(c->f, owner)) {
+				uint32_t cur = v | XLOCK_WAITERS;
+				fivc_cas(w, &cur, (uint32_t)XLOCK_WAITERS); /* free it; retry */
+			}
+		}
+		if (is_broken(c))
+			return -ECONNRESET;
+	}
+}
+
+static void xunlock(struct fivc_chan *c, int wr)
+{
+	uint32_t *w = &c->slot->xlock[c->side][wr];
+	if (__atomic_exchange_n(w, 0u, __ATOMIC_RELEASE) & XLOCK_WAITERS)
+		syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Our index is the ring's (another process may have moved it). */
+static int reload(struct fivc_chan *c, int wr)
+{
+	if (wr) {
+		c->tx_tail = fivc_load_acquire(&c->tx->tail);
+		c->tx_head_seen = fivc_load_acquire(&c->tx->head);
+		if (c->tx_tail - c->tx_head_seen > c->size)
+			return broken(c);
+	} else {
+		c->rx_head = fivc_load_acquire(&c->rx->head);
+		c->rx_tail_seen = c->rx_head;
+	}
+	return 0;
+}
+
+static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
+static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags);
 
 ssize_t fivc_chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
+{
+	if (!fivc_load_relaxed(&c->shared))
+		return chan_read(c, buf, len, flags);
+	int r = xlock(c, 0);
+	if (r < 0)
+		return r;
+	ssize_t n = reload(c, 0);
+	if (n == 0)
+		n = chan_read(c, buf, len, flags);
+	xunlock(c, 0);
+	return n;
+}
+
+ssize_t fivc_chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags)
+{
+	if (!fivc_load_relaxed(&c->shared))
+		return chan_write(c, buf, len, flags);
+	int r = xlock(c, 1);
+	if (r < 0)
+		return r;
+	ssize_t n = reload(c, 1);
+	if (n == 0)
+		n = chan_write(c, buf, len, flags);
+	xunlock(c, 1);
+	return n;
+}
+
+/* ---- data ---- */
+
+static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 {
 	uint8_t *dst = buf;
 	size_t got = 0;
@@ -335,7 +448,7 @@ ssize_t fivc_chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 	}
 }
 
-ssize_t fivc_chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags)
+static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags)
 {
 	const uint8_t *src = buf;
 	size_t done = 0;

@@ -29,12 +29,9 @@ PROCMODEL = {
     "dup": (2, ()),
     "fork-parent-closes": (1, ()),
     "fork-child-closes": (1, ()),
-    "fork-split": (1, (xfail("two processes using one connection at once: the reader child "
-                             "gets a few bytes then EOF, the parent's write fails"),)),
-    "fork-alt-write": (1, (xfail("two processes writing in turn: the server sees about half "
-                                 "the records, out of order, then EOF"),)),
-    "fork-alt-read": (1, (xfail("two processes reading in turn: the child reads EOF, the "
-                                "parent one record, then stray data"),)),
+    "fork-split": (1, ()),
+    "fork-alt-write": (1, ()),
+    "fork-alt-read": (1, ()),
     "threads-read": (1, ()),
     "threads-write": (1, ()),
     "exec": (1, ()),

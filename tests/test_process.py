@@ -5,7 +5,6 @@ its parent lives on (PostgreSQL's backends do this)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path

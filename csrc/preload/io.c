@@ -80,6 +80,16 @@ void fivc_fs_client_check(struct fsock *fs, int have_wr_lock)
 {
 	if (fs->state != FS_CLIENT_PENDING)
 		return;
+	if (fivc_load_relaxed(&fs->ch.shared) &&
+	    fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state)) {
+		/* another process holding this side switched (fork) */
+		if (!have_wr_lock)
+			pthread_mutex_lock(&fs->wr_lock);
+		fs->state = FS_ACCEL;
+		if (!have_wr_lock)
+			pthread_mutex_unlock(&fs->wr_lock);
+		return;
+	}
 	if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) != FIVC_OFFER_ADOPTED)
 		return;
 	if (!have_wr_lock)

@@ -215,6 +215,10 @@ static void hold_for_child(struct fsock *fs, int fd, void *arg)
 				 fs->child_untracked ? 0 : c->member1);
 		return;
 	}
+	/* Both processes may go on using it: settle a pending client's switch
+	 * now (one process publishes it), and share the ring indices. */
+	fivc_fs_client_check(fs, 0);
+	__atomic_store_n(&fs->ch.shared, 1, __ATOMIC_RELAXED);
 	fs->child_untracked = fivc_slot_hold(fs->fab, fs->slot, fs->gen, fs->side, c->member1) == 1;
 	if (fs->child_untracked)
 		FIVC_INFO("fork: fd %d: the child holds the connection without an entry of its own",

@@ -36,6 +36,9 @@ struct fivc_chan {
 	uint64_t tx_tail, tx_head_seen; /* tx_tail is ours: shared copy is write-only */
 	uint64_t rx_head, rx_tail_seen; /* rx_head is ours */
 	uint64_t spin_ns;
+	int shared;                    /* other processes may use this side too (fork):
+					  each read/write takes the slot's lock for its
+					  direction and reloads its index from the ring */
 	int broken;                    /* sticky -ECONNRESET after a peer violation (atomic:
 					  one reader and one writer thread may run at once) */
 	int wr_shut, rd_shut;

@@ -182,7 +182,11 @@ struct fivc_slot {
 	uint16_t holder_ids[2][FIVC_SLOT_HOLDERS]; /* member+1, 0 = empty */
 	uint8_t l1_pad[FIVC_CACHELINE - 24 - 4 * FIVC_SLOT_HOLDERS];
 	struct fivc_ring_hdr ring[2];
-	uint8_t pad[1024 - 2 * FIVC_CACHELINE - 2 * sizeof(struct fivc_ring_hdr)];
+	/* Used only when several processes use one side at once (fork): a
+	 * lock per side and direction ([side][0] reading, [side][1] writing),
+	 * holding member+1 of the owner, bit 31 set while someone waits. */
+	uint32_t xlock[2][2];
+	uint8_t pad[1024 - 2 * FIVC_CACHELINE - 2 * sizeof(struct fivc_ring_hdr) - 16];
 };
 
 _Static_assert(sizeof(struct fivc_fabric_hdr) == FIVC_PAGE, "header is one page");
