@@ -37,6 +37,7 @@ PROCMODEL = {
     "exec": (1, ()),
     "close-range": (3, ()),
     "close-range-cloexec": (1, ()),
+    "closefrom": (2, ()),
     "posix-spawn": (2, ()),
     "vfork": (2, ()),
     "signal-restart-read": (1, ()),

@@ -24,6 +24,7 @@ int fivc_fd_high;
 pid_t fivc_pid;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static int move_high(int fd);
 
 /* A real function that could not be resolved fails with ENOSYS instead of
  * crashing the program (STYLE.md 1). */
@@ -74,7 +75,7 @@ static void read_config(void)
 		if (file && file[1] && fivc_cfg.log_level) {
 			int fd = open(file + 1, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 			if (fd >= 0)
-				fivc_cfg.log_fd = fd;
+				fivc_cfg.log_fd = move_high(fd);
 		}
 	}
 }
@@ -163,22 +164,42 @@ int fivc_fabric_fd(void)
 	return __atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE) > 0 ? fabric.fd : -1;
 }
 
-void fivc_fabric_fd_move(int avoid)
+/* A copy of fd high in the fd space, close-on-exec; the original closed. */
+static int move_high(int fd)
 {
 	struct rlimit rl;
 	int floor = 3;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 256)
 		floor = (int)(rl.rlim_cur > 4096 ? 4096 : rl.rlim_cur) - 64;
-	int nfd = fivc_real.fcntl(fabric.fd, F_DUPFD_CLOEXEC, floor);
-	if (nfd == avoid) { /* cannot happen (avoid is open), but never hand it back */
-		fivc_real.close(nfd);
-		nfd = -1;
-	}
-	if (nfd >= 0) {
-		int old = fabric.fd;
-		fabric.fd = nfd;
-		fivc_real.close(old);
-	}
+	int nfd = fivc_real.fcntl(fd, F_DUPFD_CLOEXEC, floor);
+	if (nfd < 0)
+		return fd;
+	fivc_real.close(fd);
+	return nfd;
+}
+
+void fivc_fabric_fd_move(int avoid)
+{
+	(void)avoid; /* avoid is open, so the copy never lands on it */
+	fabric.fd = move_high(fabric.fd);
+}
+
+/* The library's own descriptors (the fabric's, the log file's) are not the
+ * program's: close() of one is a no-op, close_range leaves it out, and a
+ * dup2() onto one moves it away first. */
+int fivc_own_fd(int fd)
+{
+	return fd >= 0 && (fd == fivc_fabric_fd() || (fd == fivc_cfg.log_fd && fd > 2));
+}
+
+void fivc_own_fd_move(int fd)
+{
+	if (fd < 0)
+		return;
+	if (fd == fivc_fabric_fd())
+		fivc_fabric_fd_move(fd);
+	else if (fd == fivc_cfg.log_fd && fd > 2)
+		fivc_cfg.log_fd = move_high(fd);
 }
 
 struct fivc_fabric *fivc_fabric_get(void)

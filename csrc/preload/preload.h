@@ -47,6 +47,8 @@
 	X(ssize_t, sendfile, (int, int, off_t *, size_t))                                     \
 	X(ssize_t, sendfile64, (int, int, off_t *, size_t))                                   \
 	X(int, close, (int))                                                                  \
+	X(int, close_range, (unsigned int, unsigned int, int))                                \
+	X(void, closefrom, (int))                                                             \
 	X(int, shutdown, (int, int))                                                          \
 	X(int, dup, (int))                                                                    \
 	X(int, dup2, (int, int))                                                              \
@@ -116,6 +118,8 @@ struct fivc_fabric *fivc_fabric_get(void);
  * number (dup2 onto it). */
 int fivc_fabric_fd(void);
 void fivc_fabric_fd_move(int avoid);
+int fivc_own_fd(int fd);
+void fivc_own_fd_move(int fd);
 /* fork: every process has a member id of its own (its own lock), so that
  * a child that exits without closing is seen dead.  prepare (parent, before
  * fork; eager when the child inherits connections) gives the child's fd and

@@ -9,6 +9,8 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <linux/close_range.h>
+
 #include "preload.h"
 
 int fivc_do_poll(struct pollfd *fds, nfds_t n, int timeout_ms);
@@ -265,9 +267,52 @@ FIVC_EXPORT int pselect(int n, fd_set *r, fd_set *w, fd_set *x, const struct tim
 FIVC_EXPORT int close(int fd)
 {
 	FIVC_ENSURE_INIT();
-	if (fd >= 0 && fd == fivc_fabric_fd())
-		return 0; /* not the program's: closing it would drop our member lock */
+	if (fivc_own_fd(fd))
+		return 0; /* not the program's (closing the fabric's would drop our member lock) */
 	return fivc_fs_close(fd);
+}
+
+/* close_range/closefrom: the kernel closes a range; the fabric fd (our
+ * member lock) is left out of it, and the closed fds are forgotten. */
+FIVC_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
+{
+	FIVC_ENSURE_INIT();
+	if (flags & CLOSE_RANGE_CLOEXEC || first > last)
+		return fivc_real.close_range(first, last, flags);
+	/* close the range in pieces around our own fds */
+	int own[2] = {fivc_fabric_fd(), fivc_own_fd(fivc_cfg.log_fd) ? fivc_cfg.log_fd : -1};
+	if (own[0] > own[1]) {
+		int t = own[0];
+		own[0] = own[1];
+		own[1] = t;
+	}
+	unsigned lo = first;
+	int r = 0;
+	for (int i = 0; i < 2 && r == 0; i++) {
+		if (own[i] < 0 || (unsigned)own[i] < lo || (unsigned)own[i] > last)
+			continue;
+		if ((unsigned)own[i] > lo)
+			r = fivc_real.close_range(lo, (unsigned)own[i] - 1, flags);
+		lo = (unsigned)own[i] + 1;
+		if (lo == 0) /* own[i] was UINT_MAX */
+			return r;
+	}
+	if (r == 0 && lo <= last)
+		r = fivc_real.close_range(lo, last, flags);
+	if (r < 0)
+		return r;
+	int e = errno;
+	unsigned hi = last < (unsigned)fivc_nfds ? last : (unsigned)fivc_nfds - 1;
+	for (unsigned fd = first; fivc_nfds > 0 && fd <= hi; fd++)
+		if (!fivc_own_fd((int)fd) && (fivc_fs((int)fd) || fivc_fd_kind((int)fd)))
+			fivc_fs_replaced((int)fd);
+	errno = e;
+	return 0;
+}
+
+FIVC_EXPORT void closefrom(int lowfd)
+{
+	close_range(lowfd < 0 ? 0u : (unsigned)lowfd, ~0u, 0);
 }
 
 FIVC_EXPORT int shutdown(int fd, int how)
@@ -301,16 +346,16 @@ static int dup_onto(int oldfd, int newfd, int r)
 FIVC_EXPORT int dup2(int oldfd, int newfd)
 {
 	FIVC_ENSURE_INIT();
-	if (newfd >= 0 && newfd == fivc_fabric_fd())
-		fivc_fabric_fd_move(newfd);
+	if (fivc_own_fd(newfd))
+		fivc_own_fd_move(newfd);
 	return dup_onto(oldfd, newfd, fivc_real.dup2(oldfd, newfd));
 }
 
 FIVC_EXPORT int dup3(int oldfd, int newfd, int flags)
 {
 	FIVC_ENSURE_INIT();
-	if (newfd >= 0 && newfd == fivc_fabric_fd())
-		fivc_fabric_fd_move(newfd);
+	if (fivc_own_fd(newfd))
+		fivc_own_fd_move(newfd);
 	return dup_onto(oldfd, newfd, fivc_real.dup3(oldfd, newfd, flags));
 }
 

@@ -784,13 +784,31 @@ static int mode_cloexec_child(int fd)
 
 /* ---- close_range ---- */
 
+/* A daemon-style closefrom(3) between two connections: the second is as
+ * good as the first (the library keeps what it needs open). */
+static int mode_closefrom(void)
+{
+	int c, s;
+	pair(0, 0, &c, &s);
+	hop("first conn c->s", c, s, "one");
+	closefrom(3);
+	SHOW("old fd after closefrom", fcntl(c, F_GETFD));
+	pair(0, 0, &c, &s);
+	hop("second conn c->s", c, s, "two");
+	hop("second conn s->c", s, c, "back");
+	close(c);
+	expect_eof("then", s);
+	close(s);
+	return 0;
+}
+
 static int mode_close_range(void)
 {
 	int c, s, c2, s2, c3, s3;
 	pair(0, 0, &c, &s);
 	for (int i = 0; i < 3; i++)
 		SHOW("F_DUPFD copy at 300+", fcntl(s, F_DUPFD, 300 + i) - 300);
-	SHOW("close_range copies", syscall(SYS_close_range, 300, 302, 0));
+	SHOW("close_range copies", close_range(300, 302, 0));
 	show_cloexec("copy after close_range", 301);
 	hop("orig still: c->s", c, s, "alive");
 	hop("orig still: s->c", s, c, "yes");
@@ -802,7 +820,7 @@ static int mode_close_range(void)
 	hop("new conn via 300: s2->c2", 300, c2, "conn");
 	hop("old conn unaffected", c, s, "old");
 	/* close_range over the last reference: the peer sees EOF */
-	SHOW("close_range last ref", syscall(SYS_close_range, s, s, 0));
+	SHOW("close_range last ref", close_range(s, s, 0));
 	expect_eof("peer after close_range", c);
 	SHOW("close 300", close(300));
 	expect_eof("conn2 peer after close", c2);
@@ -823,8 +841,8 @@ static int mode_close_range_cloexec(void)
 	pair(SOCK_CLOEXEC, 0, &c, &s);
 	SHOW("F_DUPFD copy at 300", fcntl(s, F_DUPFD, 300) - 300);
 	hop("before: c->s", c, s, "before");
-	SHOW("close_range CLOEXEC fd", syscall(SYS_close_range, s, s, CLOSE_RANGE_CLOEXEC));
-	SHOW("close_range CLOEXEC copy", syscall(SYS_close_range, 300, 300, CLOSE_RANGE_CLOEXEC));
+	SHOW("close_range CLOEXEC fd", close_range(s, s, CLOSE_RANGE_CLOEXEC));
+	SHOW("close_range CLOEXEC copy", close_range(300, 300, CLOSE_RANGE_CLOEXEC));
 	show_cloexec("fd now", s);
 	show_cloexec("copy now", 300);
 	pid_t pid = spawn_self("cloexec-child", s);
@@ -965,6 +983,7 @@ static const struct {
 	{"exec", mode_exec},
 	{"close-range", mode_close_range},
 	{"close-range-cloexec", mode_close_range_cloexec},
+	{"closefrom", mode_closefrom},
 	{"posix-spawn", mode_posix_spawn},
 	{"vfork", mode_vfork},
 	{"signal-restart-read", mode_signal_restart_read},
