@@ -29,7 +29,7 @@ class Proc:
     """A test program; `fastivc` decides whether it runs under the library."""
 
     def __init__(self, argv: list[str], fabric: str, fastivc: bool = True, ns: str | None = None,
-                 extra_env: dict | None = None, event_loops: bool = False):
+                 extra_env: dict | None = None, event_loops: bool | None = None):
         env = (build_env(os.environ, fabric=fabric, event_loops=event_loops) if fastivc
                else dict(os.environ))
         if not fastivc:
@@ -66,7 +66,7 @@ class Proc:
 
 
 def peer(role: str, host: str, port: int, fabric: str, fastivc: bool, ns: str | None,
-         *args: str, event_loops: bool = False) -> Proc:
+         *args: str, event_loops: bool | None = None) -> Proc:
     return Proc([sys.executable, PEER, role, host, str(port), *args], fabric, fastivc, ns,
                 event_loops=event_loops)
 

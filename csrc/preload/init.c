@@ -54,8 +54,9 @@ static void read_config(void)
 	fivc_cfg.spin_ns = 50000;
 	v = getenv("FASTIVC_DISABLE");
 	fivc_cfg.disabled = v && *v && strcmp(v, "0") != 0;
+	/* event loops (non-blocking sockets): on unless FASTIVC_NONBLOCK=0 */
 	v = getenv("FASTIVC_NONBLOCK");
-	fivc_cfg.nonblock_ok = v && *v && strcmp(v, "0") != 0;
+	fivc_cfg.nonblock_ok = !(v && !strcmp(v, "0"));
 	v = getenv("FASTIVC_SPIN_US");
 	if (v && *v)
 		fivc_cfg.spin_ns = strtoull(v, NULL, 10) * 1000ull;

@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "between two accelerated programs on this host switch to shared memory; every other "
         "connection stays plain TCP. Statically linked and setuid programs stay on TCP.",
         usage="fastivc run [--fabric PATH] [--spin-us N] [--log off|info|debug[:FILE]] "
-        "[--ring-kib K] [--disable] [--event-loops] -- CMD ARGS...")
+        "[--ring-kib K] [--disable] [--no-event-loops] -- CMD ARGS...")
     rn.add_argument("--fabric", metavar="PATH",
                     help="fabric file shared by the peers (default $FASTIVC_FABRIC or "
                     "/dev/shm/fastivc)")
@@ -230,9 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ring size per direction if this run creates the fabric")
     rn.add_argument("--disable", action="store_true",
                     help="load the library but accelerate nothing (FASTIVC_DISABLE=1)")
-    rn.add_argument("--event-loops", action="store_true",
-                    help="experimental: also accelerate sockets that are non-blocking at "
-                    "connect/accept (epoll, event loops; FASTIVC_NONBLOCK=1)")
+    rn.add_argument("--event-loops", action=argparse.BooleanOptionalAction, default=None,
+                    help="accelerate sockets that are non-blocking at connect/accept "
+                    "(epoll and other event loops); on by default, --no-event-loops "
+                    "leaves them on plain TCP (FASTIVC_NONBLOCK=0)")
     rn.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
     rn.set_defaults(func=_cmd_run)
 

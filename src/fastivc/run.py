@@ -12,7 +12,7 @@ LOG_LEVELS = ("off", "info", "debug")
 
 def build_env(base: Mapping[str, str], fabric: str | None = None, spin_us: int | None = None,
               log: str | None = None, ring_kib: int | None = None,
-              disable: bool = False, event_loops: bool = False) -> dict[str, str]:
+              disable: bool = False, event_loops: bool | None = None) -> dict[str, str]:
     """The environment CMD runs with: our library appended to any existing
     LD_PRELOAD, and the FASTIVC_* variables the options set."""
     env = dict(base)
@@ -29,8 +29,8 @@ def build_env(base: Mapping[str, str], fabric: str | None = None, spin_us: int |
         env["FASTIVC_RING_KIB"] = str(ring_kib)
     if disable:
         env["FASTIVC_DISABLE"] = "1"
-    if event_loops:
-        env["FASTIVC_NONBLOCK"] = "1"
+    if event_loops is not None:  # None: the library's default (on)
+        env["FASTIVC_NONBLOCK"] = "1" if event_loops else "0"
     return env
 
 
