@@ -120,7 +120,8 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 		       name);
 		return -EPROTO;
 	}
-	struct fivc_geometry g = {h->nmembers, h->noffers, h->nslots, h->ring_size};
+	struct fivc_geometry g = {.nmembers = h->nmembers, .noffers = h->noffers,
+				  .nslots = h->nslots, .ring_size = h->ring_size};
 	if (!g.nmembers || !g.noffers || !g.nslots || !g.ring_size) {
 		seterr(err, errlen, "fabric %s: header has a zero count", name);
 		return -EPROTO;
@@ -396,6 +397,21 @@ static int create_fabric(const char *path, const struct fivc_geometry *gin,
 	}
 	int r = 0;
 	void *base = MAP_FAILED;
+	/* Permissions go on the temp file, before link() publishes it: nobody
+	 * ever sees the fabric with other permissions than asked for.  fchmod,
+	 * unlike open's mode, is not narrowed by the umask. */
+	if (g.has_gid && fchown(fd, (uid_t)-1, (gid_t)g.gid) < 0) {
+		r = -errno;
+		seterr(err, errlen, "cannot create fabric %s: fchown(%s, group %u): %s", path, tmp,
+		       g.gid, strerror(-r));
+		goto out;
+	}
+	if (g.mode && fchmod(fd, (mode_t)g.mode) < 0) {
+		r = -errno;
+		seterr(err, errlen, "cannot create fabric %s: fchmod(%s, 0%o): %s", path, tmp,
+		       g.mode, strerror(-r));
+		goto out;
+	}
 	if (ftruncate(fd, (off_t)total) < 0) {
 		r = -errno;
 		seterr(err, errlen, "cannot create fabric %s: ftruncate(%llu): %s", path,

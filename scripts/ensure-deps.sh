@@ -28,6 +28,8 @@ have nginx || need+=(nginx-light)
 have wrk || need+=(wrk)
 have memcached || need+=(memcached)
 have node || need+=(nodejs)
+# PostgreSQL server, pgbench and psql (test_eventloops.py)
+ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
 have ss || need+=(iproute2)
 
 if ((${#need[@]})); then

@@ -2,6 +2,7 @@
  * the fd table and the process's fabric.  See preload.h for the order. */
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,89 @@ static void resolve_real(void)
 #undef X
 }
 
+/* FASTIVC_FABRIC_MODE / FASTIVC_FABRIC_GROUP: permissions of a fabric this
+ * process creates.  Kept here, not in fivc_cfg: only fivc_fabric_get uses
+ * them.  A group name is resolved when the fabric is first opened, not at
+ * load, so that programs that never connect do not pay for an NSS lookup. */
+static uint32_t fabric_mode;       /* 0: the default, 0600 */
+static int fabric_group_set;       /* 1: numeric gid in fabric_gid; 2: name */
+static uint32_t fabric_gid;
+static char fabric_group[64];
+
+/* Octal permission bits that keep the owner's read and write (the creator
+ * opens the fabric again later, e.g. after fork). */
+static int parse_fabric_mode(const char *v, uint32_t *out)
+{
+	char *end;
+	if (!*v || strspn(v, "01234567") != strlen(v))
+		return -1;
+	unsigned long m = strtoul(v, &end, 8);
+	if (*end || m > 0777 || (m & 0600) != 0600)
+		return -1;
+	*out = (uint32_t)m;
+	return 0;
+}
+
+static void read_fabric_perms(void)
+{
+	const char *m = getenv("FASTIVC_FABRIC_MODE");
+	const char *g = getenv("FASTIVC_FABRIC_GROUP");
+	int bad = 0;
+	if (m && *m && parse_fabric_mode(m, &fabric_mode) < 0) {
+		FIVC_INFO("FASTIVC_FABRIC_MODE=%s is not an octal mode between 0600 and 0777 "
+			  "with owner read and write; a fabric created here gets 0600", m);
+		bad = 1;
+	}
+	if (g && *g) {
+		if (strspn(g, "0123456789") == strlen(g)) {
+			unsigned long long n = strtoull(g, NULL, 10);
+			if (strlen(g) > 10 || n >= 0xffffffffull) {
+				FIVC_INFO("FASTIVC_FABRIC_GROUP=%s is not a valid gid; a fabric "
+					  "created here keeps mode 0600 and the creator's group", g);
+				bad = 1;
+			} else {
+				fabric_gid = (uint32_t)n;
+				fabric_group_set = 1;
+			}
+		} else if (strlen(g) >= sizeof(fabric_group)) {
+			FIVC_INFO("FASTIVC_FABRIC_GROUP=%s: group name too long; a fabric created "
+				  "here keeps mode 0600 and the creator's group", g);
+			bad = 1;
+		} else {
+			snprintf(fabric_group, sizeof(fabric_group), "%s", g);
+			fabric_group_set = 2;
+		}
+	}
+	/* Half a request could give the mode to the wrong group: all or nothing. */
+	if (bad) {
+		fabric_mode = 0;
+		fabric_group_set = 0;
+	}
+}
+
+/* Fill g's permission fields; called with the guard held, before creating. */
+static void fabric_perms(struct fivc_geometry *g)
+{
+	if (fabric_group_set == 2) {
+		struct group gr, *res = NULL;
+		char buf[4096];
+		int e = getgrnam_r(fabric_group, &gr, buf, sizeof(buf), &res);
+		if (!res) {
+			FIVC_INFO("FASTIVC_FABRIC_GROUP=%s: no such group (%s); a fabric created "
+				  "here keeps mode 0600 and the creator's group", fabric_group,
+				  e ? strerror(e) : "not found");
+			fabric_mode = 0;
+			fabric_group_set = 0;
+		} else {
+			fabric_gid = (uint32_t)gr.gr_gid;
+			fabric_group_set = 1;
+		}
+	}
+	g->mode = fabric_mode;
+	g->has_gid = fabric_group_set == 1;
+	g->gid = fabric_gid;
+}
+
 static void read_config(void)
 {
 	const char *v;
@@ -79,6 +163,7 @@ static void read_config(void)
 				fivc_cfg.log_fd = move_high(fd);
 		}
 	}
+	read_fabric_perms(); /* after FASTIVC_LOG: it may log */
 }
 
 void fivc_log(int level, const char *fmt, ...)
@@ -213,6 +298,7 @@ struct fivc_fabric *fivc_fabric_get(void)
 		char err[512];
 		struct fivc_geometry g = {.ring_size = fivc_cfg.ring_kib * 1024u};
 		fivc_guard++;
+		fabric_perms(&g);
 		int r = fivc_fabric_open(fivc_cfg.fabric, &g, &fabric, err, sizeof(err));
 		fivc_guard--;
 		if (r < 0) {

@@ -72,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     env = build_env(os.environ, args.fabric, args.spin_us, args.log, args.ring_kib, args.disable,
-                    args.event_loops)
+                    args.event_loops, args.fabric_mode, args.fabric_group)
     try:
         exec_command(cmd, env)
     except FileNotFoundError:
@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "between two accelerated programs on this host switch to shared memory; every other "
         "connection stays plain TCP. Statically linked and setuid programs stay on TCP.",
         usage="fastivc run [--fabric PATH] [--spin-us N] [--log off|info|debug[:FILE]] "
-        "[--ring-kib K] [--disable] [--no-event-loops] -- CMD ARGS...")
+        "[--ring-kib K] [--fabric-mode MODE] [--fabric-group GROUP] [--disable] "
+        "[--no-event-loops] -- CMD ARGS...")
     rn.add_argument("--fabric", metavar="PATH",
                     help="fabric file shared by the peers (default $FASTIVC_FABRIC or "
                     "/dev/shm/fastivc)")
@@ -228,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="off, info or debug, to stderr or to FILE")
     rn.add_argument("--ring-kib", type=int, metavar="K",
                     help="ring size per direction if this run creates the fabric")
+    rn.add_argument("--fabric-mode", metavar="MODE",
+                    help="octal file mode if this run creates the fabric, e.g. 0660 "
+                    "(default 0600; FASTIVC_FABRIC_MODE)")
+    rn.add_argument("--fabric-group", metavar="GROUP",
+                    help="group name or gid if this run creates the fabric, for servers "
+                    "that drop privileges (FASTIVC_FABRIC_GROUP)")
     rn.add_argument("--disable", action="store_true",
                     help="load the library but accelerate nothing (FASTIVC_DISABLE=1)")
     rn.add_argument("--event-loops", action=argparse.BooleanOptionalAction, default=None,
@@ -267,6 +274,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--log must be off, info or debug (optionally :FILE)")
         if args.ring_kib is not None and (args.ring_kib < 4 or args.ring_kib & (args.ring_kib - 1)):
             parser.error("--ring-kib must be a power of two >= 4")
+        from .run import parse_fabric_mode, resolve_fabric_group
+        try:
+            if args.fabric_mode is not None:
+                parse_fabric_mode(args.fabric_mode)
+            if args.fabric_group is not None:
+                # pass the gid on: the library then needs no group lookup
+                args.fabric_group = str(resolve_fabric_group(args.fabric_group))
+        except ValueError as e:
+            parser.error(str(e))
     if args.command == "bench" and args.scenario in ("rr", "stream", "connect", "all"):
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")

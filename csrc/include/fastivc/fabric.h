@@ -11,6 +11,11 @@
 
 struct fivc_geometry {
 	uint32_t nmembers, noffers, nslots, ring_size;
+	/* Not layout: the file's permissions, applied only when this call
+	 * creates the fabric.  mode 0 means 0600; has_gid 0 keeps the
+	 * creator's group.  Servers that drop privileges (nginx workers,
+	 * PostgreSQL) need a group they share with their peers. */
+	uint32_t mode, has_gid, gid;
 };
 
 /* Defaults when the caller leaves a field zero. */
