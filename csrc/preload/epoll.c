@@ -47,6 +47,7 @@ struct ep_set {
 	pthread_mutex_t lock;
 	struct ep_entry *head;
 	struct ep_set *next;
+	uint8_t spin_fails, spin_probe; /* adaptive spinning, as in channel.c */
 };
 
 static struct ep_set *sets;
@@ -421,7 +422,12 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 	if (!s || !s->head)
 		return fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
-	if (timeout_ms != 0 && fivc_cfg.spin_ns) {
+	uint64_t budget = fivc_cfg.spin_ns >> s->spin_fails;
+	if (++s->spin_probe >= FIVC_SPIN_PROBE) {
+		s->spin_probe = 0;
+		budget = fivc_cfg.spin_ns;
+	}
+	if (timeout_ms != 0 && budget) {
 		/* Spin before sleeping, as a blocking read does: a busy peer's next
 		 * message usually comes within microseconds, and catching it here
 		 * saves its doorbell and our wake-up (measured with nginx + wrk).
@@ -429,6 +435,8 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		for (unsigned i = 1;; i++) {
 			pthread_mutex_lock(&s->lock);
 			int n = collect(s, events, max);
+			if (n)
+				s->spin_fails = budget == fivc_cfg.spin_ns ? 0 : s->spin_fails >> 1;
 			pthread_mutex_unlock(&s->lock);
 			if (n)
 				return n;
@@ -439,8 +447,12 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 						return k;
 					break; /* let the full path sort ours from the program's */
 				}
-				if (fivc_now_ns(CLOCK_MONOTONIC) - start >= fivc_cfg.spin_ns)
+				if (fivc_now_ns(CLOCK_MONOTONIC) - start >= budget) {
+					uint8_t f = s->spin_fails;
+					s->spin_fails = f >= FIVC_SPIN_MAX_SHIFT / 2 ? FIVC_SPIN_MAX_SHIFT
+										     : (uint8_t)(f ? f * 2 : 1);
 					break;
+				}
 			}
 			fivc_cpu_relax();
 		}

@@ -22,6 +22,9 @@ extern const struct fivc_doorbell fivc_doorbell_futex;
 #define FIVC_PEEK 0x2
 #define FIVC_WAITALL 0x4
 
+/* Spin adaptation: how far the budget shrinks, how often a full spin probes. */
+#define FIVC_SPIN_MAX_SHIFT 8
+#define FIVC_SPIN_PROBE 64
 /* How long a sleeping side waits before it checks the peer is alive. */
 #define FIVC_LIVENESS_MS 100u
 
@@ -36,6 +39,12 @@ struct fivc_chan {
 	uint64_t tx_tail, tx_head_seen; /* tx_tail is ours: shared copy is write-only */
 	uint64_t rx_head, rx_tail_seen; /* rx_head is ours */
 	uint64_t spin_ns;
+	/* Adaptive spinning, per direction [0] read [1] write: the budget is
+	 * spin_ns >> spin_fails[d]; a spin that ends in sleep doubles the
+	 * shift, one that finds the ring ready halves it, and every
+	 * FIVC_SPIN_PROBE-th wait spins the full budget to learn again. */
+	uint8_t spin_fails[2];
+	uint8_t spin_probe[2];
 	int shared;                    /* other processes may use this side too (fork):
 					  each read/write takes the slot's lock for its
 					  direction and reloads its index from the ring */
