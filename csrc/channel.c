@@ -393,32 +393,29 @@ static int reload(struct fivc_chan *c, int wr)
 static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags);
 
+static ssize_t chan_io(struct fivc_chan *c, int wr, void *buf, size_t len, int flags)
+{
+	int shared = fivc_load_relaxed(&c->shared);
+	ssize_t n = shared ? xlock(c, wr) : 0;
+	if (n < 0)
+		return n;
+	if (shared)
+		n = reload(c, wr);
+	if (n == 0)
+		n = wr ? chan_write(c, buf, len, flags) : chan_read(c, buf, len, flags);
+	if (shared)
+		xunlock(c, wr);
+	return n;
+}
+
 ssize_t fivc_chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 {
-	if (!fivc_load_relaxed(&c->shared))
-		return chan_read(c, buf, len, flags);
-	int r = xlock(c, 0);
-	if (r < 0)
-		return r;
-	ssize_t n = reload(c, 0);
-	if (n == 0)
-		n = chan_read(c, buf, len, flags);
-	xunlock(c, 0);
-	return n;
+	return chan_io(c, 0, buf, len, flags);
 }
 
 ssize_t fivc_chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags)
 {
-	if (!fivc_load_relaxed(&c->shared))
-		return chan_write(c, buf, len, flags);
-	int r = xlock(c, 1);
-	if (r < 0)
-		return r;
-	ssize_t n = reload(c, 1);
-	if (n == 0)
-		n = chan_write(c, buf, len, flags);
-	xunlock(c, 1);
-	return n;
+	return chan_io(c, 1, (void *)buf, len, flags);
 }
 
 /* ---- data ---- */

@@ -157,76 +157,64 @@ static void give_up(const char *fds, const char *why)
 	free(copy);
 }
 
-static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
+/* The fds of a record, checked: the first one, or -1 if any is not a TCP socket. */
+static int record_fds(const char *fds, struct fsock *fs)
 {
-	struct fsock tmp;
-	memset(&tmp, 0, sizeof(tmp));
-	int wr_shut, rd_shut;
-	if (sscanf(fields, REC_FMT, &tmp.slot, &tmp.gen, &tmp.side, &tmp.state, &tmp.nonblock,
-		   &tmp.untracked, &tmp.tcp_sent, &tmp.tcp_recvd, &tmp.switch_n, &tmp.n_known,
-		   &tmp.offer_idx, &tmp.offer_word, &tmp.app_nodelay, &tmp.nodelay_forced,
-		   &tmp.reset, &wr_shut, &rd_shut, &tmp.tcp_eof, &tmp.ch.rd_timeout_ns,
-		   &tmp.ch.wr_timeout_ns) != 20 ||
-	    (tmp.side != 0 && tmp.side != 1) ||
-	    (tmp.state != FS_CLIENT_PENDING && tmp.state != FS_SERVER_PRE && tmp.state != FS_ACCEL)) {
-		give_up(fds, "malformed record");
-		return;
-	}
-	if (!fab) {
-		give_up(fds, "no fabric");
-		return;
-	}
 	int first = -1;
-	char *save = NULL;
-	char *copy = strdup(fds);
+	char *save = NULL, *copy = strdup(fds);
 	for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save)) {
 		int fd = atoi(t);
 		if (fd < 0 || fd >= fivc_nfds || !is_tcp(fd)) {
-			free(copy);
-			give_up(fds, "not a TCP socket");
-			return;
+			first = -1;
+			break;
 		}
-		if (first < 0)
+		if (fs) {
+			fs->refs++;
+			fivc_fd_set(fd, fs);
+			fivc_fd_set_kind(fd, FIVC_KIND_TCP);
+		} else if (first < 0) {
 			first = fd;
+		}
 	}
 	free(copy);
-	struct fsock *fs = first >= 0 ? fivc_fs_new(fab, first, tmp.side) : NULL;
-	if (!fs) {
-		give_up(fds, "out of memory");
+	return first;
+}
+
+static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
+{
+	int first = record_fds(fds, NULL);
+	if (first < 0) {
+		give_up(fds, "not a TCP socket");
 		return;
 	}
-	fs->slot = tmp.slot;
-	fs->gen = tmp.gen;
+	struct fsock *fs = fab ? fivc_fs_new(fab, first, 0) : NULL;
+	if (!fs) {
+		give_up(fds, fab ? "out of memory" : "no fabric");
+		return;
+	}
+	int wr_shut, rd_shut;
+	uint64_t rd_tmo, wr_tmo;
+	if (sscanf(fields, REC_FMT, &fs->slot, &fs->gen, &fs->side, &fs->state, &fs->nonblock,
+		   &fs->untracked, &fs->tcp_sent, &fs->tcp_recvd, &fs->switch_n, &fs->n_known,
+		   &fs->offer_idx, &fs->offer_word, &fs->app_nodelay, &fs->nodelay_forced,
+		   &fs->reset, &wr_shut, &rd_shut, &fs->tcp_eof, &rd_tmo, &wr_tmo) != 20 ||
+	    (fs->side != 0 && fs->side != 1) ||
+	    (fs->state != FS_CLIENT_PENDING && fs->state != FS_SERVER_PRE && fs->state != FS_ACCEL)) {
+		free(fs);
+		give_up(fds, "malformed record");
+		return;
+	}
 	if (fivc_fs_open_chan(fs) < 0) {
 		free(fs);
 		give_up(fds, "its slot is no longer ours");
 		return;
 	}
-	fs->state = tmp.state;
-	fs->nonblock = tmp.nonblock;
-	fs->untracked = tmp.untracked;
-	fs->tcp_sent = tmp.tcp_sent;
-	fs->tcp_recvd = tmp.tcp_recvd;
-	fs->switch_n = tmp.switch_n;
-	fs->n_known = tmp.n_known;
-	fs->offer_idx = tmp.offer_idx;
-	fs->offer_word = tmp.offer_word;
-	fs->app_nodelay = tmp.app_nodelay;
-	fs->nodelay_forced = tmp.nodelay_forced;
-	fs->reset = tmp.reset;
-	fs->tcp_eof = tmp.tcp_eof;
 	fs->ch.wr_shut = wr_shut;
 	fs->ch.rd_shut = rd_shut;
-	fs->ch.rd_timeout_ns = tmp.ch.rd_timeout_ns;
-	fs->ch.wr_timeout_ns = tmp.ch.wr_timeout_ns;
+	fs->ch.rd_timeout_ns = rd_tmo;
+	fs->ch.wr_timeout_ns = wr_tmo;
 	fs->refs = 0;
-	copy = strdup(fds);
-	for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save)) {
-		fs->refs++;
-		fivc_fd_set(atoi(t), fs);
-		fivc_fd_set_kind(atoi(t), FIVC_KIND_TCP);
-	}
-	free(copy);
+	record_fds(fds, fs);
 	FIVC_DEBUG("exec: fd(s) %s go on (slot %u)", fds, fs->slot);
 }
 

@@ -484,16 +484,22 @@ FIVC_EXPORT pid_t fork(void)
 /* exec: close-on-exec connections are let go; the others are handed to the
  * new program (exec.c).  execv/execvp go through their e-forms with the
  * environment that carries them. */
-FIVC_EXPORT int execve(const char *p, char *const a[], char *const e[])
+static int exec_with(int (*real)(const char *, char *const[], char *const[]), const char *p,
+		     char *const a[], char *const e[])
 {
 	FIVC_ENSURE_INIT();
 	fivc_before_exec();
 	char **env = fivc_exec_env(e);
-	int r = fivc_real.execve(p, a, env ? env : e);
+	int r = real(p, a, env ? env : e);
 	int err = errno;
 	fivc_exec_failed(env);
 	errno = err;
 	return r;
+}
+
+FIVC_EXPORT int execve(const char *p, char *const a[], char *const e[])
+{
+	return exec_with(fivc_real.execve, p, a, e);
 }
 
 FIVC_EXPORT int execv(const char *p, char *const a[])
@@ -503,14 +509,7 @@ FIVC_EXPORT int execv(const char *p, char *const a[])
 
 FIVC_EXPORT int execvpe(const char *p, char *const a[], char *const e[])
 {
-	FIVC_ENSURE_INIT();
-	fivc_before_exec();
-	char **env = fivc_exec_env(e);
-	int r = fivc_real.execvpe(p, a, env ? env : e);
-	int err = errno;
-	fivc_exec_failed(env);
-	errno = err;
-	return r;
+	return exec_with(fivc_real.execvpe, p, a, e);
 }
 
 FIVC_EXPORT int execvp(const char *p, char *const a[])
