@@ -768,9 +768,11 @@ static int mode_exec(void)
 	char b[64];
 	const char *why;
 	size_t got = rd_full(c, b, 26, &why);
+	/* the child prints too: let it finish before we print, for one order */
+	fflush(stdout);
+	show_status("exec'd child", pid);
 	printf("%-34s %zu %s [%.*s]\n", "reply", got, why, (int)got, b);
 	expect_eof("then", c);
-	show_status("exec'd child", pid);
 	close(c);
 	return 0;
 }
