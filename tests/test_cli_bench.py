@@ -1,5 +1,6 @@
-"""`fastivc bench ring|redis|nginx` and `fastivc stat` as a user runs them
-(short settings: correctness of the output, not speed)."""
+"""`fastivc bench ring|rr|stream|redis|nginx` and `fastivc stat` as a user
+runs them (short settings: correctness of the output, charts and results
+files, not speed)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import sys
 
 import pytest
 
-from fastivc.bench import servers, tcp
+from fastivc.bench import plot, servers, tcp
+from fastivc.bench.stats import compare
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -34,6 +38,123 @@ def test_bench_ring_table_and_json(tmp_path):
         assert row["ratio"] > 0
     assert doc["machine"]["cpus"] >= 1 and doc["commands"]
     assert all(r["transport"] == "ring" for r in doc["raw"]["rr-ring-spin"])
+
+
+def _check_chart(png, doc: dict, expected_series: list[str]) -> None:
+    """A real PNG a person can open, naming the plotted series in its
+    metadata, and the same series listed in the results file."""
+    from PIL import Image
+
+    data = png.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 20_000
+    with Image.open(png) as im:
+        im.load()
+        assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 400
+        described = im.text["Description"]
+    for name in expected_series:
+        assert name in described, (name, described)
+    assert doc["plot"]["file"] == str(png)
+    assert doc["plot"]["series"] == described.removeprefix("series: ").split("; ")
+    assert set(expected_series) <= set(doc["plot"]["series"])
+
+
+def _check_record(doc: dict, argv: list[str]) -> None:
+    """What every results file records: machine, versions, commands, date,
+    fastivc settings."""
+    m = doc["machine"]
+    for key in ("hostname", "cpu", "cpus", "memory_bytes", "kernel", "debian_version", "os"):
+        assert key in m, key
+    assert m["cpus"] >= 1 and m["memory_bytes"] > 0
+    v = doc["versions"]
+    for key in ("fastivc", "layout", "python", "gcc", "glibc"):
+        assert key in v, key
+    c = doc["commands"]
+    assert c["plain"] and c["fastivc"]
+    assert c["invocation"] == " ".join(["fastivc", *argv])
+    assert doc["date"][:2] == "20" and "T" in doc["date"]
+    assert "fabric" in doc["fastivc_settings"] and "spin_us" in doc["fastivc_settings"]
+
+
+def test_bench_ring_plot_and_record(tmp_path):
+    """Throughput against size and the latency CDF of all three transports;
+    no progress bar when stderr is not a terminal."""
+    png, out = tmp_path / "ring.png", tmp_path / "ring.json"
+    argv = ["bench", "ring", "--repeats", "1", "--seconds", "0.05", "--sizes", "64", "65536",
+            "--plot", str(png), "--json", str(out)]
+    r = _cli(*argv)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert f"chart written to {png}" in r.stdout
+    doc = json.loads(out.read_text())
+    _check_record(doc, argv)
+    assert any("--transport tcp" in c for c in doc["commands"]["plain"])
+    assert all("--transport ring" in c for c in doc["commands"]["fastivc"])
+    _check_chart(png, doc, ["throughput vs write size: TCP loopback",
+                            "throughput vs write size: fastivc",
+                            "round-trip latency CDF: TCP loopback",
+                            "round-trip latency CDF: fastivc, spinning",
+                            "round-trip latency CDF: fastivc, sleeping"])
+
+
+def test_bench_rr_latency_distribution_plot(tmp_path):
+    """tcpbench's rr output keeps p50/p99 and adds percentiles and a
+    quantile curve, which the chart draws as a CDF, plain against fastivc."""
+    png, out = tmp_path / "rr.png", tmp_path / "rr.json"
+    argv = ["bench", "rr", "--repeats", "1", "--seconds", "0.2", "--loopback", "--quiet",
+            "--plot", str(png), "--json", str(out)]
+    r = _cli(*argv)
+    assert r.returncode == 0, r.stderr
+    assert "64 B request/response p50" in r.stdout
+    doc = json.loads(out.read_text())
+    _check_record(doc, argv)
+    assert any(c.startswith("fastivc run --fabric ") for c in doc["commands"]["fastivc"])
+    for res in doc["raw"]["rr"]["plain"] + doc["raw"]["rr"]["fastivc"]:
+        for key in ("samples", "p50_us", "p99_us", "rate", "min_us", "p10_us", "p25_us",
+                    "p75_us", "p90_us", "p999_us", "p9999_us", "max_us"):
+            assert key in res, key
+        q = res["quantiles_us"]
+        assert len(q) == len(res["quantile_levels"]) > 100
+        assert q == sorted(q) and q[0] == res["min_us"] and q[-1] == res["max_us"]
+        assert res["p10_us"] <= res["p50_us"] <= res["p99_us"] <= res["p999_us"]
+    _check_chart(png, doc, ["round-trip latency CDF: plain TCP",
+                            "round-trip latency CDF: fastivc"])
+
+
+def test_bench_stream_size_sweep_plot(tmp_path):
+    """`bench stream --sizes`: plain and fastivc at every size in one run, one
+    row per size, drawn as throughput against write size."""
+    png, out = tmp_path / "stream.png", tmp_path / "stream.json"
+    argv = ["bench", "stream", "--repeats", "1", "--seconds", "0.1", "--loopback", "--quiet",
+            "--sizes", "64", "16384", "1048576", "--plot", str(png), "--json", str(out)]
+    r = _cli(*argv)
+    assert r.returncode == 0, r.stderr
+    for label in ("64 B", "16 KiB", "1 MiB"):
+        assert f"stream, {label} writes" in r.stdout
+    doc = json.loads(out.read_text())
+    _check_record(doc, argv)
+    assert [row["size"] for row in doc["rows"]] == [64, 16384, 1048576]
+    assert doc["stream_sizes"] == [64, 16384, 1048576]
+    for mode in ("plain", "fastivc"):
+        assert sorted(res["size"] for res in doc["raw"]["stream"][mode]) == [64, 16384, 1048576]
+    assert len(doc["commands"]["plain"]) == len(doc["commands"]["fastivc"]) == 6
+    _check_chart(png, doc, ["throughput vs write size: plain TCP",
+                            "throughput vs write size: fastivc"])
+
+
+def test_plot_of_server_results_is_a_bar_chart(tmp_path):
+    """redis/nginx results (no sizes, no latency curves) become plain-vs-fastivc
+    bars, one panel per unit; needs no servers, only a results document."""
+    def row(name: str, b: list[float], f: list[float]) -> dict:
+        return compare(name, "req/s", "higher", b, f)
+    doc = {"benchmark": "redis", "baseline": "plain TCP (loopback)", "fastivc": "fastivc run",
+           "repeats": 2, "seconds_per_case": 1, "machine": {"cpus": 2}, "raw": {},
+           "rows": [row("redis-benchmark GET", [1e5, 1.2e5], [2e5, 2.1e5]),
+                    row("redis-benchmark SET", [1e5, 1.1e5], [2e5, 2.2e5])]}
+    png = tmp_path / "bars.png"
+    names = plot.render(doc, str(png))
+    assert names == ["req/s bars: plain TCP", "req/s bars: fastivc"]
+    doc["plot"] = {"file": str(png), "series": names}
+    _check_chart(png, doc, names)
 
 
 def test_bench_ring_rejects_bad_arguments():
@@ -89,9 +210,14 @@ def _bench_servers_json(tmp_path, *args: str) -> dict:
     """`fastivc bench redis|nginx ...` briefly; its JSON, checked for what every
     server scenario must hold: positive numbers and accelerated fastivc runs."""
     out = tmp_path / "bench.json"
-    r = _cli("bench", *args, "--repeats", "1", "--seconds", "1", "--quiet", "--json", str(out))
+    png = tmp_path / "bench.png"
+    argv = ["bench", *args, "--repeats", "1", "--seconds", "1", "--quiet", "--json", str(out),
+            "--plot", str(png)]
+    r = _cli(*argv)
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
+    _check_record(doc, argv)
+    _check_chart(png, doc, ["req/s bars: plain TCP", "req/s bars: fastivc"])
     assert doc["notes"] == [], doc["notes"]
     for row in doc["rows"]:
         assert row["accelerated"] is True and row["accelerated_runs"] == 1, row

@@ -21,6 +21,7 @@
 
 #include "fastivc/channel.h"
 #include "fastivc/util.h"
+#include "latency.h"
 
 struct ep {
 	int fd;                 /* tcp */
@@ -224,10 +225,12 @@ int main(int argc, char **argv)
 			sum += (double)lat[i];
 		printf("{\"transport\":\"%s\",\"mode\":\"rr\",\"size\":%zu,\"samples\":%zu,"
 		       "\"p50_us\":%.3f,\"p99_us\":%.3f,\"min_us\":%.3f,\"mean_us\":%.3f,"
-		       "\"spin_us\":%ld,\"ring_kib\":%ld}\n",
+		       "\"spin_us\":%ld,\"ring_kib\":%ld",
 		       transport, size, n, lat[n / 2] / 1e3, lat[(n * 99) / 100] / 1e3,
 		       lat[0] / 1e3, sum / (double)n / 1e3, ring ? (long)(e.ch.spin_ns / 1000) : -1L,
 		       ring ? ring_kib : -1L);
+		lat_print_fields(stdout, lat, n);
+		printf("}\n");
 	} else {
 		uint64_t t0 = fivc_now_ns(CLOCK_MONOTONIC), sent = 0;
 		while (fivc_now_ns(CLOCK_MONOTONIC) - t0 < dur) {

@@ -5,7 +5,8 @@
  *   fastivc-tcpbench client --host ADDR --port P --mode rr|stream|connect [--size N] [--seconds S]
  *
  * The server prints "ready" once listening and serves connections one after
- * another until killed.  The client prints one JSON object. */
+ * another until killed.  The client prints one JSON object; for rr it carries
+ * percentiles and a quantile curve of the round-trip times (latency.h). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,6 +21,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "latency.h"
 
 static uint64_t now_ns(void)
 {
@@ -189,9 +192,15 @@ int main(int argc, char **argv)
 			t = t1;
 		}
 		qsort(lat, n, sizeof(*lat), cmp_u64);
+		double sum = 0;
+		for (size_t i = 0; i < n; i++)
+			sum += (double)lat[i];
 		printf("{\"mode\":\"rr\",\"size\":%zu,\"samples\":%zu,\"p50_us\":%.3f,\"p99_us\":%.3f,"
-		       "\"rate\":%.1f}\n", size, n, lat[n / 2] / 1e3, lat[n * 99 / 100] / 1e3,
-		       (double)n / ((double)(t - t0) / 1e9));
+		       "\"rate\":%.1f,\"min_us\":%.3f,\"mean_us\":%.3f", size, n, lat[n / 2] / 1e3,
+		       lat[n * 99 / 100] / 1e3, (double)n / ((double)(t - t0) / 1e9), lat[0] / 1e3,
+		       sum / (double)n / 1e3);
+		lat_print_fields(stdout, lat, n);
+		printf("}\n");
 	} else {
 		uint64_t t0 = now_ns(), sent = 0;
 		while (now_ns() - t0 < dur)

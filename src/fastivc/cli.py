@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,34 +24,38 @@ def _cmd_lib(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(quiet: bool):
-    def progress(done: int, total: int, what: str) -> None:
-        if not quiet and sys.stderr.isatty():
-            sys.stderr.write(f"\r[{done}/{total}] {what:<32}")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-    return progress
-
-
 def _bench_output(args: argparse.Namespace, measure, baseline_title: str) -> int:
-    """Run a benchmark function, print its table, write --json."""
+    """Run a benchmark function (with a progress bar on a terminal), print its
+    table, draw --plot, write --json (with this invocation's argv)."""
     from .bench import ring
+    from .bench.progress import progress_bar, wanted
 
     try:
-        doc = measure(_progress(args.quiet))
+        with progress_bar(f"bench {args.scenario}", wanted(args.quiet)) as progress:
+            doc = measure(progress)
     except (RuntimeError, FileNotFoundError) as e:
         print(f"fastivc bench {args.scenario}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the benchmark has cleaned up
         print(f"\nfastivc bench {args.scenario}: interrupted", file=sys.stderr)
         return 130
+    doc.setdefault("commands", {})["invocation"] = shlex.join(["fastivc", *args.argv])
     print(ring.format_table(doc, baseline_title))
+    rc = 0
+    if args.plot:
+        from .bench import plot
+
+        try:
+            doc["plot"] = {"file": args.plot, "series": plot.render(doc, args.plot)}
+            print(f"chart written to {args.plot}")
+        except (OSError, ValueError) as e:
+            print(f"fastivc bench {args.scenario}: --plot {args.plot}: {e}", file=sys.stderr)
+            rc = 1
     if args.json:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
         print(f"results written to {args.json}")
-    return 0
+    return rc
 
 
 def _cmd_bench_ring(args: argparse.Namespace) -> int:
@@ -88,8 +93,10 @@ def _cmd_bench_tcp(args: argparse.Namespace) -> int:
     from .bench import tcp
 
     scenarios = (args.scenario,) if args.scenario != "all" else tcp.SCENARIOS
+    sizes = tuple(getattr(args, "sizes", None) or ())
     return _bench_output(args, lambda p: tcp.run(scenarios, args.repeats, args.seconds,
-                                                 args.size, args.loopback, p), "plain TCP")
+                                                 args.size, args.loopback, p,
+                                                 stream_sizes=sizes or None), "plain TCP")
 
 
 def _cmd_bench_redis(args: argparse.Namespace) -> int:
@@ -148,6 +155,14 @@ def _cmd_stat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_output_options(p: argparse.ArgumentParser) -> None:
+    """--json, --plot and --quiet, the same for every bench scenario."""
+    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON "
+                   "(rows, raw data, machine, versions, commands, date, fastivc settings)")
+    p.add_argument("--plot", metavar="FILE", help="also draw the results as a PNG chart")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastivc",
@@ -171,8 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write sizes for streaming (default 64 1024 16384 65536 1048576)")
     rp.add_argument("--ring-kib", type=int, default=None,
                     help="ring size per direction in KiB (default: the library's, 1024)")
-    rp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
-    rp.add_argument("--quiet", action="store_true", help="no progress output")
+    _bench_output_options(rp)
     rp.set_defaults(func=_cmd_bench_ring)
     for name, what in (("rr", "64 B request/response latency"),
                        ("stream", "streaming throughput"),
@@ -186,10 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds per measurement (default 1)")
         tp.add_argument("--size", type=int, default=65536,
                         help="write size for stream (default 65536)")
+        if name in ("stream", "all"):
+            tp.add_argument("--sizes", type=int, nargs="+", metavar="BYTES",
+                            help="a size sweep instead of --size: stream plain and fastivc "
+                            "at each size, e.g. 64 1024 16384 65536 1048576")
         tp.add_argument("--loopback", action="store_true",
                         help="client and server on loopback even as root")
-        tp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
-        tp.add_argument("--quiet", action="store_true", help="no progress output")
+        _bench_output_options(tp)
         tp.set_defaults(func=_cmd_bench_tcp)
     for name, what in (("redis", "redis-benchmark GET and SET against redis-server"),
                        ("nginx", "wrk against nginx serving a 612-byte static file")):
@@ -207,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="wrk connections, one thread (default 10)")
         sp.add_argument("--loopback", action="store_true",
                         help="client and server on loopback even as root")
-        sp.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
-        sp.add_argument("--quiet", action="store_true", help="no progress output")
+        _bench_output_options(sp)
         sp.set_defaults(func=_cmd_bench_redis if name == "redis" else _cmd_bench_nginx)
 
     rn = sub.add_parser(
@@ -261,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         if args.command == "bench":
             parser.parse_args(["bench", "--help"])
@@ -288,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--repeats must be >= 1 and --seconds > 0")
         if not 1 <= args.size <= 64 << 20:
             parser.error("--size must be between 1 and 67108864 bytes")
+        if getattr(args, "sizes", None) and any(not 1 <= s <= 64 << 20 for s in args.sizes):
+            parser.error("--sizes must be between 1 and 67108864 bytes")
     if args.command == "bench" and args.scenario in ("redis", "nginx"):
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")

@@ -9,13 +9,13 @@ helper and does the statistics.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import __version__
 from .._paths import helper_path
-from .stats import compare, machine_info, size_label
+from .stats import DEFAULT_SPIN_US, compare, machine_info, now, size_label, versions
 
 STREAM_SIZES = (64, 1024, 16384, 65536, 1048576)
 SPIN_FOREVER_US = 10_000_000  # "spinning": never sleeps within a measurement
@@ -67,6 +67,7 @@ def run(repeats: int = 5, seconds: float = 0.5, sizes: tuple[int, ...] = STREAM_
     if repeats < 1 or seconds <= 0:
         raise ValueError("repeats must be >= 1 and seconds > 0")
     cs = cases(tuple(sizes))
+    started = now()
     raw: dict[str, list[dict]] = {c.key: [] for c in cs}
     total, done = repeats * len(cs), 0
     for _ in range(repeats):
@@ -91,16 +92,30 @@ def run(repeats: int = 5, seconds: float = 0.5, sizes: tuple[int, ...] = STREAM_
     for s in sizes:
         row(f"stream, {size_label(s)} writes", "GB/s", f"stream-tcp-{s}", f"stream-ring-{s}",
             "gbps", "higher")
+        rows[-1]["size"] = s
     ring_kib_used = raw["rr-ring-spin"][0].get("ring_kib")
     return {
         "benchmark": "ring",
         "baseline": "TCP loopback (127.0.0.1, TCP_NODELAY)",
         "fastivc": f"shared-memory channel, {ring_kib_used} KiB rings, futex doorbell",
+        "stream_sizes": list(sizes),
         "repeats": repeats,
         "seconds_per_case": seconds,
+        "date": started,
         "machine": machine_info(),
-        "versions": {"fastivc": __version__},
-        "commands": [" ".join(c.argv(seconds, ring_kib)) for c in cs],
+        "versions": versions(),
+        "fastivc_settings": {
+            "fabric": "a fresh file per run, /dev/shm/fastivc-bench.PID (removed afterwards)",
+            "ring_kib": ring_kib_used,
+            "spin_us": {"rr-ring-spin": SPIN_FOREVER_US, "rr-ring-sleep": 0,
+                        "stream": DEFAULT_SPIN_US},
+            "spin_adaptive": True,  # the channel's budget adapts per direction
+        },
+        "commands": {
+            "plain": [shlex.join(c.argv(seconds, ring_kib)) for c in cs if c.transport == "tcp"],
+            "fastivc": [shlex.join(c.argv(seconds, ring_kib)) for c in cs
+                        if c.transport == "ring"],
+        },
         "rows": rows,
         "raw": raw,
     }

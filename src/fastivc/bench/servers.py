@@ -31,10 +31,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .. import __version__
 from ..netns import in_ns
 from ..run import build_env
-from .stats import compare, machine_info, tool_version
+from .stats import compare, fastivc_settings, machine_info, now, tool_version, versions
 from .tcp import Placement, place
 
 Progress = Callable[[int, int, str], None]
@@ -329,6 +328,7 @@ def _drive(name: str, once: Callable[[Run], tuple[dict, list[str]]],
     commands: dict[str, list[str]] = {}
     total, done = 2 * repeats, 0
     port = base_port + os.getpid() % 1000
+    started, settings = now(), {}
     with _sigterm_as_interrupt():
         hosts, pl = place(loopback)
         try:
@@ -349,6 +349,10 @@ def _drive(name: str, once: Callable[[Run], tuple[dict, list[str]]],
                     res["repeat"] = rep
                     raw[mode].append(res)
                     commands.setdefault(mode, cmds)
+                    if r.fast:
+                        settings = fastivc_settings(
+                            r.env("server"), "a fresh file per run under /dev/shm, removed "
+                            "afterwards (first run: " + r.fabric + ")")
                     done += 1
             if progress:
                 progress(total, total, "done")
@@ -379,8 +383,10 @@ def _drive(name: str, once: Callable[[Run], tuple[dict, list[str]]],
         "fastivc": "fastivc run --event-loops, a fresh fabric per run",
         "repeats": repeats,
         "seconds_per_case": seconds,
+        "date": started,
         "machine": machine_info(),
-        "versions": {"fastivc": __version__},
+        "versions": versions(),
+        "fastivc_settings": settings,
         "commands": commands,
         "notes": notes,
         "rows": rows,
@@ -412,6 +418,6 @@ def run_nginx(repeats: int = 5, seconds: float = 1.0, workers: int = 1, connecti
     doc = _drive("nginx", lambda r: _nginx_once(r, workers, connections), [("rps", title)],
                  repeats, seconds, loopback, NGINX_PORT, progress)
     doc["versions"].update({"nginx": tool_version(["nginx", "-v"]),
-                            "wrk": tool_version(["wrk", "-v"])})
+                            "wrk": tool_version(["wrk", "--version"])})
     doc.update(workers=workers, connections=connections, page_bytes=PAGE_SIZE)
     return doc

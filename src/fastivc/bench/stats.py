@@ -3,11 +3,16 @@ every results file carries."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Mapping
+
+DEFAULT_SPIN_US = 50  # the library's defaults (README "Configuration")
+DEFAULT_RING_KIB = 1024
 
 
 def summarize(values: list[float]) -> dict:
@@ -44,23 +49,71 @@ def size_label(n: int) -> str:
     return f"{n} B"
 
 
-def machine_info() -> dict:
-    cpu = ""
+def _read(path: str) -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+        with open(path) as f:
+            return f.read()
     except OSError:
-        pass
+        return ""
+
+
+def machine_info() -> dict:
+    """Where the numbers come from: host, CPU, memory, kernel, distribution."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), "")
+    mem_kib = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
+                    if line.startswith("MemTotal:")), 0)
+    os_release = dict(line.split("=", 1) for line in _read("/etc/os-release").splitlines()
+                      if "=" in line)
+    u = platform.uname()
     return {
-        "hostname": platform.node(),
-        "kernel": platform.release(),
+        "hostname": u.node,
+        "kernel": u.release,
+        "kernel_version": u.version,
+        "arch": u.machine,
         "cpu": cpu,
         "cpus": os.cpu_count(),
+        "memory_bytes": mem_kib * 1024,
+        "os": os_release.get("PRETTY_NAME", "").strip('"'),
+        "debian_version": _read("/etc/debian_version").strip(),
         "python": sys.version.split()[0],
     }
+
+
+def versions() -> dict:
+    """fastivc's version and shared-memory layout version, Python and the C
+    toolchain (the programs a scenario runs add theirs, see tool_version)."""
+    from .. import __version__
+    from ..fabric import LAYOUT_VERSION
+
+    glibc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names \
+        else ""
+    return {
+        "fastivc": __version__,
+        "layout": LAYOUT_VERSION,
+        "python": sys.version.split()[0],
+        "gcc": tool_version(["gcc", "-dumpfullversion"]),
+        "glibc": (glibc or "unknown").replace("glibc ", ""),
+    }
+
+
+def fastivc_settings(env: Mapping[str, str], fabric: str, **extra: object) -> dict:
+    """The fabric and spin settings the accelerated programs ran with: what
+    their FASTIVC_* variables say, else the library's defaults."""
+    return {
+        "fabric": fabric,
+        "spin_us": int(env.get("FASTIVC_SPIN_US", DEFAULT_SPIN_US)),
+        "spin_adaptive": True,
+        "ring_kib": int(env.get("FASTIVC_RING_KIB", DEFAULT_RING_KIB)),
+        "event_loops": env.get("FASTIVC_NONBLOCK", "1") != "0",
+        "environment": {k: v for k, v in sorted(env.items()) if k.startswith("FASTIVC_")},
+        **extra,
+    }
+
+
+def now() -> str:
+    """The local date and time with its UTC offset, to the second."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def tool_version(cmd: list[str]) -> str:

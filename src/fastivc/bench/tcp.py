@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import __version__
 from .._paths import helper_path
 from ..netns import NetnsError, TwoHosts, in_ns
 from ..run import build_env
-from .stats import compare, machine_info, size_label
+from .stats import compare, fastivc_settings, machine_info, now, size_label, versions
 
 HELPER = "fastivc-tcpbench"
 SCENARIOS = ("rr", "stream", "connect")
@@ -72,9 +72,9 @@ def _one(scenario: str, size: int, seconds: float, fast: bool, pl: Placement, po
         srv.stop()
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cli_argv)} failed (exit {p.returncode}): {p.stderr.strip()}")
-    prefix = "fastivc run -- " if fast else ""
-    cmds = [prefix + " ".join(in_ns(pl.server_ns, srv_argv)),
-            prefix + " ".join(in_ns(pl.client_ns, cli_argv))]
+    prefix = ["fastivc", "run", "--fabric", fabric, "--"] if fast else []
+    cmds = [shlex.join(in_ns(pl.server_ns, [*prefix, *srv_argv])),
+            shlex.join(in_ns(pl.client_ns, [*prefix, *cli_argv]))]
     return json.loads(p.stdout), cmds
 
 
@@ -115,26 +115,35 @@ def place(loopback: bool) -> tuple[TwoHosts | None, Placement]:
 
 def run(scenarios: tuple[str, ...] = SCENARIOS, repeats: int = 5, seconds: float = 1.0,
         stream_size: int = 65536, loopback: bool = False,
-        progress: Callable[[int, int, str], None] | None = None) -> dict:
+        progress: Callable[[int, int, str], None] | None = None, *,
+        stream_sizes: tuple[int, ...] | None = None) -> dict:
+    """Measure; `stream_sizes` (a size sweep, plain and fastivc per size)
+    overrides `stream_size`.  Every raw result of "stream" carries its size."""
     if repeats < 1 or seconds <= 0:
         raise ValueError("repeats must be >= 1 and seconds > 0")
+    sizes = tuple(stream_sizes) if stream_sizes else (stream_size,)
+    started = now()
     hosts, pl = place(loopback)
     fabric = tempfile.mktemp(prefix="fastivc-bench-", dir="/dev/shm")
     raw: dict[str, dict[str, list]] = {s: {"plain": [], "fastivc": []} for s in scenarios}
-    commands: dict[str, list[str]] = {}
-    total, done = len(scenarios) * repeats * 2, 0
+    commands: dict[str, list[str]] = {"plain": [], "fastivc": []}
+    seen: set[tuple[str, int, str]] = set()
+    cases = [(sc, size) for sc in scenarios for size in (sizes if sc == "stream" else (64,))]
+    total, done = len(cases) * repeats * 2, 0
     port = 21000 + os.getpid() % 2000
     try:
         for rep in range(repeats):
-            for sc in scenarios:
-                size = stream_size if sc == "stream" else 64
+            for sc, size in cases:
                 for mode in ("plain", "fastivc"):
                     if progress:
-                        progress(done, total, f"{sc} {mode} ({rep + 1}/{repeats})")
+                        what = f"{sc} {size_label(size)}" if sc == "stream" else sc
+                        progress(done, total, f"{what} {mode} ({rep + 1}/{repeats})")
                     port += 1
                     res, cmds = _one(sc, size, seconds, mode == "fastivc", pl, port, fabric)
                     raw[sc][mode].append(res)
-                    commands.setdefault(f"{sc}-{mode}", cmds)
+                    if (sc, size, mode) not in seen:  # the first run of each case
+                        seen.add((sc, size, mode))
+                        commands[mode] += cmds
                     done += 1
                     time.sleep(0.05)
         if progress:
@@ -146,18 +155,31 @@ def run(scenarios: tuple[str, ...] = SCENARIOS, repeats: int = 5, seconds: float
             os.unlink(fabric)
         except FileNotFoundError:
             pass
-    rows = [compare(title.format(size=size_label(stream_size)), unit, better,
-                    [r[field] for r in raw[sc]["plain"]], [r[field] for r in raw[sc]["fastivc"]])
-            for sc in scenarios for field, unit, better, title in METRICS[sc]]
+    rows = []
+    for sc, size in cases:
+        plain = [r for r in raw[sc]["plain"] if sc != "stream" or r["size"] == size]
+        fast = [r for r in raw[sc]["fastivc"] if sc != "stream" or r["size"] == size]
+        for field, unit, better, title in METRICS[sc]:
+            row = compare(title.format(size=size_label(size)), unit, better,
+                          [r[field] for r in plain], [r[field] for r in fast])
+            if sc == "stream":
+                row["size"] = size
+            rows.append(row)
     return {
         "benchmark": "tcp",
         "placement": pl.name,
         "baseline": f"plain TCP ({pl.name})",
         "fastivc": "fastivc run, default settings",
+        "scenarios": list(scenarios),
+        "stream_sizes": list(sizes) if "stream" in scenarios else [],
         "repeats": repeats,
         "seconds_per_case": seconds,
+        "date": started,
         "machine": machine_info(),
-        "versions": {"fastivc": __version__},
+        "versions": versions(),
+        "fastivc_settings": fastivc_settings(
+            build_env(os.environ, fabric=fabric), "a fresh file under /dev/shm for this "
+            "benchmark (removed afterwards): " + fabric),
         "commands": commands,
         "rows": rows,
         "raw": raw,
