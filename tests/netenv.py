@@ -8,6 +8,7 @@ import json
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,9 @@ class Proc:
         if not fastivc:
             env.pop("LD_PRELOAD", None)
         env.update(extra_env or {})
-        self.p = subprocess.Popen(in_ns(ns, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # its own session: kill() ends the whole group (nginx's workers too)
+        self.p = subprocess.Popen(in_ns(ns, argv), start_new_session=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, env=env, text=True)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.p.stdout, selectors.EVENT_READ)
@@ -60,9 +63,13 @@ class Proc:
             self.kill()
 
     def kill(self) -> None:
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         if self.p.poll() is None:
             self.p.kill()
-            self.p.wait()
+        self.p.wait()
 
 
 def peer(role: str, host: str, port: int, fabric: str, fastivc: bool, ns: str | None,
