@@ -198,8 +198,10 @@ def test_short_connections_leave_nothing_behind(shm_path):
         assert out == {"cycles": count, "ok": count}
         assert srv.line(timeout=60) == {"served": count}
     finally:
-        cli.finish()
-        srv.finish()
+        try:
+            cli.finish()
+        finally:
+            srv.finish()
     with Fabric(shm_path) as fab:
         assert fab.slots() == [] and fab.offers() == []
 
