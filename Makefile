@@ -7,13 +7,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean
+.PHONY: demo test deps install clean results
 
 demo: install
 	$(VENV)/bin/fastivc bench ring
 
 test: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs tests
+
+# The README's Results section, from benchmark runs on this machine.
+RESULTS := build/results
+results: install
+	mkdir -p $(RESULTS)
+	$(VENV)/bin/fastivc bench all --repeats 5 --quiet --json $(RESULTS)/all.json
+	$(VENV)/bin/fastivc bench ring --repeats 5 --quiet --json $(RESULTS)/ring.json
+	$(VENV)/bin/fastivc bench redis --repeats 5 --quiet --json $(RESULTS)/redis.json
+	$(VENV)/bin/fastivc bench nginx --repeats 5 --quiet --json $(RESULTS)/nginx1.json
+	$(VENV)/bin/fastivc bench nginx --workers 2 --repeats 5 --quiet --json $(RESULTS)/nginx2.json
+	$(PY) scripts/readme-results.py $(RESULTS)/all.json $(RESULTS)/ring.json \
+		$(RESULTS)/redis.json $(RESULTS)/nginx1.json $(RESULTS)/nginx2.json
 
 install: $(VENV)/.installed
 
