@@ -35,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description=DESCRIPTION, epilog=EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     dp.add_argument("--quick", action="store_true",
-                    help="one short run per scenario (about 15 s) instead of 3 repeats "
-                    "(about a minute); numbers are noisier")
+                    help="one short run per scenario (about 10 s in all) instead of 3 "
+                    "repeats (about a minute); numbers are noisier")
     dp.add_argument("--png", metavar="PATH", default="fastivc-demo.png",
                     help="where to write the chart (default ./fastivc-demo.png)")
     dp.add_argument("--json", metavar="PATH",

@@ -42,7 +42,7 @@ class Settings:
 
 
 QUICK = Settings("quick", repeats=1, tcp_seconds=0.3, redis_seconds=0.2, nginx_seconds=1)
-DEFAULT = Settings("default", repeats=3, tcp_seconds=1.0, redis_seconds=1.0, nginx_seconds=1)
+DEFAULT = Settings("default", repeats=3, tcp_seconds=1.5, redis_seconds=1.5, nginx_seconds=2)
 
 
 @dataclass(frozen=True)
