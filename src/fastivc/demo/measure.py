@@ -58,7 +58,8 @@ SCENARIOS = (
     Scenario("stream", f"stream, {size_label(STREAM_SIZE)} writes", "GB/s", "higher"),
     Scenario("redis_get", "Redis GET (redis-benchmark, 50 clients)", "req/s", "higher"),
     Scenario("redis_set", "Redis SET (redis-benchmark, 50 clients)", "req/s", "higher"),
-    Scenario("nginx", f"nginx + wrk -c10, {servers.PAGE_SIZE} B page", "req/s", "higher"),
+    Scenario("nginx", f"nginx (1 worker) + wrk -c10, {servers.PAGE_SIZE} B page", "req/s",
+             "higher"),
 )
 BY_KEY = {s.key: s for s in SCENARIOS}
 

@@ -116,9 +116,10 @@ def write_chart(doc: dict, path: str) -> dict:
             err = [[m - row[s]["min"] for m, s in zip(meds, ("plain", "fastivc"), strict=True)],
                    [row[s]["max"] - m for m, s in zip(meds, ("plain", "fastivc"), strict=True)]]
         bars = ax.bar(list(SERIES), meds, color=COLORS, yerr=err, capsize=4, width=0.6)
-        for b, m in zip(bars, meds, strict=True):
+        for b, m, s in zip(bars, meds, ("plain", "fastivc"), strict=True):
+            top = row[s]["max"] if err else m  # above the whisker
             ax.annotate(fmt_value(m, row["unit"]).replace(" req/s", ""),
-                        (b.get_x() + b.get_width() / 2, m), ha="center", va="bottom",
+                        (b.get_x() + b.get_width() / 2, top), ha="center", va="bottom",
                         xytext=(0, 3), textcoords="offset points", fontsize=8)
         gain = row["speedup"] >= 1
         better = ("lower latency" if row["better"] == "lower" else "faster") if gain else "(worse)"
