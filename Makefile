@@ -10,7 +10,7 @@ SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 .PHONY: demo test deps install clean results
 
 demo: install
-	$(VENV)/bin/fastivc bench ring
+	$(VENV)/bin/fastivc demo
 
 test: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs tests

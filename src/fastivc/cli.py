@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("lib", help="print the absolute path of the shipped libfastivc.so")
     sp.set_defaults(func=_cmd_lib)
 
+    from .demo import add_parser as add_demo_parser
+    add_demo_parser(sub)
+
     bp = sub.add_parser("bench", help="benchmarks: plain TCP and fastivc side by side")
     bsub = bp.add_subparsers(dest="scenario", metavar="SCENARIO")
     rp = bsub.add_parser("ring", help="the bare shared-memory channel vs TCP loopback "
