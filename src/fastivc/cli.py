@@ -2,7 +2,7 @@
 data; printing happens here.
 
 Exit codes: 0 success; 1 the operation failed (a benchmark helper failed, a
-fabric is unusable); 2 bad usage.
+fabric is unusable, a doctor check FAILed); 2 bad usage.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__
@@ -131,27 +133,32 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_stat(args: argparse.Namespace) -> int:
-    from .fabric import Fabric, FabricError
+    from . import stat
+    from .fabric import FabricError
 
     path = args.fabric or default_fabric()
     try:
-        with Fabric(path) as fab:
-            snap = fab.snapshot()
+        snap = stat.read(path)
     except FabricError as e:
         print(f"fastivc stat: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(snap.to_dict(), indent=2))
-        return 0
-    h = snap.header
-    print(f"fabric {h.path}: {h.nslots} slots x 2 x {h.ring_size // 1024} KiB rings, "
-          f"{len(snap.slots)} in use, {len(snap.offers)} offers, {len(snap.members)} members")
-    for s in snap.slots:
-        c2s, s2c = s.client_to_server, s.server_to_client
-        print(f"  slot {s.index:<4} {s.state:<11} {s.local.address}:{s.local.port} -> "
-              f"{s.peer.address}:{s.peer.port}  sent {c2s.produced} B (fill {c2s.fill})  "
-              f"received {s2c.produced} B (fill {s2c.fill})"
-              + ("" if c2s.valid and s2c.valid else "  CORRUPT"))
+    if args.watch:  # Ctrl-C ends the watch even where the shell started us ignoring it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if args.json:
+            print(json.dumps(stat.document(snap), indent=None if args.watch else 2), flush=True)
+            while args.watch:  # JSON lines, one snapshot per interval
+                time.sleep(args.watch)
+                try:
+                    print(json.dumps(stat.document(stat.read(path))), flush=True)
+                except FabricError as e:
+                    print(f"fastivc stat: {e}", file=sys.stderr)
+        elif args.watch:
+            stat.Watch(path, args.watch, args.all).run()
+        else:
+            stat.print_wide(stat.render(snap, args.all))
+    except KeyboardInterrupt:  # the way out of --watch
+        pass
     return 0
 
 
@@ -163,11 +170,27 @@ def _bench_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    path = args.fabric or default_fabric()
+    checks = doctor.run_checks(path)
+    doc = doctor.document(path, checks)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        doctor.print_report(path, checks)
+    return 0 if doc["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastivc",
         description="Carry TCP between endpoints on one host through shared memory.",
-        epilog="Exit codes: 0 success, 1 failure, 2 bad usage.",
+        epilog="Exit codes: 0 success; 1 the operation failed (the message names the file, "
+        "address or call), or doctor found a FAIL; 2 bad usage; 130 a benchmark was "
+        "interrupted; run: 126 CMD cannot be executed, 127 CMD not found. "
+        "`fastivc COMMAND --help` describes each command.",
     )
     p.add_argument("--version", action="version", version=f"fastivc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -263,10 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
     rn.set_defaults(func=_cmd_run)
 
-    st = sub.add_parser("stat", help="list the channels, offers and members of a fabric")
+    st = sub.add_parser(
+        "stat", help="list the accelerated connections of a fabric, like ss",
+        description="One row per accelerated connection: the client's (local) and the "
+        "server's (peer) address, state, bytes carried each way (the rings' byte counters, "
+        "after the switch; switch_bytes in --json went over TCP before it), ring fill, "
+        "whether each side is active or sleeping (announced waiting), and the pids holding "
+        "each side. Pids marked * are in another pid namespace.")
     st.add_argument("--fabric", metavar="PATH",
                     help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
-    st.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    st.add_argument("--json", action="store_true",
+                    help="print JSON: the raw snapshot (header, members, slots, offers) and "
+                    "'connections', the table's rows; with --watch one line per refresh")
+    st.add_argument("--watch", nargs="?", type=float, const=1.0, default=None,
+                    metavar="SECONDS", help="refresh every SECONDS (default 1) until Ctrl-C")
+    st.add_argument("--all", action="store_true", help="also list offers and members")
     st.set_defaults(func=_cmd_stat)
 
     gc = sub.add_parser("gc", help="reclaim the offers and slot sides of dead processes "
@@ -275,7 +309,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.set_defaults(func=_cmd_gc)
+
+    dr = sub.add_parser(
+        "doctor", help="check that fastivc can work here, and say how to fix what cannot",
+        description="Checks the library (loads, and LD_PRELOAD takes effect in a child), the "
+        "fabric (its path is usable by this user, an existing file is a valid fabric), free "
+        "space and filesystem type where it lives, network namespaces (as root) and, in a "
+        "guest, the ivshmem device. Each check prints OK, WARN, FAIL or SKIP; FAIL and WARN "
+        "come with a fix.",
+        epilog="Exit status: 0 when no check failed (WARN and SKIP allowed), 1 when any did.")
+    dr.add_argument("--fabric", metavar="PATH",
+                    help="fabric file to check (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
+    dr.add_argument("--json", action="store_true",
+                    help="print {fabric, ok, checks: [{name, status, detail, fix}]} as JSON")
+    dr.set_defaults(func=_cmd_doctor)
+    _describe(p)
     return p
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description its one-line help as one,
+    so that `fastivc CMD --help` says what CMD does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sp in action.choices.items():
+                if not sp.description and helps.get(name):
+                    h = helps[name]
+                    sp.description = h[0].upper() + h[1:] + "."
+                _describe(sp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(["bench", "--help"])
         parser.print_help()
         return 2
+    if args.command == "stat" and args.watch is not None and not args.watch > 0:
+        parser.error("--watch SECONDS must be > 0")
     if args.command == "run":
         if args.spin_us is not None and args.spin_us < 0:
             parser.error("--spin-us must be >= 0")
