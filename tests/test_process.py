@@ -5,6 +5,7 @@ its parent lives on (PostgreSQL's backends do this)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from netenv import Proc
 
 from fastivc import Fabric
+from fastivc.run import build_env
 
 SERVER = str(Path(__file__).with_name("programs") / "forking_server.py")
 
@@ -61,3 +63,41 @@ def test_forked_workers_exiting_without_close_are_reclaimed(shm_path):
 def test_gc_names_a_missing_fabric(tmp_path):
     r = _fastivc("gc", "--fabric", str(tmp_path / "nope"))
     assert r.returncode == 1 and "nope" in r.stderr and "No such file" in r.stderr
+
+
+OOB_SCRIPT = r"""
+import errno, json, socket
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+c = socket.create_connection(ls.getsockname()); s, _ = ls.accept()
+c.sendall(b"hello"); assert s.recv(5) == b"hello"; s.sendall(b"back"); assert c.recv(4) == b"back"
+out = {}
+try:
+    c.send(b"!", socket.MSG_OOB); out["oob_send"] = "sent"
+except OSError as e:
+    out["oob_send"] = errno.errorcode[e.errno]
+try:
+    s.recv(1, socket.MSG_OOB); out["oob_recv"] = "got"
+except OSError as e:
+    out["oob_recv"] = errno.errorcode[e.errno]
+try:
+    s.recvmsg(16, 64, socket.MSG_ERRQUEUE); out["errqueue"] = "got"
+except OSError as e:
+    out["errqueue"] = errno.errorcode[e.errno]
+c.sendall(b"after"); out["after"] = s.recv(5).decode()
+print(json.dumps(out))
+"""
+
+
+def test_urgent_data_is_refused_and_the_stream_goes_on(shm_path, tmp_path):
+    """MSG_OOB has no ring equivalent: refused with EOPNOTSUPP (never sent in
+    band); the error queue is the kernel's (empty: EAGAIN); the stream is intact."""
+    log = tmp_path / "log"
+    env = build_env(os.environ, fabric=shm_path, log=f"info:{log}")
+    r = subprocess.run([sys.executable, "-c", OOB_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    # (ENOTSUP and EOPNOTSUPP are one number on Linux; Python names it ENOTSUP)
+    assert out == {"oob_send": "ENOTSUP", "oob_recv": "ENOTSUP", "errqueue": "EAGAIN",
+                   "after": "after"}, out
+    assert "MSG_OOB on an accelerated connection" in log.read_text()

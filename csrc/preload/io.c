@@ -140,8 +140,25 @@ static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, i
 }
 
 /* One recv on an fsock; the body behind every read-family wrapper. */
+/* Urgent data and the error queue have no ring equivalent: the error
+ * queue is the kernel's (nothing is queued for ring bytes), and MSG_OOB is
+ * refused rather than delivered in-band, where TCP would not have put it. */
+static int unsupported_flags(struct fsock *fs, int fd, int flags)
+{
+	if (fs->state != FS_ACCEL || !(flags & MSG_OOB))
+		return 0;
+	FIVC_INFO("fd %d: MSG_OOB on an accelerated connection: EOPNOTSUPP", fd);
+	return 1;
+}
+
 ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 {
+	if (flags & MSG_ERRQUEUE) {
+		ssize_t e = fivc_real.recv(fd, buf, len, flags);
+		return e < 0 ? -errno : e;
+	}
+	if (unsupported_flags(fs, fd, flags))
+		return -EOPNOTSUPP;
 	ssize_t r;
 	size_t got = 0;
 	int waitall = (flags & MSG_WAITALL) && !(flags & MSG_PEEK);
@@ -239,6 +256,8 @@ out:
 
 ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
 {
+	if (unsupported_flags(fs, fd, flags))
+		return -EOPNOTSUPP;
 	ssize_t r;
 	pthread_mutex_lock(&fs->wr_lock);
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);

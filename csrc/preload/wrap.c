@@ -93,7 +93,7 @@ FIVC_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
 FIVC_EXPORT ssize_t recvmsg(int fd, struct msghdr *m, int flags)
 {
 	struct fsock *fs = managed(fd);
-	if (!fs)
+	if (!fs || (flags & MSG_ERRQUEUE)) /* the error queue stays the kernel's */
 		return fivc_real.recvmsg(fd, m, flags);
 	ssize_t r = fivc_fs_recvv(fs, fd, m->msg_iov, (int)m->msg_iovlen, flags);
 	if (r >= 0) {
