@@ -83,6 +83,13 @@ try:
     s.recvmsg(16, 64, socket.MSG_ERRQUEUE); out["errqueue"] = "got"
 except OSError as e:
     out["errqueue"] = errno.errorcode[e.errno]
+try:
+    c.send(b"z", 0x4000000)  # MSG_ZEROCOPY, SO_ZEROCOPY off: ignored, as by the kernel
+    out["zc_off"] = s.recv(1).decode()
+    c.setsockopt(socket.SOL_SOCKET, 60, 1)  # SO_ZEROCOPY
+    c.send(b"z", 0x4000000); out["zc_on"] = "sent"
+except OSError as e:
+    out["zc_on"] = errno.errorcode[e.errno]
 c.sendall(b"after"); out["after"] = s.recv(5).decode()
 print(json.dumps(out))
 """
@@ -90,7 +97,9 @@ print(json.dumps(out))
 
 def test_urgent_data_is_refused_and_the_stream_goes_on(shm_path, tmp_path):
     """MSG_OOB has no ring equivalent: refused with EOPNOTSUPP (never sent in
-    band); the error queue is the kernel's (empty: EAGAIN); the stream is intact."""
+    band); the error queue is the kernel's (empty: EAGAIN); MSG_ZEROCOPY with
+    SO_ZEROCOPY on gets ENOBUFS (no completions would ever come); the stream
+    is intact."""
     log = tmp_path / "log"
     env = build_env(os.environ, fabric=shm_path, log=f"info:{log}")
     r = subprocess.run([sys.executable, "-c", OOB_SCRIPT], env=env, capture_output=True,
@@ -99,5 +108,5 @@ def test_urgent_data_is_refused_and_the_stream_goes_on(shm_path, tmp_path):
     out = json.loads(r.stdout)
     # (ENOTSUP and EOPNOTSUPP are one number on Linux; Python names it ENOTSUP)
     assert out == {"oob_send": "ENOTSUP", "oob_recv": "ENOTSUP", "errqueue": "EAGAIN",
-                   "after": "after"}, out
+                   "zc_off": "z", "zc_on": "ENOBUFS", "after": "after"}, out
     assert "MSG_OOB on an accelerated connection" in log.read_text()

@@ -258,6 +258,16 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 {
 	if (unsupported_flags(fs, fd, flags))
 		return -EOPNOTSUPP;
+	if ((flags & MSG_ZEROCOPY) && fs->state == FS_ACCEL) {
+		/* With SO_ZEROCOPY on, the program waits for completions on the
+		 * error queue, which ring bytes never produce: ENOBUFS, as when
+		 * the kernel cannot pin pages, makes it send by copy instead.
+		 * Without it the kernel ignores the flag, and so do we. */
+		int on = 0;
+		socklen_t l = sizeof(on);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &on, &l) == 0 && on)
+			return -ENOBUFS;
+	}
 	ssize_t r;
 	pthread_mutex_lock(&fs->wr_lock);
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
