@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.set_defaults(func=_cmd_gc)
+
+    from .vm.cli import add_parser as add_vm_parser
+
+    add_vm_parser(sub)
     return p
 
 
