@@ -246,6 +246,11 @@ def build(cache: Path | None = None, force: bool = False) -> GuestImage:
     moddir = kdir / "lib" / "modules" / kver
     modules = _module_order(moddir, GUEST_MODULES)
 
+    if not Path(BUSYBOX).exists():
+        raise BuildError(f"{BUSYBOX} not found: install busybox-static (scripts/ensure-deps.sh)")
+    if subprocess.run(["ldd", BUSYBOX], capture_output=True).returncode == 0:
+        raise BuildError(f"{BUSYBOX} is dynamically linked; the guest has no libc for it: "
+                         "install busybox-static (scripts/ensure-deps.sh)")
     # Everything that goes into the initramfs, keyed so the cache notices changes.
     contents: dict[str, Path] = {"bin/busybox": Path(BUSYBOX)}
     for name, ko in modules:
@@ -255,8 +260,6 @@ def build(cache: Path | None = None, force: bool = False) -> GuestImage:
     for binary in fastivc.values():
         for lib in _ldd(binary):
             contents[str(lib).lstrip("/")] = lib  # same path in the guest (the loader too)
-    if not Path(BUSYBOX).exists():
-        raise BuildError(f"{BUSYBOX} not found: install busybox-static (scripts/ensure-deps.sh)")
     h = hashlib.sha256(f"format {FORMAT} {kver}".encode())
     h.update(INIT_SCRIPT.read_bytes())
     for gpath in sorted(contents):
