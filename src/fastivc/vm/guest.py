@@ -32,6 +32,7 @@ import base64
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +50,7 @@ BOOT_TIMEOUT_S = 120.0
 READY = "FASTIVC-READY"
 BEGIN = "FASTIVC-BEGIN"
 END = "FASTIVC-END"
+AGENT = "FASTIVC-AGENT"  # the agent's greeting on its line, once it listens
 SUBNET = "10.230.0"  # guest i has SUBNET.(11 + i)/24
 DEFAULT_FABRIC_SIZE = 16 << 20
 
@@ -119,6 +121,7 @@ class Guest:
         self.boot_seconds: float | None = None
         self._sock: socket.socket | None = None
         self._buf = b""
+        self._greeted = False
         self._t0 = 0.0
 
     def command(self) -> list[str]:
@@ -152,6 +155,23 @@ class Guest:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)  # Ctrl-C reaches us, not QEMU
         _live.add(self.proc)
+        # Connect to the agent's line now, before the guest can write to it:
+        # QEMU drops what a serial port sends while no client is connected.
+        deadline = time.monotonic() + 30
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.agent_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                if self.proc.poll() is not None:
+                    raise self._died() from None
+                if time.monotonic() > deadline:
+                    raise VMError(f"guest {self.name}: QEMU did not create "
+                                  f"{self.agent_path} within 30 s") from None
+                time.sleep(0.02)
+        self._sock = s
 
     def console_text(self) -> str:
         try:
@@ -179,34 +199,21 @@ class Guest:
             time.sleep(0.05)
         return False
 
-    def _connect(self) -> None:
-        if self._sock is None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(str(self.agent_path))
-            self._sock = s
+    def _connect(self, timeout: float) -> None:
+        """Connect to the agent's line and wait for its FASTIVC-AGENT greeting:
+        a script sent before the guest opened the port could be lost."""
+        if self._greeted:
+            return
+        greeting = re.compile(re.escape(AGENT.encode()) + rb"\r?\n")
+        m = self._read_until(greeting, time.monotonic() + timeout, "the agent")
+        self._buf = self._buf[m.end():]
+        self._greeted = True
 
-    def run(self, script: str, timeout: float = 60.0) -> Result:
-        """Run a shell script in the guest (busybox sh, PATH has the fastivc helpers,
-        the library is /opt/fastivc/libfastivc.so) and return its exit code and output."""
-        self._connect()
-        t0 = time.monotonic()
-        self._sock.sendall(base64.b64encode(script.encode()) + b"\n")
-        deadline = t0 + timeout
-        while True:
-            i = self._buf.find(END.encode())
-            if i >= 0 and b"\n" in self._buf[i:]:
-                j = self._buf.index(b"\n", i)
-                head, tail = self._buf[:i], self._buf[i:j]
-                self._buf = self._buf[j + 1:]
-                b = head.find(BEGIN.encode())
-                body = head[b + len(BEGIN):] if b >= 0 else b""
-                out = base64.b64decode(b"".join(body.split())).decode(errors="replace")
-                rc = int(tail.split()[1])
-                return Result(rc, out, time.monotonic() - t0)
+    def _read_until(self, pattern: re.Pattern, deadline: float, what: str) -> re.Match:
+        while not (m := pattern.search(self._buf)):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise VMError(f"guest {self.name}: no answer within {timeout:.0f} s to "
-                              f"{script[:80]!r}")
+                raise VMError(f"guest {self.name}: no answer from {what} in time")
             if self.proc.poll() is not None:
                 raise self._died()
             self._sock.settimeout(min(left, 1.0))
@@ -217,6 +224,26 @@ class Guest:
             if not chunk:
                 raise VMError(f"guest {self.name}: agent line closed")
             self._buf += chunk
+        return m
+
+    def run(self, script: str, timeout: float = 60.0) -> Result:
+        """Run a shell script in the guest (busybox sh, PATH has the fastivc helpers,
+        the library is /opt/fastivc/libfastivc.so) and return its exit code and output."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        self._connect(timeout)
+        self._sock.sendall(base64.b64encode(script.encode()) + b"\n")
+        done = re.compile(rb"\n" + re.escape(END.encode()) + rb" (-?\d+)\r?\n")
+        try:
+            m = self._read_until(done, deadline, f"{script[:80]!r}")
+        except VMError as e:
+            raise VMError(f"{e} (within {timeout:.0f} s)") from None
+        head, rc = self._buf[:m.start()], int(m.group(1))
+        self._buf = self._buf[m.end():]
+        b = head.find(BEGIN.encode())
+        body = head[b + len(BEGIN):] if b >= 0 else b""
+        out = base64.b64decode(b"".join(body.split())).decode(errors="replace")
+        return Result(rc, out, time.monotonic() - t0)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -42,6 +42,13 @@ run() {  # run(script file, output file): prints the markers and the output on s
 	echo "FASTIVC-END $rc"
 }
 
+if [ -z "$cmd" ]; then
+	# Open the agent's line once and keep it open: the UART's FIFO is cleared
+	# whenever the port is opened, so a line that arrived before an open
+	# would be lost.  The host sends nothing before FASTIVC-AGENT on it.
+	exec 3<>/dev/ttyS1
+	stty raw -echo <&3
+fi
 echo "FASTIVC-READY $(uname -r)"
 if [ -n "$cmd" ]; then
 	echo "$cmd" | base64 -d >/tmp/cmd.sh
@@ -49,13 +56,13 @@ if [ -n "$cmd" ]; then
 	poweroff -f
 fi
 
-stty -F /dev/ttyS1 raw -echo
+echo "FASTIVC-AGENT" >&3
 n=0
-while read -r line; do
+while read -r line <&3; do
 	n=$((n + 1))
 	echo "$line" | base64 -d >/tmp/agent.$n.sh
-	run /tmp/agent.$n.sh /tmp/agent.$n.out
+	run /tmp/agent.$n.sh /tmp/agent.$n.out >&3
 	rm -f /tmp/agent.$n.sh /tmp/agent.$n.out
-done </dev/ttyS1 >/dev/ttyS1
+done
 echo "FASTIVC-AGENT-EOF"
 poweroff -f
