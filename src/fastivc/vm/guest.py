@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import ctypes
 import json
 import os
 import platform
@@ -73,6 +74,11 @@ def _kill(p: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         pass
     _live.discard(p)
+
+
+def _die_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class VMError(RuntimeError):
@@ -151,9 +157,11 @@ class Guest:
         self.console.unlink(missing_ok=True)
         self.agent_path.unlink(missing_ok=True)
         self._t0 = time.monotonic()
+        # Own session: Ctrl-C reaches us, and we kill QEMU.  PDEATHSIG: QEMU
+        # dies with us even when we are killed with SIGKILL.
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)  # Ctrl-C reaches us, not QEMU
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         _live.add(self.proc)
         # Connect to the agent's line now, before the guest can write to it:
         # QEMU drops what a serial port sends while no client is connected.
