@@ -31,6 +31,12 @@ have node || need+=(nodejs)
 # PostgreSQL server, pgbench and psql (test_eventloops.py)
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
 have ss || need+=(iproute2)
+# fastivc vm: QEMU, and a static busybox for the guest's initramfs (the dynamic
+# busybox package also installs /bin/busybox, so ask dpkg which one is there)
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
+  || need+=(busybox-static)
+have dpkg-deb || need+=(dpkg)
 
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
