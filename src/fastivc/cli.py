@@ -323,11 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true",
                     help="print {fabric, ok, checks: [{name, status, detail, fix}]} as JSON")
     dr.set_defaults(func=_cmd_doctor)
-    _describe(p)
-
     from .vm.cli import add_parser as add_vm_parser
 
     add_vm_parser(sub)
+    _describe(p)
     return p
 
 
