@@ -66,7 +66,7 @@ def test_gc_names_a_missing_fabric(tmp_path):
 
 
 OOB_SCRIPT = r"""
-import errno, json, socket
+import errno, json, os, socket
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
 c = socket.create_connection(ls.getsockname()); s, _ = ls.accept()
 c.sendall(b"hello"); assert s.recv(5) == b"hello"; s.sendall(b"back"); assert c.recv(4) == b"back"
@@ -90,6 +90,13 @@ try:
     c.send(b"z", 0x4000000); out["zc_on"] = "sent"
 except OSError as e:
     out["zc_on"] = errno.errorcode[e.errno]
+rp, wp = os.pipe()
+c.sendall(b"spl")
+try:
+    os.splice(s.fileno(), wp, 3); out["splice"] = "spliced"
+except OSError as e:
+    out["splice"] = errno.errorcode[e.errno]
+out["unspliced"] = s.recv(3).decode()
 c.sendall(b"after"); out["after"] = s.recv(5).decode()
 print(json.dumps(out))
 """
@@ -98,8 +105,8 @@ print(json.dumps(out))
 def test_urgent_data_is_refused_and_the_stream_goes_on(shm_path, tmp_path):
     """MSG_OOB has no ring equivalent: refused with EOPNOTSUPP (never sent in
     band); the error queue is the kernel's (empty: EAGAIN); MSG_ZEROCOPY with
-    SO_ZEROCOPY on gets ENOBUFS (no completions would ever come); the stream
-    is intact."""
+    SO_ZEROCOPY on gets ENOBUFS (no completions would ever come); splice gets
+    EINVAL (the program falls back to read/write); the stream is intact."""
     log = tmp_path / "log"
     env = build_env(os.environ, fabric=shm_path, log=f"info:{log}")
     r = subprocess.run([sys.executable, "-c", OOB_SCRIPT], env=env, capture_output=True,
@@ -108,5 +115,6 @@ def test_urgent_data_is_refused_and_the_stream_goes_on(shm_path, tmp_path):
     out = json.loads(r.stdout)
     # (ENOTSUP and EOPNOTSUPP are one number on Linux; Python names it ENOTSUP)
     assert out == {"oob_send": "ENOTSUP", "oob_recv": "ENOTSUP", "errqueue": "EAGAIN",
-                   "zc_off": "z", "zc_on": "ENOBUFS", "after": "after"}, out
+                   "zc_off": "z", "zc_on": "ENOBUFS", "splice": "EINVAL", "unspliced": "spl",
+                   "after": "after"}, out
     assert "MSG_OOB on an accelerated connection" in log.read_text()

@@ -46,6 +46,7 @@
 	X(ssize_t, sendmsg, (int, const struct msghdr *, int))                                \
 	X(ssize_t, sendfile, (int, int, off_t *, size_t))                                     \
 	X(ssize_t, sendfile64, (int, int, off_t *, size_t))                                   \
+	X(ssize_t, splice, (int, loff_t *, int, loff_t *, size_t, unsigned int))              \
 	X(int, close, (int))                                                                  \
 	X(int, close_range, (unsigned int, unsigned int, int))                                \
 	X(void, closefrom, (int))                                                             \

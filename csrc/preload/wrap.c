@@ -188,6 +188,25 @@ FIVC_EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t count)
 		  : fivc_real.sendfile64(out, in, off, count);
 }
 
+/* splice moves bytes between a pipe and the kernel's socket buffers, which
+ * an accelerated connection does not use: refuse it with EINVAL, as the
+ * kernel does for files that cannot splice, so the program falls back to
+ * read/write (haproxy and others do).  Before the switch the TCP socket
+ * still carries program bytes, but the count must stay right: refused too. */
+FIVC_EXPORT ssize_t splice(int in, loff_t *oin, int out, loff_t *oout, size_t len,
+			   unsigned int flags)
+{
+	FIVC_ENSURE_INIT();
+	struct fsock *a = fivc_fs(in), *b = fivc_fs(out);
+	if ((a && a->state != FS_PLAIN) || (b && b->state != FS_PLAIN)) {
+		FIVC_INFO("splice on accelerated fd %d: EINVAL (use read/write)",
+			  a && a->state != FS_PLAIN ? in : out);
+		errno = EINVAL;
+		return -1;
+	}
+	return fivc_real.splice(in, oin, out, oout, len, flags);
+}
+
 /* ---- glibc fortify variants ---- */
 
 static void chk_fail(void) __attribute__((noreturn));
