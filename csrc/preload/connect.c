@@ -36,9 +36,9 @@ void fivc_fs_drain(struct fsock *fs, int fd)
 	}
 }
 
-static int tcp_db_wait(void *ctx, uint32_t *word, uint32_t expected, uint32_t timeout_ms)
+static int tcp_db_poll(struct fsock *fs, uint32_t *word, uint32_t expected,
+		       uint32_t timeout_ms, int others)
 {
-	struct fsock *fs = ctx;
 	if (fivc_load_acquire(word) != expected)
 		return 0;
 	if (fs->state != FS_ACCEL) {
@@ -51,15 +51,29 @@ static int tcp_db_wait(void *ctx, uint32_t *word, uint32_t expected, uint32_t ti
 		return -ETIMEDOUT; /* let the channel re-check and see peer_gone */
 	struct pollfd p = {.fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED), .events = POLLIN};
 	int saved = errno;
-	int r = fivc_real.poll(&p, 1, (int)timeout_ms);
+	int r = fivc_real.poll(&p, 1, others && timeout_ms > 1 ? 1 : (int)timeout_ms);
 	int e = errno;
 	errno = saved;
 	if (r < 0)
 		return e == EINTR ? -EINTR : 0;
-	if (r == 0)
-		return -ETIMEDOUT;
+	if (r == 0) /* (a 1 ms look may find the word moved: woken meanwhile) */
+		return fivc_load_acquire(word) != expected ? 0 : -ETIMEDOUT;
 	fivc_fs_drain(fs, p.fd);
 	return 0;
+}
+
+/* Several threads asleep on one socket (a reader and a writer): the byte
+ * that wakes one may be drained by another just before the first enters
+ * poll, which would then sleep until its timeout.  A sleeper counts itself
+ * before it checks the word and until it has drained, and while it is not
+ * alone it looks again every millisecond. */
+static int tcp_db_wait(void *ctx, uint32_t *word, uint32_t expected, uint32_t timeout_ms)
+{
+	struct fsock *fs = ctx;
+	int others = __atomic_fetch_add(&fs->db_waiters, 1, __ATOMIC_ACQ_REL);
+	int r = tcp_db_poll(fs, word, expected, timeout_ms, others);
+	__atomic_sub_fetch(&fs->db_waiters, 1, __ATOMIC_ACQ_REL);
+	return r;
 }
 
 static void tcp_db_wake(void *ctx, uint32_t *word)

@@ -164,6 +164,7 @@ struct fsock {
 	/* A write to a peer that had closed: TCP takes it and the peer answers
 	 * with a reset, so the first one succeeds, then HUP|ERR, then EPIPE. */
 	int reset;
+	int db_waiters;     /* threads asleep on this socket's TCP doorbell */
 	struct fivc_chan ch;
 };
 
