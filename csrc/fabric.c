@@ -5,6 +5,7 @@
  * from shared words (member ids, slot indices) are range-checked before use.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -187,17 +188,41 @@ static int lock_member(int fd, uint32_t m, short type, int cmd, struct flock *ou
 	return 0;
 }
 
+/* A GUEST member is alive while its heartbeat moves, as seen on our clock. */
+static int heartbeat_alive(struct fivc_fabric *f, uint32_t m)
+{
+	uint64_t v = fivc_load_acquire(&fivc_member_at(f, m)->heartbeat_ns);
+	uint64_t now = fivc_now_ns(CLOCK_MONOTONIC);
+	if (!f->hb_seen)
+		return 1; /* no memory to remember: never reclaim on doubt */
+	uint64_t *val = &f->hb_seen[2 * m], *when = &f->hb_seen[2 * m + 1];
+	if (!fivc_load_relaxed(when) || fivc_load_relaxed(val) != v) {
+		fivc_store_relaxed(val, v);
+		fivc_store_relaxed(when, now);
+		return 1;
+	}
+	return now - fivc_load_relaxed(when) < FIVC_HEARTBEAT_DEAD_MS * 1000000ull;
+}
+
 int fivc_member_alive(struct fivc_fabric *f, uint32_t member1)
 {
 	if (member1 == 0 || member1 > f->g.nmembers)
 		return 0; /* none, or a corrupt id: nobody can hold it */
-	if (member1 == f->self || f->fd < 0)
-		return 1; /* ourselves; or no kernel witness to ask (memory fabric) */
+	if (member1 == f->self)
+		return 1;
+	uint32_t st = fivc_load_acquire(&fivc_member_at(f, member1 - 1)->state);
+	if (st == FIVC_MEMBER_GUEST)
+		return heartbeat_alive(f, member1 - 1);
+	if (f->fd < 0) /* no kernel witness: a guest asking about a host process, or a
+			  memory fabric; only a freed id is known dead (guests) */
+		return !(f->guest && st == FIVC_MEMBER_FREE);
 	struct flock fl = {0};
 	if (lock_member(f->fd, member1 - 1, F_WRLCK, F_OFD_GETLK, &fl) < 0)
 		return 1; /* cannot tell: never reclaim on doubt */
 	return fl.l_type != F_UNLCK;
 }
+
+static int can_witness(const struct fivc_fabric *f) { return f->fd >= 0 || f->guest; }
 
 typedef int (*dead_fn)(struct fivc_fabric *f, uint32_t member1, void *arg);
 
@@ -302,12 +327,19 @@ static uint32_t member_join_fd(struct fivc_fabric *f, int fd)
 		uint32_t m = (start + k) % n;
 		if (lock_member(fd, m, F_WRLCK, F_OFD_SETLK, NULL) < 0)
 			continue;
-		/* We hold member m's lock: whoever had m before is dead.  Sweep
-		 * its leftovers before anything can carry our (equal) id. */
+		/* We hold member m's lock: whoever had m on this kernel is dead.
+		 * A guest (no lock) may hold it, or take it now: claim by CAS. */
+		struct fivc_member *me = fivc_member_at(f, m);
+		uint32_t was = fivc_load_acquire(&me->state);
+		if (was == FIVC_MEMBER_GUEST || !fivc_cas(&me->state, &was, FIVC_MEMBER_ALIVE)) {
+			lock_member(fd, m, F_UNLCK, F_OFD_SETLK, NULL);
+			continue;
+		}
+		/* Sweep the dead owner's leftovers before anything can carry our
+		 * (equal) id. */
 		uint32_t m1 = m + 1;
 		struct fivc_gc_report rep = {0};
 		reclaim(f, dead_exact, &m1, &rep);
-		struct fivc_member *me = fivc_member_at(f, m);
 		me->pid = (uint32_t)getpid();
 		me->joined_ns = fivc_now_ns(CLOCK_REALTIME);
 		me->heartbeat_ns = me->joined_ns;
@@ -325,10 +357,41 @@ static uint32_t member_join_fd(struct fivc_fabric *f, int fd)
 				fclose(c);
 			}
 		}
-		fivc_store_release(&me->state, FIVC_MEMBER_ALIVE);
 		return m1;
 	}
 	return 0;
+}
+
+/* A guest takes a free id by CAS (no lock: its heartbeat says it lives). */
+static uint32_t member_join_guest(struct fivc_fabric *f)
+{
+	uint32_t n = f->g.nmembers, start = (uint32_t)(fivc_now_ns(CLOCK_MONOTONIC) >> 8) % n;
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t m = (start + k) % n;
+		struct fivc_member *me = fivc_member_at(f, m);
+		uint32_t st = FIVC_MEMBER_FREE;
+		if (fivc_load_relaxed(&me->state) != st ||
+		    !fivc_cas(&me->state, &st, FIVC_MEMBER_GUEST))
+			continue;
+		uint32_t m1 = m + 1;
+		fivc_store_release(&me->heartbeat_ns, fivc_load_relaxed(&me->heartbeat_ns) + 1);
+		struct fivc_gc_report rep = {0};
+		reclaim(f, dead_exact, &m1, &rep);
+		me->pid = (uint32_t)getpid();
+		me->joined_ns = fivc_now_ns(CLOCK_REALTIME);
+		me->pidns_ino = 0;
+		snprintf(me->comm, sizeof(me->comm), "%s",
+			 f->self ? fivc_member_at(f, f->self - 1)->comm : "guest");
+		return m1;
+	}
+	return 0;
+}
+
+void fivc_member_beat(struct fivc_fabric *f)
+{
+	if (f->guest && f->self)
+		__atomic_add_fetch(&fivc_member_at(f, f->self - 1)->heartbeat_ns, 1,
+				   __ATOMIC_RELEASE);
 }
 
 static void member_join(struct fivc_fabric *f)
@@ -339,6 +402,14 @@ static void member_join(struct fivc_fabric *f)
 
 int fivc_member_prepare(struct fivc_fabric *f, int *fd, uint32_t *member1)
 {
+	if (f->guest && f->self) { /* no fd: the child beats for its own id */
+		uint32_t m1 = member_join_guest(f);
+		if (!m1)
+			return -EUSERS;
+		*fd = -2;
+		*member1 = m1;
+		return 0;
+	}
 	if (f->fd < 0 || !f->self)
 		return -EINVAL;
 	int nfd = open(f->path, O_RDWR | O_CLOEXEC);
@@ -362,8 +433,10 @@ int fivc_member_prepare(struct fivc_fabric *f, int *fd, uint32_t *member1)
 
 void fivc_fabric_become(struct fivc_fabric *f, int fd, uint32_t member1)
 {
-	close(f->fd); /* our copy only: the parent's descriptor keeps its lock */
-	f->fd = fd;
+	if (!f->guest) {
+		close(f->fd); /* our copy only: the parent's descriptor keeps its lock */
+		f->fd = fd;
+	}
 	f->self = member1;
 	fivc_member_at(f, member1 - 1)->pid = (uint32_t)getpid();
 }
@@ -372,7 +445,8 @@ void fivc_member_forget(struct fivc_fabric *f, int fd, uint32_t member1, int fre
 {
 	if (free_entry)
 		fivc_store_release(&fivc_member_at(f, member1 - 1)->state, FIVC_MEMBER_FREE);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 }
 
 /* ---- open / create ---- */
@@ -511,6 +585,86 @@ int fivc_fabric_adopt_fd(const char *path, int fd, uint32_t member1, struct fivc
 	return 0;
 }
 
+/* "pci:auto": the first ivshmem device (1af4:1110); "pci:ADDR": that one. */
+static int find_ivshmem(const char *spec, char *out, size_t outlen, char *err, size_t errlen)
+{
+	const char *want = spec + 4;
+	int autodet = !strcmp(want, "auto");
+	DIR *d = opendir("/sys/bus/pci/devices");
+	if (!d) {
+		seterr(err, errlen, "no PCI bus visible (/sys/bus/pci/devices): %s", strerror(errno));
+		return -ENODEV;
+	}
+	struct dirent *e;
+	int found = 0;
+	while (!found && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || (!autodet && strcmp(e->d_name, want)))
+			continue;
+		char p[512], v[32] = "", dv[32] = "";
+		for (int i = 0; i < 2; i++) {
+			snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/%s", e->d_name,
+				 i ? "device" : "vendor");
+			FILE *fp = fopen(p, "re");
+			if (fp) {
+				if (!fgets(i ? dv : v, sizeof(v), fp))
+					v[0] = 0;
+				fclose(fp);
+			}
+		}
+		if (!strncmp(v, "0x1af4", 6) && !strncmp(dv, "0x1110", 6)) {
+			snprintf(out, outlen, "/sys/bus/pci/devices/%s/resource2", e->d_name);
+			found = 1;
+		}
+	}
+	closedir(d);
+	if (!found) {
+		seterr(err, errlen, "%s: no ivshmem device (vendor 0x1af4, device 0x1110)%s%s",
+		       spec, autodet ? "" : " at ", autodet ? "" : want);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, size_t errlen)
+{
+	memset(f, 0, sizeof(*f));
+	f->fd = -1;
+	char res[512];
+	int r = find_ivshmem(spec, res, sizeof(res), err, errlen);
+	if (r < 0)
+		return r;
+	int fd = open(res, O_RDWR | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		r = -errno;
+		seterr(err, errlen, "cannot open %s: %s (root, or a udev rule for the device)", res,
+		       strerror(-r));
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	uint64_t len = (uint64_t)st.st_size;
+	void *base = len ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+	r = base == MAP_FAILED ? -errno : 0;
+	close(fd); /* the mapping stays */
+	if (r < 0 || !len) {
+		seterr(err, errlen, "mmap(%s, %llu bytes): %s", res, (unsigned long long)len,
+		       strerror(r ? -r : EINVAL));
+		return r ? r : -EINVAL;
+	}
+	r = fivc_fabric_attach_mem(base, len, f, err, errlen);
+	if (r < 0) {
+		munmap(base, len);
+		return r;
+	}
+	f->size = len;
+	f->guest = 1;
+	snprintf(f->path, sizeof(f->path), "%s", spec);
+	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t));
+	f->self = member_join_guest(f);
+	return 0;
+}
+
 int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		     struct fivc_fabric *f, char *err, size_t errlen)
 {
@@ -541,6 +695,7 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 	int r = map_fd(f, fd, path, err, errlen);
 	if (r < 0)
 		goto fail;
+	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t)); /* NULL: guests never judged */
 	member_join(f);
 	return 0;
 fail:
@@ -550,6 +705,13 @@ fail:
 
 void fivc_fabric_close(struct fivc_fabric *f)
 {
+	free(f->hb_seen);
+	f->hb_seen = NULL;
+	if (f->guest) {
+		if (f->self)
+			fivc_store_release(&fivc_member_at(f, f->self - 1)->state, FIVC_MEMBER_FREE);
+		munmap(f->base, f->size);
+	}
 	if (f->fd >= 0) {
 		if (f->self) {
 			struct fivc_member *me = fivc_member_at(f, f->self - 1);
@@ -924,7 +1086,7 @@ int fivc_offer_remove(struct fivc_fabric *f, uint32_t idx, uint64_t word)
 int fivc_slot_reap(struct fivc_fabric *f, uint32_t slot)
 {
 	struct fivc_gc_report r = {0};
-	if (slot >= f->g.nslots || f->fd < 0)
+	if (slot >= f->g.nslots || !can_witness(f))
 		return 0;
 	reclaim_slot(f, slot, dead_by_lock, NULL, &r);
 	return (int)r.slot_sides_freed;
@@ -933,13 +1095,21 @@ int fivc_slot_reap(struct fivc_fabric *f, uint32_t slot)
 int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r)
 {
 	memset(r, 0, sizeof(*r));
-	if (f->fd < 0)
-		return 0; /* no kernel witness: nothing is provably dead */
+	if (!can_witness(f))
+		return 0; /* no witness: nothing is provably dead */
 	for (uint32_t m = 0; m < f->g.nmembers; m++) {
 		struct fivc_member *me = fivc_member_at(f, m);
-		if (fivc_load_acquire(&me->state) == FIVC_MEMBER_ALIVE && !fivc_member_alive(f, m + 1))
+		uint32_t st = fivc_load_acquire(&me->state);
+		if (st != FIVC_MEMBER_FREE && !fivc_member_alive(f, m + 1))
 			r->members_dead++;
 	}
 	reclaim(f, dead_by_lock, NULL, r);
+	/* a dead guest's id is free again once its leftovers are gone */
+	for (uint32_t m = 0; m < f->g.nmembers; m++) {
+		struct fivc_member *me = fivc_member_at(f, m);
+		uint32_t st = FIVC_MEMBER_GUEST;
+		if (fivc_load_acquire(&me->state) == st && !fivc_member_alive(f, m + 1))
+			fivc_cas(&me->state, &st, FIVC_MEMBER_FREE);
+	}
 	return 0;
 }

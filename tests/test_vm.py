@@ -99,3 +99,129 @@ def test_cli_vm_run():
     assert r.returncode == 0, r.stderr
     assert "hello from vm0" in r.stdout
     assert "guests up (" in r.stderr
+
+
+# --- acceleration between guests: the library's pci fabric ------------------------------
+
+PCI_ENV = "LD_PRELOAD=/opt/fastivc/libfastivc.so FASTIVC_FABRIC=pci:auto FASTIVC_LOG=debug "
+
+
+def _mkfabric(path) -> None:
+    from fastivc._paths import helper_path
+
+    r = subprocess.run([str(helper_path("fastivc-mkfabric")), str(path), "16", "256"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def accel_net(tmp_path_factory):
+    """Two guests sharing a real fabric that the host created."""
+    path = f"/dev/shm/fastivc-vmtest-{id(tmp_path_factory)}"
+    _mkfabric(path)
+    try:
+        with Network(2, fabric=path) as n:
+            yield n
+    finally:
+        subprocess.run(["rm", "-f", path])
+
+
+def _server(g, args: str, env: str = PCI_ENV) -> None:
+    r = g.run(f"{env}fastivc-tcpbench server --bind 0.0.0.0 --port 7100 {args} "
+              ">/tmp/s.log 2>&1 & echo $! >/tmp/s.pid\n"
+              "for i in $(seq 100); do grep -q ready /tmp/s.log && break; sleep 0.1; done\n"
+              "cat /tmp/s.log")
+    assert "ready" in r.output, r.output
+
+
+def _stop_server(g) -> str:
+    return g.run("kill $(cat /tmp/s.pid) 2>/dev/null; sleep 0.2; cat /tmp/s.log").output
+
+
+def _json_lines(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+
+
+def test_guests_upgrade_through_the_ivshmem_fabric(accel_net):
+    from fastivc import Fabric
+
+    a, b = accel_net.guests
+    _server(b, "--mode rr")
+    try:
+        c = a.run(f"{PCI_ENV}fastivc-tcpbench client --host {b.ip} --port 7100 --mode rr "
+                  "--seconds 1", timeout=120)
+    finally:
+        slog = _stop_server(b)
+    assert c.rc == 0, c.output
+    assert "switched to the ring" in c.output, c.output
+    assert "adopted offer" in slog, slog
+    assert _json_lines(c.output)[0]["samples"] > 100
+    with Fabric(str(accel_net.fabric)) as fab:  # the host sees the guests' members
+        assert len([m for m in fab.members() if m.alive is None]) >= 2
+
+
+def test_64_mib_each_way_exact_between_guests(accel_net):
+    a, b = accel_net.guests
+    n = 64 << 20
+    _server(b, f"--mode xfer --size {n}")
+    try:
+        c = a.run(f"{PCI_ENV}fastivc-tcpbench client --host {b.ip} --port 7100 --mode xfer "
+                  f"--size {n}", timeout=300)
+    finally:
+        slog = _stop_server(b)
+    assert c.rc == 0, c.output
+    assert _json_lines(c.output) == [{"mode": "xfer", "bytes": n, "ok": True}], c.output
+    assert {"mode": "xfer", "bytes": n, "ok": True} in _json_lines(slog), slog
+    assert "switched to the ring" in c.output and "adopted offer" in slog
+
+
+def test_plain_guest_with_accelerated_guest_stays_plain_and_exact(accel_net):
+    a, b = accel_net.guests
+    n = 4 << 20
+    _server(b, f"--mode xfer --size {n}")
+    try:
+        c = a.run(f"fastivc-tcpbench client --host {b.ip} --port 7100 --mode xfer --size {n}",
+                  timeout=120)
+    finally:
+        slog = _stop_server(b)
+    assert _json_lines(c.output) == [{"mode": "xfer", "bytes": n, "ok": True}], c.output
+    assert {"mode": "xfer", "bytes": n, "ok": True} in _json_lines(slog)
+    assert "adopted offer" not in slog
+
+
+def test_killed_guest_ends_the_peer_connection_and_gc_reclaims(tmp_path):
+    import json
+    import time
+
+    from fastivc import Fabric
+
+    path = f"/dev/shm/fastivc-vmkill-{id(tmp_path)}"
+    _mkfabric(path)
+    try:
+        with Network(2, fabric=path) as net:
+            a, b = net.guests
+            _server(b, f"--mode xfer --size {4 << 30}")  # far more than fits in the time
+            a.run(f"{PCI_ENV}fastivc-tcpbench client --host {b.ip} --port 7100 --mode xfer "
+                  f"--size {4 << 30} >/tmp/c.log 2>&1 &\n"
+                  "for i in $(seq 100); do grep -q switched /tmp/c.log && break; sleep 0.1; done")
+            time.sleep(1)
+            a.proc.kill()  # the whole guest goes, mid-transfer
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 30:
+                out = b.run("cat /tmp/s.log").output
+                if '"ok":false' in out:
+                    break
+                time.sleep(0.5)
+            assert '"ok":false' in out, out  # the server's read ended (EOF or reset)
+            assert time.monotonic() - t0 < 30
+            _stop_server(b)
+            r = subprocess.run([sys.executable, "-m", "fastivc", "gc", "--fabric", path,
+                                "--json"], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            rep = json.loads(r.stdout)
+            with Fabric(path) as fab:
+                assert fab.slots() == [], (rep, fab.slots())
+    finally:
+        subprocess.run(["rm", "-f", path])

@@ -288,6 +288,35 @@ void fivc_own_fd_move(int fd)
 		fivc_cfg.log_fd = move_high(fd);
 }
 
+/* In a guest no kernel witnesses our death: a thread advances our member's
+ * heartbeat (FIVC_HEARTBEAT_MS), with every signal blocked so that none of
+ * the program's lands on it. */
+static void *heartbeat(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		fivc_member_beat(&fabric);
+		struct timespec ts = {0, (long)FIVC_HEARTBEAT_MS * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+static void start_heartbeat(void)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_t a;
+	pthread_t t;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &a, heartbeat, NULL) != 0)
+		FIVC_INFO("guest fabric: no heartbeat thread; peers will think us dead");
+	pthread_attr_destroy(&a);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 struct fivc_fabric *fivc_fabric_get(void)
 {
 	int st = __atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE);
@@ -299,13 +328,18 @@ struct fivc_fabric *fivc_fabric_get(void)
 		struct fivc_geometry g = {.ring_size = fivc_cfg.ring_kib * 1024u};
 		fivc_guard++;
 		fabric_perms(&g);
-		int r = fivc_fabric_open(fivc_cfg.fabric, &g, &fabric, err, sizeof(err));
+		int pci = !strncmp(fivc_cfg.fabric, "pci:", 4);
+		int r = pci ? fivc_fabric_open_pci(fivc_cfg.fabric, &fabric, err, sizeof(err))
+			    : fivc_fabric_open(fivc_cfg.fabric, &g, &fabric, err, sizeof(err));
 		fivc_guard--;
 		if (r < 0) {
 			FIVC_INFO("acceleration off: %s", err);
 			__atomic_store_n(&fabric_state, -1, __ATOMIC_RELEASE);
 		} else {
-			fivc_fabric_fd_move(-1);
+			if (fabric.guest)
+				start_heartbeat();
+			else
+				fivc_fabric_fd_move(-1);
 			if (!fabric.self)
 				FIVC_INFO("fabric %s: no free member id; connections stay plain",
 					  fivc_cfg.fabric);
@@ -328,28 +362,34 @@ void fivc_fabric_fork_prepare(int eager, int *fd, uint32_t *member1)
 	fivc_guard--;
 	if (r < 0) {
 		*fd = -1;
+		*member1 = 0;
 		FIVC_INFO("fork: no member id for the child (%s); it shares ours", strerror(-r));
 	}
 }
 
 void fivc_fabric_fork_parent(int fd, uint32_t member1, int failed)
 {
-	if (fd >= 0)
+	if (member1)
 		fivc_member_forget(&fabric, fd, member1, failed);
 }
 
 void fivc_fabric_fork_child(int eager, int fd, uint32_t member1)
 {
-	if (fd >= 0) {
+	if (member1) {
 		fivc_fabric_become(&fabric, fd, member1);
-		fivc_fabric_fd_move(-1);
+		if (fabric.guest)
+			start_heartbeat(); /* threads do not survive fork */
+		else
+			fivc_fabric_fd_move(-1);
 		FIVC_DEBUG("fork: member %u", member1);
 	} else if (__atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE) > 0 && !eager) {
 		/* Nothing inherited uses the fabric: drop the parent's identity
 		 * (our copy of its fd; its lock stays with the parent) and join
 		 * afresh on first need. */
 		munmap(fabric.base, fabric.size);
-		fivc_real.close(fabric.fd);
+		if (fabric.fd >= 0)
+			fivc_real.close(fabric.fd);
+		free(fabric.hb_seen);
 		memset(&fabric, 0, sizeof(fabric));
 		fabric.fd = -1;
 		__atomic_store_n(&fabric_state, 0, __ATOMIC_RELEASE);

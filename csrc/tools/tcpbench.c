@@ -4,6 +4,11 @@
  *   fastivc-tcpbench server --bind ADDR --port P --mode rr|stream|connect [--size N]
  *   fastivc-tcpbench client --host ADDR --port P --mode rr|stream|connect [--size N] [--seconds S]
  *
+ * --mode xfer (a correctness check, not a benchmark): the client sends --size
+ * bytes of a pattern, the server checks every byte and answers with as many
+ * bytes of another pattern, which the client checks; each prints
+ * {"mode":"xfer","bytes":N,"ok":true|false}.
+ *
  * The server prints "ready" once listening and serves connections one after
  * another until killed.  The client prints one JSON object; for rr it carries
  * percentiles and a quantile curve of the round-trip times (latency.h). */
@@ -86,6 +91,48 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Byte i of pattern seed: deterministic, position-dependent. */
+static uint8_t pattern(uint64_t seed, uint64_t i)
+{
+	uint64_t x = (i >> 3) * 0x9e3779b97f4a7c15ull ^ seed * 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 31;
+	x *= 0x94d049bb133111ebull;
+	x ^= x >> 29;
+	return (uint8_t)(x >> (8 * (i & 7)));
+}
+
+/* Send n bytes of pattern seed in pieces of varying size. */
+static int xfer_send(int fd, uint64_t seed, uint64_t n, char *buf, size_t bufsz)
+{
+	for (uint64_t off = 0, k = 1; off < n; k++) {
+		size_t len = (size_t)((k * 7919) % bufsz) + 1;
+		if (len > n - off)
+			len = (size_t)(n - off);
+		for (size_t j = 0; j < len; j++)
+			buf[j] = (char)pattern(seed, off + j);
+		if (write_all(fd, buf, len) < 0)
+			return -1;
+		off += len;
+	}
+	return 0;
+}
+
+/* Receive n bytes and check them against pattern seed: 1 all exact. */
+static int xfer_check(int fd, uint64_t seed, uint64_t n, char *buf, size_t bufsz)
+{
+	int ok = 1;
+	for (uint64_t off = 0; off < n;) {
+		size_t want = bufsz < n - off ? bufsz : (size_t)(n - off);
+		ssize_t r = read(fd, buf, want);
+		if (r <= 0)
+			return 0;
+		for (ssize_t j = 0; j < r; j++)
+			ok &= (uint8_t)buf[j] == pattern(seed, off + (uint64_t)j);
+		off += (uint64_t)r;
+	}
+	return ok;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
@@ -111,7 +158,9 @@ int main(int argc, char **argv)
 		}
 	}
 	int rr = !strcmp(mode, "rr"), stream = !strcmp(mode, "stream"), conn = !strcmp(mode, "connect");
-	if ((!rr && !stream && !conn) || !port || !size || size > (64u << 20)) {
+	int xfer = !strcmp(mode, "xfer");
+	if ((!rr && !stream && !conn && !xfer) || !port || !size ||
+	    size > (xfer ? (4ull << 30) : (64u << 20))) {
 		fprintf(stderr, "fastivc-tcpbench: bad arguments\n");
 		return 2;
 	}
@@ -121,7 +170,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "fastivc-tcpbench: bad address %s\n", host);
 		return 2;
 	}
-	size_t bufsz = size < 65536 ? 65536 : size;
+	size_t bufsz = size < 65536 || xfer ? 65536 : size;
 	char *buf = calloc(1, bufsz);
 	int one = 1;
 	if (server) {
@@ -136,7 +185,13 @@ int main(int argc, char **argv)
 			if (c < 0)
 				continue;
 			setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-			if (rr) {
+			if (xfer) {
+				int ok = xfer_check(c, 1, size, buf, bufsz);
+				printf("{\"mode\":\"xfer\",\"bytes\":%zu,\"ok\":%s}\n", size,
+				       ok ? "true" : "false");
+				fflush(stdout);
+				xfer_send(c, 2, size, buf, bufsz);
+			} else if (rr) {
 				while (read_full(c, buf, size) == (ssize_t)size)
 					if (write_all(c, buf, size) < 0)
 						break;
@@ -153,6 +208,17 @@ int main(int argc, char **argv)
 		}
 	}
 	uint64_t dur = (uint64_t)(seconds * 1e9);
+	if (xfer) {
+		int c = socket(sa.ss_family, SOCK_STREAM, 0);
+		if (c < 0 || connect(c, (struct sockaddr *)&sa, sl) < 0)
+			die("connect");
+		if (xfer_send(c, 1, size, buf, bufsz) < 0)
+			die("send");
+		int ok = xfer_check(c, 2, size, buf, bufsz);
+		printf("{\"mode\":\"xfer\",\"bytes\":%zu,\"ok\":%s}\n", size, ok ? "true" : "false");
+		close(c);
+		return ok ? 0 : 1;
+	}
 	if (conn) {
 		uint64_t t0 = now_ns(), n = 0;
 		while (now_ns() - t0 < dur) {

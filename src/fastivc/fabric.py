@@ -241,10 +241,12 @@ class Fabric:
         for i in range(h.nmembers):
             state, pid, joined, _hb, ino, comm = MEMBER.unpack_from(
                 self._map, h.members_off + i * MEMBER_SIZE)
-            if state != 1:
+            if state not in (1, 2):  # ALIVE (a process here), GUEST (in a VM)
                 continue
             name = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
-            out.append(Member(i, pid, name, joined, ino, self.member_alive(i)))
+            # a guest's liveness is its heartbeat's progress: not judged here
+            out.append(Member(i, pid, name, joined, ino,
+                              self.member_alive(i) if state == 1 else None))
         return out
 
     def _ring(self, off: int) -> Ring:

@@ -39,6 +39,8 @@ struct fivc_fabric {
 	uint64_t members_off, offers_off, slots_off, rings_off;
 	uint64_t epoch;
 	uint32_t self;      /* our member index + 1; 0 = not joined */
+	int guest;          /* mapped through an ivshmem BAR: we are a GUEST member */
+	uint64_t *hb_seen;  /* per member: last heartbeat seen, and when (private) */
 	char path[256];
 };
 
@@ -57,6 +59,11 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
  * for fork's re-join. */
 int fivc_fabric_adopt_fd(const char *path, int fd, uint32_t member1, struct fivc_fabric *f,
 			 char *err, size_t errlen);
+/* Open the fabric of an ivshmem device in a virtual machine ("pci:auto" or
+ * "pci:DDDD:BB:DD.F": BAR 2 through sysfs) and join as a GUEST member. */
+int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, size_t errlen);
+/* A GUEST member's heartbeat: advance it (every FIVC_HEARTBEAT_MS). */
+void fivc_member_beat(struct fivc_fabric *f);
 /* Validate and adopt an existing region (e.g. a test image, a PCI BAR);
  * no member is joined and no locks exist (fd = -1). */
 int fivc_fabric_attach_mem(void *base, uint64_t len, struct fivc_fabric *f,

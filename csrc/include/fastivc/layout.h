@@ -69,12 +69,19 @@ struct fivc_fabric_hdr {
 /* ---- member: one per process (more exactly: per open file description of
  * the fabric) that joined.  Written only by the member that holds its lock;
  * everything here is informational except `state`. ---- */
-enum { FIVC_MEMBER_FREE = 0, FIVC_MEMBER_ALIVE = 1 };
+/* ALIVE: a process on this kernel, its liveness witnessed by its OFD lock.
+ * GUEST: a process in a virtual machine (the fabric is its ivshmem BAR), with
+ * no kernel in common: it advances `heartbeat_ns` (a counter) every
+ * FIVC_HEARTBEAT_MS and is dead once it has not for FIVC_HEARTBEAT_DEAD_MS.
+ * A guest takes an id by CAS FREE -> GUEST; gc frees a dead guest's id. */
+enum { FIVC_MEMBER_FREE = 0, FIVC_MEMBER_ALIVE = 1, FIVC_MEMBER_GUEST = 2 };
+#define FIVC_HEARTBEAT_MS 100u
+#define FIVC_HEARTBEAT_DEAD_MS 2000u
 struct fivc_member {
 	uint32_t state;    /* written by the member */
 	uint32_t pid;      /* pid in the member's own pid namespace (display only) */
 	uint64_t joined_ns;
-	uint64_t heartbeat_ns; /* reserved for guests (no shared kernel) */
+	uint64_t heartbeat_ns; /* GUEST: a counter it advances (FIVC_HEARTBEAT_MS) */
 	uint64_t pidns_ino;    /* inode of /proc/self/ns/pid (display only) */
 	char comm[16];
 	uint8_t pad[16];
