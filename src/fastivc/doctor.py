@@ -367,7 +367,8 @@ def check_ivshmem(sysfs: str = "/sys/bus/pci/devices") -> Check:
         if (vendor, device) == IVSHMEM:
             found.append(os.path.basename(dev))
     guest = _in_guest()
-    later = "VM support (guests talking through ivshmem) is a later issue"
+    later = ("guests share a fabric through an ivshmem device; in a guest use "
+             "FASTIVC_FABRIC=pci:auto")
     if found:
         return Check("ivshmem", OK, f"ivshmem device at {', '.join(found)} "
                      f"({IVSHMEM[0]}:{IVSHMEM[1]}); {later}")
