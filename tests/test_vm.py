@@ -225,3 +225,18 @@ def test_killed_guest_ends_the_peer_connection_and_gc_reclaims(tmp_path):
                 assert fab.slots() == [], (rep, fab.slots())
     finally:
         subprocess.run(["rm", "-f", path])
+
+
+def test_vm_demo_measures_plain_and_accelerated_between_guests():
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "fastivc", "vm", "demo", "--repeats", "1",
+                        "--seconds", "0.5", "--json"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["accel"] in ("kvm", "tcg")
+    assert [row["scenario"] for row in doc["rows"]] == [
+        "64 B round trip, p50 latency", "64 B requests/responses", "stream, 64 KiB writes"]
+    for row in doc["rows"]:  # measured, both ways (no claim about speed here)
+        assert row["baseline"]["median"] > 0 and row["fastivc"]["median"] > 0, row
