@@ -5,6 +5,7 @@ here); skipped only when QEMU cannot run at all."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -240,3 +241,54 @@ def test_vm_demo_measures_plain_and_accelerated_between_guests():
         "64 B round trip, p50 latency", "64 B requests/responses", "stream, 64 KiB writes"]
     for row in doc["rows"]:  # measured, both ways (no claim about speed here)
         assert row["baseline"]["median"] > 0 and row["fastivc"]["median"] > 0, row
+
+
+def test_host_and_guest_accelerate_both_ways(tmp_path):
+    """A host process (in the host link's namespace, on the fabric file) and a
+    guest (on the same file as its ivshmem BAR): 64 MiB each way exact through
+    the ring, with the host as client and as server."""
+    from fastivc._paths import helper_path
+    from fastivc.netns import in_ns
+    from fastivc.run import build_env
+
+    path = f"/dev/shm/fastivc-vmhost-{id(tmp_path)}"
+    _mkfabric(path)
+    n = 64 << 20
+    bench = str(helper_path("fastivc-tcpbench"))
+    log = tmp_path / "host.log"
+    env = build_env(dict(os.environ), fabric=path,
+                    log=f"debug:{log}")
+    try:
+        with Network(1, fabric=path, host_link=True) as net:
+            (g,) = net.guests
+            # host client -> guest server
+            _server(g, f"--mode xfer --size {n}")
+            try:
+                c = subprocess.run(in_ns(net.host_ns, [bench, "client", "--host", g.ip,
+                                                       "--port", "7100", "--mode", "xfer",
+                                                       "--size", str(n)]),
+                                   env=env, capture_output=True, text=True, timeout=300)
+            finally:
+                slog = _stop_server(g)
+            assert _json_lines(c.stdout) == [{"mode": "xfer", "bytes": n, "ok": True}], c
+            assert {"mode": "xfer", "bytes": n, "ok": True} in _json_lines(slog), slog
+            assert "switched to the ring" in log.read_text() and "adopted offer" in slog
+            # guest client -> host server
+            srv = subprocess.Popen(in_ns(net.host_ns, [bench, "server", "--bind", net.host_ip,
+                                                       "--port", "7101", "--mode", "xfer",
+                                                       "--size", str(n)]),
+                                   env=env, stdout=subprocess.PIPE, text=True)
+            try:
+                assert srv.stdout.readline().strip() == "ready"
+                c = g.run(f"{PCI_ENV}fastivc-tcpbench client --host {net.host_ip} "
+                          f"--port 7101 --mode xfer --size {n}", timeout=300)
+                assert _json_lines(c.output) == [{"mode": "xfer", "bytes": n, "ok": True}], c
+                assert "switched to the ring" in c.output
+                assert _json_lines(srv.stdout.readline()) == [
+                    {"mode": "xfer", "bytes": n, "ok": True}]
+            finally:
+                srv.kill()
+                srv.wait()
+            assert log.read_text().count("adopted offer") == 1
+    finally:
+        subprocess.run(["rm", "-f", path])

@@ -117,11 +117,11 @@ class Guest:
 
     def __init__(self, image: GuestImage, name: str, ip: str, workdir: Path,
                  netdev: str, mac: str, fabric: Path | None, fabric_size: int,
-                 accel: str, memory_mb: int = 256):
+                 accel: str, memory_mb: int = 256, ns: str | None = None):
         self.image, self.name, self.ip, self.accel = image, name, ip, accel
         self.console = workdir / f"{name}.console"
         self.agent_path = workdir / f"{name}.agent"
-        self.netdev, self.mac = netdev, mac
+        self.netdev, self.mac, self.ns = netdev, mac, ns
         self.fabric, self.fabric_size, self.memory_mb = fabric, fabric_size, memory_mb
         self.proc: subprocess.Popen | None = None
         self.boot_seconds: float | None = None
@@ -139,12 +139,14 @@ class Guest:
                "-serial", f"file:{self.console}",
                "-chardev", f"socket,id=agent,path={self.agent_path},server=on,wait=off",
                "-serial", "chardev:agent",
-               "-netdev", f"socket,id=n0,{self.netdev}",
+               "-netdev", self.netdev,
                "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
         if self.fabric is not None:
             cmd += ["-object", f"memory-backend-file,id=fabric,size={self.fabric_size},"
                     f"share=on,mem-path={self.fabric}",
                     "-device", "ivshmem-plain,memdev=fabric"]
+        if self.ns:  # its tap lives in the host link's namespace
+            cmd = ["ip", "netns", "exec", self.ns, *cmd]
         if self.accel == "kvm":
             # -cpu host alone aborts here ("failed to set MSR 0x10a"): nested KVM
             # without IA32_ARCH_CAPABILITIES; leaving that feature out is harmless.
@@ -295,7 +297,8 @@ class Network:
 
     def __init__(self, n: int = 2, accel: str = "auto", fabric: str | Path | None = None,
                  fabric_size: int = DEFAULT_FABRIC_SIZE, cache: Path | None = None,
-                 memory_mb: int = 256, boot_timeout: float = BOOT_TIMEOUT_S):
+                 memory_mb: int = 256, boot_timeout: float = BOOT_TIMEOUT_S,
+                 host_link: bool = False):
         if not 1 <= n <= 200:
             raise ValueError("between 1 and 200 guests")
         if accel not in ("auto", "kvm", "tcg"):
@@ -314,6 +317,13 @@ class Network:
         self.notes: list[str] = []
         self.image: GuestImage | None = None
         self._workdir: Path | None = None
+        # host_link: the guests' NICs are taps on a bridge in a network
+        # namespace where the host has SUBNET.1, so host processes run there
+        # (in_ns(net.host_ns, argv)) reach the guests with the same 4-tuple
+        # the guests see: host-guest connections can be accelerated.  Root.
+        self.host_link = host_link
+        self.host_ns: str | None = None
+        self.host_ip = f"{SUBNET}.1"
 
     def __enter__(self) -> Network:
         try:
@@ -346,13 +356,37 @@ class Network:
                               "(ivshmem needs a power-of-two size)")
         self.fabric_size = p2
 
+    def _host_link_up(self) -> None:
+        if os.geteuid() != 0:
+            raise VMError("host_link needs root (a network namespace with a bridge and taps)")
+        self.host_ns = f"fivc-vm-{os.getpid()}"
+        cmds = [["ip", "netns", "add", self.host_ns],
+                ["ip", "-n", self.host_ns, "link", "set", "lo", "up"],
+                ["ip", "-n", self.host_ns, "link", "add", "br0", "type", "bridge"],
+                ["ip", "-n", self.host_ns, "addr", "add", f"{self.host_ip}/24", "dev", "br0"],
+                ["ip", "-n", self.host_ns, "link", "set", "br0", "up"]]
+        for i in range(self.n):
+            cmds += [["ip", "-n", self.host_ns, "tuntap", "add", "dev", f"tap{i}", "mode", "tap"],
+                     ["ip", "-n", self.host_ns, "link", "set", f"tap{i}", "master", "br0"],
+                     ["ip", "-n", self.host_ns, "link", "set", f"tap{i}", "up"]]
+        for c in cmds:
+            r = subprocess.run(c, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise VMError(f"{' '.join(c)}: {r.stderr.strip()}")
+
+    def _host_link_down(self) -> None:
+        if self.host_ns:
+            subprocess.run(["ip", "netns", "del", self.host_ns], capture_output=True)
+            self.host_ns = None
+
     def _make_guests(self, accel: str) -> None:
         port = _free_udp_port()
         for i in range(self.n):
-            g = Guest(self.image, f"vm{i}", f"{SUBNET}.{11 + i}", self._workdir,
-                      f"mcast=230.0.0.1:{port},localaddr=127.0.0.1",
+            netdev = (f"tap,id=n0,ifname=tap{i},script=no,downscript=no" if self.host_ns
+                      else f"socket,id=n0,mcast=230.0.0.1:{port},localaddr=127.0.0.1")
+            g = Guest(self.image, f"vm{i}", f"{SUBNET}.{11 + i}", self._workdir, netdev,
                       f"52:54:00:fa:57:{i + 1:02x}", self.fabric, self.fabric_size,
-                      accel, self.memory_mb)
+                      accel, self.memory_mb, ns=self.host_ns)
             self.guests.append(g)
 
     def _boot(self, accel: str, timeout: float) -> bool:
@@ -374,6 +408,8 @@ class Network:
         self.image = build(self.cache)
         self._workdir = Path(tempfile.mkdtemp(prefix="fastivc-vm-"))
         self._prepare_fabric()
+        if self.host_link:
+            self._host_link_up()
         accel = self.accel_wanted
         if accel == "auto":
             kvm_usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -405,6 +441,7 @@ class Network:
     def close(self) -> None:
         for g in self.guests:
             g.close()
+        self._host_link_down()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
