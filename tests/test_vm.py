@@ -146,16 +146,29 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def test_guests_upgrade_through_the_ivshmem_fabric(accel_net):
+    import time
+
     from fastivc import Fabric
 
     a, b = accel_net.guests
     _server(b, "--mode rr")
     try:
-        c = a.run(f"{PCI_ENV}fastivc-tcpbench client --host {b.ip} --port 7100 --mode rr "
-                  "--seconds 1", timeout=120)
+        a.run(f"{PCI_ENV}fastivc-tcpbench client --host {b.ip} --port 7100 --mode rr "
+              "--seconds 3 >/tmp/c.log 2>&1 & echo $! >/tmp/c.pid")
+        # while it runs, the host sees the channel between the two guests
+        seen, t0 = [], time.monotonic()
+        while not seen and time.monotonic() - t0 < 20:
+            with Fabric(str(accel_net.fabric)) as fab:
+                seen = [sl for sl in fab.slots() if sl.state == "connected" and
+                        (sl.local.address, sl.peer.address, sl.peer.port) ==
+                        (a.ip, b.ip, 7100)]
+            time.sleep(0.1)
+        assert seen, "no connected channel between the guests seen from the host"
+        assert seen[0].client_to_server.produced > 0
+        c = a.run("while kill -0 $(cat /tmp/c.pid) 2>/dev/null; do sleep 0.2; done; "
+                  "cat /tmp/c.log", timeout=120)
     finally:
         slog = _stop_server(b)
-    assert c.rc == 0, c.output
     assert "switched to the ring" in c.output, c.output
     assert "adopted offer" in slog, slog
     assert _json_lines(c.output)[0]["samples"] > 100
