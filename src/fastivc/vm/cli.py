@@ -131,7 +131,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``vm`` and its subcommands to the top-level parser's subparsers."""
     vp = sub.add_parser("vm", help="QEMU guests: build one, launch several on one network "
-                        "with an ivshmem fabric (issue 6, in progress)")
+                        "with an ivshmem fabric, and measure them")
     vsub = vp.add_subparsers(dest="vm_command", metavar="VMCOMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
