@@ -303,5 +303,28 @@ def test_host_and_guest_accelerate_both_ways(tmp_path):
                 srv.kill()
                 srv.wait()
             assert log.read_text().count("adopted offer") == 1
+            # request/response, host client -> guest server, with the channel
+            # seen in the fabric while it runs
+            import time
+
+            from fastivc import Fabric
+
+            _server(g, "--mode rr")
+            try:
+                cli = subprocess.Popen(in_ns(net.host_ns, [bench, "client", "--host", g.ip,
+                                                           "--port", "7100", "--mode", "rr",
+                                                           "--seconds", "3"]),
+                                       env=env, stdout=subprocess.PIPE, text=True)
+                seen, t0 = [], time.monotonic()
+                while not seen and time.monotonic() - t0 < 20:
+                    with Fabric(path) as fab:
+                        seen = [sl for sl in fab.slots() if sl.state == "connected" and
+                                (sl.local.address, sl.peer.address) == (net.host_ip, g.ip)]
+                    time.sleep(0.1)
+                out, _ = cli.communicate(timeout=120)
+            finally:
+                _stop_server(g)
+            assert seen, "the host-guest channel was not seen in the fabric"
+            assert cli.returncode == 0 and _json_lines(out)[0]["samples"] > 100, out
     finally:
         subprocess.run(["rm", "-f", path])
