@@ -52,15 +52,21 @@ def ivshmem_devices(g: Guest) -> list[dict]:
     return devs
 
 
+def start_tcpbench_server(g: Guest, env: str, port: int, args: str) -> None:
+    """fastivc-tcpbench server in the background in guest g (output in
+    /tmp/server.log, pid in /tmp/server.pid), once it says it is ready."""
+    r = g.run(f"{env}fastivc-tcpbench server --bind 0.0.0.0 --port {port} {args} "
+              ">/tmp/server.log 2>&1 & echo $! >/tmp/server.pid\n"
+              "for i in $(seq 100); do\n"
+              "  grep -q ready /tmp/server.log && break; sleep 0.1\ndone\n"
+              "cat /tmp/server.log")
+    if "ready" not in r.output:
+        raise VMError(f"guest {g.name}: tcpbench server not ready: {r.output}")
+
+
 def _rr(server: Guest, client: Guest, seconds: float, preload: bool) -> dict:
     env = "LD_PRELOAD=/opt/fastivc/libfastivc.so FASTIVC_LOG=debug " if preload else ""
-    r = server.run(f"{env}fastivc-tcpbench server --bind 0.0.0.0 --port {PORT} --mode rr "
-                   ">/tmp/server.log 2>&1 & echo $! >/tmp/server.pid\n"
-                   "for i in $(seq 50); do\n"
-                   "  grep -q ready /tmp/server.log && break; sleep 0.1\ndone\n"
-                   "cat /tmp/server.log")
-    if "ready" not in r.output:
-        raise VMError(f"guest {server.name}: tcpbench server not ready: {r.output}")
+    start_tcpbench_server(server, env, PORT, "--mode rr")
     try:
         c = client.run(f"{env}fastivc-tcpbench client --host {server.ip} --port {PORT} "
                        f"--mode rr --seconds {seconds}", timeout=seconds + 60)

@@ -17,6 +17,7 @@ import tempfile
 
 from .._paths import helper_path
 from ..bench.stats import compare
+from .check import start_tcpbench_server
 from .guest import Network, VMError
 
 PORT = 7300
@@ -32,17 +33,12 @@ def _one(net: Network, mode: str, args: str, seconds: float, fast: bool) -> dict
     env = PCI_ENV if fast else ""
     b.run("rm -f /tmp/fastivc.log")
     a.run("rm -f /tmp/fastivc.log")
-    r = b.run(f"{env}fastivc-tcpbench server --bind 0.0.0.0 --port {PORT} --mode {mode} {args}"
-              " >/tmp/s.log 2>&1 & echo $! >/tmp/s.pid\n"
-              "for i in $(seq 100); do grep -q ready /tmp/s.log && break; sleep 0.1; done\n"
-              "cat /tmp/s.log")
-    if "ready" not in r.output:
-        raise VMError(f"{b.name}: tcpbench server did not start: {r.output}")
+    start_tcpbench_server(b, env, PORT, f"--mode {mode} {args}")
     try:
         c = a.run(f"{env}fastivc-tcpbench client --host {b.ip} --port {PORT} --mode {mode} "
                   f"{args} --seconds {seconds}", timeout=seconds + 120)
     finally:
-        b.run("kill $(cat /tmp/s.pid); sleep 0.2")
+        b.run("kill $(cat /tmp/server.pid); sleep 0.2")
     lines = [ln for ln in c.output.splitlines() if ln.startswith("{")]
     if c.rc != 0 or not lines:
         raise VMError(f"{a.name}: tcpbench client failed ({c.rc}): {c.output[-500:]}")
