@@ -377,7 +377,7 @@ static int arm_all(struct ep_set *s, int force)
 			if (fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, e->fd, &kev) == 0)
 				e->kmask = want;
 		}
-		if (!fs->ch.f || fs->state == FS_PLAIN)
+		if (!fivc_fs_uses_fabric(fs))
 			continue;
 		int rd = (e->events & EPOLLIN) != 0, wr = (e->events & EPOLLOUT) != 0;
 		if (fs->state != FS_ACCEL) {

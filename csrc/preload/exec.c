@@ -65,34 +65,41 @@ static int put_record(char *out, size_t cap, size_t *len, struct fsock *fs, int 
 	return 1;
 }
 
+struct records {
+	char *buf;
+	size_t cap, len;
+	int count, full;
+};
+
+static void record_one(struct fsock *fs, int fd, void *arg)
+{
+	struct records *r = arg;
+	if (r->full || !fivc_fs_uses_fabric(fs))
+		return;
+	int k = put_record(r->buf, r->cap, &r->len, fs, fd);
+	if (k < 0)
+		r->full = 1;
+	else
+		r->count += k;
+}
+
 char **fivc_exec_env(char *const envp[])
 {
-	if (getpid() != fivc_pid) /* vfork child: see the top */
-		return NULL;
 	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
-	size_t cap = 256 + (size_t)(hi + 1) * 24, len = 0;
-	char *rec = malloc(cap);
-	if (!rec)
+	struct records rs = {.cap = 256 + (size_t)(hi + 1) * 24};
+	rs.buf = malloc(rs.cap);
+	if (!rs.buf)
 		return NULL;
-	rec[0] = 0;
-	int count = 0;
-	for (int fd = 0; fd <= hi && fd < fivc_nfds; fd++) {
-		struct fsock *fs = fivc_fs(fd);
-		if (!fs || fs->state == FS_PLAIN || !fs->ch.f)
-			continue;
-		int first = 1;
-		for (int e = 0; e < fd && first; e++)
-			first = fivc_fs(e) != fs;
-		if (!first)
-			continue;
-		int r = put_record(rec, cap, &len, fs, fd);
-		if (r < 0) {
-			FIVC_INFO("exec: too many connections to hand over; they end");
-			free(rec);
-			return NULL;
-		}
-		count += r;
+	rs.buf[0] = 0;
+	fivc_for_each_fsock(record_one, &rs);
+	if (rs.full) {
+		FIVC_INFO("exec: too many connections to hand over; they end");
+		free(rs.buf);
+		return NULL;
 	}
+	char *rec = rs.buf;
+	size_t len = rs.len;
+	int count = rs.count;
 	int ffd = count ? fivc_fabric_keep_across_exec(1) : -1;
 	if (ffd < 0) {
 		free(rec);

@@ -292,16 +292,19 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 	return r;
 }
 
-/* Vectored forms: gather into the ring piece by piece (a short count when a
- * non-blocking ring fills, like a socket). */
-ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags)
+/* Vectored forms: the ring piece by piece (a short count when a
+ * non-blocking ring fills or empties, like a socket).  After the first bytes
+ * a write must not raise SIGPIPE and a read takes only what is there. */
+static ssize_t fs_vec(struct fsock *fs, int fd, const struct iovec *iov, int n, int wr,
+		      int flags, int later)
 {
 	size_t done = 0;
 	for (int i = 0; i < n; i++) {
 		if (!iov[i].iov_len)
 			continue;
-		ssize_t r = fivc_fs_send(fs, fd, iov[i].iov_base, iov[i].iov_len,
-					 done ? flags | MSG_NOSIGNAL : flags);
+		int f = done ? later : flags;
+		ssize_t r = wr ? fivc_fs_send(fs, fd, iov[i].iov_base, iov[i].iov_len, f)
+			       : fivc_fs_recv(fs, fd, iov[i].iov_base, iov[i].iov_len, f);
 		if (r < 0)
 			return done ? (ssize_t)done : r;
 		done += (size_t)r;
@@ -311,22 +314,15 @@ ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, 
 	return (ssize_t)done;
 }
 
+ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags)
+{
+	return fs_vec(fs, fd, iov, n, 1, flags, flags | MSG_NOSIGNAL);
+}
+
 ssize_t fivc_fs_recvv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags)
 {
-	size_t done = 0;
-	for (int i = 0; i < n; i++) {
-		if (!iov[i].iov_len)
-			continue;
-		/* after the first bytes, take only what is already there */
-		ssize_t r = fivc_fs_recv(fs, fd, iov[i].iov_base, iov[i].iov_len,
-					 done && !(flags & MSG_WAITALL) ? flags | MSG_DONTWAIT : flags);
-		if (r < 0)
-			return done ? (ssize_t)done : r;
-		done += (size_t)r;
-		if ((size_t)r < iov[i].iov_len)
-			break;
-	}
-	return (ssize_t)done;
+	return fs_vec(fs, fd, iov, n, 0, flags,
+		      flags & MSG_WAITALL ? flags : flags | MSG_DONTWAIT);
 }
 
 long fivc_fs_nread(struct fsock *fs, int fd)

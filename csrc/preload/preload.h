@@ -225,6 +225,14 @@ void fivc_fs_replaced(int fd);
 int fivc_fs_dup(int oldfd, int newfd);
 int fivc_fs_shutdown(struct fsock *fs, int fd, int how);
 void fivc_fs_release(struct fsock *fs);
+/* Each distinct fsock once (fds that share one, by dup, are seen together),
+ * with its lowest fd. */
+void fivc_for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void *arg);
+/* Not plain: it holds a slot side of the fabric. */
+static inline int fivc_fs_uses_fabric(const struct fsock *fs)
+{
+	return fs->state != FS_PLAIN && fs->ch.f;
+}
 pid_t fivc_do_fork(void);
 /* epoll (epoll.c) */
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);

@@ -13,7 +13,7 @@
 void fivc_fs_release(struct fsock *fs)
 {
 	int last = 1;
-	if (fs->state != FS_PLAIN && fs->ch.f)
+	if (fivc_fs_uses_fabric(fs))
 		last = fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
 					fs->untracked ? 0 : fs->fab->self) != 0;
 	if (last && fs->state == FS_CLIENT_PENDING) {
@@ -174,8 +174,7 @@ void fivc_fs_disarm(struct fsock *fs)
 
 /* ---- fork and exec ---- */
 
-/* Each distinct fsock once: fds that share one (dup) are seen together. */
-static void for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void *arg)
+void fivc_for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void *arg)
 {
 	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
 	for (int fd = 0; fd <= hi && fd < fivc_nfds; fd++) {
@@ -190,12 +189,10 @@ static void for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void
 	}
 }
 
-static int uses_fabric(struct fsock *fs) { return fs->state != FS_PLAIN && fs->ch.f; }
-
 static void count_held(struct fsock *fs, int fd, void *arg)
 {
 	(void)fd;
-	*(int *)arg += uses_fabric(fs);
+	*(int *)arg += fivc_fs_uses_fabric(fs);
 }
 
 struct fork_child {
@@ -208,7 +205,7 @@ struct fork_child {
 static void hold_for_child(struct fsock *fs, int fd, void *arg)
 {
 	struct fork_child *c = arg;
-	if (!uses_fabric(fs))
+	if (!fivc_fs_uses_fabric(fs))
 		return;
 	if (c->undo) { /* fork failed */
 		fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
@@ -241,27 +238,27 @@ static void fork_settle(struct fsock *fs, int fd, void *arg)
 pid_t fivc_do_fork(void)
 {
 	int held = 0;
-	for_each_fsock(count_held, &held);
+	fivc_for_each_fsock(count_held, &held);
 	int cfd;
 	struct fork_child c = {0};
 	fivc_fabric_fork_prepare(held > 0, &cfd, &c.member1);
 	if (held)
-		for_each_fsock(hold_for_child, &c);
+		fivc_for_each_fsock(hold_for_child, &c);
 	pid_t pid = fivc_real.fork();
 	int e = errno;
 	if (pid == 0) {
 		int one = 1;
 		fivc_pid = getpid();
-		for_each_fsock(fork_settle, &one);
+		fivc_for_each_fsock(fork_settle, &one);
 		fivc_fabric_fork_child(held > 0, cfd, c.member1);
 		return 0;
 	}
 	if (pid < 0 && held) {
 		c.undo = 1;
-		for_each_fsock(hold_for_child, &c);
+		fivc_for_each_fsock(hold_for_child, &c);
 	}
 	int zero = 0;
-	for_each_fsock(fork_settle, &zero);
+	fivc_for_each_fsock(fork_settle, &zero);
 	fivc_fabric_fork_parent(cfd, c.member1, pid < 0);
 	errno = e;
 	return pid;
@@ -285,15 +282,9 @@ static void drop_cloexec(struct fsock *fs, int fd, void *arg)
 }
 
 /* exec(): the kernel closes close-on-exec fds without telling us; let go of
- * those connections first.  (A connection whose fd survives the exec is not
- * re-attached yet: the new program would find a TCP socket carrying only
- * doorbells.  Noted in README.md.) */
+ * those connections first.  (The ones whose fd survives are handed to the
+ * new program: exec.c.) */
 void fivc_before_exec(void)
 {
-	/* A vfork() child (or one of a raw clone) may share the parent's
-	 * memory, and its exec closes only its own descriptors: the
-	 * connections stay the parent's. */
-	if (getpid() != fivc_pid)
-		return;
-	for_each_fsock(drop_cloexec, NULL);
+	fivc_for_each_fsock(drop_cloexec, NULL);
 }

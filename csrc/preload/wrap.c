@@ -507,8 +507,14 @@ static int exec_with(int (*real)(const char *, char *const[], char *const[]), co
 		     char *const a[], char *const e[])
 {
 	FIVC_ENSURE_INIT();
-	fivc_before_exec();
-	char **env = fivc_exec_env(e);
+	/* A vfork() child (or one of a raw clone) may share the parent's
+	 * memory, and its exec closes only its own descriptors: the
+	 * connections stay the parent's, and none is handed over. */
+	char **env = NULL;
+	if (getpid() == fivc_pid) {
+		fivc_before_exec();
+		env = fivc_exec_env(e);
+	}
 	int r = real(p, a, env ? env : e);
 	int err = errno;
 	fivc_exec_failed(env);
