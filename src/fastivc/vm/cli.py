@@ -27,9 +27,24 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _guarded(name: str, fn, also: tuple = ()):
+    """fn() with its guests killed on Ctrl-C: (its result, None), or (None,
+    the exit code) once the error or the interruption has been said."""
     from .build import BuildError
-    from .guest import Network, VMError, interrupt_safe
+    from .guest import VMError, interrupt_safe
+
+    try:
+        return interrupt_safe(fn), None
+    except (VMError, BuildError, *also) as e:
+        print(f"fastivc vm {name}: {e}", file=sys.stderr)
+        return None, 1
+    except KeyboardInterrupt:
+        print(f"\nfastivc vm {name}: interrupted (guests killed)", file=sys.stderr)
+        return None, 130
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .guest import Network
 
     script = " ".join(args.script[1:] if args.script[:1] == ["--"] else args.script)
     if not script:
@@ -53,29 +68,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 rc = rc or (1 if r.rc else 0)
             return rc
 
-    try:
-        return interrupt_safe(work)
-    except (VMError, BuildError, ValueError) as e:
-        print(f"fastivc vm run: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nfastivc vm run: interrupted (guests killed)", file=sys.stderr)
-        return 130
+    rc, err = _guarded("run", work, (ValueError,))
+    return rc if err is None else err
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from . import check
-    from .build import BuildError
-    from .guest import VMError, interrupt_safe
 
-    try:
-        doc = interrupt_safe(lambda: check.run(args.cache, args.accel, args.seconds))
-    except (VMError, BuildError) as e:
-        print(f"fastivc vm check: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nfastivc vm check: interrupted (guests killed)", file=sys.stderr)
-        return 130
+    doc, err = _guarded("check", lambda: check.run(args.cache, args.accel, args.seconds))
+    if err is not None:
+        return err
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -102,8 +104,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
-    from .build import BuildError
-    from .guest import VMError, interrupt_safe
 
     if args.repeats < 1 or args.seconds <= 0:
         print("fastivc vm demo: --repeats must be >= 1 and --seconds > 0", file=sys.stderr)
@@ -112,15 +112,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     def progress(i: int, n: int, what: str) -> None:
         if not args.json:
             print(f"fastivc vm demo: [{i}/{n}] {what} ...", file=sys.stderr)
-    try:
-        doc = interrupt_safe(lambda: demo.run(args.repeats, args.seconds, args.accel,
-                                              args.cache, progress))
-    except (VMError, BuildError) as e:
-        print(f"fastivc vm demo: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nfastivc vm demo: interrupted (guests killed)", file=sys.stderr)
-        return 130
+    doc, err = _guarded("demo", lambda: demo.run(args.repeats, args.seconds, args.accel,
+                                                args.cache, progress))
+    if err is not None:
+        return err
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
