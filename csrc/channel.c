@@ -41,12 +41,19 @@ int fivc_ring_consumer_waiting(struct fivc_ring_hdr *r)
 	return fivc_load_relaxed(&r->cons_waiting) != 0;
 }
 
+static uint64_t tx_space(const struct fivc_chan *c);
+static int tx_can_grow(struct fivc_chan *c);
+
 /* The same pattern for a producer that waits for space. */
-static int ring_arm_producer(struct fivc_ring_hdr *r, uint64_t tail, uint64_t size)
+static int ring_arm_producer(struct fivc_chan *c)
 {
+	struct fivc_ring_hdr *r = c->tx;
 	fivc_store_relaxed(&r->prod_waiting, 1);
 	fivc_smp_mb(); /* SB: pairs with the fence in ring_producer_waiting() */
-	return tail - fivc_load_acquire(&r->head) < size || fivc_load_acquire(&r->rd_closed);
+	uint64_t head = fivc_load_acquire(&r->head);
+	if (head - c->tx_head_seen <= c->tx_tail - c->tx_head_seen)
+		c->tx_head_seen = head; /* (a head beyond our tail is checked by ready_write) */
+	return tx_space(c) > 0 || tx_can_grow(c) || fivc_load_acquire(&r->rd_closed);
 }
 
 static int ring_producer_waiting(struct fivc_ring_hdr *r)
@@ -76,6 +83,109 @@ static void notify_producer(struct fivc_chan *c)
 		ring_bell(c, &c->rx->prod_wake, &c->rx_wakes_sent);
 }
 
+/* ---- where the bytes are (layout.h "ring header") ---- */
+
+static int before(uint64_t a, uint64_t b) { return (int64_t)(a - b) < 0; }
+
+/* Ring r's descriptor, read consistently; -EAGAIN while its producer is
+ * changing it.  SYNC POINT READ: pairs with the releases in desc_write(). */
+static int desc_read(struct fivc_ring_hdr *r, uint32_t *seq, uint32_t *buf, uint32_t *prev,
+		     uint64_t *from)
+{
+	uint32_t s1 = fivc_load_acquire(&r->desc_seq);
+	if (s1 & 1)
+		return -EAGAIN;
+	*buf = fivc_load_relaxed(&r->buf);
+	*prev = fivc_load_relaxed(&r->prev);
+	*from = fivc_load_relaxed(&r->from);
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	if (fivc_load_relaxed(&r->desc_seq) != s1)
+		return -EAGAIN;
+	*seq = s1;
+	return 0;
+}
+
+/* Producer: publish (prev, from, buf); a seqlock, so a consumer never
+ * pairs one switch's `from` with another's buffers. */
+static void desc_write(struct fivc_ring_hdr *r, uint32_t prev, uint64_t from, uint32_t buf,
+		       uint32_t *seq)
+{
+	uint32_t s0 = fivc_load_relaxed(&r->desc_seq) & ~1u;
+	fivc_store_relaxed(&r->desc_seq, s0 + 1);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	fivc_store_relaxed(&r->prev, prev);
+	fivc_store_relaxed(&r->from, from);
+	fivc_store_relaxed(&r->buf, buf);
+	fivc_store_release(&r->desc_seq, s0 + 2);
+	*seq = s0 + 2;
+}
+
+/* The view of ring r (direction dir) for a side whose position is pos: the
+ * prev buffer is resolved only while pos is before `from` (after that it
+ * may already be someone else's).  A buffer that does not check out under
+ * an unchanged descriptor is a broken peer (-EPROTO); one that changed
+ * meanwhile (a switch, and the old buffer given back) is read again. */
+static int view_load(struct fivc_chan *c, struct fivc_ring_hdr *r, int dir, uint64_t pos,
+		     struct fivc_ringview *v)
+{
+	for (unsigned tries = 0; tries < 100000; tries++) {
+		struct fivc_ringview n = {0};
+		if (desc_read(r, &n.seq, &n.buf, &n.prev, &n.from) < 0) {
+			fivc_cpu_relax();
+			continue;
+		}
+		int rc = fivc_buf_resolve(c->f, n.buf, c->idx, c->gen, dir, &n.data, &n.size);
+		if (rc == 0 && before(pos, n.from))
+			rc = fivc_buf_resolve(c->f, n.prev, c->idx, c->gen, dir, &n.pdata, &n.psize);
+		if (rc < 0) {
+			__atomic_thread_fence(__ATOMIC_ACQUIRE);
+			if (fivc_load_relaxed(&r->desc_seq) != n.seq)
+				continue;
+			return -EPROTO;
+		}
+		n.prev_held = n.pdata && n.prev != FIVC_BUF_INLINE;
+		*v = n;
+		return 0;
+	}
+	return -EPROTO; /* a descriptor that never settles */
+}
+
+/* Copy n bytes at stream position pos out of (or into) the view's buffers. */
+static void view_copy(const struct fivc_ringview *v, uint64_t pos, uint8_t *p, size_t n, int in)
+{
+	while (n) {
+		int old = before(pos, v->from);
+		uint8_t *d = old ? v->pdata : v->data;
+		uint64_t sz = old ? v->psize : v->size;
+		size_t k = n;
+		if (old && v->from - pos < k)
+			k = (size_t)(v->from - pos);
+		uint64_t off = pos & (sz - 1);
+		size_t first = (size_t)FIVC_MIN((uint64_t)k, sz - off);
+		if (in) {
+			memcpy(d + off, p, first);
+			memcpy(d, p + first, k - first);
+		} else {
+			memcpy(p, d + off, first);
+			memcpy(p + first, d, k - first);
+		}
+		p += k;
+		pos += k;
+		n -= k;
+	}
+}
+
+/* Bytes [head, tail) fit the view's buffers. */
+static int view_holds(const struct fivc_ringview *v, uint64_t head, uint64_t tail)
+{
+	if (before(tail, head))
+		return 0;
+	if (!before(head, v->from))
+		return tail - head <= v->size;
+	uint64_t end = before(v->from, tail) ? v->from : tail;
+	return end - head <= v->psize && (!before(v->from, tail) || tail - v->from <= v->size);
+}
+
 /* ---- open ---- */
 
 int fivc_chan_open(struct fivc_chan *c, struct fivc_fabric *f, uint32_t slot,
@@ -91,7 +201,7 @@ int fivc_chan_open(struct fivc_chan *c, struct fivc_fabric *f, uint32_t slot,
 		return -ESTALE; /* (after fork and exec the holder may not be the leaser) */
 	for (int d = 0; d < 2; d++)
 		if (fivc_load_relaxed(&s->ring[d].magic) != FIVC_RING_MAGIC ||
-		    fivc_load_relaxed(&s->ring[d].size) != f->g.ring_size)
+		    fivc_load_relaxed(&s->ring[d].size) != f->g.small_ring)
 			return -EPROTO;
 	c->f = f;
 	c->slot = s;
@@ -100,15 +210,20 @@ int fivc_chan_open(struct fivc_chan *c, struct fivc_fabric *f, uint32_t slot,
 	c->side = side;
 	c->tx = &s->ring[side];
 	c->rx = &s->ring[1 - side];
-	c->txd = fivc_ring_data(f, slot, side);
-	c->rxd = fivc_ring_data(f, slot, 1 - side);
-	c->size = f->g.ring_size;
-	c->mask = c->size - 1;
+	c->max_size = f->g.small_ring;
+	for (int k = 0; k < FIVC_POOL_CLASSES; k++)
+		if (f->g.npool[k] && f->pool_size[k] > c->max_size)
+			c->max_size = f->pool_size[k];
 	c->tx_tail = fivc_load_acquire(&c->tx->tail);
 	c->tx_head_seen = fivc_load_acquire(&c->tx->head);
 	c->rx_head = fivc_load_acquire(&c->rx->head);
 	c->rx_tail_seen = fivc_load_acquire(&c->rx->tail);
-	if (c->tx_tail - c->tx_head_seen > c->size || c->rx_tail_seen - c->rx_head > c->size)
+	/* (exec and fork take over rings that may have grown) */
+	if (view_load(c, c->tx, side, c->tx_head_seen, &c->txv) < 0 ||
+	    view_load(c, c->rx, 1 - side, c->rx_head, &c->rxv) < 0)
+		return -EPROTO;
+	if (!view_holds(&c->txv, c->tx_head_seen, c->tx_tail) ||
+	    !view_holds(&c->rxv, c->rx_head, c->rx_tail_seen))
 		return -EPROTO;
 	c->spin_ns = FIVC_DEFAULT_SPIN_NS;
 	c->db = &fivc_doorbell_futex;
@@ -125,6 +240,17 @@ static int broken(struct fivc_chan *c)
 
 static int is_broken(struct fivc_chan *c) { return fivc_load_relaxed(&c->broken); }
 
+/* The consumer, after loading the tail: the view must describe the bytes
+ * up to it.  The descriptor is read after the tail (the producer writes it
+ * before the bytes it covers), and again only when its seqlock moved. */
+static int rx_check(struct fivc_chan *c, uint64_t tail)
+{
+	if (fivc_load_acquire(&c->rx->desc_seq) != c->rxv.seq &&
+	    view_load(c, c->rx, 1 - c->side, c->rx_head, &c->rxv) < 0)
+		return -EPROTO;
+	return view_holds(&c->rxv, c->rx_head, tail) ? 0 : -EPROTO;
+}
+
 /* >0 data or EOF ready, 0 nothing yet, <0 error.  Refreshes rx_tail_seen. */
 static int ready_read(struct fivc_chan *c, int *eof)
 {
@@ -133,7 +259,7 @@ static int ready_read(struct fivc_chan *c, int *eof)
 		return -ECONNRESET;
 	/* SYNC POINT READ: pairs with the release of the tail in write. */
 	uint64_t tail = fivc_load_acquire(&c->rx->tail);
-	if (tail - c->rx_head > c->size)
+	if (rx_check(c, tail) < 0)
 		return broken(c);
 	c->rx_tail_seen = tail;
 	if (tail != c->rx_head)
@@ -141,7 +267,7 @@ static int ready_read(struct fivc_chan *c, int *eof)
 	/* wr_closed is stored (release) after the last tail: re-read it. */
 	if (fivc_load_acquire(&c->rx->wr_closed)) {
 		tail = fivc_load_acquire(&c->rx->tail);
-		if (tail - c->rx_head > c->size)
+		if (rx_check(c, tail) < 0)
 			return broken(c);
 		c->rx_tail_seen = tail;
 		*eof = tail == c->rx_head;
@@ -172,10 +298,118 @@ static int ready_write(struct fivc_chan *c)
 	}
 	/* SYNC POINT READ: pairs with the release of the head in read. */
 	uint64_t head = fivc_load_acquire(&c->tx->head);
-	if (c->tx_tail - head > c->size)
-		return broken(c);
+	if (before(head, c->tx_head_seen) || !view_holds(&c->txv, head, c->tx_tail))
+		return broken(c); /* a head that went back, or beyond what we wrote */
 	c->tx_head_seen = head;
-	return c->tx_tail - head < c->size;
+	return tx_space(c) > 0;
+}
+
+/* ---- growing and shrinking the producer's ring (layout.h) ---- */
+
+/* Free space in the buffer we write to now. */
+static uint64_t tx_space(const struct fivc_chan *c)
+{
+	uint64_t base = before(c->tx_head_seen, c->txv.from) ? c->txv.from : c->tx_head_seen;
+	return c->txv.size - (c->tx_tail - base);
+}
+
+/* The consumer is past `from`: the old buffer goes back to the pool. */
+static void tx_release_prev(struct fivc_chan *c)
+{
+	if (!c->txv.prev_held || before(c->tx_head_seen, c->txv.from))
+		return;
+	fivc_pool_give(c->f, c->txv.prev, c->idx, c->gen, c->side, 0);
+	c->txv.prev_held = 0;
+	c->txv.pdata = NULL;
+}
+
+/* Switch the ring to buffer word buf at our tail (nothing of prev unread). */
+static void tx_switch(struct fivc_chan *c, uint32_t buf, uint8_t *data, uint64_t size)
+{
+	struct fivc_ringview *v = &c->txv;
+	v->prev = v->buf;
+	v->pdata = v->data;
+	v->psize = v->size;
+	v->prev_held = v->buf != FIVC_BUF_INLINE;
+	v->buf = buf;
+	v->data = data;
+	v->size = size;
+	v->from = c->tx_tail;
+	/* SYNC POINT WRITE: the descriptor before any byte it covers (the
+	 * tail's release in chan_write orders them). */
+	desc_write(c->tx, v->prev, v->from, v->buf, &v->seq);
+}
+
+#define FIVC_GROW_RETRY_NS 100000000ull /* after the pool was found empty */
+
+/* Whether a write could get more space by growing: a larger buffer exists,
+ * the previous switch is behind the consumer, the pool was not empty just
+ * now. */
+static int tx_can_grow(struct fivc_chan *c)
+{
+	if (c->txv.size >= c->max_size || before(c->tx_head_seen, c->txv.from))
+		return 0;
+	return !c->grow_failed_ns ||
+	       fivc_now_ns(CLOCK_MONOTONIC) - c->grow_failed_ns >= FIVC_GROW_RETRY_NS;
+}
+
+/* Take a larger buffer for a write that needs `need` more bytes: the mid
+ * class from the inline ring when that holds it, else the big one. */
+static int tx_grow(struct fivc_chan *c, uint64_t need)
+{
+	tx_release_prev(c);
+	if (!tx_can_grow(c))
+		return -ENOSPC;
+	struct fivc_fabric *f = c->f;
+	int cur = FIVC_BUF_CLASS(c->txv.buf);
+	int want = cur + 1;
+	if (want == 0 && (!f->g.npool[0] || need > f->pool_size[0]))
+		want = 1;
+	for (int k = want; k < FIVC_POOL_CLASSES; k++) {
+		uint32_t b;
+		uint8_t *d;
+		uint64_t sz;
+		if (!f->g.npool[k] || f->pool_size[k] <= c->txv.size ||
+		    fivc_pool_take(f, k, c->idx, c->gen, c->side, &b) < 0)
+			continue;
+		if (fivc_buf_resolve(f, b, c->idx, c->gen, c->side, &d, &sz) < 0) {
+			fivc_pool_give(f, b, c->idx, c->gen, c->side, 0);
+			return broken(c);
+		}
+		c->grow_failed_ns = 0;
+		tx_switch(c, b, d, sz);
+		return 0;
+	}
+	c->grow_failed_ns = fivc_now_ns(CLOCK_MONOTONIC);
+	return -ENOSPC;
+}
+
+int fivc_chan_tx_idle(struct fivc_chan *c)
+{
+	if (!c->f || fivc_load_relaxed(&c->shared))
+		return c->f ? fivc_chan_tx_grown(c) : 0;
+	if (ready_write(c) < 0 && !c->txv.prev_held)
+		return 0; /* the slot's release gives its buffers back */
+	tx_release_prev(c);
+	if (c->txv.buf == FIVC_BUF_INLINE)
+		return c->txv.prev_held;
+	if (c->tx_head_seen != c->tx_tail || c->tx_idle_mark != c->tx_tail) {
+		c->tx_idle_mark = c->tx_tail;
+		return 1;
+	}
+	/* Empty since the last look: back to the inline ring.  The consumer
+	 * is at `from` already, so the pool buffer is free at once, and its
+	 * pages go back to the system. */
+	uint8_t *d;
+	uint64_t sz;
+	if (fivc_buf_resolve(c->f, FIVC_BUF_INLINE, c->idx, c->gen, c->side, &d, &sz) < 0)
+		return 1;
+	uint32_t old = c->txv.buf;
+	tx_switch(c, FIVC_BUF_INLINE, d, sz);
+	fivc_pool_give(c->f, old, c->idx, c->gen, c->side, 1);
+	c->txv.prev_held = 0;
+	c->txv.pdata = NULL;
+	return 0;
 }
 
 /* Is the peer still there?  Only asked after a sleep timed out. */
@@ -235,7 +469,7 @@ static int wait_ready(struct fivc_chan *c, int writing)
 				tmo = (uint32_t)left_ms;
 		}
 		uint32_t seq = fivc_load_acquire(word);
-		int armed = writing ? ring_arm_producer(c->tx, c->tx_tail, c->size)
+		int armed = writing ? ring_arm_producer(c)
 				    : fivc_ring_arm_consumer(c->rx, c->rx_head);
 		int r = armed ? (writing ? ready_write(c) : ready_read(c, &eof)) : 0;
 		if (r) {
@@ -273,9 +507,9 @@ static void refresh(struct fivc_chan *c)
 	if (!fivc_load_relaxed(&c->shared))
 		return;
 	uint64_t h = fivc_load_acquire(&c->rx->head), t = fivc_load_acquire(&c->tx->tail);
-	if (h - c->rx_head <= c->size)
+	if (h - c->rx_head <= c->rxv.size + c->rxv.psize)
 		c->rx_head = h;
-	if (t - c->tx_tail <= c->size)
+	if (t - c->tx_tail <= c->txv.size + c->txv.psize)
 		c->tx_tail = t;
 }
 
@@ -296,7 +530,10 @@ ssize_t fivc_chan_writable(struct fivc_chan *c)
 	int r = ready_write(c);
 	if (r < 0)
 		return r;
-	return (ssize_t)(c->size - (c->tx_tail - c->tx_head_seen));
+	/* a write would grow the ring: as much space as TCP's buffer would
+	 * promise (a full inline ring must not look full to a program that
+	 * needs its peer to read first) */
+	return (ssize_t)(tx_space(c) + (tx_can_grow(c) ? c->max_size : 0));
 }
 
 int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
@@ -306,7 +543,7 @@ int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
 	if (rd)
 		ready |= fivc_ring_arm_consumer(c->rx, c->rx_head);
 	if (wr)
-		ready |= ring_arm_producer(c->tx, c->tx_tail, c->size);
+		ready |= ring_arm_producer(c);
 	if (ready)
 		fivc_chan_disarm(c);
 	return ready;
@@ -317,7 +554,7 @@ void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr)
 	if (rd)
 		fivc_ring_arm_consumer(c->rx, c->rx_head);
 	if (wr)
-		ring_arm_producer(c->tx, c->tx_tail, c->size);
+		ring_arm_producer(c);
 }
 
 void fivc_chan_disarm(struct fivc_chan *c)
@@ -381,7 +618,11 @@ static int reload(struct fivc_chan *c, int wr)
 	if (wr) {
 		c->tx_tail = fivc_load_acquire(&c->tx->tail);
 		c->tx_head_seen = fivc_load_acquire(&c->tx->head);
-		if (c->tx_tail - c->tx_head_seen > c->size)
+		/* another process of our side may have switched buffers */
+		if (fivc_load_acquire(&c->tx->desc_seq) != c->txv.seq &&
+		    view_load(c, c->tx, c->side, c->tx_head_seen, &c->txv) < 0)
+			return broken(c);
+		if (!view_holds(&c->txv, c->tx_head_seen, c->tx_tail))
 			return broken(c);
 	} else {
 		c->rx_head = fivc_load_acquire(&c->rx->head);
@@ -390,6 +631,7 @@ static int reload(struct fivc_chan *c, int wr)
 	return 0;
 }
 
+static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags);
 
@@ -434,10 +676,7 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 		uint64_t avail = c->rx_tail_seen - c->rx_head;
 		if (r > 0 && avail) {
 			size_t n = (size_t)FIVC_MIN(avail, (uint64_t)(len - got));
-			uint64_t off = c->rx_head & c->mask;
-			size_t first = (size_t)FIVC_MIN((uint64_t)n, c->size - off);
-			memcpy(dst + got, c->rxd + off, first);
-			memcpy(dst + got + first, c->rxd, n - first);
+			view_copy(&c->rxv, c->rx_head, dst + got, n, 0);
 			got += n;
 			if (flags & FIVC_PEEK)
 				return (ssize_t)got;
@@ -470,11 +709,16 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 	if (c->wr_shut)
 		return -EPIPE;
 	while (done < len) {
-		uint64_t space = c->size - (c->tx_tail - c->tx_head_seen);
+		uint64_t space = tx_space(c);
 		int r = 1;
 		if (space < len - done) {
 			r = ready_write(c);
-			space = c->size - (c->tx_tail - c->tx_head_seen);
+			tx_release_prev(c);
+			space = tx_space(c);
+			if (r >= 0 && space < len - done && tx_grow(c, len - done) == 0)
+				space = tx_space(c);
+			if (r == 0 && space)
+				r = 1;
 		} else if (fivc_load_relaxed(&c->tx->rd_closed)) {
 			r = -EPIPE;
 		}
@@ -483,10 +727,7 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 		if (space) {
 			size_t n = (size_t)FIVC_MIN(FIVC_MIN(space, (uint64_t)(len - done)),
 						    (uint64_t)FIVC_WRITE_CHUNK);
-			uint64_t off = c->tx_tail & c->mask;
-			size_t first = (size_t)FIVC_MIN((uint64_t)n, c->size - off);
-			memcpy(c->txd + off, src + done, first);
-			memcpy(c->txd, src + done + first, n - first);
+			view_copy(&c->txv, c->tx_tail, (uint8_t *)src + done, n, 1);
 			c->tx_tail += n;
 			/* SYNC POINT WRITE: pairs with the acquire of the tail in ready_read. */
 			fivc_store_release(&c->tx->tail, c->tx_tail);

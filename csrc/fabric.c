@@ -33,29 +33,78 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
 
 static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
 
-int fivc_layout_compute(struct fivc_geometry *g, uint64_t *members_off,
-			uint64_t *offers_off, uint64_t *slots_off,
-			uint64_t *rings_off, uint64_t *total)
+static uint8_t *slot_backed(struct fivc_fabric *f, uint32_t i);
+static void slot_free_buffers(struct fivc_fabric *f, uint32_t i, uint32_t gen);
+static void slotmap_clear(struct fivc_fabric *f, uint32_t i);
+
+/* Default pool sizes: one mid buffer per 16 slots and one big buffer per
+ * 64 (enough for every connection of a busy host to stream at once is not
+ * the goal: connections that find the pool empty stay on their inline ring,
+ * correct and slower), and a floor for small fabrics (tests, guests). */
+static uint32_t pool_default(uint32_t nslots, int c)
+{
+	uint32_t per = c ? 64 : 16, floor = c ? 16 : 64;
+	uint64_t n = nslots / per, lo = (uint64_t)nslots * 2 < floor ? (uint64_t)nslots * 2 : floor;
+	return (uint32_t)(n > lo ? n : lo);
+}
+
+static uint64_t page_up(uint64_t v) { return (v + FIVC_PAGE - 1) & ~(uint64_t)(FIVC_PAGE - 1); }
+
+int fivc_layout_compute(struct fivc_geometry *g, struct fivc_fabric *f, uint64_t *total)
 {
 	if (!g->nslots) g->nslots = FIVC_DEFAULT_SLOTS;
 	if (!g->nmembers) g->nmembers = FIVC_DEFAULT_MEMBERS;
 	if (!g->noffers) g->noffers = FIVC_DEFAULT_OFFERS;
 	if (!g->ring_size) g->ring_size = FIVC_DEFAULT_RING;
+	if (!g->small_ring)
+		g->small_ring = g->ring_size < FIVC_DEFAULT_SMALL_RING ? g->ring_size
+								       : FIVC_DEFAULT_SMALL_RING;
 	if (g->nslots > FIVC_MAX_SLOTS || g->nmembers > FIVC_MAX_MEMBERS ||
 	    g->noffers > FIVC_MAX_OFFERS || !is_pow2(g->ring_size) ||
 	    (g->noffers > FIVC_OFFER_BUCKET && g->noffers % FIVC_OFFER_BUCKET) ||
-	    g->ring_size < FIVC_MIN_RING || g->ring_size > FIVC_MAX_RING)
+	    g->ring_size < FIVC_MIN_RING || g->ring_size > FIVC_MAX_RING ||
+	    !is_pow2(g->small_ring) || g->small_ring < FIVC_MIN_RING ||
+	    g->small_ring > g->ring_size || g->small_ring > FIVC_PAGE * 16)
 		return -EINVAL;
+	uint32_t psize[FIVC_POOL_CLASSES] = {
+		FIVC_MID_RING < g->ring_size ? FIVC_MID_RING : g->ring_size, g->ring_size};
+	uint32_t below = g->small_ring;
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++) {
+		/* a class no larger than the one below it (or than the next, for
+		 * mid) would never be chosen: it has no buffers */
+		int useless = psize[c] <= below || (c == 0 && psize[0] >= psize[1]);
+		if (useless)
+			g->npool[c] = 0;
+		else if (!g->npool[c] && !g->exact)
+			g->npool[c] = pool_default(g->nslots, c);
+		if (g->npool[c] > FIVC_MAX_POOL)
+			return -EINVAL;
+		if (g->npool[c])
+			below = psize[c];
+	}
 	uint64_t off = FIVC_PAGE;
-	*members_off = off;
+	f->members_off = off;
 	off += (uint64_t)g->nmembers * sizeof(struct fivc_member);
-	*offers_off = off;
+	f->offers_off = off;
 	off += (uint64_t)g->noffers * sizeof(struct fivc_offer);
-	*slots_off = off;
-	off += (uint64_t)g->nslots * sizeof(struct fivc_slot);
-	off = (off + FIVC_PAGE - 1) & ~(uint64_t)(FIVC_PAGE - 1);
-	*rings_off = off;
-	off += (uint64_t)g->nslots * 2 * g->ring_size;
+	f->slotmap_off = off;
+	off += ((uint64_t)g->nslots + 63) / 64 * 8;
+	f->backed_off = off;
+	off += ((uint64_t)g->nslots + 7) & ~(uint64_t)7;
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++) {
+		f->pool_off[c] = off;
+		off += (uint64_t)g->npool[c] * sizeof(struct fivc_pool_ent);
+	}
+	off = page_up(off);
+	f->slots_off = off;
+	f->slab_size = FIVC_PAGE + 2 * g->small_ring;
+	off += (uint64_t)g->nslots * f->slab_size;
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++) {
+		off = page_up(off);
+		f->pooldata_off[c] = off;
+		f->pool_size[c] = psize[c];
+		off += (uint64_t)g->npool[c] * psize[c];
+	}
 	*total = off;
 	return 0;
 }
@@ -63,8 +112,9 @@ int fivc_layout_compute(struct fivc_geometry *g, uint64_t *members_off,
 int fivc_fabric_format(void *base, uint64_t len, const struct fivc_geometry *gin)
 {
 	struct fivc_geometry g = *gin;
-	uint64_t mo, oo, so, ro, total;
-	int r = fivc_layout_compute(&g, &mo, &oo, &so, &ro, &total);
+	struct fivc_fabric L;
+	uint64_t total;
+	int r = fivc_layout_compute(&g, &L, &total);
 	if (r < 0)
 		return r;
 	if (len < total)
@@ -79,16 +129,26 @@ int fivc_fabric_format(void *base, uint64_t len, const struct fivc_geometry *gin
 	h->noffers = g.noffers;
 	h->nslots = g.nslots;
 	h->ring_size = g.ring_size;
-	h->members_off = mo;
-	h->offers_off = oo;
-	h->slots_off = so;
-	h->rings_off = ro;
+	h->small_ring = g.small_ring;
+	h->slab_size = L.slab_size;
+	h->members_off = L.members_off;
+	h->offers_off = L.offers_off;
+	h->slotmap_off = L.slotmap_off;
+	h->backed_off = L.backed_off;
+	h->slots_off = L.slots_off;
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++) {
+		h->npool[c] = g.npool[c];
+		h->pool_size[c] = L.pool_size[c];
+		h->pool_off[c] = L.pool_off[c];
+		h->pooldata_off[c] = L.pooldata_off[c];
+	}
 	h->member_size = sizeof(struct fivc_member);
 	h->offer_size = sizeof(struct fivc_offer);
 	h->slot_size = sizeof(struct fivc_slot);
 	/* The region is zero-filled (fresh file / caller's memset): zero is
-	 * FREE for members, offers and slots.  Magic last, so a reader of a
-	 * region formatted in place (no link(2) step) never sees a half header.
+	 * FREE for members, offers, slots and pool buffers.  Magic last, so a
+	 * reader of a region formatted in place (no link(2) step) never sees a
+	 * half header.
 	 * SYNC POINT WRITE: pairs with the acquire load in validate_hdr(). */
 	fivc_store_release(&h->magic, FIVC_FABRIC_MAGIC);
 	return 0;
@@ -122,18 +182,29 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 		return -EPROTO;
 	}
 	struct fivc_geometry g = {.nmembers = h->nmembers, .noffers = h->noffers,
-				  .nslots = h->nslots, .ring_size = h->ring_size};
-	if (!g.nmembers || !g.noffers || !g.nslots || !g.ring_size) {
+				  .nslots = h->nslots, .ring_size = h->ring_size,
+				  .small_ring = h->small_ring, .exact = 1};
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++)
+		g.npool[c] = h->npool[c];
+	if (!g.nmembers || !g.noffers || !g.nslots || !g.ring_size || !g.small_ring) {
 		seterr(err, errlen, "fabric %s: header has a zero count", name);
 		return -EPROTO;
 	}
-	uint64_t mo, oo, so, ro, total;
-	if (fivc_layout_compute(&g, &mo, &oo, &so, &ro, &total) < 0) {
+	uint64_t total;
+	struct fivc_fabric L;
+	uint32_t np[FIVC_POOL_CLASSES] = {g.npool[0], g.npool[1]};
+	if (fivc_layout_compute(&g, &L, &total) < 0 || np[0] != g.npool[0] || np[1] != g.npool[1]) {
 		seterr(err, errlen, "fabric %s: header geometry out of range", name);
 		return -EPROTO;
 	}
-	if (mo != h->members_off || oo != h->offers_off || so != h->slots_off ||
-	    ro != h->rings_off || total != h->total_size) {
+	int same = L.members_off == h->members_off && L.offers_off == h->offers_off &&
+		   L.slots_off == h->slots_off && L.slotmap_off == h->slotmap_off &&
+		   L.backed_off == h->backed_off && L.slab_size == h->slab_size &&
+		   total == h->total_size;
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++)
+		same = same && L.pool_off[c] == h->pool_off[c] &&
+		       L.pooldata_off[c] == h->pooldata_off[c] && L.pool_size[c] == h->pool_size[c];
+	if (!same) {
 		seterr(err, errlen, "fabric %s: header offsets are inconsistent", name);
 		return -EPROTO;
 	}
@@ -142,11 +213,19 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 		       name, (unsigned long long)total, (unsigned long long)len);
 		return -EPROTO;
 	}
+	g.exact = 0;
 	f->g = g;
-	f->members_off = mo;
-	f->offers_off = oo;
-	f->slots_off = so;
-	f->rings_off = ro;
+	f->members_off = L.members_off;
+	f->offers_off = L.offers_off;
+	f->slots_off = L.slots_off;
+	f->slotmap_off = L.slotmap_off;
+	f->backed_off = L.backed_off;
+	f->slab_size = L.slab_size;
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++) {
+		f->pool_off[c] = L.pool_off[c];
+		f->pooldata_off[c] = L.pooldata_off[c];
+		f->pool_size[c] = L.pool_size[c];
+	}
 	f->size = total;
 	f->epoch = h->epoch;
 	return 0;
@@ -289,8 +368,11 @@ static void reclaim_slot(struct fivc_fabric *f, uint32_t i, dead_fn is_dead, voi
 				fivc_store_release(&s->ring[1 - d].rd_closed, 1);
 			}
 			r->slot_sides_freed += (uint32_t)(d0 + d1);
-			if ((uint32_t)nw == 0)
+			if ((uint32_t)nw == 0) {
 				r->slots_freed++;
+				slot_free_buffers(f, i, FIVC_LEASE_GEN(w));
+				slotmap_clear(f, i);
+			}
 			return;
 		}
 		/* the lease moved: only sides still held and of the same lease */
@@ -315,8 +397,10 @@ static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
 		if (fivc_cas(&o->state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_OFFER_FREE)))
 			r->offers_freed++;
 	}
+	/* only slots ever used: the others' pages were never reserved */
 	for (uint32_t i = 0; i < f->g.nslots; i++)
-		reclaim_slot(f, i, is_dead, arg, r);
+		if (fivc_load_acquire(slot_backed(f, i)))
+			reclaim_slot(f, i, is_dead, arg, r);
 }
 
 /* Take a free member id through fd's open file description; 0 if none. */
@@ -455,8 +539,9 @@ static int create_fabric(const char *path, const struct fivc_geometry *gin,
 			 char *err, size_t errlen)
 {
 	struct fivc_geometry g = gin ? *gin : (struct fivc_geometry){0};
-	uint64_t mo, oo, so, ro, total;
-	if (fivc_layout_compute(&g, &mo, &oo, &so, &ro, &total) < 0) {
+	struct fivc_fabric L;
+	uint64_t total;
+	if (fivc_layout_compute(&g, &L, &total) < 0) {
 		seterr(err, errlen, "fabric %s: requested geometry out of range", path);
 		return -EINVAL;
 	}
@@ -498,11 +583,12 @@ static int create_fabric(const char *path, const struct fivc_geometry *gin,
 		seterr(err, errlen, "cannot create fabric %s: mmap: %s", path, strerror(-r));
 		goto out;
 	}
-	/* Reserve the header and tables now; ring pages per slot on claim. */
-	if (fallocate(fd, 0, 0, (off_t)ro) < 0) {
+	/* Reserve the header and tables now; a slot's slab on its first
+	 * claim, a pool buffer when a ring first takes it. */
+	if (fallocate(fd, 0, 0, (off_t)L.slots_off) < 0) {
 		r = -errno;
 		seterr(err, errlen, "cannot create fabric %s: fallocate(%llu): %s", path,
-		       (unsigned long long)ro, strerror(-r));
+		       (unsigned long long)L.slots_off, strerror(-r));
 		munmap(base, FIVC_PAGE);
 		goto out;
 	}
@@ -733,79 +819,275 @@ static void ring_init(struct fivc_ring_hdr *r, uint32_t size)
 	r->tail = 0;
 	r->wr_closed = 0;
 	r->prod_waiting = 0;
+	r->from = 0;
+	r->buf = FIVC_BUF_INLINE;
+	r->prev = FIVC_BUF_INLINE;
+	r->desc_seq = (r->desc_seq | 1u) + 1u; /* even, and not what a stale reader saw */
 	r->head = 0;
 	r->rd_closed = 0;
 	r->cons_waiting = 0;
-	/* cons_wake / prod_wake keep counting: a stale sleeper compares values. */
+	/* cons_wake / prod_wake / desc_seq keep counting: a stale sleeper or
+	 * reader compares values. */
 	r->magic = FIVC_RING_MAGIC;
 }
 
-/* A fabric file is sparse.  Reserve a slot's ring pages before first use so
- * that a full tmpfs gives ENOSPC here (and a plain TCP connection) instead of
- * SIGBUS on a page fault later.  Once per slot: tmpfs keeps the pages, and
- * fallocate on a reserved 2 MiB range still costs ~30 us (measured). */
-static int reserve_rings(struct fivc_fabric *f, struct fivc_slot *s, uint32_t i)
+static uint64_t *slotmap_word(struct fivc_fabric *f, uint32_t i)
 {
-	if (f->fd < 0 || fivc_load_acquire(&s->backed))
+	return (uint64_t *)(f->base + f->slotmap_off) + i / 64;
+}
+
+static uint8_t *slot_backed(struct fivc_fabric *f, uint32_t i)
+{
+	return f->base + f->backed_off + i;
+}
+
+/* A fabric file is sparse.  Reserve a slot's slab (control page and inline
+ * rings) before first use so that a full tmpfs gives ENOSPC here (and a
+ * plain TCP connection) instead of SIGBUS on a page fault later.  Once per
+ * slot: tmpfs keeps the pages.  The slab is not touched before: reading an
+ * unreserved page of a tmpfs mapping allocates it too. */
+static int reserve_slab(struct fivc_fabric *f, uint32_t i)
+{
+	if (fivc_load_acquire(slot_backed(f, i)))
 		return 0;
-	off_t off = (off_t)(fivc_ring_data(f, i, 0) - f->base);
-	if (fallocate(f->fd, 0, off, (off_t)f->g.ring_size * 2) < 0)
+	off_t off = (off_t)((uint8_t *)fivc_slot_at(f, i) - f->base);
+	if (f->fd >= 0 && fallocate(f->fd, 0, off, (off_t)f->slab_size) < 0)
 		return -errno;
-	fivc_store_release(&s->backed, 1);
+	fivc_store_release(slot_backed(f, i), (uint8_t)1);
 	return 0;
 }
+
+/* The claimed-slot bitmap is a hint for finding a free slot (and for
+ * scanning only claimed ones); the lease word decides.  Claim: lease CAS,
+ * then set the bit; release: clear the lease, then the bit.  A bit found
+ * clear over a held lease (a racing release, or a claimer that died between
+ * the two steps) is set again by whoever trips on it; a set bit over a free
+ * lease is cleared by gc. */
+static void slotmap_set(struct fivc_fabric *f, uint32_t i)
+{
+	__atomic_fetch_or(slotmap_word(f, i), 1ull << (i % 64), __ATOMIC_ACQ_REL);
+}
+
+static void slotmap_clear(struct fivc_fabric *f, uint32_t i)
+{
+	__atomic_fetch_and(slotmap_word(f, i), ~(1ull << (i % 64)), __ATOMIC_ACQ_REL);
+	if (i < f->slot_hint)
+		f->slot_hint = i;
+}
+
+/* The slot's two rings no longer need their pool buffers (both sides left). */
+static void slot_free_buffers(struct fivc_fabric *f, uint32_t i, uint32_t gen)
+{
+	struct fivc_slot *s = fivc_slot_at(f, i);
+	for (int d = 0; d < 2; d++) {
+		uint32_t b = fivc_load_acquire(&s->ring[d].buf), p = fivc_load_acquire(&s->ring[d].prev);
+		if (b != FIVC_BUF_INLINE)
+			fivc_pool_give(f, b, i, gen, d, 0);
+		if (p != FIVC_BUF_INLINE && p != b)
+			fivc_pool_give(f, p, i, gen, d, 0);
+	}
+}
+
+/* Try to claim slot i as side 0; 1 on success. */
+static int slot_try_claim(struct fivc_fabric *f, uint32_t i, const struct fivc_tuple *t,
+			  uint64_t nonce, uint32_t *gen)
+{
+	struct fivc_slot *s = fivc_slot_at(f, i);
+	uint64_t w = fivc_load_acquire(&s->lease);
+	if ((uint32_t)w != 0) {
+		slotmap_set(f, i); /* held: the bit was stale */
+		return 0;
+	}
+	uint32_t g = FIVC_LEASE_GEN(w) + 1;
+	if (!fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(g, 0, f->self)))
+		return 0;
+	slotmap_set(f, i);
+	s->nonce = nonce;
+	if (t)
+		s->tuple = *t;
+	else
+		memset(&s->tuple, 0, sizeof(s->tuple));
+	s->switch_bytes = 0;
+	s->switch_state = 0;
+	fivc_store_relaxed(&s->holders[0], 0);
+	fivc_store_relaxed(&s->holders[1], 0);
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+		fivc_store_relaxed(&s->holder_ids[0][k], (uint16_t)0);
+		fivc_store_relaxed(&s->holder_ids[1][k], (uint16_t)0);
+	}
+	fivc_store_release(&s->holder_ids[0][0], (uint16_t)f->self);
+	ring_init(&s->ring[0], f->g.small_ring);
+	ring_init(&s->ring[1], f->g.small_ring);
+	/* SYNC POINT WRITE: publishing the offer (store_release in
+	 * fivc_offer_post) orders this initialisation before the adopter's
+	 * acquire of the offer state. */
+	*gen = g;
+	return 1;
+}
+
+/* Full fabrics reclaim what dead members left at most this often per
+ * process: a connect that finds no slot must cost what plain TCP costs,
+ * not a pass over the fabric (issue 10). */
+#define FIVC_FULL_GC_NS 1000000000ull
 
 int fivc_slot_claim(struct fivc_fabric *f, const struct fivc_tuple *t,
 		    uint64_t nonce, uint32_t *slot, uint32_t *gen)
 {
 	if (!f->self)
 		return -EUSERS;
-	uint32_t n = f->g.nslots;
-	uint32_t start = (uint32_t)(fivc_now_ns(CLOCK_MONOTONIC) >> 6) % n;
+	uint32_t n = f->g.nslots, nw = (n + 63) / 64;
 	for (int pass = 0; pass < 2; pass++) {
-		for (uint32_t k = 0; k < n; k++) {
-			uint32_t i = (start + k) % n;
-			struct fivc_slot *s = fivc_slot_at(f, i);
-			uint64_t w = fivc_load_acquire(&s->lease);
-			if ((uint32_t)w != 0)
-				continue;
-			uint32_t g = FIVC_LEASE_GEN(w) + 1;
-			if (!fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(g, 0, f->self)))
-				continue;
-			s->nonce = nonce;
-			if (t)
-				s->tuple = *t;
-			else
-				memset(&s->tuple, 0, sizeof(s->tuple));
-			s->switch_bytes = 0;
-			s->switch_state = 0;
-			fivc_store_relaxed(&s->holders[0], 0);
-			fivc_store_relaxed(&s->holders[1], 0);
-			for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
-				fivc_store_relaxed(&s->holder_ids[0][k], (uint16_t)0);
-				fivc_store_relaxed(&s->holder_ids[1][k], (uint16_t)0);
+		/* Lowest free slot first, from the hint: the slabs in use stay
+		 * packed at the start of the file (its resident size follows
+		 * the connections open, not how many there ever were). */
+		uint32_t w0 = f->slot_hint / 64 < nw ? f->slot_hint / 64 : 0;
+		for (uint32_t k = 0; k < nw; k++) {
+			uint32_t w = (w0 + k) % nw;
+			uint64_t bits = fivc_load_acquire((uint64_t *)(f->base + f->slotmap_off) + w);
+			while (~bits) {
+				uint32_t b = (uint32_t)__builtin_ctzll(~bits);
+				uint32_t i = w * 64 + b;
+				bits |= 1ull << b;
+				if (i >= n)
+					break;
+				int r = reserve_slab(f, i);
+				if (r < 0)
+					return r;
+				if (!slot_try_claim(f, i, t, nonce, gen))
+					continue;
+				f->slot_hint = i;
+				*slot = i;
+				return 0;
 			}
-			fivc_store_release(&s->holder_ids[0][0], (uint16_t)f->self);
-			if (reserve_rings(f, s, i) < 0) {
-				fivc_slot_release(f, i, g, FIVC_SIDE_CLIENT);
-				return -ENOSPC;
-			}
-			ring_init(&s->ring[0], f->g.ring_size);
-			ring_init(&s->ring[1], f->g.ring_size);
-			/* SYNC POINT WRITE: publishing the offer (store_release in
-			 * fivc_offer_post) orders this initialisation before the
-			 * adopter's acquire of the offer state. */
-			*slot = i;
-			*gen = g;
-			return 0;
 		}
-		/* Full: reclaim what dead members left and look once more. */
+		/* Full: reclaim what dead members left and look once more, at
+		 * most once a second. */
+		uint64_t now = fivc_now_ns(CLOCK_MONOTONIC);
+		if (pass || (f->full_gc_ns && now - f->full_gc_ns < FIVC_FULL_GC_NS))
+			break;
+		f->full_gc_ns = now;
 		struct fivc_gc_report rep = {0};
 		fivc_gc(f, &rep);
 		if (!rep.slots_freed)
 			break;
 	}
 	return -ENOSPC;
+}
+
+/* ---- ring buffers from the pool ---- */
+
+static int pool_reserve(struct fivc_fabric *f, int c, uint32_t i)
+{
+	if (f->fd < 0)
+		return 0; /* a BAR or memory: nothing to reserve */
+	off_t off = (off_t)(fivc_pool_data(f, c, i) - f->base);
+	return fallocate(f->fd, 0, off, (off_t)f->pool_size[c]) < 0 ? -errno : 0;
+}
+
+static void pool_punch(struct fivc_fabric *f, int c, uint32_t i)
+{
+	if (f->fd < 0)
+		return;
+	off_t off = (off_t)(fivc_pool_data(f, c, i) - f->base);
+	fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)f->pool_size[c]);
+}
+
+int fivc_pool_take(struct fivc_fabric *f, int c, uint32_t slot, uint32_t gen, int dir,
+		   uint32_t *buf)
+{
+	if (c < 0 || c >= FIVC_POOL_CLASSES || !f->g.npool[c])
+		return -ENOSPC;
+	uint32_t n = f->g.npool[c], start = f->pool_hint[c] % n;
+	uint64_t me = FIVC_POOL_OWNER(gen, slot, dir);
+	/* first a buffer whose pages are still there, then any */
+	for (int pass = 0; pass < 2; pass++) {
+		for (uint32_t k = 0; k < n; k++) {
+			uint32_t i = (start + k) % n;
+			struct fivc_pool_ent *e = fivc_pool_at(f, c, i);
+			uint64_t o = 0;
+			if (fivc_load_relaxed(&e->owner) != 0 || (!pass && !fivc_load_relaxed(&e->backed)))
+				continue;
+			if (!fivc_cas(&e->owner, &o, me))
+				continue;
+			fivc_store_relaxed(&e->aged, 0u);
+			if (!fivc_load_acquire(&e->backed)) {
+				int r = pool_reserve(f, c, i);
+				if (r < 0) {
+					fivc_store_release(&e->owner, 0ull);
+					return r;
+				}
+				fivc_store_release(&e->backed, 1u);
+			}
+			f->pool_hint[c] = i + 1;
+			*buf = FIVC_BUF_WORD(c, i);
+			return 0;
+		}
+	}
+	return -ENOSPC;
+}
+
+int fivc_pool_give(struct fivc_fabric *f, uint32_t buf, uint32_t slot, uint32_t gen, int dir,
+		   int punch)
+{
+	int c = FIVC_BUF_CLASS(buf);
+	uint32_t i = FIVC_BUF_INDEX(buf);
+	if (c < 0 || c >= FIVC_POOL_CLASSES || i >= f->g.npool[c])
+		return -EINVAL;
+	struct fivc_pool_ent *e = fivc_pool_at(f, c, i);
+	uint64_t o = FIVC_POOL_OWNER(gen, slot, dir);
+	if (!punch || f->fd < 0)
+		return fivc_cas(&e->owner, &o, 0ull) ? 0 : -ESTALE;
+	if (!fivc_cas(&e->owner, &o, FIVC_POOL_BUSY))
+		return -ESTALE;
+	pool_punch(f, c, i);
+	fivc_store_relaxed(&e->backed, 0u);
+	fivc_store_relaxed(&e->aged, 0u);
+	fivc_store_release(&e->owner, 0ull);
+	return 0;
+}
+
+void fivc_pool_trim(struct fivc_fabric *f)
+{
+	if (f->fd < 0)
+		return;
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++)
+		for (uint32_t i = 0; i < f->g.npool[c]; i++) {
+			struct fivc_pool_ent *e = fivc_pool_at(f, c, i);
+			uint64_t o = 0;
+			if (fivc_load_relaxed(&e->owner) != 0 || !fivc_load_relaxed(&e->backed))
+				continue;
+			if (!fivc_load_relaxed(&e->aged)) {
+				fivc_store_relaxed(&e->aged, 1u); /* seen free once */
+				continue;
+			}
+			if (!fivc_cas(&e->owner, &o, FIVC_POOL_BUSY))
+				continue; /* taken meanwhile (the taker cleared aged) */
+			pool_punch(f, c, i);
+			fivc_store_relaxed(&e->backed, 0u);
+			fivc_store_relaxed(&e->aged, 0u);
+			fivc_store_release(&e->owner, 0ull);
+		}
+}
+
+int fivc_buf_resolve(struct fivc_fabric *f, uint32_t buf, uint32_t slot, uint32_t gen, int dir,
+		     uint8_t **data, uint64_t *size)
+{
+	if (slot >= f->g.nslots || (dir != 0 && dir != 1))
+		return -EPROTO;
+	if (buf == FIVC_BUF_INLINE) {
+		*data = fivc_ring_inline(f, slot, dir);
+		*size = f->g.small_ring;
+		return 0;
+	}
+	int c = FIVC_BUF_CLASS(buf);
+	uint32_t i = FIVC_BUF_INDEX(buf);
+	if (c < 0 || c >= FIVC_POOL_CLASSES || i >= f->g.npool[c])
+		return -EPROTO;
+	if (fivc_load_acquire(&fivc_pool_at(f, c, i)->owner) != FIVC_POOL_OWNER(gen, slot, dir))
+		return -EPROTO;
+	*data = fivc_pool_data(f, c, i);
+	*size = f->pool_size[c];
+	return 0;
 }
 
 int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen)
@@ -847,8 +1129,13 @@ int fivc_slot_release(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int si
 			return -ESTALE; /* already reclaimed, or not a member's */
 		uint32_t m0 = side == 0 ? 0 : FIVC_LEASE_SIDE(w, 0);
 		uint32_t m1 = side == 1 ? 0 : FIVC_LEASE_SIDE(w, 1);
-		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, m1, m0)))
+		if (fivc_cas(&s->lease, &w, FIVC_LEASE_WORD(gen, m1, m0))) {
+			if (!m0 && !m1) { /* we were the last: the slot is free */
+				slot_free_buffers(f, slot, gen);
+				slotmap_clear(f, slot);
+			}
 			return 0;
+		}
 	}
 }
 
@@ -1104,6 +1391,31 @@ int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r)
 			r->members_dead++;
 	}
 	reclaim(f, dead_by_lock, NULL, r);
+	/* the claimed-slot bits of free slots (a releaser that died between
+	 * its two steps), and pool buffers whose slot moved on */
+	for (uint32_t i = 0; i < f->g.nslots; i++) {
+		if (!fivc_load_acquire(slot_backed(f, i)))
+			continue;
+		uint64_t w = fivc_load_acquire(&fivc_slot_at(f, i)->lease);
+		uint64_t bit = 1ull << (i % 64);
+		if ((uint32_t)w == 0 && (fivc_load_acquire(slotmap_word(f, i)) & bit))
+			slotmap_clear(f, i);
+	}
+	for (int c = 0; c < FIVC_POOL_CLASSES; c++)
+		for (uint32_t i = 0; i < f->g.npool[c]; i++) {
+			struct fivc_pool_ent *e = fivc_pool_at(f, c, i);
+			uint64_t o = fivc_load_acquire(&e->owner);
+			if (o == 0 || o == FIVC_POOL_BUSY)
+				continue;
+			uint32_t slot1 = (uint32_t)o >> 1, gen = (uint32_t)(o >> 32);
+			uint64_t w = slot1 && slot1 <= f->g.nslots
+					     ? fivc_load_acquire(&fivc_slot_at(f, slot1 - 1)->lease)
+					     : 0;
+			if (slot1 && slot1 <= f->g.nslots && (uint32_t)w != 0 && FIVC_LEASE_GEN(w) == gen)
+				continue;
+			if (fivc_cas(&e->owner, &o, 0ull))
+				r->buffers_freed++;
+		}
 	/* a dead guest's id is free again once its leftovers are gone */
 	for (uint32_t m = 0; m < f->g.nmembers; m++) {
 		struct fivc_member *me = fivc_member_at(f, m);

@@ -34,6 +34,14 @@ def test_stress_small_ring_many_wraps(cbuild, shm_path):
     assert "zero mismatches" in r.stdout
 
 
+def test_stress_rings_grow_and_shrink_back_with_bytes_in_flight(cbuild, shm_path):
+    r = run_c(cbuild("release") / "stress", shm_path, "256", timeout=600,
+              env={"FASTIVC_STRESS_SHRINK": "1"})
+    assert "zero mismatches" in r.stdout
+    assert r.stdout.count("mismatches 0") == 2
+    assert int(r.stdout.split(" shrinks")[0].rsplit(" ", 1)[1]) > 0
+
+
 def test_stress_under_asan(cbuild, shm_path):
     r = run_c(cbuild("asan") / "stress", shm_path, "64", "64", timeout=600, env=ASAN_ENV)
     assert "zero mismatches" in r.stdout

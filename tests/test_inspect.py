@@ -80,7 +80,7 @@ def _patch(path: str, off: int, fmt: str, *vals) -> None:
 def test_corrupt_ring_indices_reported_not_believed(held):
     p, path, slot, _ = held
     with Fabric(path) as fab:
-        base = fab.header.slots_off + slot * F.SLOT_SIZE + F.SLOT_RING_OFF
+        base = fab.header.slots_off + slot * fab.header.slab_size + F.SLOT_RING_OFF
     _patch(path, base + F.RING_PROD_OFF, "<Q", 1 << 50)
     with Fabric(path) as fab:
         s = next(s for s in fab.slots() if s.index == slot)

@@ -22,13 +22,18 @@ def test_python_layout_matches_c_structs(cbuild):
     # header: the fields in struct order, packed as HDR describes
     fields = ["magic", "layout_version", "hdr_size", "total_size", "epoch", "nmembers",
               "noffers", "nslots", "ring_size", "members_off", "offers_off", "slots_off",
-              "rings_off", "member_size", "offer_size", "slot_size"]
+              "pooldata_off", None, "member_size", "offer_size", "slot_size", "flags",
+              "small_ring", "slab_size", "npool", None, "pool_size", None, "slotmap_off",
+              "backed_off", "pool_off", None]
     offs, off = [], 0
     for ch in F.HDR.format[1:]:
         offs.append(off)
         off += 8 if ch == "Q" else 4
     for name, o in zip(fields, offs[:len(fields)], strict=True):
-        assert c[f"fivc_fabric_hdr.{name}"] == o, name
+        if name:  # (None: the second element of an array)
+            assert c[f"fivc_fabric_hdr.{name}"] == o, name
+    assert c["sizeof.fivc_pool_ent"] == F.POOL_ENT.size
+    assert c["fivc_pool_ent.backed"] == 8 and c["fivc_pool_ent.aged"] == 12
     assert c["fivc_member.comm"] == F.MEMBER.size - 16
     assert c["fivc_offer.key"] == 16 and c["fivc_offer.slot"] == 56
     assert c["fivc_offer.adopter"] == 64
@@ -39,5 +44,9 @@ def test_python_layout_matches_c_structs(cbuild):
     assert c["fivc_slot.ring"] == F.SLOT_RING_OFF
     assert c["fivc_ring_hdr.tail"] == F.RING_PROD_OFF
     assert c["fivc_ring_hdr.prod_waiting"] == F.RING_PROD_OFF + 16
+    assert c["fivc_ring_hdr.desc_seq"] == F.RING_PROD_OFF + 20
+    assert c["fivc_ring_hdr.from"] == F.RING_PROD_OFF + 24
+    assert c["fivc_ring_hdr.buf"] == F.RING_PROD_OFF + 32
+    assert c["fivc_ring_hdr.prev"] == F.RING_PROD_OFF + 36
     assert c["fivc_ring_hdr.head"] == F.RING_CONS_OFF
     assert c["fivc_ring_hdr.cons_waiting"] == F.RING_CONS_OFF + 16

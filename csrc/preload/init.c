@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fastivc/util.h"
 #include "preload.h"
 
 struct fivc_real fivc_real;
@@ -304,25 +305,28 @@ static void *heartbeat(void *arg)
 
 static void start_heartbeat(void)
 {
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	pthread_attr_t a;
-	pthread_t t;
-	pthread_attr_init(&a);
-	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&t, &a, heartbeat, NULL) != 0)
+	if (fivc_start_thread(heartbeat) < 0)
 		FIVC_INFO("guest fabric: no heartbeat thread; peers will think us dead");
-	pthread_attr_destroy(&a);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
+
+/* A process that could not join (no fabric yet, a full member table, a
+ * fabric being replaced) tries again, at most this often: the connections
+ * it makes meanwhile stay plain at plain TCP's cost (issue 10). */
+#define FABRIC_RETRY_NS 1000000000ull
+static uint64_t fabric_failed_ns;
 
 struct fivc_fabric *fivc_fabric_get(void)
 {
 	int st = __atomic_load_n(&fabric_state, __ATOMIC_ACQUIRE);
-	if (st)
-		return st > 0 ? &fabric : NULL;
+	if (st > 0)
+		return &fabric;
+	if (st < 0 && fivc_now_ns(CLOCK_MONOTONIC) - __atomic_load_n(&fabric_failed_ns, __ATOMIC_RELAXED) <
+			      FABRIC_RETRY_NS)
+		return NULL;
 	pthread_mutex_lock(&fabric_lock);
+	if (fabric_state < 0 &&
+	    fivc_now_ns(CLOCK_MONOTONIC) - fabric_failed_ns >= FABRIC_RETRY_NS)
+		fabric_state = 0;
 	if (!fabric_state) {
 		char err[512];
 		struct fivc_geometry g = {.ring_size = fivc_cfg.ring_kib * 1024u};
@@ -331,20 +335,25 @@ struct fivc_fabric *fivc_fabric_get(void)
 		int pci = !strncmp(fivc_cfg.fabric, "pci:", 4);
 		int r = pci ? fivc_fabric_open_pci(fivc_cfg.fabric, &fabric, err, sizeof(err))
 			    : fivc_fabric_open(fivc_cfg.fabric, &g, &fabric, err, sizeof(err));
+		if (r == 0 && !fabric.self) {
+			FIVC_INFO("fabric %s: no free member id; connections stay plain for now",
+				  fivc_cfg.fabric);
+			fivc_fabric_close(&fabric);
+			r = -EUSERS;
+		} else if (r < 0) {
+			FIVC_INFO("acceleration off for now: %s", err);
+		}
 		fivc_guard--;
 		if (r < 0) {
-			FIVC_INFO("acceleration off: %s", err);
+			__atomic_store_n(&fabric_failed_ns, fivc_now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 			__atomic_store_n(&fabric_state, -1, __ATOMIC_RELEASE);
 		} else {
 			if (fabric.guest)
 				start_heartbeat();
 			else
 				fivc_fabric_fd_move(-1);
-			if (!fabric.self)
-				FIVC_INFO("fabric %s: no free member id; connections stay plain",
-					  fivc_cfg.fabric);
 			FIVC_DEBUG("fabric %s open, member %u", fivc_cfg.fabric, fabric.self);
-			__atomic_store_n(&fabric_state, fabric.self ? 1 : -1, __ATOMIC_RELEASE);
+			__atomic_store_n(&fabric_state, 1, __ATOMIC_RELEASE);
 		}
 	}
 	pthread_mutex_unlock(&fabric_lock);

@@ -282,6 +282,7 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 		return r;
 	}
 	r = fivc_chan_write(&fs->ch, buf, len, chan_flags(fs, flags));
+	fivc_janitor_watch(fs);
 	if (r == -EPIPE && !fs->reset && !fs->ch.wr_shut && fivc_chan_peer_closed(&fs->ch)) {
 		fs->reset = 1; /* as TCP: taken, then the peer's reset */
 		r = (ssize_t)len;

@@ -165,6 +165,8 @@ struct fsock {
 	 * with a reset, so the first one succeeds, then HUP|ERR, then EPIPE. */
 	int reset;
 	int db_waiters;     /* threads asleep on this socket's TCP doorbell */
+	int on_janitor;     /* on the janitor's list (janitor.c), jnext/jprev */
+	struct fsock *jnext, *jprev;
 	struct fivc_chan ch;
 };
 
@@ -258,6 +260,15 @@ void fivc_inherit(void);
 /* The fabric fd as it survives exec (init.c). */
 int fivc_fabric_keep_across_exec(int keep);
 int fivc_fabric_adopt(int fd, uint32_t member1);
+
+/* the janitor (janitor.c): grown rings shrink back when idle */
+void fivc_janitor_watch(struct fsock *fs);  /* after a write, holding wr_lock */
+void fivc_janitor_forget(struct fsock *fs); /* before fs is freed */
+void fivc_janitor_fork_prepare(void);
+void fivc_janitor_fork_parent(void);
+void fivc_janitor_fork_child(void);
+/* A detached library thread with every signal blocked; 0 or -errno. */
+int fivc_start_thread(void *(*fn)(void *));
 
 /* errno at the libc boundary only (STYLE.md 6) */
 static inline long fivc_ret(long r)

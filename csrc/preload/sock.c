@@ -26,6 +26,7 @@ void fivc_fs_release(struct fsock *fs)
 			fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
 		}
 	}
+	fivc_janitor_forget(fs);
 	if (last && fs->state != FS_PLAIN)
 		fivc_chan_close(&fs->ch);
 	pthread_mutex_destroy(&fs->rd_lock);
@@ -244,15 +245,18 @@ pid_t fivc_do_fork(void)
 	fivc_fabric_fork_prepare(held > 0, &cfd, &c.member1);
 	if (held)
 		fivc_for_each_fsock(hold_for_child, &c);
+	fivc_janitor_fork_prepare();
 	pid_t pid = fivc_real.fork();
 	int e = errno;
 	if (pid == 0) {
 		int one = 1;
+		fivc_janitor_fork_child();
 		fivc_pid = getpid();
 		fivc_for_each_fsock(fork_settle, &one);
 		fivc_fabric_fork_child(held > 0, cfd, c.member1);
 		return 0;
 	}
+	fivc_janitor_fork_parent();
 	if (pid < 0 && held) {
 		c.undo = 1;
 		fivc_for_each_fsock(hold_for_child, &c);

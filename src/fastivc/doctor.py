@@ -27,7 +27,8 @@ from .run import build_env
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 # The library's geometry for a new fabric (csrc/include/fastivc/fabric.h).
-DEFAULT_MEMBERS, DEFAULT_OFFERS, DEFAULT_SLOTS = 1024, 1024, 256
+DEFAULT_MEMBERS, DEFAULT_OFFERS, DEFAULT_SLOTS = 4096, 16384, 65536  # fabric.h
+DEFAULT_SMALL_RING = 4096
 DEFAULT_RING_KIB = 1024
 # Free space should hold the rings of at least this many more connections.
 MIN_CONNECTIONS = 4
@@ -182,7 +183,8 @@ def check_fabric(path: str) -> Check:
                          f"if no program uses it, remove it (rm {path}); the next accelerated "
                          "connection creates a fresh one")
         return Check("fabric", OK, f"{path} is a valid fabric (layout {h.layout_version}, "
-                     f"{h.nslots} slots, {h.ring_size // 1024} KiB rings, {nconn} connections, "
+                     f"{h.nslots} slots, rings of {h.small_ring // 1024} to "
+                     f"{h.ring_size // 1024} KiB, {nconn} connections, "
                      f"{nmem} members) and opens read-write; {_owner(s)}")
     d = os.path.dirname(os.path.abspath(path))
     try:
@@ -274,7 +276,10 @@ def check_space(path: str) -> Check:
         return Check("space", FAIL, f"statvfs({d}): {e.strerror}", "")
     free = vfs.f_bavail * vfs.f_frsize
     ring = _ring_size(path)
-    per_conn = 2 * ring
+    small = min(DEFAULT_SMALL_RING, ring)
+    # an idle connection costs its slot's slab (control page and two inline
+    # rings); streaming ones borrow pool buffers on top, as the pool allows
+    per_conn = F.PAGE + 2 * small
     fix = (f"make room on the filesystem of {d} (for /dev/shm: mount -o remount,size=2G "
            f"/dev/shm), or use smaller rings for a new fabric: FASTIVC_RING_KIB=256")
     try:
@@ -296,15 +301,17 @@ def check_space(path: str) -> Check:
         if unreserved <= free or room >= MIN_CONNECTIONS:
             n = "all its slots" if unreserved <= free else f"{room} more connections"
             return Check("space", OK, f"{what}: room for {n} "
-                         f"({_human(per_conn)} of rings each)")
+                         f"({_human(per_conn)} each while idle)")
         status = FAIL if room < 1 else WARN
         return Check("space", status, f"{what}: room for the rings of only {room} more "
                      f"connections ({_human(per_conn)} each); beyond that connections stay "
                      "plain TCP", fix)
-    tables = F._layout(DEFAULT_MEMBERS, DEFAULT_OFFERS, DEFAULT_SLOTS, ring)[3]
+    npool = F.default_pool_counts(DEFAULT_SLOTS, ring, small)
+    tables = F._layout(DEFAULT_MEMBERS, DEFAULT_OFFERS, DEFAULT_SLOTS, ring, small,
+                       npool)["slots_off"]
     need = tables + MIN_CONNECTIONS * per_conn
-    what = (f"a new fabric reserves {_human(tables)} of tables, then {_human(per_conn)} of "
-            f"rings per connection slot as used; {_human(free)} free on {d}")
+    what = (f"a new fabric reserves {_human(tables)} of tables, then {_human(per_conn)} "
+            f"per connection slot as used; {_human(free)} free on {d}")
     if free >= need:
         room = (free - tables) // per_conn
         return Check("space", OK, f"{what}: room for {min(room, DEFAULT_SLOTS)}"

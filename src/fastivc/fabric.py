@@ -6,6 +6,8 @@ Like the C side, this treats the region as untrusted: the header is checked
 within the file) before anything else is read, and every index or counter
 read afterwards is range-checked; a ring whose indices violate
 ``0 <= tail - head <= size`` is reported as corrupt rather than believed.
+Only slots whose pages were ever reserved are read (the fabric's "backed"
+map): reading a hole of a tmpfs mapping would allocate it.
 
 Member liveness asks the kernel: each member holds an OFD write lock on byte
 ``FIVC_LOCK_BASE + index`` of the fabric file while it lives.
@@ -21,17 +23,20 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
 RING_MAGIC = 0x474E4952  # "RING"
 LOCK_BASE = 1 << 40
 PAGE = 4096
 MIN_RING, MAX_RING = 4 * 1024, 64 * 1024 * 1024
-MAX_SLOTS, MAX_MEMBERS, MAX_OFFERS = 65535, 65534, 65536
+MAX_SLOTS, MAX_MEMBERS, MAX_OFFERS = 1 << 22, 65534, 65536
+POOL_CLASSES, MAX_POOL, MID_RING = 2, 1 << 22, 64 * 1024
+POOL_NAMES = ("mid", "big")
 OFFER_BUCKET = 8
 
 # struct layouts (checked against the C structs by tests/test_layout.py)
-HDR = struct.Struct("<QIIQQIIIIQQQQIIII")
+HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQ")
+POOL_ENT = struct.Struct("<QII")
 HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
 MEMBER = struct.Struct("<IIQQQ16s")
 TUPLE = struct.Struct("<16s16sHHI")
@@ -43,7 +48,7 @@ SLOT_SWITCH_OFF = 64
 SLOT_RING_OFF = 128
 RING_HDR_SIZE = 320
 RING_RO = struct.Struct("<II")
-RING_PROD = struct.Struct("<QIII")
+RING_PROD = struct.Struct("<QIIIIQII")
 RING_PROD_OFF = 64
 RING_CONS = struct.Struct("<QIII")
 RING_CONS_OFF = 192
@@ -68,7 +73,14 @@ class Header:
     members_off: int
     offers_off: int
     slots_off: int
-    rings_off: int
+    small_ring: int = 0
+    slab_size: int = 0
+    npool: tuple[int, ...] = ()
+    pool_size: tuple[int, ...] = ()
+    slotmap_off: int = 0
+    backed_off: int = 0
+    pool_off: tuple[int, ...] = ()
+    pooldata_off: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,13 +100,14 @@ class Ring:
     produced: int
     consumed: int
     fill: int
-    size: int
+    size: int  # of the buffer it writes to now
     writer_closed: bool
     reader_closed: bool
     consumer_waiting: bool
     producer_waiting: bool
     valid: bool
     problem: str = ""
+    buffer: str = "inline"  # inline, mid or big (a pool buffer)
 
 
 @dataclass(frozen=True)
@@ -151,13 +164,60 @@ def _addr(raw: bytes) -> str:
     return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
 
 
-def _layout(nmembers: int, noffers: int, nslots: int, ring_size: int) -> tuple[int, ...]:
-    members_off = PAGE
-    offers_off = members_off + nmembers * MEMBER_SIZE
-    slots_off = offers_off + noffers * OFFER_SIZE
-    rings_off = (slots_off + nslots * SLOT_SIZE + PAGE - 1) & ~(PAGE - 1)
-    total = rings_off + nslots * 2 * ring_size
-    return members_off, offers_off, slots_off, rings_off, total
+def _page_up(v: int) -> int:
+    return (v + PAGE - 1) & ~(PAGE - 1)
+
+
+def default_pool_counts(nslots: int, ring_size: int, small_ring: int) -> tuple[int, ...]:
+    """The pool buffers a new fabric gets (csrc/fabric.c, pool_default)."""
+    psize = (min(MID_RING, ring_size), ring_size)
+    out = []
+    for c in range(POOL_CLASSES):
+        if psize[c] <= small_ring or (c == 0 and psize[0] >= psize[1]):
+            out.append(0)
+        else:
+            per, floor = (64, 16) if c else (16, 64)
+            out.append(max(nslots // per, min(2 * nslots, floor)))
+    return tuple(out)
+
+
+def _layout(nmembers: int, noffers: int, nslots: int, ring_size: int, small_ring: int,
+            npool: tuple[int, ...]) -> dict:
+    """The offsets csrc/fabric.c (fivc_layout_compute) gives these counts."""
+    psize = (min(MID_RING, ring_size), ring_size)
+    below = small_ring
+    for c in range(POOL_CLASSES):
+        useless = psize[c] <= below or (c == 0 and psize[0] >= psize[1])
+        if useless and npool[c]:
+            raise ValueError("a pool class that could never be used has buffers")
+        if npool[c]:
+            below = psize[c]
+    L: dict = {}
+    off = PAGE
+    L["members_off"] = off
+    off += nmembers * MEMBER_SIZE
+    L["offers_off"] = off
+    off += noffers * OFFER_SIZE
+    L["slotmap_off"] = off
+    off += (nslots + 63) // 64 * 8
+    L["backed_off"] = off
+    off += (nslots + 7) & ~7
+    pool_off = []
+    for c in range(POOL_CLASSES):
+        pool_off.append(off)
+        off += npool[c] * POOL_ENT.size
+    off = _page_up(off)
+    L["slots_off"] = off
+    L["slab_size"] = PAGE + 2 * small_ring
+    off += nslots * L["slab_size"]
+    pooldata_off = []
+    for c in range(POOL_CLASSES):
+        off = _page_up(off)
+        pooldata_off.append(off)
+        off += npool[c] * psize[c]
+    L["pool_off"], L["pooldata_off"], L["pool_size"] = tuple(pool_off), tuple(pooldata_off), psize
+    L["total"] = off
+    return L
 
 
 class Fabric:
@@ -193,8 +253,9 @@ class Fabric:
 
     # -- header ---------------------------------------------------------
     def _validate(self, h: tuple, file_size: int) -> Header:
-        (magic, version, hdr_size, total, epoch, nmem, noff, nslot, ring, mo, oo, so, ro,
-         msz, osz, ssz, _flags) = h
+        (magic, version, hdr_size, total, epoch, nmem, noff, nslot, ring, mo, oo, so,
+         pd0, pd1, msz, osz, ssz, _flags, small, slab, np0, np1, ps0, ps1, smo, bko,
+         po0, po1) = h
         if magic != FABRIC_MAGIC:
             raise FabricError(f"{self.path} is not a fastivc fabric (bad magic 0x{magic:016x})")
         if version != LAYOUT_VERSION:
@@ -206,15 +267,25 @@ class Fabric:
             raise FabricError(f"fabric {self.path}: structure sizes in the header do not match")
         if not (0 < nmem <= MAX_MEMBERS and 0 < noff <= MAX_OFFERS and 0 < nslot <= MAX_SLOTS
                 and MIN_RING <= ring <= MAX_RING and ring & (ring - 1) == 0
+                and MIN_RING <= small <= ring and small & (small - 1) == 0
+                and small <= 16 * PAGE and np0 <= MAX_POOL and np1 <= MAX_POOL
                 and (noff <= OFFER_BUCKET or noff % OFFER_BUCKET == 0)):
             raise FabricError(f"fabric {self.path}: header geometry out of range")
-        if _layout(nmem, noff, nslot, ring) != (mo, oo, so, ro, total):
+        try:
+            L = _layout(nmem, noff, nslot, ring, small, (np0, np1))
+        except ValueError:
+            raise FabricError(f"fabric {self.path}: header geometry out of range") from None
+        if ((L["members_off"], L["offers_off"], L["slots_off"], L["slotmap_off"],
+             L["backed_off"], L["slab_size"], L["pool_off"], L["pooldata_off"], L["pool_size"],
+             L["total"]) != (mo, oo, so, smo, bko, slab, (po0, po1), (pd0, pd1), (ps0, ps1),
+                             total)):
             raise FabricError(f"fabric {self.path}: header offsets are inconsistent")
         if total > file_size:
             raise FabricError(
                 f"fabric {self.path}: header says {total} bytes but the file has {file_size}"
             )
-        return Header(self.path, version, total, epoch, nmem, noff, nslot, ring, mo, oo, so, ro)
+        return Header(self.path, version, total, epoch, nmem, noff, nslot, ring, mo, oo, so,
+                      small, slab, (np0, np1), (ps0, ps1), smo, bko, (po0, po1), (pd0, pd1))
 
     # -- liveness -------------------------------------------------------
     def member_alive(self, index: int) -> bool | None:
@@ -249,33 +320,56 @@ class Fabric:
                               self.member_alive(i) if state == 1 else None))
         return out
 
+    def _buffer(self, word: int) -> tuple[str, int] | None:
+        """A ring's buffer word: (name, size), or None if it names no buffer."""
+        if word == 0:
+            return "inline", self.header.small_ring
+        c, i = (word >> 24) - 1, word & 0xFFFFFF
+        if not 0 <= c < POOL_CLASSES or i >= self.header.npool[c]:
+            return None
+        return POOL_NAMES[c], self.header.pool_size[c]
+
     def _ring(self, off: int) -> Ring:
-        size = self.header.ring_size
+        h = self.header
         magic, rsize = RING_RO.unpack_from(self._map, off)
-        tail, wr_closed, _cw, prod_waiting = RING_PROD.unpack_from(self._map, off + RING_PROD_OFF)
+        tail, wr_closed, _cw, prod_waiting, _seq, from_, buf, prev = RING_PROD.unpack_from(
+            self._map, off + RING_PROD_OFF)
         head, rd_closed, _pw, cons_waiting = RING_CONS.unpack_from(self._map, off + RING_CONS_OFF)
         fill = (tail - head) & 0xFFFFFFFFFFFFFFFF
+        cur, old = self._buffer(buf), self._buffer(prev)
+        size = cur[1] if cur else h.small_ring
+        # bytes before `from` may still sit in the previous buffer
+        cap = size + (old[1] if old and (from_ - head) & (1 << 63) == 0 and from_ != head else 0)
         problem = ""
-        if magic != RING_MAGIC or rsize != size:
+        if magic != RING_MAGIC or rsize != h.small_ring:
             problem = "bad ring magic or size"
-        elif fill > size:
-            problem = f"indices out of range (tail - head = {fill} > {size})"
+        elif cur is None:
+            problem = f"ring names no buffer (0x{buf:08x})"
+        elif fill > cap:
+            problem = f"indices out of range (tail - head = {fill} > {cap})"
         return Ring(tail, head, fill if not problem else 0, size, bool(wr_closed),
                     bool(rd_closed), bool(cons_waiting), bool(prod_waiting),
-                    not problem, problem)
+                    not problem, problem, cur[0] if cur else "?")
+
+    def used_slot_indexes(self) -> list[int]:
+        """Slots whose pages were ever reserved (the others were never used,
+        and reading them would allocate their pages)."""
+        h = self.header
+        backed = self._map[h.backed_off:h.backed_off + h.nslots]
+        return [i for i, b in enumerate(backed) if b]
 
     def slots(self) -> list[Slot]:
         """Channel slots in use."""
         out = []
         h = self.header
-        for i in range(h.nslots):
-            base = h.slots_off + i * SLOT_SIZE
+        for i in self.used_slot_indexes():
+            base = h.slots_off + i * h.slab_size
             lease, nonce, tup = SLOT_HEAD.unpack_from(self._map, base)
             if lease & 0xFFFFFFFF == 0:
                 continue
             m0, m1 = lease & 0xFFFF, (lease >> 16) & 0xFFFF
             saddr, daddr, sport, dport, _ = TUPLE.unpack(tup)
-            switch_bytes, _st, _backed, _h0, _h1, *ids = SLOT_SWITCH.unpack_from(
+            switch_bytes, _st, _unused, _h0, _h1, *ids = SLOT_SWITCH.unpack_from(
                 self._map, base + SLOT_SWITCH_OFF)
             holders = [tuple(r for r in map(self._member_ref, ids[k * SLOT_HOLDERS:
                                                                    (k + 1) * SLOT_HOLDERS])
@@ -288,6 +382,25 @@ class Fabric:
                             Endpoint(_addr(saddr), sport), Endpoint(_addr(daddr), dport),
                             nonce, switch_bytes, rings[0], rings[1], holders[0], holders[1]))
         return out
+
+    def pool_usage(self) -> dict[str, dict[str, int]]:
+        """Per pool class: buffers, how many are lent to rings, how many hold pages."""
+        h = self.header
+        out = {}
+        for c in range(POOL_CLASSES):
+            used = backed = 0
+            for i in range(h.npool[c]):
+                owner, bk, _aged = POOL_ENT.unpack_from(self._map,
+                                                        h.pool_off[c] + i * POOL_ENT.size)
+                used += owner not in (0, 0xFFFFFFFFFFFFFFFF)
+                backed += bool(bk)
+            out[POOL_NAMES[c]] = {"buffers": h.npool[c], "size": h.pool_size[c],
+                                  "in_use": used, "backed": backed}
+        return out
+
+    def resident_bytes(self) -> int:
+        """Bytes of the fabric file that hold pages (tmpfs: what it costs in memory)."""
+        return os.fstat(self._fd).st_blocks * 512
 
     def offers(self) -> list[Offer]:
         """Offer registry entries that are not free."""

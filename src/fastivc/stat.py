@@ -140,7 +140,8 @@ def render(snap: Snapshot, show_all: bool = False):
 
     h = snap.header
     rows = connections(snap)
-    title = Text(f"fabric {h.path}: {h.nslots} slots x 2 x {h.ring_size // 1024} KiB rings, "
+    title = Text(f"fabric {h.path}: {h.nslots} slots, rings of {h.small_ring // 1024} KiB "
+                 f"growing to {h.ring_size // 1024} KiB, "
                  f"{_n(len(rows), 'connection')}, {_n(len(snap.offers), 'offer')}, "
                  f"{_n(len(snap.members), 'member')}")
     t = Table(box=None, pad_edge=False, header_style="bold")

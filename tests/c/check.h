@@ -50,8 +50,8 @@ struct memfab {
 static inline void memfab_init(struct memfab *m, uint32_t ring_size)
 {
 	struct fivc_geometry g = {.nmembers = 4, .noffers = 8, .nslots = 4, .ring_size = ring_size};
-	uint64_t mo, oo, so, ro;
-	CHECK(fivc_layout_compute(&g, &mo, &oo, &so, &ro, &m->len) == 0);
+	struct fivc_fabric L;
+	CHECK(fivc_layout_compute(&g, &L, &m->len) == 0);
 	m->mem = mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	CHECK(m->mem != MAP_FAILED);
 	CHECK(fivc_fabric_format(m->mem, m->len, &g) == 0);

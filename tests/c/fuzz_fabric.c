@@ -16,7 +16,7 @@
 
 #include "check.h"
 
-static const struct fivc_geometry G = {.nmembers = 4, .noffers = 4, .nslots = 2, .ring_size = 4096};
+static const struct fivc_geometry G = {.nmembers = 4, .noffers = 4, .nslots = 2, .ring_size = 16384};
 
 static void exercise(struct fivc_fabric *a, struct fivc_fabric *b, const struct fivc_tuple *t)
 {
@@ -68,8 +68,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	struct fivc_geometry g = G;
-	uint64_t mo, oo, so, ro, len;
-	fivc_layout_compute(&g, &mo, &oo, &so, &ro, &len);
+	uint64_t len;
+	struct fivc_fabric L;
+	fivc_layout_compute(&g, &L, &len);
 	uint8_t *img = malloc(len);
 	memset(img, 0, len);
 	fivc_fabric_format(img, len, &g);
@@ -104,6 +105,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(fivc_offer_post(&a, &t, 1, slot, gen, &idx, &word) == 0);
 	CHECK(fivc_chan_open(&c, &a, slot, gen, 0) == 0);
 	CHECK(fivc_chan_write(&c, "hello", 5, 0) == 5);
+	/* and a ring that grew onto a pool buffer with bytes still in the
+	 * inline one: its descriptor is among what the patches hit */
+	static uint8_t blob[10000];
+	CHECK(fivc_chan_write(&c, blob, sizeof(blob), FIVC_NONBLOCK) == (ssize_t)sizeof(blob));
+	CHECK(c.txv.buf != FIVC_BUF_INLINE);
 	/* patches: [u16 offset into the non-header part][u8 n][n bytes] */
 	size_t p = 0;
 	while (p + 3 <= size) {

@@ -4,6 +4,11 @@
  *
  *   stress FABRIC_PATH MIB_PER_DIRECTION [RING_KIB]
  *
+ * With FASTIVC_STRESS_SHRINK=1 each writer now and then pauses and runs the
+ * janitor's idle step, so the rings move between their inline buffer and
+ * pool buffers while bytes are in flight (layout.h); at the end every pool
+ * buffer must be free again.
+ *
  * Prints per direction the bytes moved, the FNV-1a checksum of the stream
  * and the number of mismatching bytes; exits 1 on any mismatch. */
 #define _GNU_SOURCE
@@ -28,10 +33,13 @@ static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n)
 	return h;
 }
 
+static int shrink;
+static unsigned shrinks; /* rings moved back to their inline buffer */
+
 static void *writer(void *arg)
 {
 	struct dir *d = arg;
-	size_t cap = 3 * (size_t)d->ch->size + 7;
+	size_t cap = 3 * (size_t)d->ch->max_size + 7;
 	uint8_t *buf = malloc(cap);
 	d->fnv = 0xcbf29ce484222325ull;
 	while (d->moved < d->total) {
@@ -47,6 +55,14 @@ static void *writer(void *arg)
 			exit(1);
 		}
 		d->moved += n;
+		if (shrink && (d->rnd >> 20) % 16 == 0) {
+			/* idle: until the reader drained it, then back to inline */
+			int was = fivc_chan_tx_grown(d->ch);
+			for (int k = 0; k < 1000 && fivc_chan_tx_idle(d->ch); k++)
+				usleep(20);
+			if (was && !fivc_chan_tx_grown(d->ch))
+				__atomic_add_fetch(&shrinks, 1, __ATOMIC_RELAXED);
+		}
 	}
 	fivc_chan_shutdown(d->ch, SHUT_WR);
 	free(buf);
@@ -56,7 +72,7 @@ static void *writer(void *arg)
 static void *reader(void *arg)
 {
 	struct dir *d = arg;
-	size_t cap = 3 * (size_t)d->ch->size + 7;
+	size_t cap = 3 * (size_t)d->ch->max_size + 7;
 	uint8_t *buf = malloc(cap);
 	d->fnv = 0xcbf29ce484222325ull;
 	for (;;) {
@@ -109,6 +125,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *path = argv[1];
+	const char *sh = getenv("FASTIVC_STRESS_SHRINK");
+	shrink = sh && *sh == '1';
 	uint64_t total = strtoull(argv[2], NULL, 0) << 20;
 	struct fivc_geometry g = {.nslots = 2, .nmembers = 8, .noffers = 4,
 				  .ring_size = argc > 3 ? (uint32_t)strtoul(argv[3], NULL, 0) * 1024 : 0};
@@ -142,13 +160,20 @@ int main(int argc, char **argv)
 	waitpid(pid, &st, 0);
 	fivc_chan_close(&c);
 	CHECK_EQ((uint32_t)fivc_slot_at(&f, slot)->lease, 0); /* both sides gone */
+	for (int k = 0; k < FIVC_POOL_CLASSES; k++)
+		for (uint32_t i = 0; i < f.g.npool[k]; i++)
+			CHECK_EQ(fivc_pool_at(&f, k, i)->owner, 0); /* every buffer given back */
 	fivc_fabric_close(&f);
 	unlink(path);
 	if (rc || !WIFEXITED(st) || WEXITSTATUS(st)) {
 		fprintf(stderr, "stress: FAILED\n");
 		return 1;
 	}
-	printf("stress: ok, %llu MiB each way, zero mismatches\n",
-	       (unsigned long long)(total >> 20));
+	if (shrink && !shrinks) {
+		fprintf(stderr, "stress: FAILED: no ring ever went back to its inline buffer\n");
+		return 1;
+	}
+	printf("stress: ok, %llu MiB each way, zero mismatches, %u shrinks\n",
+	       (unsigned long long)(total >> 20), shrinks);
 	return 0;
 }

@@ -19,7 +19,7 @@ static void test_corrupt_header_fields_refused(void)
 	void *copy = malloc(m.len);
 	/* every 4-byte word of the used header, set to a few hostile values */
 	uint32_t vals[] = {0, 1, 0xffffffffu, 0x80000000u, 4095, 4097};
-	for (size_t off = 0; off < 96; off += 4) {
+	for (size_t off = 0; off < 160; off += 4) {
 		for (size_t v = 0; v < sizeof(vals) / sizeof(vals[0]); v++) {
 			memcpy(copy, m.mem, m.len);
 			uint32_t old;
@@ -67,7 +67,11 @@ static void test_version_mismatch_names_file_and_versions(void)
 	CHECK_EQ(fivc_fabric_open(path, NULL, &f, err, sizeof(err)), -EPROTONOSUPPORT);
 	CHECK(strstr(err, path) != NULL);
 	CHECK(strstr(err, "layout version 7") != NULL);
-	CHECK(strstr(err, "version 2") != NULL);
+	{
+		char want[32];
+		snprintf(want, sizeof(want), "version %u", FIVC_LAYOUT_VERSION);
+		CHECK(strstr(err, want) != NULL);
+	}
 	/* a file that is not a fabric at all */
 	fd = open(path, O_WRONLY | O_TRUNC);
 	CHECK(write(fd, "hello", 5) == 5);
@@ -94,6 +98,51 @@ static void test_ring_tail_beyond_size_resets(void)
 	CHECK_EQ(fivc_chan_read(&s, buf, sizeof(buf), 0), -ECONNRESET);
 	CHECK_EQ(fivc_chan_read(&s, buf, sizeof(buf), 0), -ECONNRESET); /* sticky */
 	CHECK_EQ(fivc_chan_readable(&s, &eof), -ECONNRESET);
+	memfab_free(&m);
+}
+
+/* A peer's buffer descriptor (layout.h) is checked like its indices. */
+static void corrupt_desc(struct fivc_ring_hdr *r, uint32_t buf, uint64_t from, uint64_t tail)
+{
+	fivc_store_relaxed(&r->desc_seq, r->desc_seq + 1);
+	r->buf = buf;
+	r->from = from;
+	fivc_store_release(&r->desc_seq, r->desc_seq + 1);
+	fivc_store_release(&r->tail, tail);
+}
+
+static void test_ring_descriptor_corruption_resets(void)
+{
+	uint8_t buf[64];
+	/* a class or index that does not exist; a buffer lent to another
+	 * slot; bytes beyond what the named buffer holds */
+	for (int k = 0; k < 3; k++) {
+		struct memfab m;
+		struct fivc_chan c, s;
+		memfab_init(&m, 1024 * 1024);
+		memfab_pair(&m, &c, &s);
+		uint32_t other, og, lent;
+		CHECK_EQ(fivc_slot_claim(&m.a, NULL, 1, &other, &og), 0);
+		CHECK_EQ(fivc_pool_take(&m.a, 0, other, og, 0, &lent), 0);
+		CHECK_EQ(fivc_chan_write(&c, "abc", 3, 0), 3);
+		uint32_t w = k == 0 ? FIVC_BUF_WORD(1, 99999) : k == 1 ? lent : FIVC_BUF_INLINE;
+		corrupt_desc(c.tx, w, 0, k == 2 ? 3 + 8192 : 3);
+		CHECK_EQ(fivc_chan_read(&s, buf, sizeof(buf), 0), -ECONNRESET);
+		CHECK_EQ(fivc_chan_read(&s, buf, sizeof(buf), 0), -ECONNRESET); /* sticky */
+		memfab_free(&m);
+	}
+}
+
+static void test_ring_descriptor_never_settling_resets(void)
+{
+	struct memfab m;
+	struct fivc_chan c, s;
+	uint8_t buf[64];
+	memfab_init(&m, 1024 * 1024);
+	memfab_pair(&m, &c, &s);
+	CHECK_EQ(fivc_chan_write(&c, "abc", 3, 0), 3);
+	fivc_store_release(&c.tx->desc_seq, c.tx->desc_seq | 1u); /* "writing", forever */
+	CHECK_EQ(fivc_chan_read(&s, buf, sizeof(buf), 0), -ECONNRESET);
 	memfab_free(&m);
 }
 
@@ -227,6 +276,8 @@ int main(void)
 	RUN(test_version_mismatch_names_file_and_versions);
 	RUN(test_ring_tail_beyond_size_resets);
 	RUN(test_ring_tail_backwards_resets);
+	RUN(test_ring_descriptor_corruption_resets);
+	RUN(test_ring_descriptor_never_settling_resets);
 	RUN(test_ring_head_corruption_resets_writer);
 	RUN(test_ring_magic_and_size_checked_at_open);
 	RUN(test_sleeping_reader_sees_corruption_not_hang);

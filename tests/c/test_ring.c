@@ -1,6 +1,7 @@
 /* Channel unit tests on an in-memory fabric: empty/full/EAGAIN, wrap-around
  * at every ring offset, writes of 1 byte to 4x the ring size, PEEK, WAITALL,
- * EOF, EPIPE and the sleep/wake path. */
+ * EOF, EPIPE and the sleep/wake path; rings that grow onto pool buffers and
+ * shrink back (layout.h). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -302,6 +303,142 @@ static void test_offer_registry(void)
 	memfab_free(&m);
 }
 
+/* ---- ring memory that follows the bytes in flight ---- */
+
+#define BIG (1024u * 1024)
+
+/* Read exactly n bytes of stream seed from position pos in odd-sized chunks;
+ * with `all`, those were all there was. */
+static void read_verify_n(struct fivc_chan *s, uint64_t seed, uint64_t pos, size_t n, int all)
+{
+	static uint8_t buf[300000];
+	size_t got = 0, step = 1;
+	while (got < n) {
+		size_t want = FIVC_MIN(n - got, step);
+		ssize_t r = fivc_chan_read(s, buf, want, FIVC_NONBLOCK);
+		CHECK(r > 0);
+		CHECK_EQ(stream_verify(seed, pos + got, buf, (size_t)r), (size_t)r);
+		got += (size_t)r;
+		step = step * 3 + 7;
+		if (step > sizeof(buf))
+			step = 1;
+	}
+	if (all)
+		CHECK_EQ(fivc_chan_read(s, buf, 1, FIVC_NONBLOCK), -EAGAIN);
+}
+#define read_verify(s, seed, pos, n) read_verify_n(s, seed, pos, n, 1)
+
+static void test_ring_starts_inline_and_grows_for_a_large_write(void)
+{
+	struct memfab m;
+	struct fivc_chan c, s;
+	static uint8_t buf[200000];
+	memfab_init(&m, BIG);
+	memfab_pair(&m, &c, &s);
+	CHECK_EQ(c.txv.buf, FIVC_BUF_INLINE);
+	CHECK_EQ(c.txv.size, m.a.g.small_ring);
+	stream_fill(7, 0, buf, sizeof(buf));
+	/* a reader that is not reading: TCP would buffer it, so do we */
+	CHECK_EQ(fivc_chan_write(&c, buf, sizeof(buf), FIVC_NONBLOCK), sizeof(buf));
+	CHECK_EQ(FIVC_BUF_CLASS(c.txv.buf), 1); /* straight to big: it needs more than mid */
+	CHECK(fivc_chan_tx_grown(&c));
+	read_verify(&s, 7, 0, sizeof(buf));
+	fivc_chan_close(&c);
+	fivc_chan_close(&s);
+	for (int k = 0; k < FIVC_POOL_CLASSES; k++)
+		for (uint32_t i = 0; i < m.a.g.npool[k]; i++)
+			CHECK_EQ(fivc_pool_at(&m.a, k, i)->owner, 0); /* given back at close */
+	memfab_free(&m);
+}
+
+/* Grow while bytes are still unread in the inline ring, then again while
+ * they are unread in mid: the reader crosses each switch point exactly. */
+static void test_ring_grows_with_bytes_in_flight(void)
+{
+	struct memfab m;
+	struct fivc_chan c, s;
+	static uint8_t buf[BIG];
+	memfab_init(&m, BIG);
+	memfab_pair(&m, &c, &s);
+	stream_fill(9, 0, buf, sizeof(buf));
+	CHECK_EQ(fivc_chan_write(&c, buf, 3000, FIVC_NONBLOCK), 3000);
+	CHECK_EQ(c.txv.buf, FIVC_BUF_INLINE);
+	CHECK_EQ(fivc_chan_write(&c, buf + 3000, 20000, FIVC_NONBLOCK), 20000); /* -> mid at 3000 */
+	CHECK_EQ(FIVC_BUF_CLASS(c.txv.buf), 0);
+	CHECK_EQ(c.txv.from, 3000);
+	/* no second switch while inline bytes are unread: mid fills */
+	ssize_t r = fivc_chan_write(&c, buf + 23000, 100000, FIVC_NONBLOCK);
+	CHECK_EQ(r, (ssize_t)(m.a.pool_size[0] - 20000));
+	CHECK_EQ(FIVC_BUF_CLASS(c.txv.buf), 0);
+	uint64_t pos = 23000 + (uint64_t)r;
+	read_verify_n(&s, 9, 0, 2000, 0); /* still before `from` */
+	CHECK_EQ(fivc_chan_write(&c, buf + pos, 1, FIVC_NONBLOCK), -EAGAIN);
+	read_verify_n(&s, 9, 2000, 1500, 0); /* across `from` */
+	CHECK_EQ(fivc_chan_write(&c, buf + pos, 300000, FIVC_NONBLOCK), 300000); /* -> big */
+	CHECK_EQ(FIVC_BUF_CLASS(c.txv.buf), 1);
+	CHECK(c.txv.prev_held); /* mid: still unread */
+	read_verify(&s, 9, 3500, (size_t)(pos + 300000 - 3500));
+	CHECK_EQ(fivc_chan_writable(&c), BIG);
+	CHECK_EQ(fivc_chan_tx_idle(&c), 1); /* (still on big) */
+	CHECK(!c.txv.prev_held); /* mid went back: read past */
+	fivc_chan_close(&c);
+	fivc_chan_close(&s);
+	memfab_free(&m);
+}
+
+static void test_full_inline_ring_promises_growth_only_while_the_pool_has_buffers(void)
+{
+	struct memfab m;
+	struct fivc_chan c, s;
+	static uint8_t buf[8192];
+	memfab_init(&m, BIG);
+	memfab_pair(&m, &c, &s);
+	/* every pool buffer lent to another slot */
+	uint32_t other, og, b;
+	CHECK_EQ(fivc_slot_claim(&m.a, NULL, 1, &other, &og), 0);
+	for (int k = 0; k < FIVC_POOL_CLASSES; k++)
+		for (uint32_t i = 0; i < m.a.g.npool[k]; i++)
+			CHECK_EQ(fivc_pool_take(&m.a, k, other, og, 0, &b), 0);
+	CHECK_EQ(fivc_pool_take(&m.a, 1, other, og, 0, &b), -ENOSPC);
+	stream_fill(3, 0, buf, sizeof(buf));
+	CHECK_EQ(fivc_chan_write(&c, buf, sizeof(buf), FIVC_NONBLOCK), m.a.g.small_ring);
+	/* no false readiness (I7): a full ring that cannot grow is not writable */
+	CHECK_EQ(fivc_chan_writable(&c), 0);
+	CHECK_EQ(fivc_chan_write(&c, buf, 1, FIVC_NONBLOCK), -EAGAIN);
+	read_verify(&s, 3, 0, m.a.g.small_ring);
+	fivc_chan_close(&c);
+	fivc_chan_close(&s);
+	memfab_free(&m);
+}
+
+static void test_idle_ring_goes_back_inline_and_frees_its_buffer(void)
+{
+	struct memfab m;
+	struct fivc_chan c, s;
+	static uint8_t buf[100000];
+	memfab_init(&m, BIG);
+	memfab_pair(&m, &c, &s);
+	stream_fill(4, 0, buf, sizeof(buf));
+	CHECK_EQ(fivc_chan_write(&c, buf, 50000, FIVC_NONBLOCK), 50000);
+	uint32_t lent = c.txv.buf;
+	CHECK(lent != FIVC_BUF_INLINE);
+	CHECK_EQ(fivc_chan_tx_idle(&c), 1); /* written since the last look: not idle */
+	CHECK_EQ(fivc_chan_tx_idle(&c), 1); /* bytes in flight: not idle */
+	read_verify(&s, 4, 0, 50000);
+	CHECK_EQ(fivc_chan_tx_idle(&c), 0); /* empty, and no write a whole period: inline */
+	CHECK_EQ(c.txv.buf, FIVC_BUF_INLINE);
+	CHECK(!fivc_chan_tx_grown(&c));
+	CHECK_EQ(fivc_pool_at(&m.a, FIVC_BUF_CLASS(lent), FIVC_BUF_INDEX(lent))->owner, 0);
+	/* and the stream goes on, across the switch back */
+	CHECK_EQ(fivc_chan_write(&c, buf + 50000, 1000, FIVC_NONBLOCK), 1000);
+	CHECK_EQ(c.txv.buf, FIVC_BUF_INLINE);
+	CHECK_EQ(fivc_chan_write(&c, buf + 51000, 49000, FIVC_NONBLOCK), 49000);
+	read_verify(&s, 4, 50000, 50000);
+	fivc_chan_close(&c);
+	fivc_chan_close(&s);
+	memfab_free(&m);
+}
+
 int main(void)
 {
 	RUN(test_empty_full_eagain);
@@ -312,5 +449,9 @@ int main(void)
 	RUN(test_sleep_and_wake);
 	RUN(test_slot_lifecycle);
 	RUN(test_offer_registry);
+	RUN(test_ring_starts_inline_and_grows_for_a_large_write);
+	RUN(test_ring_grows_with_bytes_in_flight);
+	RUN(test_full_inline_ring_promises_growth_only_while_the_pool_has_buffers);
+	RUN(test_idle_ring_goes_back_inline_and_frees_its_buffer);
 	return 0;
 }

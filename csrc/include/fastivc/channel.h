@@ -28,14 +28,28 @@ extern const struct fivc_doorbell fivc_doorbell_futex;
 /* How long a sleeping side waits before it checks the peer is alive. */
 #define FIVC_LIVENESS_MS 100u
 
+/* Where one ring's bytes are, as one side sees it (layout.h: byte p is in
+ * buf if p >= from, else in prev).  Private: the producer's is the truth
+ * (it writes the shared words from it); the consumer's is refreshed, and
+ * checked, whenever desc_seq moved. */
+struct fivc_ringview {
+	uint8_t *data, *pdata;  /* buf's and prev's bytes (pdata NULL: not needed) */
+	uint64_t size, psize;   /* their sizes (powers of two) */
+	uint64_t from;
+	uint32_t buf, prev, seq;
+	int prev_held;          /* producer: prev is a pool buffer not yet given back */
+};
+
 struct fivc_chan {
 	struct fivc_fabric *f;
 	struct fivc_slot *slot;
 	uint32_t idx, gen;
 	int side;
 	struct fivc_ring_hdr *tx, *rx; /* tx: we produce; rx: we consume */
-	uint8_t *txd, *rxd;
-	uint64_t size, mask;           /* private copies: never re-read */
+	struct fivc_ringview txv, rxv;
+	uint64_t max_size;             /* the largest ring a producer may grow to */
+	uint64_t grow_failed_ns;       /* the pool was empty then: do not promise space */
+	uint64_t tx_idle_mark;         /* the janitor's last look at tx_tail */
 	uint64_t tx_tail, tx_head_seen; /* tx_tail is ours: shared copy is write-only */
 	uint64_t rx_head, rx_tail_seen; /* rx_head is ours */
 	uint64_t spin_ns;
@@ -73,8 +87,19 @@ ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof);
 int fivc_chan_peer_shut(struct fivc_chan *c);
 /* The peer closed both ways (or its socket went). */
 int fivc_chan_peer_closed(struct fivc_chan *c);
-/* Free ring space in bytes, or -ECONNRESET / -EPIPE. */
+/* Free ring space in bytes (counting the space a write would get by growing
+ * the ring), or -ECONNRESET / -EPIPE. */
 ssize_t fivc_chan_writable(struct fivc_chan *c);
+/* The janitor (about once a second, holding the writer's lock): a ring on
+ * a pool buffer that stayed empty since the last call goes back to its
+ * inline buffer and the pool buffer's pages go back to the system.  Returns
+ * 1 while the ring is still on a pool buffer (call again), 0 when not. */
+int fivc_chan_tx_idle(struct fivc_chan *c);
+/* Whether our ring is on a pool buffer (the janitor should watch it). */
+static inline int fivc_chan_tx_grown(const struct fivc_chan *c)
+{
+	return c->txv.buf != 0 || c->txv.prev_held;
+}
 /* For poll()-style waiting outside the channel: announce that we wait for
  * data (rd) and/or space (wr) so the peer rings the doorbell, with the SB
  * fence; returns 1 if that is already there (then nothing stays armed). */

@@ -11,6 +11,12 @@
 
 struct fivc_geometry {
 	uint32_t nmembers, noffers, nslots, ring_size;
+	/* Ring memory (layout.h): the inline ring of every slot, and how many
+	 * pool buffers of each class (0: mid, 64 KiB; 1: big, ring_size).
+	 * Zero takes the defaults below; a class no larger than the one
+	 * before it has no buffers. */
+	uint32_t small_ring, npool[FIVC_POOL_CLASSES];
+	uint32_t exact; /* zero pool counts mean none (reading a header), not defaults */
 	/* Not layout: the file's permissions, applied only when this call
 	 * creates the fabric.  mode 0 means 0600; has_gid 0 keeps the
 	 * creator's group.  Servers that drop privileges (nginx workers,
@@ -18,10 +24,15 @@ struct fivc_geometry {
 	uint32_t mode, has_gid, gid;
 };
 
-/* Defaults when the caller leaves a field zero. */
-#define FIVC_DEFAULT_SLOTS 256u
-#define FIVC_DEFAULT_MEMBERS 1024u
-#define FIVC_DEFAULT_OFFERS 1024u
+/* Defaults when the caller leaves a field zero.  A whole host: 65,536
+ * connections at one 12 KiB slab each while idle (768 MiB of address
+ * space, resident only as used), with pool buffers for the ones that
+ * stream: 4,096 x 64 KiB and 1,024 x 1 MiB (DESIGN.md I10). */
+#define FIVC_DEFAULT_SLOTS 65536u
+#define FIVC_DEFAULT_MEMBERS 4096u
+#define FIVC_DEFAULT_OFFERS 16384u
+#define FIVC_DEFAULT_SMALL_RING 4096u
+#define FIVC_MID_RING (64u * 1024)
 #define FIVC_OFFER_BUCKET 8u /* noffers is a multiple of it (or smaller) */
 /* 1 MiB per direction: measured on the 2-core reference machine, 64 KiB
  * streaming ran 10-15 GB/s with 128-256 KiB rings and 31-38 GB/s with
@@ -36,18 +47,25 @@ struct fivc_fabric {
 	uint8_t *base;
 	uint64_t size;
 	struct fivc_geometry g;
-	uint64_t members_off, offers_off, slots_off, rings_off;
+	uint64_t members_off, offers_off, slots_off;
+	uint64_t slotmap_off, backed_off;
+	uint64_t pool_off[FIVC_POOL_CLASSES], pooldata_off[FIVC_POOL_CLASSES];
+	uint32_t pool_size[FIVC_POOL_CLASSES];
+	uint32_t slab_size;
 	uint64_t epoch;
 	uint32_t self;      /* our member index + 1; 0 = not joined */
 	int guest;          /* mapped through an ivshmem BAR: we are a GUEST member */
 	uint64_t *hb_seen;  /* per member: last heartbeat seen, and when (private) */
+	/* private allocation hints: where the last free slot / pool buffer was */
+	uint32_t slot_hint, pool_hint[FIVC_POOL_CLASSES];
+	uint64_t full_gc_ns; /* the last reclaim pass a full fabric ran */
 	char path[256];
 };
 
-/* Compute the layout of a fabric of geometry g (fills offsets and size). */
-int fivc_layout_compute(struct fivc_geometry *g, uint64_t *members_off,
-			uint64_t *offers_off, uint64_t *slots_off,
-			uint64_t *rings_off, uint64_t *total);
+/* The layout of a fabric of geometry g: g's zero fields get their
+ * defaults, the offsets and sizes go into f's layout fields, the total
+ * size into *total.  -EINVAL for a geometry out of range. */
+int fivc_layout_compute(struct fivc_geometry *g, struct fivc_fabric *f, uint64_t *total);
 
 /* Open the fabric at path, creating it race-free if missing (geometry from g,
  * zero fields take defaults), and join it as a member.  On failure a message
@@ -78,11 +96,21 @@ int fivc_member_alive(struct fivc_fabric *f, uint32_t member1);
 /* Slots. */
 static inline struct fivc_slot *fivc_slot_at(struct fivc_fabric *f, uint32_t i)
 {
-	return (struct fivc_slot *)(f->base + f->slots_off + (uint64_t)i * sizeof(struct fivc_slot));
+	return (struct fivc_slot *)(f->base + f->slots_off + (uint64_t)i * f->slab_size);
 }
-static inline uint8_t *fivc_ring_data(struct fivc_fabric *f, uint32_t i, int d)
+/* Slot i's inline ring d. */
+static inline uint8_t *fivc_ring_inline(struct fivc_fabric *f, uint32_t i, int d)
 {
-	return f->base + f->rings_off + ((uint64_t)i * 2 + (uint64_t)d) * f->g.ring_size;
+	return f->base + f->slots_off + (uint64_t)i * f->slab_size + FIVC_PAGE +
+	       (uint64_t)d * f->g.small_ring;
+}
+static inline struct fivc_pool_ent *fivc_pool_at(struct fivc_fabric *f, int c, uint32_t i)
+{
+	return (struct fivc_pool_ent *)(f->base + f->pool_off[c] + (uint64_t)i * sizeof(struct fivc_pool_ent));
+}
+static inline uint8_t *fivc_pool_data(struct fivc_fabric *f, int c, uint32_t i)
+{
+	return f->base + f->pooldata_off[c] + (uint64_t)i * f->pool_size[c];
 }
 static inline struct fivc_offer *fivc_offer_at(struct fivc_fabric *f, uint32_t i)
 {
@@ -125,6 +153,22 @@ void fivc_member_forget(struct fivc_fabric *f, int fd, uint32_t member1, int fre
 /* Give up our side of the slot; the slot is free once both sides did. */
 int fivc_slot_release(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);
 
+/* Ring buffers from the pool.  take: a free buffer of class c for
+ * direction dir of the slot (reserving its pages first); its buffer word
+ * in *buf.  give: the buffer goes back (punch: its pages too).  Both
+ * -errno.  fivc_pool_trim: give the pages of buffers that stayed free since
+ * the previous call back to the system (a janitor, about once a second). */
+int fivc_pool_take(struct fivc_fabric *f, int c, uint32_t slot, uint32_t gen, int dir,
+		   uint32_t *buf);
+int fivc_pool_give(struct fivc_fabric *f, uint32_t buf, uint32_t slot, uint32_t gen, int dir,
+		   int punch);
+void fivc_pool_trim(struct fivc_fabric *f);
+/* Where buffer word buf lives and how large it is, if it is slot's
+ * direction dir's to use: 0, or -EPROTO for a word that names no such
+ * buffer (a broken peer). */
+int fivc_buf_resolve(struct fivc_fabric *f, uint32_t buf, uint32_t slot, uint32_t gen, int dir,
+		     uint8_t **data, uint64_t *size);
+
 /* Clear the sides of one slot whose member died; returns how many. */
 int fivc_slot_reap(struct fivc_fabric *f, uint32_t slot);
 
@@ -157,6 +201,7 @@ struct fivc_gc_report {
 	uint32_t slot_sides_freed;
 	uint32_t slots_freed;
 	uint32_t members_dead;
+	uint32_t buffers_freed; /* pool buffers of slots that moved on */
 };
 int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r);
 

@@ -2,8 +2,8 @@
  *
  * Everything in this file lives in memory that every participant of a fabric
  * can write.  A peer is untrusted: nothing read from here is used as an
- * offset, index or size before it is checked (fabric.c, ring.c).  Geometry is
- * copied out of the header once, at open, and never re-read.
+ * offset, index or size before it is checked (fabric.c, channel.c).
+ * Geometry is copied out of the header once, at open, and never re-read.
  *
  * Each field says who writes it.  Fields written by different parties sit on
  * different cache lines, with a guard line between a ring's producer and
@@ -14,9 +14,22 @@
  *   [0, 4096)                      struct fivc_fabric_hdr
  *   members_off                    nmembers x struct fivc_member   (64 B each)
  *   offers_off                     noffers  x struct fivc_offer    (128 B each)
- *   slots_off                      nslots   x struct fivc_slot     (1024 B each)
- *   rings_off (page aligned)       nslots x 2 x ring_size bytes of ring data;
- *                                  slot i, ring d at rings_off + (2i+d)*ring_size
+ *   slotmap_off                    nslots bits: slot claimed (a hint, see fabric.c)
+ *   backed_off                     nslots bytes: the slot's pages are reserved
+ *   pool_off[c]                    npool[c] x struct fivc_pool_ent (c = 0: mid, 1: big)
+ *   slots_off (page aligned)       nslots slabs of slab_size bytes:
+ *                                    [0, 4096)           struct fivc_slot
+ *                                    [4096, +small)      inline ring 0
+ *                                    [+small, +2 small)  inline ring 1
+ *   pooldata_off[c] (page aligned) npool[c] x pool_size[c] bytes of ring data
+ *
+ * Ring memory follows the bytes in flight (DESIGN.md I10): every ring starts
+ * on its slot's small inline buffer (what an idle connection costs: one slab,
+ * 12 KiB with 4 KiB rings).  A producer that needs more space takes a buffer
+ * from a shared pool (mid: 64 KiB, big: ring_size) and switches to it at its
+ * current tail; it goes back to the inline buffer when the ring has been
+ * empty and idle, and pool buffers give their pages back (punch-hole) after
+ * they stayed free a while.  The switch protocol is in channel.c.
  *
  * Liveness locks are OFD byte locks on the fabric file at FIVC_LOCK_BASE + m
  * (member m); POSIX allows locks beyond end of file, so they cost no space.
@@ -31,7 +44,7 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 2u
+#define FIVC_LAYOUT_VERSION 3u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
 #define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
@@ -39,7 +52,9 @@
 /* Limits a header must respect to be accepted. */
 #define FIVC_MIN_RING (4u * 1024)
 #define FIVC_MAX_RING (64u * 1024 * 1024)
-#define FIVC_MAX_SLOTS 65535u
+#define FIVC_MAX_SLOTS (1u << 22)
+#define FIVC_POOL_CLASSES 2 /* 0: mid, 1: big (ring_size) */
+#define FIVC_MAX_POOL (1u << 22)
 #define FIVC_MAX_MEMBERS 65534u /* member+1 must fit 16 bits */
 #define FIVC_MAX_OFFERS 65536u
 
@@ -54,16 +69,23 @@ struct fivc_fabric_hdr {
 	uint32_t nmembers;
 	uint32_t noffers;
 	uint32_t nslots;
-	uint32_t ring_size; /* bytes per direction, power of two */
+	uint32_t ring_size; /* the largest ring per direction (the big pool's), power of two */
 	uint64_t members_off;
 	uint64_t offers_off;
 	uint64_t slots_off;
-	uint64_t rings_off;
+	uint64_t pooldata_off[FIVC_POOL_CLASSES];
 	uint32_t member_size;
 	uint32_t offer_size;
 	uint32_t slot_size;
 	uint32_t flags;
-	uint8_t reserved[FIVC_PAGE - 96];
+	uint32_t small_ring; /* inline ring per direction, power of two */
+	uint32_t slab_size;  /* slot control page + two inline rings */
+	uint32_t npool[FIVC_POOL_CLASSES];
+	uint32_t pool_size[FIVC_POOL_CLASSES];
+	uint64_t slotmap_off;
+	uint64_t backed_off;
+	uint64_t pool_off[FIVC_POOL_CLASSES];
+	uint8_t reserved[FIVC_PAGE - 160];
 };
 
 /* ---- member: one per process (more exactly: per open file description of
@@ -130,18 +152,32 @@ struct fivc_offer {
 /* ---- ring header.  Ring d of a slot carries bytes from side d to side 1-d
  * (side 0 = the connecting client, side 1 = the accepting server).  Indices
  * are free-running 64-bit byte counts; used = tail - head, and a reader
- * rejects used > size as a broken peer. ---- */
+ * rejects used beyond the buffers' capacity as a broken peer.
+ *
+ * Where the bytes are: byte p lives in buffer `buf` if p >= `from`, else in
+ * `prev` (at offset p mod that buffer's size).  A buffer word is 0 for the
+ * slot's inline ring, else FIVC_BUF_WORD(class, index) for a pool buffer.
+ * The producer changes (prev, from, buf) only under desc_seq (a seqlock:
+ * odd while it writes) and only once the consumer's head has passed `from`
+ * (nothing of the old prev is unread). ---- */
+#define FIVC_BUF_INLINE 0u
+#define FIVC_BUF_WORD(c, i) ((((uint32_t)(c) + 1u) << 24) | (uint32_t)(i))
+#define FIVC_BUF_CLASS(w) ((int)((w) >> 24) - 1) /* -1: inline */
+#define FIVC_BUF_INDEX(w) ((uint32_t)(w) & 0xffffffu)
 struct fivc_ring_hdr {
 	/* line 0: read-only after the slot's claimer initialised it */
 	uint32_t magic;
-	uint32_t size;
+	uint32_t size;         /* the inline ring's size */
 	uint8_t ro_pad[FIVC_CACHELINE - 8];
 	/* line 1: written by the producer */
 	uint64_t tail;         /* bytes produced */
 	uint32_t wr_closed;    /* producer shut down writing (EOF after drain) */
 	uint32_t cons_wake;    /* futex word the consumer sleeps on; producer bumps it */
 	uint32_t prod_waiting; /* producer is (about to be) asleep for space */
-	uint8_t p_pad[FIVC_CACHELINE - 20];
+	uint32_t desc_seq;     /* seqlock over buf, prev, from */
+	uint64_t from;         /* first byte in buf */
+	uint32_t buf, prev;    /* buffer words (see above) */
+	uint8_t p_pad[FIVC_CACHELINE - 40];
 	/* line 2: guard, written by nobody */
 	uint8_t guard0[FIVC_CACHELINE];
 	/* line 3: written by the consumer */
@@ -177,7 +213,7 @@ struct fivc_slot {
 	/* line 1: the upgrade protocol (issue 3); side0 writes switch_bytes */
 	uint64_t switch_bytes; /* client: bytes it sent over TCP before the switch */
 	uint32_t switch_state; /* client */
-	uint32_t backed;       /* whoever first reserved the ring pages (fallocate) */
+	uint32_t unused0;
 	/* Who holds each side.  A process that holds a side (it claimed or
 	 * attached it, or inherited it through fork) has its member id in
 	 * holder_ids[side]; it removes it when it lets go, and the one that
@@ -196,7 +232,24 @@ struct fivc_slot {
 	uint8_t pad[1024 - 2 * FIVC_CACHELINE - 2 * sizeof(struct fivc_ring_hdr) - 16];
 };
 
+/* ---- pool buffer: a ring buffer lent to one direction of one slot.
+ * `owner` is 0 when free, FIVC_POOL_BUSY while a janitor gives its pages
+ * back, else FIVC_POOL_OWNER(slot gen, slot, dir): taken by CAS 0 -> owner
+ * by the producer that grows, given back by CAS owner -> 0 by that producer
+ * (once the consumer passed it), by the last side to leave the slot, or by
+ * gc for a slot that moved on.  `backed`: its pages are reserved
+ * (fallocate); `aged`: a janitor saw it free and backed once. ---- */
+#define FIVC_POOL_OWNER(gen, slot, dir) \
+	(((uint64_t)(gen) << 32) | ((uint64_t)(slot) + 1) << 1 | (uint64_t)(dir))
+#define FIVC_POOL_BUSY UINT64_MAX
+struct fivc_pool_ent {
+	uint64_t owner;
+	uint32_t backed;
+	uint32_t aged;
+};
+
 _Static_assert(sizeof(struct fivc_fabric_hdr) == FIVC_PAGE, "header is one page");
+_Static_assert(sizeof(struct fivc_pool_ent) == 16, "pool entry");
 _Static_assert(sizeof(struct fivc_member) == 64, "member entry is one line");
 _Static_assert(sizeof(struct fivc_tuple) == 40, "tuple size");
 _Static_assert(sizeof(struct fivc_offer) == 128, "offer entry is two lines");
