@@ -62,17 +62,22 @@ static void ring_bell(struct fivc_chan *c, uint32_t *word, uint64_t *counter)
 	(*counter)++;
 }
 
-/* Called by the writer after publishing its tail. */
+/* Called by the writer after publishing its tail.  The ringer clears
+ * "waiting" (one arm, at most one doorbell), so waiters never clear it
+ * themselves: several may watch one ring (a blocking reader thread, poll,
+ * epoll sets) and a waiter's clear could wipe another's arm between our
+ * look and our ring.  The exchange picks one ringer among several
+ * producers (fork).  The plain look first keeps the RMW off the busy path. */
 static void notify_consumer(struct fivc_chan *c)
 {
-	if (fivc_ring_consumer_waiting(c->tx))
+	if (fivc_ring_consumer_waiting(c->tx) && fivc_exchange(&c->tx->cons_waiting, 0u))
 		ring_bell(c, &c->tx->cons_wake, &c->tx_wakes_sent);
 }
 
-/* Called by the reader after publishing its head. */
+/* Called by the reader after publishing its head (see notify_consumer). */
 static void notify_producer(struct fivc_chan *c)
 {
-	if (ring_producer_waiting(c->rx))
+	if (ring_producer_waiting(c->rx) && fivc_exchange(&c->rx->prod_waiting, 0u))
 		ring_bell(c, &c->rx->prod_wake, &c->rx_wakes_sent);
 }
 
@@ -221,7 +226,6 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		if (*fails > FIVC_SPIN_MAX_SHIFT)
 			*fails = FIVC_SPIN_MAX_SHIFT;
 	}
-	uint32_t *waiting = writing ? &c->tx->prod_waiting : &c->rx->cons_waiting;
 	uint32_t *word = writing ? &c->tx->prod_wake : &c->rx->cons_wake;
 	uint64_t limit = writing ? c->wr_timeout_ns : c->rd_timeout_ns;
 	for (;;) {
@@ -235,15 +239,16 @@ static int wait_ready(struct fivc_chan *c, int writing)
 				tmo = (uint32_t)left_ms;
 		}
 		uint32_t seq = fivc_load_acquire(word);
+		/* "waiting" stays set when we leave: the peer's next ring clears
+		 * it (notify_consumer); clearing it here could wipe the arm of
+		 * another waiter on this ring (epoll, poll) just before the peer
+		 * looks.  The cost is at most one spare doorbell. */
 		int armed = writing ? ring_arm_producer(c->tx, c->tx_tail, c->size)
 				    : fivc_ring_arm_consumer(c->rx, c->rx_head);
 		int r = armed ? (writing ? ready_write(c) : ready_read(c, &eof)) : 0;
-		if (r) {
-			fivc_store_relaxed(waiting, 0);
+		if (r)
 			return r < 0 ? r : 0;
-		}
 		int w = c->db->wait(c->db_ctx, word, seq, tmo);
-		fivc_store_relaxed(waiting, 0);
 		(*(writing ? &c->tx_sleeps : &c->rx_sleeps))++;
 		if (w == -EINTR)
 			return -EINTR;
@@ -299,6 +304,8 @@ ssize_t fivc_chan_writable(struct fivc_chan *c)
 	return (ssize_t)(c->size - (c->tx_tail - c->tx_head_seen));
 }
 
+/* (When it finds the ring ready it leaves the flags set: see
+ * notify_consumer for why only the ringer clears them.) */
 int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
 {
 	int ready = 0;
@@ -307,8 +314,6 @@ int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
 		ready |= fivc_ring_arm_consumer(c->rx, c->rx_head);
 	if (wr)
 		ready |= ring_arm_producer(c->tx, c->tx_tail, c->size);
-	if (ready)
-		fivc_chan_disarm(c);
 	return ready;
 }
 
