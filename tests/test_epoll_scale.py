@@ -108,3 +108,23 @@ def test_epoll_wait_looks_at_ready_entries_only(runs):
     end = _stats(fast, "end")
     # the closes made every client end ready: then a pass is as long as that
     assert end["max_pass"] >= min(IDLE, 4096) // 2, end
+
+
+def test_a_waiter_done_with_a_socket_does_not_disarm_another(cbuild, shm_path, tmp_path):
+    """Regression: poll() and epoll_wait() that timed out on a socket cleared
+    its ring's waiting flag, which a thread asleep in epoll_wait on another
+    set had set; the peer's write then rang no doorbell and the thread slept
+    until its timeout (tests/c/two_waiters.c).  Now only the ringer clears."""
+    prog = str(cbuild("release") / "two_waiters")
+    plain_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    plain = subprocess.run([prog], capture_output=True, text=True, timeout=60, env=plain_env)
+    assert plain.returncode == 0, plain.stderr
+    log = tmp_path / "log"
+    fast = subprocess.run([prog], capture_output=True, text=True, timeout=60,
+                          env=build_env(os.environ, fabric=shm_path, log=f"debug:{log}",
+                                        event_loops=True))
+    assert fast.returncode == 0, fast.stderr
+    assert fast.stdout.splitlines() == plain.stdout.splitlines()
+    assert "the sleeping thread: n=1, woken by the write" in plain.stdout
+    text = log.read_text()
+    assert "adopted offer" in text and "switched to the ring" in text, text

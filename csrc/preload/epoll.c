@@ -125,6 +125,10 @@ struct ep_set {
 	struct ep_entry *rhead, *rtail;
 	uint8_t spin_fails, spin_probe; /* adaptive spinning, as in channel.c */
 	uint8_t kskip;
+	/* counters (fastivc_epoll_stats), per set so that no thread writes a
+	 * line another set's thread reads: calls (relaxed atomic), the rest
+	 * under the lock */
+	uint64_t n_calls, n_passes, n_examined, n_max_pass, n_entry_polls, n_absorbed;
 };
 
 static struct ep_set **sets;     /* by epoll fd; entries never freed */
@@ -134,9 +138,6 @@ static pthread_mutex_t stripes[STRIPES];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 static __thread int fd_depth;    /* the kernel bounds nesting (5 levels); so do we */
 
-/* Counters for tests and stats (fastivc_epoll_stats): relaxed, approximate
- * under threads. */
-static uint64_t st_calls, st_passes, st_examined, st_max_pass, st_entry_polls, st_absorbed;
 
 static void tables_init(void)
 {
@@ -494,7 +495,7 @@ static uint32_t entry_eval(struct ep_entry *e, int peek, int *gone)
 	if (fs->state != FS_ACCEL && fs->state != FS_PLAIN && kev) {
 		/* still on TCP for these events: the kernel's answer, now */
 		struct pollfd p = {.fd = e->fd, .events = kev};
-		__atomic_add_fetch(&st_entry_polls, 1, __ATOMIC_RELAXED);
+		e->set->n_entry_polls++;
 		if (fivc_real.poll(&p, 1, 0) > 0)
 			r |= p.revents & (kev | POLLERR | POLLHUP);
 	}
@@ -599,12 +600,10 @@ static int walk(struct ep_set *s, struct pass *p)
 			break;
 		e = next;
 	}
-	__atomic_add_fetch(&st_passes, 1, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&st_examined, seen, __ATOMIC_RELAXED);
-	uint64_t m = __atomic_load_n(&st_max_pass, __ATOMIC_RELAXED);
-	while (seen > m && !__atomic_compare_exchange_n(&st_max_pass, &m, seen, 0, __ATOMIC_RELAXED,
-							__ATOMIC_RELAXED))
-		;
+	s->n_passes++;
+	s->n_examined += seen;
+	if (seen > s->n_max_pass)
+		s->n_max_pass = seen;
 	return n;
 }
 
@@ -662,7 +661,7 @@ static uint32_t nested_eval(struct ep_entry *e, int peek)
 	}
 	if (!r) { /* its kernel set: the program's fds there, or doorbells */
 		struct pollfd p = {.fd = e->fd, .events = POLLIN};
-		__atomic_add_fetch(&st_entry_polls, 1, __ATOMIC_RELAXED);
+		e->set->n_entry_polls++;
 		r = fivc_real.poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
 	}
 	if (!r || !(e->events & EPOLLIN))
@@ -709,7 +708,7 @@ static int kernel_take(struct ep_set *s, struct epoll_event *ev, int max, int ti
 			e->edge = 1; /* a TCP (or nested) edge: the program's own */
 		if (e)
 			queue(s, e);
-		__atomic_add_fetch(&st_absorbed, 1, __ATOMIC_RELAXED);
+		s->n_absorbed++;
 	}
 	if (locked)
 		pthread_mutex_unlock(&s->lock);
@@ -743,7 +742,7 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 	struct ep_set *s = max > 0 ? set_get(epfd, 0) : NULL;
 	if (!s || !__atomic_load_n(&s->nentries, __ATOMIC_RELAXED))
 		return fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
-	__atomic_add_fetch(&st_calls, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&s->n_calls, 1, __ATOMIC_RELAXED);
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
 	uint64_t budget = fivc_cfg.spin_ns >> s->spin_fails;
 	if (++s->spin_probe >= FIVC_SPIN_PROBE) {
@@ -844,25 +843,40 @@ short fivc_epoll_fd_ready(int epfd, int arm)
 	return r ? POLLIN : 0;
 }
 
-/* Counters since load: epoll_wait calls that went through a registry,
- * passes over ready lists, entries looked at, the most in one pass, poll(2)
- * calls made for single entries, tagged kernel events taken. */
+/* Counters of every set since load (or the last reset), for tests and
+ * stats; O(fd table), not for the busy path: epoll_wait calls that went
+ * through a registry, passes over ready lists, entries looked at, the most
+ * in one pass, poll(2) calls made for single entries, tagged kernel events
+ * taken. */
 FIVC_EXPORT void fastivc_epoll_stats(uint64_t out[6])
 {
-	out[0] = __atomic_load_n(&st_calls, __ATOMIC_RELAXED);
-	out[1] = __atomic_load_n(&st_passes, __ATOMIC_RELAXED);
-	out[2] = __atomic_load_n(&st_examined, __ATOMIC_RELAXED);
-	out[3] = __atomic_load_n(&st_max_pass, __ATOMIC_RELAXED);
-	out[4] = __atomic_load_n(&st_entry_polls, __ATOMIC_RELAXED);
-	out[5] = __atomic_load_n(&st_absorbed, __ATOMIC_RELAXED);
+	memset(out, 0, 6 * sizeof(*out));
+	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
+	for (int i = 0; t && i < ep_nfds; i++) {
+		struct ep_set *s = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+		if (!s)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		out[0] += __atomic_load_n(&s->n_calls, __ATOMIC_RELAXED);
+		out[1] += s->n_passes;
+		out[2] += s->n_examined;
+		out[3] = s->n_max_pass > out[3] ? s->n_max_pass : out[3];
+		out[4] += s->n_entry_polls;
+		out[5] += s->n_absorbed;
+		pthread_mutex_unlock(&s->lock);
+	}
 }
 
 FIVC_EXPORT void fastivc_epoll_stats_reset(void)
 {
-	__atomic_store_n(&st_calls, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&st_passes, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&st_examined, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&st_max_pass, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&st_entry_polls, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&st_absorbed, 0, __ATOMIC_RELAXED);
+	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
+	for (int i = 0; t && i < ep_nfds; i++) {
+		struct ep_set *s = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+		if (!s)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		__atomic_store_n(&s->n_calls, 0, __ATOMIC_RELAXED);
+		s->n_passes = s->n_examined = s->n_max_pass = s->n_entry_polls = s->n_absorbed = 0;
+		pthread_mutex_unlock(&s->lock);
+	}
 }
