@@ -41,19 +41,20 @@ int fivc_ring_consumer_waiting(struct fivc_ring_hdr *r)
 	return fivc_load_relaxed(&r->cons_waiting) != 0;
 }
 
-static uint64_t tx_space(const struct fivc_chan *c);
+static int before(uint64_t a, uint64_t b) { return (int64_t)(a - b) < 0; }
 static int tx_can_grow(struct fivc_chan *c);
+static uint64_t tx_space(const struct fivc_chan *c);
 
-/* The same pattern for a producer that waits for space. */
+/* The same pattern for a producer that waits for space.  (Poll and epoll
+ * call it from threads that do not hold the writer's lock: it only looks.) */
 static int ring_arm_producer(struct fivc_chan *c)
 {
 	struct fivc_ring_hdr *r = c->tx;
 	fivc_store_relaxed(&r->prod_waiting, 1);
 	fivc_smp_mb(); /* SB: pairs with the fence in ring_producer_waiting() */
-	uint64_t head = fivc_load_acquire(&r->head);
-	if (head - c->tx_head_seen <= c->tx_tail - c->tx_head_seen)
-		c->tx_head_seen = head; /* (a head beyond our tail is checked by ready_write) */
-	return tx_space(c) > 0 || tx_can_grow(c) || fivc_load_acquire(&r->rd_closed);
+	uint64_t head = fivc_load_acquire(&r->head), tail = c->tx_tail;
+	uint64_t base = before(head, c->txv.from) ? c->txv.from : head;
+	return tail - base < c->txv.size || tx_can_grow(c) || fivc_load_acquire(&r->rd_closed);
 }
 
 static int ring_producer_waiting(struct fivc_ring_hdr *r)
@@ -69,23 +70,26 @@ static void ring_bell(struct fivc_chan *c, uint32_t *word, uint64_t *counter)
 	(*counter)++;
 }
 
-/* Called by the writer after publishing its tail. */
+/* Called by the writer after publishing its tail.  The ringer clears
+ * "waiting" (one arm, at most one doorbell), so waiters never clear it
+ * themselves: several may watch one ring (a blocking reader thread, poll,
+ * epoll sets) and a waiter's clear could wipe another's arm between our
+ * look and our ring.  The exchange picks one ringer among several
+ * producers (fork).  The plain look first keeps the RMW off the busy path. */
 static void notify_consumer(struct fivc_chan *c)
 {
-	if (fivc_ring_consumer_waiting(c->tx))
+	if (fivc_ring_consumer_waiting(c->tx) && fivc_exchange(&c->tx->cons_waiting, 0u))
 		ring_bell(c, &c->tx->cons_wake, &c->tx_wakes_sent);
 }
 
-/* Called by the reader after publishing its head. */
+/* Called by the reader after publishing its head (see notify_consumer). */
 static void notify_producer(struct fivc_chan *c)
 {
-	if (ring_producer_waiting(c->rx))
+	if (ring_producer_waiting(c->rx) && fivc_exchange(&c->rx->prod_waiting, 0u))
 		ring_bell(c, &c->rx->prod_wake, &c->rx_wakes_sent);
 }
 
 /* ---- where the bytes are (layout.h "ring header") ---- */
-
-static int before(uint64_t a, uint64_t b) { return (int64_t)(a - b) < 0; }
 
 /* Ring r's descriptor, read consistently; -EAGAIN while its producer is
  * changing it.  SYNC POINT READ: pairs with the releases in desc_write(). */
@@ -455,7 +459,6 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		if (*fails > FIVC_SPIN_MAX_SHIFT)
 			*fails = FIVC_SPIN_MAX_SHIFT;
 	}
-	uint32_t *waiting = writing ? &c->tx->prod_waiting : &c->rx->cons_waiting;
 	uint32_t *word = writing ? &c->tx->prod_wake : &c->rx->cons_wake;
 	uint64_t limit = writing ? c->wr_timeout_ns : c->rd_timeout_ns;
 	for (;;) {
@@ -469,15 +472,16 @@ static int wait_ready(struct fivc_chan *c, int writing)
 				tmo = (uint32_t)left_ms;
 		}
 		uint32_t seq = fivc_load_acquire(word);
+		/* "waiting" stays set when we leave: the peer's next ring clears
+		 * it (notify_consumer); clearing it here could wipe the arm of
+		 * another waiter on this ring (epoll, poll) just before the peer
+		 * looks.  The cost is at most one spare doorbell. */
 		int armed = writing ? ring_arm_producer(c)
 				    : fivc_ring_arm_consumer(c->rx, c->rx_head);
 		int r = armed ? (writing ? ready_write(c) : ready_read(c, &eof)) : 0;
-		if (r) {
-			fivc_store_relaxed(waiting, 0);
+		if (r)
 			return r < 0 ? r : 0;
-		}
 		int w = c->db->wait(c->db_ctx, word, seq, tmo);
-		fivc_store_relaxed(waiting, 0);
 		(*(writing ? &c->tx_sleeps : &c->rx_sleeps))++;
 		if (w == -EINTR)
 			return -EINTR;
@@ -536,6 +540,8 @@ ssize_t fivc_chan_writable(struct fivc_chan *c)
 	return (ssize_t)(tx_space(c) + (tx_can_grow(c) ? c->max_size : 0));
 }
 
+/* (When it finds the ring ready it leaves the flags set: see
+ * notify_consumer for why only the ringer clears them.) */
 int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
 {
 	int ready = 0;
@@ -544,8 +550,6 @@ int fivc_chan_arm(struct fivc_chan *c, int rd, int wr)
 		ready |= fivc_ring_arm_consumer(c->rx, c->rx_head);
 	if (wr)
 		ready |= ring_arm_producer(c);
-	if (ready)
-		fivc_chan_disarm(c);
 	return ready;
 }
 

@@ -1,23 +1,83 @@
-/* fastivc preload — epoll over managed sockets (I7).
+/* fastivc preload — epoll over managed sockets (I7), in O(ready) (I10).
  *
  * The kernel cannot see ring readiness, so each epoll fd that watches a
- * managed socket gets a registry here: the program's interest and data per
- * socket.  The kernel watches that socket's TCP fd for EPOLLIN only (the
- * doorbell, FIN/RST), under a tagged data word; epoll_wait() reports ring
- * readiness with the program's data, and passes every other event through.
+ * managed socket gets a registry here (a "set"): per socket, the program's
+ * interest and data (an "entry").  The kernel's own set holds every fd of
+ * the program: plain fds (listeners, pipes, timerfds, fallen-back sockets)
+ * under the program's events and data, which we never look at one by one;
+ * managed sockets under a tagged data word (TAG|fd), edge-triggered, so the
+ * kernel tells us of each doorbell byte, FIN or RST, and of TCP readiness
+ * while a socket is still on TCP.  This is the kernel's eventpoll model
+ * (fs/eventpoll.c: ep_poll_callback puts an item on rdllist, epoll_wait
+ * walks rdllist only):
  *
- * Semantics: level-triggered by default; EPOLLET reports a socket again only
- * after its ring moved (new data in, or space freed) since the last report;
- * EPOLLONESHOT disables the entry after one report until EPOLL_CTL_MOD.
- * Sockets still on TCP (pending client, server before N) take the kernel's
- * answer for the TCP fd, asked with a zero-timeout poll.
+ *   - Each set keeps a READY LIST of candidate entries.  An enabled entry is
+ *     either on it, or ARMED: its ring's waiting flags are set (rx
+ *     cons_waiting for EPOLLIN/EPOLLRDHUP, tx prod_waiting for EPOLLOUT)
+ *     with the store-buffering fence, and it was found unreportable after
+ *     that fence.  The peer's next ring move then rings the TCP doorbell;
+ *     the kernel reports TAG|fd; we drain the byte and put the entry on the
+ *     list.  FIN/RST and TCP readiness reach us the same way.
+ *   - epoll_wait walks the ready list only.  A reportable entry is reported
+ *     and stays on the list (moved to its end, for fairness): LT as the
+ *     kernel re-queues LT items; EPOLLET too, but an ET entry is reportable
+ *     only if its ring moved (or it saw a kernel edge, or HUP/ERR/RDHUP
+ *     appeared) since its last report; EPOLLONESHOT entries are disabled
+ *     and leave the list until EPOLL_CTL_MOD.  An entry found unreportable
+ *     is, before we sleep, armed (flags, fence, look again) and taken off.
+ *     New and modified entries start on the list.
+ *   - Spinning (as a blocking read does) walks the list without arming,
+ *     bounded in time (adaptive) and only while the list is short; the
+ *     kernel is asked with timeout 0 every 16 rounds.  With entries to
+ *     report, the kernel is asked (timeout 0) every 8th call, so plain fds
+ *     and armed entries are never starved by a busy list.
+ *   - A managed socket that turned FS_PLAIN is handed to the kernel: its
+ *     registration is modified to the program's events and data, and the
+ *     entry goes.  Sockets still on TCP (FS_CLIENT_PENDING, FS_SERVER_PRE)
+ *     are watched by the kernel for the program's events; while one is on
+ *     the list its TCP readiness is asked with poll(2), and arming it also
+ *     arms its ring for reading, so that the peer's first ring write after
+ *     the switch wakes us (regression: wrk against nginx stalled when its
+ *     epoll_wait began before the server's accept).
  *
- * Nested sets: an epoll fd inside another (or watched by poll/select) is an
- * entry like a socket.  It is ready when one of its own entries is (looked
- * at without consuming an edge or a one-shot) or when the kernel says so for
- * its other fds; the kernel watches it for the doorbells of its sockets,
- * which are armed through it.  Edge-triggered: reported again when one of
- * its rings moved or the kernel saw a new edge.
+ * Lookups are O(1): sets are indexed by epoll fd (sets[], sized like the fd
+ * table); a per-fd chain (by_fd[]) links the entries for one fd across sets
+ * (usually one), so epoll_ctl and close find them without a search.  Locks:
+ * a set's mutex guards its entries and lists; a striped mutex guards the
+ * per-fd chains; order set -> stripe.  Sets are never freed (close of an
+ * epoll fd empties its set), so a set pointer read from a chain stays
+ * valid.  There is no global lock.
+ *
+ * Why no wake-up is lost:
+ *   1. Arm vs. the peer's write (SB): we store "waiting", fence, re-read the
+ *      ring; the peer stores its index, fences, reads "waiting".  One of us
+ *      sees the other: either our re-check finds the data, or the peer rings.
+ *   2. Only the ringer clears "waiting" (channel.c, atomic exchange): no
+ *      waiter's clear can wipe another's arm between the peer's look and its
+ *      ring.  Several waiters may share a flag (a blocking reader thread, a
+ *      poll(), several sets): the one byte is an edge for every kernel
+ *      registration of the socket and makes it readable for poll, so all of
+ *      them see it.  A waiter that arms after the exchange arms anew.
+ *   3. ET: the positions recorded at a report are compared again after the
+ *      arming fence, so a move between the report and the arm is seen.
+ *   4. Taking an entry off the list happens only after arm, fence and an
+ *      unreportable re-check; a kernel event that arrives meanwhile just
+ *      queues it again (queueing is idempotent).
+ *   5. Kernel registrations are edge-triggered: each doorbell byte is a new
+ *      edge even if an older one was not yet drained; we drain to EAGAIN on
+ *      every report, so the receive buffer never fills and swallows bytes
+ *      (each arm allows one byte per direction).  After a FIN the socket
+ *      stays readable, which ET does not report again (no spinning on it).
+ *   6. TCP readiness of pending sockets comes from the kernel's ET edges:
+ *      data that arrives after our poll(2) found it unready is a new edge.
+ *   7. Plain hand-over: the kernel re-polls on EPOLL_CTL_MOD and queues it
+ *      if ready; tagged events for it fetched earlier find no entry.
+ *   8. Nested sets (an epoll fd in another, or in poll/select): the outer
+ *      set's kernel watches the inner epoll fd, which is readable while the
+ *      inner kernel set has events (its tagged doorbells included).  Arming
+ *      the outer entry arms the inner set's listed entries (an arming pass;
+ *      for ET, every listed one), so any ring move there becomes a kernel
+ *      event in the inner set, hence an edge for the outer.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,101 +89,258 @@
 
 #define TAG 0xf1c0de0000000000ull
 #define TAG_MASK 0xffffff0000000000ull
+/* The bits EPOLLEXCLUSIVE may come with (the kernel's rule). */
+#define EXCLUSIVE_OK (EPOLLIN | EPOLLOUT | EPOLLERR | EPOLLHUP | EPOLLWAKEUP | EPOLLET | EPOLLEXCLUSIVE)
+#define SPIN_MAX_LISTED 256 /* a longer list is not spun over: arm and sleep */
+#define KERNEL_EVERY 8      /* with entries to report, ask the kernel every Nth call */
+#define STRIPES 64
+
+struct ep_set;
 
 struct ep_entry {
 	int fd;
-	int nested;      /* fd is an epoll fd (FIVC_KIND_EPOLL) */
-	int kwoke;       /* nested, ET: the kernel reported an edge for it */
-	uint32_t events; /* the program's */
+	int nested;       /* fd is an epoll fd (FIVC_KIND_EPOLL) */
+	struct ep_set *set;
+	uint32_t events;  /* the program's */
 	epoll_data_t data;
-	int disabled;    /* EPOLLONESHOT fired */
-	uint64_t seen_in, seen_out; /* ring positions at the last ET report */
-	uint32_t kmask;  /* what the kernel watches on the TCP fd now */
-	struct ep_entry *next;
+	int disabled;     /* EPOLLONESHOT fired */
+	int listed;       /* on set->ready */
+	int edge;         /* ET: a kernel edge (TCP, nested) or ADD/MOD since the last report */
+	uint64_t seen_in, seen_out; /* ET: ring positions (nested: signature) at the last report */
+	uint32_t seen_shut;          /* ET: RDHUP/HUP/ERR at the last report */
+	uint32_t kmask;   /* what the kernel watches for us now */
+	struct ep_entry *rnext, *rprev; /* ready list (set lock) */
+	struct ep_entry *anext, *aprev; /* all entries of the set (set lock) */
+	struct ep_entry *fnext;         /* entries for this fd in every set (stripe lock) */
 };
 
 struct ep_set {
-	int epfd;
 	pthread_mutex_t lock;
-	struct ep_entry *head;
-	struct ep_set *next;
+	int epfd;
+	int nentries;     /* read unlocked (relaxed) by the fast paths */
+	int nlisted;
+	int nested_et;    /* entries that are epoll fds watched edge-triggered */
+	uint32_t gen;     /* bumped when an entry is queued (nested ET signature) */
+	struct ep_entry *all;
+	struct ep_entry *rhead, *rtail;
 	uint8_t spin_fails, spin_probe; /* adaptive spinning, as in channel.c */
+	uint8_t kskip;
+	/* counters (fastivc_epoll_stats), per set so that no thread writes a
+	 * line another set's thread reads: calls (relaxed atomic), the rest
+	 * under the lock */
+	uint64_t n_calls, n_passes, n_examined, n_max_pass, n_entry_polls, n_absorbed;
 };
 
-static struct ep_set *sets;
-static pthread_mutex_t sets_lock = PTHREAD_MUTEX_INITIALIZER;
-static int nsets;
+static struct ep_set **sets;     /* by epoll fd; entries never freed */
+static struct ep_entry **by_fd;  /* by watched fd */
+static int ep_nfds;
+static pthread_mutex_t stripes[STRIPES];
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+static __thread int fd_depth;    /* the kernel bounds nesting (5 levels); so do we */
 
-static struct ep_set *set_for(int epfd, int create)
+
+static void tables_init(void)
 {
-	pthread_mutex_lock(&sets_lock);
-	struct ep_set *s = sets;
-	while (s && s->epfd != epfd)
-		s = s->next;
-	if (!s && create && (s = calloc(1, sizeof(*s)))) {
-		s->epfd = epfd;
-		pthread_mutex_init(&s->lock, NULL);
-		s->next = sets;
-		sets = s;
-		__atomic_add_fetch(&nsets, 1, __ATOMIC_RELAXED);
+	int n = fivc_nfds;
+	struct ep_set **s = calloc((size_t)n, sizeof(*s));
+	struct ep_entry **b = calloc((size_t)n, sizeof(*b));
+	for (int i = 0; i < STRIPES; i++)
+		pthread_mutex_init(&stripes[i], NULL);
+	if (!s || !b) {
+		free(s);
+		free(b);
+		return;
 	}
-	pthread_mutex_unlock(&sets_lock);
-	return s;
+	by_fd = b;
+	ep_nfds = n;
+	__atomic_store_n(&sets, s, __ATOMIC_RELEASE); /* publishes by_fd and ep_nfds */
 }
 
-static struct ep_entry *entry_of(struct ep_set *s, int fd)
+static int tables(void)
 {
-	struct ep_entry *e = s->head;
-	while (e && e->fd != fd)
-		e = e->next;
+	if (!__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
+		pthread_once(&tables_once, tables_init);
+	return __atomic_load_n(&sets, __ATOMIC_ACQUIRE) != NULL;
+}
+
+static struct ep_set *set_get(int epfd, int create)
+{
+	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
+	if (!t && create && tables())
+		t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
+	if (!t || epfd < 0 || epfd >= ep_nfds)
+		return NULL;
+	struct ep_set *s = __atomic_load_n(&t[epfd], __ATOMIC_ACQUIRE);
+	if (s || !create)
+		return s;
+	struct ep_set *n = calloc(1, sizeof(*n));
+	if (!n)
+		return NULL;
+	pthread_mutex_init(&n->lock, NULL);
+	n->epfd = epfd;
+	if (!__atomic_compare_exchange_n(&t[epfd], &s, n, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_destroy(&n->lock);
+		free(n);
+		return s;
+	}
+	return n;
+}
+
+static pthread_mutex_t *stripe(int fd) { return &stripes[(unsigned)fd % STRIPES]; }
+
+/* s->lock held: s's entry for fd (it cannot be freed while we hold it). */
+static struct ep_entry *lookup(struct ep_set *s, int fd)
+{
+	if (!by_fd || fd < 0 || fd >= ep_nfds)
+		return NULL;
+	pthread_mutex_lock(stripe(fd));
+	struct ep_entry *e = by_fd[fd];
+	while (e && e->set != s)
+		e = e->fnext;
+	pthread_mutex_unlock(stripe(fd));
 	return e;
 }
 
-static void entry_remove(struct ep_set *s, int fd)
+/* ---- the ready list (set lock) ---- */
+
+static void unlist(struct ep_set *s, struct ep_entry *e)
 {
-	for (struct ep_entry **pp = &s->head; *pp; pp = &(*pp)->next)
-		if ((*pp)->fd == fd) {
-			struct ep_entry *e = *pp;
-			*pp = e->next;
-			free(e);
-			return;
-		}
+	if (!e->listed)
+		return;
+	*(e->rprev ? &e->rprev->rnext : &s->rhead) = e->rnext;
+	*(e->rnext ? &e->rnext->rprev : &s->rtail) = e->rprev;
+	e->rnext = e->rprev = NULL;
+	e->listed = 0;
+	s->nlisted--;
 }
 
-/* A managed fd is being closed: no set may keep it (the kernel forgets it
- * with the last fd of the socket; we must not read its freed fsock). */
-void fivc_epoll_forget_fd(int fd)
+static void append(struct ep_set *s, struct ep_entry *e)
 {
-	if (!__atomic_load_n(&nsets, __ATOMIC_RELAXED))
-		return;
-	pthread_mutex_lock(&sets_lock);
-	for (struct ep_set *s = sets; s; s = s->next) {
-		pthread_mutex_lock(&s->lock);
-		entry_remove(s, fd);
-		pthread_mutex_unlock(&s->lock);
-	}
-	pthread_mutex_unlock(&sets_lock);
+	e->rnext = NULL;
+	e->rprev = s->rtail;
+	*(s->rtail ? &s->rtail->rnext : &s->rhead) = e;
+	s->rtail = e;
+	e->listed = 1;
+	s->nlisted++;
 }
 
-/* close(epfd): drop its registry. */
-void fivc_epoll_forget_set(int epfd)
+static void queue(struct ep_set *s, struct ep_entry *e)
 {
-	if (!__atomic_load_n(&nsets, __ATOMIC_RELAXED))
+	if (e->listed || e->disabled)
 		return;
-	pthread_mutex_lock(&sets_lock);
-	for (struct ep_set **pp = &sets; *pp; pp = &(*pp)->next)
-		if ((*pp)->epfd == epfd) {
-			struct ep_set *s = *pp;
-			*pp = s->next;
-			while (s->head)
-				entry_remove(s, s->head->fd);
-			pthread_mutex_destroy(&s->lock);
-			free(s);
-			__atomic_sub_fetch(&nsets, 1, __ATOMIC_RELAXED);
+	append(s, e);
+	s->gen++;
+}
+
+/* ---- entries ---- */
+
+static int is_nested_et(const struct ep_entry *e) { return e->nested && (e->events & EPOLLET); }
+
+static void entry_free(struct ep_set *s, struct ep_entry *e)
+{
+	s->nested_et -= is_nested_et(e);
+	unlist(s, e);
+	*(e->aprev ? &e->aprev->anext : &s->all) = e->anext;
+	if (e->anext)
+		e->anext->aprev = e->aprev;
+	pthread_mutex_lock(stripe(e->fd));
+	for (struct ep_entry **pp = &by_fd[e->fd]; *pp; pp = &(*pp)->fnext)
+		if (*pp == e) {
+			*pp = e->fnext;
 			break;
 		}
-	pthread_mutex_unlock(&sets_lock);
+	pthread_mutex_unlock(stripe(e->fd));
+	__atomic_sub_fetch(&s->nentries, 1, __ATOMIC_RELAXED);
+	free(e);
 }
+
+static struct ep_entry *entry_new(struct ep_set *s, int fd, int nested)
+{
+	struct ep_entry *e = calloc(1, sizeof(*e));
+	if (!e)
+		return NULL;
+	e->fd = fd;
+	e->nested = nested;
+	e->set = s;
+	e->anext = s->all;
+	if (s->all)
+		s->all->aprev = e;
+	s->all = e;
+	pthread_mutex_lock(stripe(fd));
+	e->fnext = by_fd[fd];
+	by_fd[fd] = e;
+	pthread_mutex_unlock(stripe(fd));
+	__atomic_add_fetch(&s->nentries, 1, __ATOMIC_RELAXED);
+	return e;
+}
+
+/* The program's (new) interest: reportable again from scratch. */
+static void entry_set(struct ep_set *s, struct ep_entry *e, const struct epoll_event *ev)
+{
+	s->nested_et -= is_nested_et(e);
+	e->events = ev->events;
+	s->nested_et += is_nested_et(e);
+	e->data = ev->data;
+	e->disabled = 0;
+	e->edge = 1;
+	e->seen_in = e->seen_out = UINT64_MAX;
+	e->seen_shut = 0;
+	queue(s, e);
+}
+
+/* What the kernel is to watch for us: on the ring, its doorbells and FIN/RST
+ * only; on TCP still, the program's events (and the doorbell, IN). */
+static uint32_t kernel_mask(const struct ep_entry *e, const struct fsock *fs)
+{
+	if (e->nested || !fs || fs->state == FS_ACCEL)
+		return EPOLLIN | EPOLLET;
+	return (e->events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)) | EPOLLIN | EPOLLET;
+}
+
+/* A managed fd is being closed (or replaced): no set may keep it.  Its
+ * kernel registration goes with the socket, unless a duplicate keeps the
+ * socket open: then it is removed here. */
+static void forget_entries(int fd)
+{
+	if (!by_fd || fd < 0 || fd >= ep_nfds || !__atomic_load_n(&by_fd[fd], __ATOMIC_RELAXED))
+		return;
+	struct fsock *fs = fivc_fs(fd);
+	int dup = fs && __atomic_load_n(&fs->refs, __ATOMIC_RELAXED) > 1;
+	for (;;) {
+		pthread_mutex_lock(stripe(fd));
+		struct ep_set *s = by_fd[fd] ? by_fd[fd]->set : NULL;
+		pthread_mutex_unlock(stripe(fd));
+		if (!s)
+			return;
+		pthread_mutex_lock(&s->lock); /* order: set, then stripe */
+		struct ep_entry *e = lookup(s, fd);
+		if (e) {
+			if (dup)
+				fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
+			entry_free(s, e);
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
+void fivc_epoll_forget_fd(int fd) { forget_entries(fd); }
+
+/* close(epfd): its registry empties (the set itself stays, for reuse), and
+ * other sets forget it as a nested entry. */
+void fivc_epoll_forget_set(int epfd)
+{
+	forget_entries(epfd);
+	struct ep_set *s = set_get(epfd, 0);
+	if (!s || !__atomic_load_n(&s->nentries, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&s->lock);
+	while (s->all)
+		entry_free(s, s->all);
+	s->spin_fails = s->spin_probe = s->kskip = 0;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- epoll_ctl ---- */
 
 static short to_poll(uint32_t ev)
 {
@@ -138,316 +355,440 @@ static uint32_t to_epoll(short r)
 	       (r & POLLHUP ? EPOLLHUP : 0) | (r & POLLPRI ? EPOLLPRI : 0);
 }
 
+/* Hand an entry whose socket went plain to the kernel: the program's
+ * events and data, then it is the kernel's alone. */
+static void hand_to_kernel(struct ep_set *s, struct ep_entry *e)
+{
+	struct epoll_event kev = {.events = e->events & ~EPOLLEXCLUSIVE, .data = e->data};
+	fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, e->fd, &kev);
+	entry_free(s, e);
+}
+
+/* An fd we do not (or no longer) manage: the kernel's, after dropping an
+ * entry it may have from when it was managed. */
+static int ctl_unmanaged(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	struct ep_set *s = op != EPOLL_CTL_ADD ? set_get(epfd, 0) : NULL;
+	if (s && __atomic_load_n(&s->nentries, __ATOMIC_RELAXED)) {
+		pthread_mutex_lock(&s->lock);
+		struct ep_entry *e = lookup(s, fd);
+		if (e)
+			entry_free(s, e);
+		pthread_mutex_unlock(&s->lock);
+	}
+	return fivc_real.epoll_ctl(epfd, op, fd, ev);
+}
+
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
 	struct fsock *fs = fivc_fs(fd);
 	int nested = !fs && fivc_fd_kind(fd) == FIVC_KIND_EPOLL && fd != epfd;
-	struct ep_set *s = set_for(epfd, (fs || nested) && op == EPOLL_CTL_ADD);
-	if (nested && op == EPOLL_CTL_ADD && !set_for(fd, 1))
+	if ((!fs || fs->state == FS_PLAIN) && !nested)
+		return ctl_unmanaged(epfd, op, fd, ev);
+	if (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD && op != EPOLL_CTL_DEL)
+		return (int)fivc_ret(-EINVAL);
+	if (op != EPOLL_CTL_DEL && !ev)
+		return (int)fivc_ret(-EFAULT);
+	/* EPOLLEXCLUSIVE: the kernel's rules; the flag itself is not passed on
+	 * (we modify our registrations), so every set is woken. */
+	if (op != EPOLL_CTL_DEL && (ev->events & EPOLLEXCLUSIVE) &&
+	    (op == EPOLL_CTL_MOD || nested || (ev->events & ~EXCLUSIVE_OK)))
+		return (int)fivc_ret(-EINVAL);
+	struct ep_set *s = set_get(epfd, 1);
+	if (!s || (nested && op == EPOLL_CTL_ADD && !set_get(fd, 1)))
 		return (int)fivc_ret(-ENOMEM);
-	if (!fs && !nested) {
-		if (s && op == EPOLL_CTL_DEL) {
-			pthread_mutex_lock(&s->lock);
-			entry_remove(s, fd); /* it may have been managed when added */
-			pthread_mutex_unlock(&s->lock);
-		}
-		return fivc_real.epoll_ctl(epfd, op, fd, ev);
-	}
-	if (!s)
-		return op == EPOLL_CTL_ADD ? (int)fivc_ret(-ENOMEM) : (int)fivc_ret(-ENOENT);
-	/* before the switch TCP readiness is the program's; after it, only
-	 * doorbells and FIN/RST (see kernel_mask) */
 	struct epoll_event kev = {.events = 0, .data.u64 = TAG | (uint32_t)fd};
-	pthread_mutex_lock(&s->lock);
-	struct ep_entry *e = entry_of(s, fd);
 	int r = 0;
+	pthread_mutex_lock(&s->lock);
+	struct ep_entry *e = lookup(s, fd);
 	switch (op) {
-	case EPOLL_CTL_ADD:
-		if (e) {
-			r = -EEXIST;
-			break;
-		}
-		if (!ev) {
-			r = -EFAULT;
-			break;
-		}
-		kev.events = nested ? EPOLLIN | (ev->events & EPOLLET)
-			     : fs->state == FS_ACCEL
-				     ? EPOLLIN | EPOLLRDHUP
-				     : (ev->events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)) | EPOLLIN;
+	case EPOLL_CTL_ADD: {
+		struct ep_entry probe = {.nested = nested, .events = ev->events};
+		kev.events = kernel_mask(&probe, fs);
 		if (fivc_real.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &kev) < 0) {
 			r = -errno;
 			break;
 		}
-		e = calloc(1, sizeof(*e));
-		if (!e) {
+		/* an entry left from an fd closed behind our back is reused */
+		if (!e && !(e = entry_new(s, fd, nested))) {
 			fivc_real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
 			r = -ENOMEM;
 			break;
 		}
-		e->fd = fd;
 		e->nested = nested;
 		e->kmask = kev.events;
-		e->events = ev->events;
-		e->data = ev->data;
-		e->seen_in = e->seen_out = UINT64_MAX;
-		e->next = s->head;
-		s->head = e;
+		entry_set(s, e, ev);
 		break;
+	}
 	case EPOLL_CTL_MOD:
+		if (e && (e->events & EPOLLEXCLUSIVE)) {
+			r = -EINVAL;
+			break;
+		}
 		if (!e) {
-			r = -ENOENT;
-			break;
+			/* added before it was managed (before connect): the kernel
+			 * has the program's data; take it over */
+			struct ep_entry probe = {.nested = nested, .events = ev->events};
+			kev.events = kernel_mask(&probe, fs);
+			if (fivc_real.epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &kev) < 0) {
+				r = -errno;
+				break;
+			}
+			if (!(e = entry_new(s, fd, nested))) {
+				r = -ENOMEM;
+				break;
+			}
+			e->kmask = kev.events;
 		}
-		if (!ev) {
-			r = -EFAULT;
-			break;
-		}
-		e->events = ev->events;
-		e->data = ev->data;
-		e->disabled = 0;
-		e->seen_in = e->seen_out = UINT64_MAX;
-		if (e->nested && (e->kmask & EPOLLET) != (ev->events & EPOLLET)) {
-			kev.events = EPOLLIN | (ev->events & EPOLLET);
-			if (fivc_real.epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &kev) == 0)
-				e->kmask = kev.events;
-		}
+		entry_set(s, e, ev);
 		break;
 	case EPOLL_CTL_DEL:
-		if (!e) {
-			r = -ENOENT;
-			break;
-		}
-		entry_remove(s, fd);
+		if (e)
+			entry_free(s, e);
 		if (fivc_real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0)
 			r = -errno;
 		break;
-	default:
-		r = -EINVAL;
 	}
 	pthread_mutex_unlock(&s->lock);
 	return (int)fivc_ret(r);
 }
 
-/* Is this an edge-triggered entry whose ring has not moved since its last
- * report?  Then it is not to be reported, and must sleep until it moves. */
-static int et_unmoved(struct ep_entry *e, struct fsock *fs, uint32_t ev)
+/* ---- readiness of one entry ---- */
+
+enum { EVAL_REPORT = 0, EVAL_PEEK = 1 };
+enum { GONE_NO, GONE_CLOSED, GONE_PLAIN };
+
+static uint32_t nested_eval(struct ep_entry *e, int peek);
+
+/* Ring positions an ET entry compares (those of the directions it watches). */
+static void positions(const struct ep_entry *e, struct fsock *fs, uint64_t *in, uint64_t *out)
 {
-	if (!(e->events & EPOLLET) || fs->state != FS_ACCEL || !fs->ch.f)
-		return 0;
-	if ((ev & EPOLLIN) &&
-	    __atomic_load_n(&fs->ch.rx->tail, __ATOMIC_ACQUIRE) != e->seen_in)
-		return 0;
-	if ((ev & EPOLLOUT) &&
-	    __atomic_load_n(&fs->ch.tx->head, __ATOMIC_ACQUIRE) != e->seen_out)
-		return 0;
-	return 1;
+	*in = *out = 0;
+	if (!fs->ch.f || fs->state == FS_PLAIN)
+		return;
+	if (e->events & (EPOLLIN | EPOLLRDHUP))
+		*in = __atomic_load_n(&fs->ch.rx->tail, __ATOMIC_ACQUIRE);
+	if (e->events & EPOLLOUT)
+		*out = __atomic_load_n(&fs->ch.tx->head, __ATOMIC_ACQUIRE);
 }
 
-static uint32_t nested_ready(struct ep_entry *e, int peek);
-
 /* What to report for one entry now (0: nothing).  peek: only look (no edge
- * is consumed), for a set that contains this one. */
-static uint32_t entry_ready(struct ep_entry *e, int peek)
+ * consumed), for a set that contains this one, or poll(). */
+static uint32_t entry_eval(struct ep_entry *e, int peek, int *gone)
 {
+	*gone = GONE_NO;
 	if (e->disabled)
 		return 0;
 	if (e->nested)
-		return nested_ready(e, peek);
+		return nested_eval(e, peek);
 	struct fsock *fs = fivc_fs(e->fd);
-	if (!fs)
+	if (!fs) {
+		*gone = GONE_CLOSED; /* (closed without close(): exec) */
 		return 0;
+	}
+	if (fs->state == FS_PLAIN) {
+		*gone = GONE_PLAIN;
+		return 0;
+	}
 	short kev;
 	short r = fivc_fs_ready(fs, e->fd, to_poll(e->events), 0, &kev);
-	if (fs->state != FS_ACCEL) {
-		/* still on TCP for these events: ask the kernel now */
+	if (fs->state != FS_ACCEL && fs->state != FS_PLAIN && kev) {
+		/* still on TCP for these events: the kernel's answer, now */
 		struct pollfd p = {.fd = e->fd, .events = kev};
-		if (kev && fivc_real.poll(&p, 1, 0) > 0)
+		e->set->n_entry_polls++;
+		if (fivc_real.poll(&p, 1, 0) > 0)
 			r |= p.revents & (kev | POLLERR | POLLHUP);
 	}
-	uint32_t out = to_epoll(r) & (e->events | EPOLLERR | EPOLLHUP);
-	if (out && !(out & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) && et_unmoved(e, fs, out))
-		return 0;
-	if (out && !peek && (e->events & EPOLLET) && fs->state == FS_ACCEL) {
-		e->seen_in = __atomic_load_n(&fs->ch.rx->tail, __ATOMIC_ACQUIRE);
-		e->seen_out = __atomic_load_n(&fs->ch.tx->head, __ATOMIC_ACQUIRE);
+	uint32_t lvl = to_epoll(r) & (e->events | EPOLLERR | EPOLLHUP);
+	if (!lvl || !(e->events & EPOLLET))
+		return lvl;
+	uint64_t in, out;
+	positions(e, fs, &in, &out);
+	uint32_t shut = lvl & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+	if (!e->edge && in == e->seen_in && out == e->seen_out && !(shut & ~e->seen_shut))
+		return 0; /* ET: nothing new since the last report */
+	if (!peek) {
+		e->edge = 0;
+		e->seen_in = in;
+		e->seen_out = out;
+		e->seen_shut = shut;
 	}
-	return out;
+	return lvl;
 }
 
-/* Sum of the ring positions under a set: it changes when any ring moves. */
-static uint64_t set_signature(struct ep_set *s, int depth)
+/* Arm one entry (its peer's next move rings the doorbell), keeping the
+ * kernel's watch in step with the socket's state. */
+static void set_arm(struct ep_set *s, int all);
+
+static void entry_arm(struct ep_set *s, struct ep_entry *e)
 {
-	uint64_t sig = 0;
-	for (struct ep_entry *e = s->head; e; e = e->next) {
-		if (e->nested) {
-			struct ep_set *in = depth < 4 ? set_for(e->fd, 0) : NULL;
-			if (in) {
-				pthread_mutex_lock(&in->lock);
-				sig += set_signature(in, depth + 1);
-				pthread_mutex_unlock(&in->lock);
-			}
-			continue;
+	if (e->nested) {
+		struct ep_set *in = fd_depth < 5 ? set_get(e->fd, 0) : NULL;
+		if (in) {
+			fd_depth++;
+			pthread_mutex_lock(&in->lock);
+			set_arm(in, (e->events & EPOLLET) != 0);
+			pthread_mutex_unlock(&in->lock);
+			fd_depth--;
 		}
-		struct fsock *fs = fivc_fs(e->fd);
-		if (fs && fs->state == FS_ACCEL && fs->ch.f)
-			sig += __atomic_load_n(&fs->ch.rx->tail, __ATOMIC_ACQUIRE) +
-			       __atomic_load_n(&fs->ch.tx->head, __ATOMIC_ACQUIRE);
+		return;
 	}
-	return sig;
+	struct fsock *fs = fivc_fs(e->fd);
+	if (!fs || fs->state == FS_PLAIN)
+		return;
+	uint32_t want = kernel_mask(e, fs);
+	if (want != e->kmask) {
+		struct epoll_event kev = {.events = want, .data.u64 = TAG | (uint32_t)e->fd};
+		if (fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, e->fd, &kev) == 0)
+			e->kmask = want;
+	}
+	if (!fivc_fs_uses_fabric(fs) || fs->ch.broken)
+		return;
+	int rd = (e->events & (EPOLLIN | EPOLLRDHUP)) != 0, wr = (e->events & EPOLLOUT) != 0;
+	if (fs->state == FS_CLIENT_PENDING)
+		wr = 0; /* TCP's space; the ring only for the switch (see the top) */
+	fivc_chan_arm_always(&fs->ch, rd, wr);
 }
 
-static int set_peek(struct ep_set *s)
+/* ---- walking the ready list (set lock held) ---- */
+
+struct pass {
+	struct epoll_event *out;
+	int max;
+	int arm;       /* arm and drop what is not reportable (we may sleep next) */
+	int report;    /* 0: only look (nested, poll) */
+};
+
+/* One pass over the list.  Returns the number reported (or, with report 0,
+ * 1 as soon as one is reportable). */
+static int walk(struct ep_set *s, struct pass *p)
 {
-	for (struct ep_entry *e = s->head; e; e = e->next)
-		if (entry_ready(e, 1))
-			return 1;
-	return 0;
+	int n = 0;
+	uint32_t seen = 0;
+	struct ep_entry *e = s->rhead, *stop = s->rtail;
+	while (e && n < p->max) {
+		struct ep_entry *next = e->rnext;
+		int last = e == stop, gone;
+		seen++;
+		uint32_t r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
+		if (!r && !gone && p->arm) {
+			entry_arm(s, e);
+			/* SB: the arm's fence orders this look after "waiting" */
+			r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
+			if (!r && !gone)
+				unlist(s, e);
+		}
+		if (gone && p->report) {
+			if (gone == GONE_PLAIN)
+				hand_to_kernel(s, e);
+			else
+				entry_free(s, e);
+		} else if (r && !p->report) {
+			n = 1;
+			break;
+		} else if (r) {
+			p->out[n].events = r;
+			p->out[n].data = e->data;
+			n++;
+			unlist(s, e);
+			if (e->events & EPOLLONESHOT)
+				e->disabled = 1;
+			else
+				append(s, e); /* to the end: the next call starts with the others */
+		}
+		if (last)
+			break;
+		e = next;
+	}
+	s->n_passes++;
+	s->n_examined += seen;
+	if (seen > s->n_max_pass)
+		s->n_max_pass = seen;
+	return n;
 }
 
-static uint32_t nested_ready(struct ep_entry *e, int peek)
+/* Arm a set watched from outside (nested, poll): an arming pass without
+ * reporting.  all: an edge-triggered watcher wants a wake-up on any ring
+ * move of any entry, as the kernel gives one for every wake-up of an item
+ * of the inner set, ready or not; so every entry is armed, and nothing
+ * taken off.  That costs O(entries of the inner set), for this rare case
+ * only (an unlisted entry may have its doorbell waiting, unread, in the
+ * inner kernel set; its flag is then clear and only arming it again makes
+ * its next move a new event). */
+static void set_arm(struct ep_set *s, int all)
 {
-	struct ep_set *in = set_for(e->fd, 0);
+	if (all) {
+		for (struct ep_entry *e = s->all; e; e = e->anext)
+			if (!e->disabled)
+				entry_arm(s, e);
+		return;
+	}
+	struct pass p = {.max = 1 << 30, .arm = 1, .report = 0};
+	/* (report 0 stops at the first reportable: the rest stay listed) */
+	walk(s, &p);
+}
+
+/* Is anything in s reportable now?  *sig (nested ET only, O(entries), see
+ * set_arm): changes when an entry is queued or any entry's ring moves. */
+static int set_peek(struct ep_set *s, uint64_t *sig)
+{
+	struct pass p = {.max = 1, .arm = 0, .report = 0};
+	int r = walk(s, &p);
+	if (sig) {
+		uint64_t g = s->gen;
+		for (struct ep_entry *e = s->all; e; e = e->anext) {
+			struct fsock *fs = e->nested ? NULL : fivc_fs(e->fd);
+			if (fs && fs->state == FS_ACCEL && fs->ch.f)
+				g += __atomic_load_n(&fs->ch.rx->tail, __ATOMIC_ACQUIRE) +
+				     __atomic_load_n(&fs->ch.tx->head, __ATOMIC_ACQUIRE);
+		}
+		*sig = g;
+	}
+	return r;
+}
+
+static uint32_t nested_eval(struct ep_entry *e, int peek)
+{
+	struct ep_set *in = fd_depth < 5 ? set_get(e->fd, 0) : NULL;
 	int r = 0;
 	uint64_t sig = 0;
 	if (in) {
+		fd_depth++;
 		pthread_mutex_lock(&in->lock);
-		r = set_peek(in);
-		if (e->events & EPOLLET)
-			sig = set_signature(in, 0);
+		r = set_peek(in, (e->events & EPOLLET) ? &sig : NULL);
 		pthread_mutex_unlock(&in->lock);
+		fd_depth--;
 	}
-	if (!r) {
+	if (!r) { /* its kernel set: the program's fds there, or doorbells */
 		struct pollfd p = {.fd = e->fd, .events = POLLIN};
+		e->set->n_entry_polls++;
 		r = fivc_real.poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
 	}
 	if (!r || !(e->events & EPOLLIN))
 		return 0;
 	if (e->events & EPOLLET) {
-		if (sig == e->seen_in && !e->kwoke)
+		if (sig == e->seen_in && !e->edge)
 			return 0;
 		if (!peek) {
 			e->seen_in = sig;
-			e->kwoke = 0;
+			e->edge = 0;
 		}
 	}
 	return EPOLLIN;
 }
 
-static int collect(struct ep_set *s, struct epoll_event *out, int max)
+/* ---- epoll_wait ---- */
+
+/* The kernel's events: ours (tagged) queue their entries, after the
+ * doorbell is drained; the program's are kept, compacted to the front.
+ * Returns how many of the program's, or -errno. */
+static int kernel_take(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
+		       const sigset_t *mask)
 {
-	int n = 0;
-	for (struct ep_entry *e = s->head; e && n < max; e = e->next) {
-		uint32_t r = entry_ready(e, 0);
-		if (!r)
+	int k = fivc_real.epoll_pwait(s->epfd, ev, max, timeout_ms, mask);
+	if (k < 0)
+		return -errno;
+	int out = 0, locked = 0;
+	for (int i = 0; i < k; i++) {
+		uint64_t d = ev[i].data.u64;
+		if ((d & TAG_MASK) != TAG) {
+			ev[out++] = ev[i];
 			continue;
-		out[n].events = r;
-		out[n].data = e->data;
-		n++;
-		if (e->events & EPOLLONESHOT)
-			e->disabled = 1;
+		}
+		if (!locked) {
+			pthread_mutex_lock(&s->lock);
+			locked = 1;
+		}
+		int fd = (int)(uint32_t)d;
+		struct ep_entry *e = lookup(s, fd);
+		struct fsock *fs = e && !e->nested ? fivc_fs(fd) : NULL;
+		if (fs && fs->state == FS_ACCEL)
+			fivc_fs_drain(fs, fd);
+		else if (e)
+			e->edge = 1; /* a TCP (or nested) edge: the program's own */
+		if (e)
+			queue(s, e);
+		s->n_absorbed++;
 	}
+	if (locked)
+		pthread_mutex_unlock(&s->lock);
+	return out;
+}
+
+static int report(struct ep_set *s, struct epoll_event *ev, int max, int arm)
+{
+	struct pass p = {.out = ev, .max = max, .arm = arm, .report = 1};
+	pthread_mutex_lock(&s->lock);
+	int n = walk(s, &p);
+	pthread_mutex_unlock(&s->lock);
 	return n;
 }
 
-/* Before sleeping: make every entry's peer ring the doorbell on a change,
- * and keep the kernel's mask in step with the socket's state.  Returns 1 if
- * an entry turned reportable meanwhile (then: collect again). */
-static int arm_all(struct ep_set *s, int force)
+/* We have n of ours to report: now and then the kernel's too (timeout 0),
+ * so plain fds and armed entries are not starved by a busy list. */
+static int with_kernel(struct ep_set *s, struct epoll_event *ev, int n, int max,
+		       const sigset_t *mask)
 {
-	int ready = 0;
-	for (struct ep_entry *e = s->head; e; e = e->next) {
-		if (e->nested && !e->disabled) {
-			if (entry_ready(e, 1))
-				ready = 1;
-			else /* unreportable (ET, nothing new): wake on any move */
-				fivc_epoll_fd_ready(e->fd, force || (e->events & EPOLLET) ? 2 : 1);
-			if (!ready && !(e->events & EPOLLET) && entry_ready(e, 1))
-				ready = 1; /* it turned ready while we armed */
-			continue;
-		}
-		struct fsock *fs = fivc_fs(e->fd);
-		if (!fs || e->disabled)
-			continue;
-		uint32_t want = fs->state == FS_ACCEL
-					? EPOLLIN | EPOLLRDHUP
-					: (e->events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)) | EPOLLIN;
-		if (want != e->kmask) {
-			struct epoll_event kev = {.events = want, .data.u64 = TAG | (uint32_t)e->fd};
-			if (fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, e->fd, &kev) == 0)
-				e->kmask = want;
-		}
-		if (!fivc_fs_uses_fabric(fs))
-			continue;
-		int rd = (e->events & EPOLLIN) != 0, wr = (e->events & EPOLLOUT) != 0;
-		if (fs->state != FS_ACCEL) {
-			/* The kernel watches TCP for it; arm the ring for reading as
-			 * well: the peer adopts/switches without a doorbell and its
-			 * first ring write must wake us (io.c).  Regression: wrk
-			 * against nginx stalled when its epoll_wait began before the
-			 * server's accept. */
-			if (rd)
-				fivc_chan_arm_always(&fs->ch, 1, 0);
-			continue;
-		}
-		if (force || et_unmoved(e, fs, e->events & (EPOLLIN | EPOLLOUT))) {
-			fivc_chan_arm_always(&fs->ch, rd, wr); /* wake on the next move */
-			continue;
-		}
-		if (fivc_chan_arm(&fs->ch, rd, wr))
-			ready = 1;
-	}
-	return ready;
-}
-
-static void disarm_all(struct ep_set *s)
-{
-	for (struct ep_entry *e = s->head; e; e = e->next) {
-		if (e->nested) {
-			fivc_epoll_fd_disarm(e->fd);
-			continue;
-		}
-		struct fsock *fs = fivc_fs(e->fd);
-		if (fs)
-			fivc_fs_disarm(fs);
-	}
+	if (n >= max || ++s->kskip < KERNEL_EVERY)
+		return n;
+	s->kskip = 0;
+	int k = kernel_take(s, ev + n, max - n, 0, mask);
+	return k > 0 ? n + k : n;
 }
 
 int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout_ms,
 		       const sigset_t *mask)
 {
-	if (max <= 0)
+	struct ep_set *s = max > 0 ? set_get(epfd, 0) : NULL;
+	if (!s || !__atomic_load_n(&s->nentries, __ATOMIC_RELAXED))
 		return fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
-	struct ep_set *s = __atomic_load_n(&nsets, __ATOMIC_RELAXED) ? set_for(epfd, 0) : NULL;
-	if (!s || !s->head)
-		return fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
+	__atomic_add_fetch(&s->n_calls, 1, __ATOMIC_RELAXED);
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
 	uint64_t budget = fivc_cfg.spin_ns >> s->spin_fails;
 	if (++s->spin_probe >= FIVC_SPIN_PROBE) {
 		s->spin_probe = 0;
 		budget = fivc_cfg.spin_ns;
 	}
-	if (timeout_ms != 0 && budget) {
+	int n = 0;
+	if (s->nested_et) {
+		/* An epoll fd watched ET: its kernel edges that came before this
+		 * report must be taken first, or they would count as new after it. */
+		n = kernel_take(s, events, max, 0, mask);
+		if (n < 0)
+			return (int)fivc_ret(n);
+		n += report(s, events + n, max - n, 0);
+		if (n || timeout_ms == 0)
+			return n;
+	}
+	n = report(s, events, max, 0);
+	if (n)
+		return with_kernel(s, events, n, max, mask);
+	if (timeout_ms == 0) {
+		/* nothing armed: what is listed stays listed for the next call */
+		int k = kernel_take(s, events, max, 0, mask);
+		if (k < 0)
+			return (int)fivc_ret(k);
+		return k + report(s, events + k, max - k, 0);
+	}
+	if (budget && __atomic_load_n(&s->nlisted, __ATOMIC_RELAXED) &&
+	    s->nlisted <= SPIN_MAX_LISTED) {
 		/* Spin before sleeping, as a blocking read does: a busy peer's next
 		 * message usually comes within microseconds, and catching it here
 		 * saves its doorbell and our wake-up (measured with nginx + wrk).
-		 * The kernel is asked now and then, so plain fds are not starved. */
+		 * Only the listed (recently ready) entries are looked at. */
 		for (unsigned i = 1;; i++) {
-			pthread_mutex_lock(&s->lock);
-			int n = collect(s, events, max);
-			if (n)
+			n = report(s, events, max, 0);
+			if (n) {
 				s->spin_fails = budget == fivc_cfg.spin_ns ? 0 : s->spin_fails >> 1;
-			pthread_mutex_unlock(&s->lock);
-			if (n)
-				return n;
+				return with_kernel(s, events, n, max, mask);
+			}
 			if (!(i & 15)) {
-				int k = fivc_real.epoll_pwait(epfd, events, max, 0, mask);
-				if (k != 0) {
-					if (k < 0)
-						return k;
-					break; /* let the full path sort ours from the program's */
-				}
-				if (fivc_now_ns(CLOCK_MONOTONIC) - start >= budget) {
+				int k = kernel_take(s, events, max, 0, mask);
+				if (k < 0)
+					return (int)fivc_ret(k);
+				if (k)
+					return k + report(s, events + k, max - k, 0);
+				if (!s->nlisted || fivc_now_ns(CLOCK_MONOTONIC) - start >= budget) {
 					uint8_t f = s->spin_fails;
 					s->spin_fails = f >= FIVC_SPIN_MAX_SHIFT / 2 ? FIVC_SPIN_MAX_SHIFT
 										     : (uint8_t)(f ? f * 2 : 1);
@@ -458,92 +799,84 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		}
 	}
 	for (;;) {
-		pthread_mutex_lock(&s->lock);
-		int n = collect(s, events, max);
-		int again = !n && arm_all(s, 0);
-		if (again)
-			disarm_all(s);
-		pthread_mutex_unlock(&s->lock);
-		if (again)
-			continue;
-		int left = 0;
-		if (!n) {
-			if (timeout_ms < 0) {
-				left = -1;
-			} else {
-				uint64_t el = (fivc_now_ns(CLOCK_MONOTONIC) - start) / 1000000;
-				left = el >= (uint64_t)timeout_ms ? 0 : timeout_ms - (int)el;
-			}
+		n = report(s, events, max, 1); /* arms and drops the rest */
+		if (n)
+			return with_kernel(s, events, n, max, mask);
+		int left = -1;
+		if (timeout_ms >= 0) {
+			uint64_t el = (fivc_now_ns(CLOCK_MONOTONIC) - start) / 1000000;
+			left = el >= (uint64_t)timeout_ms ? 0 : timeout_ms - (int)el;
 		}
-		int k = fivc_real.epoll_pwait(epfd, events + n, max - n, left, mask);
-		int e = errno;
-		pthread_mutex_lock(&s->lock);
-		disarm_all(s);
-		if (k < 0) {
-			pthread_mutex_unlock(&s->lock);
-			return n ? n : (int)fivc_ret(-e);
-		}
-		/* keep the program's events; ours only woke us */
-		int out = n, woke = 0;
-		for (int i = n; i < n + k; i++) {
-			uint64_t d = events[i].data.u64;
-			if ((d & TAG_MASK) == TAG) {
-				struct fsock *fs = fivc_fs((int)(uint32_t)d);
-				if (fs && fs->state == FS_ACCEL)
-					fivc_fs_drain(fs, (int)(uint32_t)d);
-				else if (!fs) {
-					struct ep_entry *ne = entry_of(s, (int)(uint32_t)d);
-					if (ne && ne->nested)
-						ne->kwoke = 1;
-				}
-				woke = 1;
-				continue;
-			}
-			events[out++] = events[i];
-		}
-		if (woke && !n && out < max) /* (entries already reported stay once) */
-			out += collect(s, events + out, max - out);
-		pthread_mutex_unlock(&s->lock);
-		if (out || (!n && left == 0))
-			return out;
+		int k = kernel_take(s, events, max, left, mask);
+		if (k < 0)
+			return (int)fivc_ret(k);
+		n = k + report(s, events + k, max - k, 1);
+		if (n || left == 0)
+			return n;
 	}
 }
 
+/* ---- an epoll fd watched by poll/select ---- */
+
 int fivc_epoll_is_managed(int epfd)
 {
-	if (fivc_fd_kind(epfd) != FIVC_KIND_EPOLL || !__atomic_load_n(&nsets, __ATOMIC_RELAXED))
+	if (fivc_fd_kind(epfd) != FIVC_KIND_EPOLL)
 		return 0;
-	struct ep_set *s = set_for(epfd, 0);
-	return s && s->head;
+	struct ep_set *s = set_get(epfd, 0);
+	return s && __atomic_load_n(&s->nentries, __ATOMIC_RELAXED);
 }
-
-static __thread int fd_depth; /* the kernel bounds nesting (5 levels); so do we */
 
 short fivc_epoll_fd_ready(int epfd, int arm)
 {
-	struct ep_set *s = set_for(epfd, 0);
+	struct ep_set *s = set_get(epfd, 0);
 	if (!s || fd_depth > 5)
 		return 0;
 	fd_depth++;
 	pthread_mutex_lock(&s->lock);
-	int r = arm == 2 ? 0 : set_peek(s);
-	if (arm == 2)
-		arm_all(s, 1);
-	else if (!r && arm && arm_all(s, 0)) {
-		disarm_all(s);
-		r = 1;
+	int r = set_peek(s, NULL);
+	if (!r && arm) {
+		set_arm(s, 0);
+		r = set_peek(s, NULL);
 	}
 	pthread_mutex_unlock(&s->lock);
 	fd_depth--;
 	return r ? POLLIN : 0;
 }
 
-void fivc_epoll_fd_disarm(int epfd)
+/* Counters of every set since load (or the last reset), for tests and
+ * stats; O(fd table), not for the busy path: epoll_wait calls that went
+ * through a registry, passes over ready lists, entries looked at, the most
+ * in one pass, poll(2) calls made for single entries, tagged kernel events
+ * taken. */
+FIVC_EXPORT void fastivc_epoll_stats(uint64_t out[6])
 {
-	struct ep_set *s = set_for(epfd, 0);
-	if (!s)
-		return;
-	pthread_mutex_lock(&s->lock);
-	disarm_all(s);
-	pthread_mutex_unlock(&s->lock);
+	memset(out, 0, 6 * sizeof(*out));
+	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
+	for (int i = 0; t && i < ep_nfds; i++) {
+		struct ep_set *s = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+		if (!s)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		out[0] += __atomic_load_n(&s->n_calls, __ATOMIC_RELAXED);
+		out[1] += s->n_passes;
+		out[2] += s->n_examined;
+		out[3] = s->n_max_pass > out[3] ? s->n_max_pass : out[3];
+		out[4] += s->n_entry_polls;
+		out[5] += s->n_absorbed;
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
+FIVC_EXPORT void fastivc_epoll_stats_reset(void)
+{
+	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
+	for (int i = 0; t && i < ep_nfds; i++) {
+		struct ep_set *s = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+		if (!s)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		__atomic_store_n(&s->n_calls, 0, __ATOMIC_RELAXED);
+		s->n_passes = s->n_examined = s->n_max_pass = s->n_entry_polls = s->n_absorbed = 0;
+		pthread_mutex_unlock(&s->lock);
+	}
 }

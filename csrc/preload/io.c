@@ -131,12 +131,11 @@ static void server_maybe_done(struct fsock *fs)
 static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, int flags, int arm)
 {
 	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
-	int armed = arm && !nb && !fivc_chan_arm(&fs->ch, 1, 0);
+	/* (not disarmed after: the peer's ring clears it, see channel.c) */
+	if (arm && !nb)
+		fivc_chan_arm(&fs->ch, 1, 0);
 	ssize_t r = fivc_real.recv(fd, buf, len, flags | (fs->nonblock ? MSG_DONTWAIT : 0));
-	int e = errno;
-	if (armed)
-		fivc_chan_disarm(&fs->ch);
-	return r < 0 ? -e : r;
+	return r < 0 ? -errno : r;
 }
 
 /* One recv on an fsock; the body behind every read-family wrapper. */

@@ -73,15 +73,11 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			left = el >= (uint64_t)timeout_ns ? 0 : timeout_ns - (int64_t)el;
 		}
 		struct timespec ts = {left / 1000000000, left % 1000000000};
+		/* Nothing is disarmed after the wait: the peer clears a flag when
+		 * it rings (channel.c), and a flag cleared here could be another
+		 * waiter's (an epoll set, another thread) just armed. */
 		int r = fivc_real.ppoll(k, n, left < 0 ? NULL : &ts, mask);
 		int e = errno;
-		for (nfds_t i = 0; i < n; i++) {
-			struct fsock *fs = fivc_fs(fds[i].fd);
-			if (fs)
-				fivc_fs_disarm(fs);
-			else if (!auth[i])
-				fivc_epoll_fd_disarm(fds[i].fd);
-		}
 		if (r < 0) {
 			ret = -e;
 			break;
@@ -91,7 +87,10 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			struct fsock *fs = fivc_fs(fds[i].fd);
 			short kr = k[i].revents & auth[i];
 			if (!fs && !auth[i]) {
-				fds[i].revents = (fivc_epoll_fd_ready(fds[i].fd, 0) & fds[i].events) |
+				/* its ring entries, or the kernel's set (the program's
+				 * plain fds, or doorbells its epoll_wait will sort out) */
+				fds[i].revents = ((fivc_epoll_fd_ready(fds[i].fd, 0) |
+						   (k[i].revents & POLLIN)) & fds[i].events) |
 						 (k[i].revents & POLLNVAL);
 			} else if (fs && fs->state != FS_PLAIN && !auth[i]) {
 				/* accelerated: the kernel woke us; the ring decides */

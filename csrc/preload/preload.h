@@ -212,7 +212,6 @@ ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, 
  * bits now ready; *kernel_events is what to ask the kernel for on the TCP fd
  * to be woken (arms the ring's waiting flags when arm is set). */
 short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kernel_events);
-void fivc_fs_disarm(struct fsock *fs);
 /* Client: switch now if the offer was adopted.  Server: learn N. */
 void fivc_fs_client_check(struct fsock *fs, int have_wr_lock);
 void fivc_fs_server_check(struct fsock *fs);
@@ -240,15 +239,15 @@ pid_t fivc_do_fork(void);
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
 int fivc_do_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
 		       const sigset_t *mask);
+/* close/dup2 of fd: every set forgets its entry for fd (O(sets watching
+ * fd)); of an epoll fd: its registry goes too. */
 void fivc_epoll_forget_fd(int fd);
-/* An epoll fd watched by poll/select or by another epoll fd (nested):
- * whether it has something to report (POLLIN), arming its sockets when it
- * has not and arm is 1; arm 2: arm them all to wake on the next change and
- * report nothing; and undoing that. */
+void fivc_epoll_forget_set(int epfd);
+/* An epoll fd watched by poll/select: whether it has managed entries, and
+ * whether one of them is reportable now (POLLIN), arming them when none is
+ * and arm is set (nothing is disarmed afterwards: see channel.c). */
 int fivc_epoll_is_managed(int epfd);
 short fivc_epoll_fd_ready(int epfd, int arm);
-void fivc_epoll_fd_disarm(int epfd);
-void fivc_epoll_forget_set(int epfd);
 void fivc_before_exec(void);
 /* exec (exec.c): connections whose fd survives exec are handed to the new
  * program through FASTIVC_INHERIT with the fabric fd (and so the member

@@ -167,12 +167,6 @@ checked:
 	return r;
 }
 
-void fivc_fs_disarm(struct fsock *fs)
-{
-	if (fs->state != FS_PLAIN)
-		fivc_chan_disarm(&fs->ch);
-}
-
 /* ---- fork and exec ---- */
 
 void fivc_for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void *arg)

@@ -44,6 +44,8 @@
 	__atomic_compare_exchange_n((p), (expected), (desired), 0, \
 				    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
 #define fivc_fetch_add(p, v) __atomic_fetch_add((p), (v), __ATOMIC_ACQ_REL)
+/* Take a flag: returns the old value, leaves v (the doorbell's "waiting"). */
+#define fivc_exchange(p, v) __atomic_exchange_n((p), (v), __ATOMIC_ACQ_REL)
 
 static inline void fivc_cpu_relax(void)
 {

@@ -102,7 +102,9 @@ static inline int fivc_chan_tx_grown(const struct fivc_chan *c)
 }
 /* For poll()-style waiting outside the channel: announce that we wait for
  * data (rd) and/or space (wr) so the peer rings the doorbell, with the SB
- * fence; returns 1 if that is already there (then nothing stays armed). */
+ * fence; returns 1 if that is already there.  The flags stay set either
+ * way: the peer clears them when it rings (one arm, at most one doorbell);
+ * fivc_chan_disarm is for a side that is sure it is the only waiter. */
 int fivc_chan_arm(struct fivc_chan *c, int rd, int wr);
 void fivc_chan_disarm(struct fivc_chan *c);
 /* Arm without looking: for edge-triggered waiters, woken by the next change. */
