@@ -1,7 +1,7 @@
 """Many connections from one event loop, for the scale tests: a plain
 asyncio program that knows nothing of fastivc.
 
-    scale_peer.py server HOST PORT
+    scale_peer.py server HOST PORT [--reuse-port]
     scale_peer.py client HOST PORT --count N [--bytes B]
 
 The server echoes every byte on every connection.  The client opens N
@@ -23,9 +23,12 @@ import resource
 import sys
 
 
-def raise_nofile() -> None:
+def raise_nofile(want: int = 65536) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:  # (root may raise the hard limit too)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,8 +67,10 @@ def say(**kv) -> None:
     print(json.dumps(kv), flush=True)
 
 
-async def server(host: str, port: int) -> None:
-    srv = await asyncio.start_server(echo, host, port, backlog=4096)
+async def server(host: str, port: int, reuse_port: bool) -> None:
+    # (several servers share a port where one process may not hold every
+    # connection: RLIMIT_NOFILE's hard limit is not ours to raise everywhere)
+    srv = await asyncio.start_server(echo, host, port, backlog=4096, reuse_port=reuse_port)
     say(ready=True)
     async for _ in stdin_lines():
         pass
@@ -110,10 +115,11 @@ def main() -> int:
     ap.add_argument("port", type=int)
     ap.add_argument("--count", type=int, default=1)
     ap.add_argument("--bytes", type=int, default=64)
+    ap.add_argument("--reuse-port", action="store_true")
     a = ap.parse_args()
     raise_nofile()
     if a.role == "server":
-        asyncio.run(server(a.host, a.port))
+        asyncio.run(server(a.host, a.port, a.reuse_port))
     else:
         asyncio.run(client(a.host, a.port, a.count, a.bytes))
     return 0

@@ -142,19 +142,31 @@ def test_full_fabric_leaves_new_connections_plain_and_exact_then_reuses_slots(sh
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 def test_20000_connections_between_namespaces_in_one_default_fabric(shm_path, netns):
-    n = 20000
+    n, nsrv, ncli = 20000, 4, 8  # (a process may hold fewer fds than that here)
     mkfabric(shm_path)
     before = resident(shm_path)
-    host = ADDR[4][1]
-    srv, cli = serve_and_connect(shm_path, n, host, PORT0 + 3, NS_SERVER, NS_CLIENT)
+    host, port = ADDR[4][1], PORT0 + 3
+    procs = []
     try:
-        r = cli.line(600)
-        assert r == {"connected": n, "ok": n, "bad": 0}
+        for _ in range(nsrv):
+            procs.append(start("server", host, port, shm_path, NS_SERVER, "--reuse-port"))
+            assert procs[-1].line(60)["ready"]
+        clients = [start("client", host, port, shm_path, NS_CLIENT, "--count", str(n // ncli))
+                   for _ in range(ncli)]
+        procs += clients
+        for c in clients:
+            assert c.line(600) == {"connected": n // ncli, "ok": n // ncli, "bad": 0}
         slots = connected(shm_path)
-        assert len(slots) == n
+        assert len(slots) == n  # all of them on rings, in one fabric
         assert all(s.server_to_client.produced >= 64 for s in slots)
         per_conn = (resident(shm_path) - before) / n
         assert per_conn <= IDLE_BUDGET, f"{per_conn:.0f} bytes of fabric per idle connection"
+        for c in clients:
+            c.p.stdin.write("check\n")
+            c.p.stdin.flush()
+        for c in clients:
+            assert c.line(600) == {"check": n // ncli, "ok": n // ncli}
+        assert all(s.client_to_server.produced >= 64 for s in connected(shm_path))
     finally:
-        cli.kill()
-        srv.kill()
+        for p in procs:
+            p.kill()
