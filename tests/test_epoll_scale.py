@@ -81,7 +81,7 @@ def test_same_results_as_plain_tcp_with_thousands_of_idle_connections(runs):
     ours = [x for x in fast if not x.startswith(("stats ", "library counters"))]
     assert ours == [x for x in plain if not x.startswith("library counters")]
     assert f"{IDLE} idle connections registered" in plain
-    assert "echo %d bytes: intact, idle entries reported: 0" % ECHO_BYTES in plain
+    assert f"echo {ECHO_BYTES} bytes: intact, idle entries reported: 0" in plain
     assert f"poll: {IDLE} writable of {IDLE} idle clients" in plain
     assert (f"peers closed: {IDLE} of {IDLE} clients reported, {IDLE} with IN|RDHUP, 0 twice, "
             "0 others") in plain
