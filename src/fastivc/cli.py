@@ -144,19 +144,22 @@ def _cmd_stat(args: argparse.Namespace) -> int:
         return 1
     if args.watch:  # Ctrl-C ends the watch even where the shell started us ignoring it
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    top = stat.DEFAULT_TOP if args.top is None else args.top  # the table's; JSON: all
     try:
         if args.json:
-            print(json.dumps(stat.document(snap), indent=None if args.watch else 2), flush=True)
+            print(stat.dumps(stat.document(snap, args.sort, args.top), not args.watch),
+                  flush=True)
             while args.watch:  # JSON lines, one snapshot per interval
                 time.sleep(args.watch)
                 try:
-                    print(json.dumps(stat.document(stat.read(path))), flush=True)
+                    print(stat.dumps(stat.document(stat.read(path), args.sort, args.top), False),
+                          flush=True)
                 except FabricError as e:
                     print(f"fastivc stat: {e}", file=sys.stderr)
         elif args.watch:
-            stat.Watch(path, args.watch, args.all).run()
+            stat.Watch(path, args.watch, args.all, top, args.sort).run()
         else:
-            stat.print_wide(stat.render(snap, args.all))
+            stat.print_wide(stat.render(snap, args.all, top, args.sort))
     except KeyboardInterrupt:  # the way out of --watch
         pass
     return 0
@@ -301,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", nargs="?", type=float, const=1.0, default=None,
                     metavar="SECONDS", help="refresh every SECONDS (default 1) until Ctrl-C")
     st.add_argument("--all", action="store_true", help="also list offers and members")
+    st.add_argument("--top", type=int, metavar="N", default=None,
+                    help="show the first N connections (default 50 in the table, all in "
+                    "--json; 0: all), then how many more there are")
+    st.add_argument("--sort", choices=("bytes", "fill", "age", "pid", "port"), default=None,
+                    help="order of the rows (default: slot order): bytes carried, ring fill, "
+                    "age (of the client process: no time is kept per connection), client "
+                    "pid, server port")
     st.set_defaults(func=_cmd_stat)
 
     gc = sub.add_parser("gc", help="reclaim the offers and slot sides of dead processes "
@@ -355,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "stat" and args.watch is not None and not args.watch > 0:
         parser.error("--watch SECONDS must be > 0")
+    if args.command == "stat" and args.top is not None and args.top < 0:
+        parser.error("--top N must be >= 0")
     if args.command == "run":
         if args.spin_us is not None and args.spin_us < 0:
             parser.error("--spin-us must be >= 0")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import ipaddress
 import mmap
 import os
@@ -146,6 +147,7 @@ class Snapshot:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=4096)  # a fabric of 65k slots has few distinct addresses
 def _addr(raw: bytes) -> str:
     a = ipaddress.IPv6Address(raw)
     return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
@@ -158,6 +160,11 @@ def _layout(nmembers: int, noffers: int, nslots: int, ring_size: int) -> tuple[i
     rings_off = (slots_off + nslots * SLOT_SIZE + PAGE - 1) & ~(PAGE - 1)
     total = rings_off + nslots * 2 * ring_size
     return members_off, offers_off, slots_off, rings_off, total
+
+
+def resident_bytes(path: str | os.PathLike[str]) -> int:
+    """st_blocks * 512 of the file at path: the memory a (sparse) fabric holds."""
+    return os.stat(path).st_blocks * 512
 
 
 class Fabric:
@@ -309,6 +316,17 @@ class Fabric:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.header, self.members(), self.slots(), self.offers())
+
+    def resident_bytes(self) -> int:
+        """Bytes of the fabric file that hold memory (st_blocks * 512): a
+        fabric is sparse, and this is what it costs the machine."""
+        return os.fstat(self._fd).st_blocks * 512
+
+    def connected_count(self, port: int | None = None) -> int:
+        """Slots with both sides attached (accelerated connections), only
+        those to server ``port`` when given."""
+        return sum(1 for s in self.slots()
+                   if s.state == "connected" and (port is None or s.peer.port == port))
 
     # -- lifetime -------------------------------------------------------
     def close(self) -> None:
