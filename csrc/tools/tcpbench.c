@@ -398,7 +398,8 @@ int main(int argc, char **argv)
 		}
 		char cp[96];
 		snprintf(cp, sizeof(cp), "{\"checkpoint\":\"idle\",\"idle\":%ld}", idle);
-		checkpoint(pause, idle ? cp : NULL);
+		if (idle)
+			checkpoint(pause, cp);
 		uint64_t t0 = now_ns(), t = t0;
 		while (t - t0 < dur && n < cap) {
 			if (write_all(c, buf, size) < 0 || read_full(c, buf, size) != (ssize_t)size)

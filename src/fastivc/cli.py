@@ -26,9 +26,11 @@ def _cmd_lib(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_output(args: argparse.Namespace, measure, baseline_title: str) -> int:
+def _bench_output(args: argparse.Namespace, measure, baseline_title: str,
+                  extra=None) -> int:
     """Run a benchmark function (with a progress bar on a terminal), print its
-    table, draw --plot, write --json (with this invocation's argv)."""
+    table (and `extra(doc)`'s lines), draw --plot, write --json (with this
+    invocation's argv)."""
     from .bench import ring
     from .bench.progress import progress_bar, wanted
 
@@ -43,6 +45,8 @@ def _bench_output(args: argparse.Namespace, measure, baseline_title: str) -> int
         return 130
     doc.setdefault("commands", {})["invocation"] = shlex.join(["fastivc", *args.argv])
     print(ring.format_table(doc, baseline_title))
+    if extra and extra(doc):
+        print(extra(doc))
     rc = 0
     if args.plot:
         from .bench import plot
@@ -114,6 +118,15 @@ def _cmd_bench_nginx(args: argparse.Namespace) -> int:
     return _bench_output(args, lambda p: servers.run_nginx(args.repeats, args.seconds,
                                                            args.workers, args.connections,
                                                            args.loopback, p), "plain TCP")
+
+
+def _cmd_bench_scale(args: argparse.Namespace) -> int:
+    from .bench import scale
+
+    return _bench_output(args, lambda p: scale.run(args.idle, args.repeats, args.seconds,
+                                                   args.loopback, p, slots=args.slots,
+                                                   ring_kib=args.ring_kib),
+                         "plain TCP", scale.format_extra)
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
@@ -256,6 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
         _bench_output_options(sp)
         sp.set_defaults(func=_cmd_bench_redis if name == "redis" else _cmd_bench_nginx)
 
+    sc = bsub.add_parser("scale", help="a busy connection's 64 B round trip (p50, p99) with N "
+                         "idle connections open, plain and under fastivc run, and fastivc's "
+                         "shared memory per idle connection (loopback or two network "
+                         "namespaces, as rr)")
+    sc.add_argument("--idle", type=int, nargs="+", metavar="N", default=None,
+                    help="idle connection counts (default 0 100 1000 10000)")
+    sc.add_argument("--repeats", type=int, default=3, help="repeats (default 3)")
+    sc.add_argument("--seconds", type=float, default=1.0,
+                    help="seconds of round trips per measurement (default 1)")
+    sc.add_argument("--slots", type=int, default=None,
+                    help="channel slots of each fastivc run's fabric (default N + 9, at least "
+                    "256)")
+    sc.add_argument("--ring-kib", type=int, default=None,
+                    help="ring size per direction of those fabrics in KiB (default 1024, "
+                    "smaller when whole rings for all connections would not fit in a quarter "
+                    "of the free memory)")
+    sc.add_argument("--loopback", action="store_true",
+                    help="client and server on loopback even as root")
+    _bench_output_options(sc)
+    sc.set_defaults(func=_cmd_bench_scale)
+
     rn = sub.add_parser(
         "run", help="run a program with fastivc (its TCP connections to accelerated peers "
         "on this host go through shared memory)",
@@ -395,6 +429,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--repeats must be >= 1 and --seconds > 0")
         if args.scenario == "nginx" and (args.workers < 1 or args.connections < 1):
             parser.error("--workers and --connections must be >= 1")
+    if args.command == "bench" and args.scenario == "scale":
+        from .bench.scale import DEFAULT_IDLE
+        from .fabric import MAX_SLOTS
+
+        args.idle = args.idle if args.idle is not None else list(DEFAULT_IDLE)
+        if args.repeats < 1 or args.seconds <= 0:
+            parser.error("--repeats must be >= 1 and --seconds > 0")
+        if any(n < 0 for n in args.idle):
+            parser.error("--idle counts must be >= 0")
+        if args.slots is not None and not 1 <= args.slots <= MAX_SLOTS:
+            parser.error(f"--slots must be between 1 and {MAX_SLOTS}")
+        if args.ring_kib is not None and (args.ring_kib < 4 or args.ring_kib & (args.ring_kib - 1)):
+            parser.error("--ring-kib must be a power of two >= 4")
     if args.command == "bench" and args.scenario == "ring":
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")
