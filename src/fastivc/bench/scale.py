@@ -34,8 +34,15 @@ from .._paths import helper_path
 from ..fabric import MAX_SLOTS, Fabric, resident_bytes
 from ..netns import in_ns
 from ..run import build_env
-from .stats import (DEFAULT_RING_KIB, compare, fastivc_settings, machine_info, now, summarize,
-                    versions)
+from .stats import (
+    DEFAULT_RING_KIB,
+    compare,
+    fastivc_settings,
+    machine_info,
+    now,
+    summarize,
+    versions,
+)
 from .tcp import Placement, place
 
 Progress = Callable[[int, int, str], None]
