@@ -109,7 +109,8 @@ def _cmd_bench_redis(args: argparse.Namespace) -> int:
     from .bench import servers
 
     return _bench_output(args, lambda p: servers.run_redis(args.repeats, args.seconds,
-                                                           args.loopback, p), "plain TCP")
+                                                           args.loopback, p, args.clients),
+                         "plain TCP")
 
 
 def _cmd_bench_nginx(args: argparse.Namespace) -> int:
@@ -262,8 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "nginx":
             sp.add_argument("--workers", type=int, default=1,
                             help="nginx worker processes (default 1)")
-            sp.add_argument("--connections", type=int, default=10,
-                            help="wrk connections, one thread (default 10)")
+            sp.add_argument("--connections", type=int, nargs="+", default=[10], metavar="C",
+                            help="wrk connections, one thread (default 10); several counts "
+                            "(e.g. 10 1000 10000) run plain and fastivc at each, one row each")
+        else:
+            sp.add_argument("--clients", type=int, nargs="+", default=None, metavar="C",
+                            help="redis-benchmark clients (default its 50); several counts "
+                            "(e.g. 50 1000 4000) run plain and fastivc at each, one row each")
         sp.add_argument("--loopback", action="store_true",
                         help="client and server on loopback even as root")
         _bench_output_options(sp)
@@ -427,8 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench" and args.scenario in ("redis", "nginx"):
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")
-        if args.scenario == "nginx" and (args.workers < 1 or args.connections < 1):
+        if args.scenario == "nginx" and (args.workers < 1 or min(args.connections) < 1):
             parser.error("--workers and --connections must be >= 1")
+        if args.scenario == "redis" and args.clients and min(args.clients) < 1:
+            parser.error("--clients must be >= 1")
     if args.command == "bench" and args.scenario == "scale":
         from .bench.scale import DEFAULT_IDLE
         from .fabric import MAX_SLOTS

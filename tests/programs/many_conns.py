@@ -1,7 +1,8 @@
 """Hold many TCP connections on loopback, both ends in this process: a
 listener, COUNT clients connected to it (bound to 127.0.0.K, K cycling
 through SOURCES addresses, so that more than one address's worth of ports can
-be used), every connection accepted and one byte echoed each way.  Under
+be used), every connection accepted, and 1 + i % 7 bytes sent each way on connection i (so that
+connections differ in bytes carried).  Under
 `fastivc run` each one is an accelerated channel.  Prints
 {"port": P, "connections": COUNT} and holds them until stdin closes.
 
@@ -36,10 +37,11 @@ def main() -> None:
         c.bind((f"127.0.0.{1 + i % sources}", 0))
         c.connect(("127.0.0.1", port))
         s, _ = lst.accept()
-        c.sendall(b"x")
-        assert s.recv(1) == b"x"
-        s.sendall(b"y")
-        assert c.recv(1) == b"y"
+        k = 1 + i % 7
+        c.sendall(b"x" * k)
+        assert s.recv(k, socket.MSG_WAITALL) == b"x" * k
+        s.sendall(b"y" * k)
+        assert c.recv(k, socket.MSG_WAITALL) == b"y" * k
         held += (c, s)
     print(json.dumps({"port": port, "connections": count}), flush=True)
     sys.stdin.read()
