@@ -231,6 +231,8 @@ def run(idle: Sequence[int] = DEFAULT_IDLE, repeats: int = 3, seconds: float = 1
                     try:
                         res, cmds = _once(n, mode == "fastivc", pl, port, seconds, fabric,
                                           nslots(n), ring_kib)
+                    except RuntimeError as e:
+                        raise RuntimeError(f"{n} idle, {mode}, repeat {rep + 1}: {e}") from e
                     finally:
                         if os.path.exists(fabric):
                             os.unlink(fabric)
