@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from fastivc import fabric as F
 from fastivc.bench import plot, servers, tcp
 from fastivc.bench.stats import compare
 
@@ -224,10 +225,11 @@ def _bench_servers_json(tmp_path, *args: str) -> dict:
         assert row["unit"] == "req/s"
         assert row["baseline"]["median"] > 0 and row["fastivc"]["median"] > 0
         assert row["ratio"] > 0
-    assert len(doc["raw"]["plain"]) == 1 and len(doc["raw"]["fastivc"]) == 1
-    fast = doc["raw"]["fastivc"][0]
-    assert fast["accelerated"] and fast["plain_fallbacks"] == 0
-    assert fast["server_adopted"] >= fast["connections_expected"]
+    counts = len({row.get("count") for row in doc["rows"]})  # one run per count and mode
+    assert len(doc["raw"]["plain"]) == counts and len(doc["raw"]["fastivc"]) == counts
+    for fast in doc["raw"]["fastivc"]:
+        assert fast["accelerated"] and fast["plain_fallbacks"] == 0
+        assert fast["server_adopted"] >= fast["connections_expected"]
     assert doc["commands"]["fastivc"] and doc["commands"]["plain"]
     return doc
 
@@ -292,3 +294,107 @@ def test_unaccelerated_fastivc_run_is_not_reported_as_fastivc(tmp_path, monkeypa
     fast_rps = iter([99.0])
     with pytest.raises(RuntimeError, match="no fastivc run was accelerated"):
         servers._drive("t", once, [("rps", "t")], 1, 1.0, True, 20000, None)
+
+
+def _row_counts(doc: dict) -> list:
+    return [row.get("count") for row in doc["rows"]]
+
+
+def test_bench_redis_several_client_counts_accelerated(tmp_path):
+    """--clients 5 20: plain and fastivc at each count, one row per count and
+    test, every fastivc connection accelerated as the fabric saw it, and the
+    counts really reached the server (INFO stats)."""
+    doc = _bench_servers_json(tmp_path, "redis", "--clients", "5", "20", "--loopback")
+    assert _row_counts(doc) == [5, 5, 20, 20]
+    assert [row["scenario"] for row in doc["rows"]][:2] == ["redis-benchmark GET, 5 clients",
+                                                            "redis-benchmark SET, 5 clients"]
+    for row in doc["rows"]:
+        assert row["partial"] is False and row["connections"] == row["count"]
+        assert row["accelerated_connections"] >= row["count"], row
+    for mode in ("plain", "fastivc"):
+        assert sorted(r["clients"] for r in doc["raw"][mode]) == [5, 20]
+        for r in doc["raw"][mode]:
+            assert r["connections_rejected"] == 0
+            assert r["connections_received"] >= 2 * r["clients"]
+    assert doc["clients"] == [5, 20]
+
+
+def test_bench_nginx_several_connection_counts_accelerated(tmp_path):
+    doc = _bench_servers_json(tmp_path, "nginx", "--connections", "5", "20", "--loopback")
+    assert _row_counts(doc) == [5, 20]
+    assert "wrk -c5," in doc["rows"][0]["scenario"] and "wrk -c20," in doc["rows"][1]["scenario"]
+    for row in doc["rows"]:
+        assert row["partial"] is False and row["accelerated_connections"] >= row["count"], row
+    for mode in ("plain", "fastivc"):
+        for r in doc["raw"][mode]:
+            assert r["nginx_handled"] == r["nginx_accepts"] >= r["connections"]
+            assert not any(r["wrk_errors"].values()), r["wrk_errors"]
+    assert doc["connections"] == [5, 20]
+
+
+def test_fabric_full_run_is_reported_as_partial(tmp_path):
+    """A run whose only fallbacks are a full fabric counts, as partial."""
+    slog, clog = tmp_path / "s.log", tmp_path / "c.log"
+    slog.write_text("fd 7: adopted offer 1 (slot 0) for port 1 -> 2\n" * 4)
+    clog.write_text("fd 5: no free channel slot: plain\n" * 6)
+    acc = servers.acceleration(str(slog), str(clog), 10)
+    assert not acc["accelerated"] and acc["partial"] and acc["fabric_full_fallbacks"] == 6
+    clog.write_text("fd 5: no free channel slot: plain\nfd 6: peer is not accelerated: plain\n")
+    assert not servers.acceleration(str(slog), str(clog), 10)["partial"]
+
+
+def _scale(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict, list[str]]:
+    out, png = tmp_path / "scale.json", tmp_path / "scale.png"
+    argv = ["bench", "scale", *args, "--repeats", "1", "--seconds", "0.2", "--loopback",
+            "--quiet", "--json", str(out), "--plot", str(png)]
+    r = _cli(*argv)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    _check_record(doc, argv)
+    _check_chart(png, doc, ["round trip vs idle connections: plain TCP p50",
+                            "round trip vs idle connections: fastivc p99"])
+    return r, doc, argv
+
+
+def test_bench_scale_idle_connections_accelerated_with_memory(tmp_path):
+    """scale --idle 0 50: p50 and p99 rows per N, every one of the N + 1
+    connections accelerated (the fabric's count, taken while they were open),
+    the flatness row, and shared memory per idle connection from st_blocks."""
+    r, doc, _ = _scale(tmp_path, "--idle", "0", "50")
+    rows = doc["rows"]
+    assert [(row.get("idle"), row.get("percentile")) for row in rows] == [
+        (0, "p50"), (0, "p99"), (50, "p50"), (50, "p99"), (50, None)]
+    for row in rows[:4]:
+        assert row["unit"] == "us" and row["better"] == "lower"
+        assert row["baseline"]["median"] > 0 and row["fastivc"]["median"] > 0
+        assert row["accelerated_connections"] == row["connections"] == row["idle"] + 1
+        assert row["partial"] is False
+    flat = rows[4]
+    assert flat["flatness"] and flat["limit"] == 1.2
+    assert flat["baseline"]["values"] == rows[0]["fastivc"]["values"]
+    assert flat["fastivc"]["values"] == rows[2]["fastivc"]["values"]
+    assert "flatness: fastivc p50 at 50 idle" in r.stdout
+    for res in doc["raw"]["fastivc"]:
+        assert res["accelerated_connections"] == res["idle"] + 1
+        assert res["fabric"]["slots"] >= res["idle"] + 1
+        assert res["resident_idle"] >= res["resident_busy"] >= res["resident_created"]
+    for res in doc["raw"]["plain"]:
+        assert "accelerated_connections" not in res and res["samples"] > 0
+    (mem,) = doc["memory"]
+    # the current layout reserves both rings of a slot for each connection
+    ring = doc["fastivc_settings"]["ring_kib"] * 1024
+    assert mem["idle"] == 50 and 0 < mem["per_connection"]["median"] <= 2 * ring + 8192
+    assert "shared memory per idle connection, 50 idle:" in r.stdout
+
+
+def test_bench_scale_marks_rows_partial_when_the_fabric_is_too_small(tmp_path):
+    r, doc, _ = _scale(tmp_path, "--idle", "0", "20", "--slots", "10", "--ring-kib", "4")
+    at20 = [row for row in doc["rows"] if row.get("idle") == 20 and "percentile" in row]
+    assert at20 and all(row["partial"] and row["accelerated_connections"] == 10 for row in at20)
+    assert "[partial: 10 of 21 accelerated]" in r.stdout
+    assert any("only 10 of 21" in n for n in doc["notes"])
+
+
+def test_bench_scale_rejects_bad_arguments():
+    assert _cli("bench", "scale", "--idle", "-1").returncode == 2
+    assert _cli("bench", "scale", "--slots", str(F.MAX_SLOTS + 1)).returncode == 2

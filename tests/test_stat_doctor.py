@@ -232,3 +232,64 @@ def test_help_of_every_command(cmd):
         if isinstance(a, argparse._SubParsersAction):
             continue  # its choices are commands, checked on their own
         assert a.help, f"fastivc {' '.join(cmd)}: {a.option_strings or a.dest} has no help"
+
+
+MANY = str(Path(__file__).parent / "programs" / "many_conns.py")
+
+
+@pytest.fixture
+def many(shm_path):
+    """320 accelerated connections held by one process, on a fabric of 512
+    slots of 4 KiB rings: (process, server port)."""
+    from fastivc._paths import helper_path
+    subprocess.run([str(helper_path("fastivc-mkfabric")), shm_path, "512", "4"], check=True,
+                   capture_output=True)
+    p = subprocess.Popen([sys.executable, "-m", "fastivc", "run", "--fabric", shm_path, "--",
+                          sys.executable, MANY, "320"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(p.stdout.readline())
+        yield p, info["port"]
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_stat_summary_top_and_sort_with_many_connections(many, shm_path):
+    _, port = many
+    r = _cli("stat", "--fabric", shm_path, "--top", "20", "--sort", "port")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0].startswith(f"fabric {shm_path}: 512 slots") and "320 connections" in out[0]
+    assert any("accelerated 320" in ln and "connected 320" in ln for ln in out), out[:6]
+    assert any(ln.strip().startswith("memory: file") and "resident" in ln for ln in out)
+    rows = [ln for ln in out if f"127.0.0.1:{port}" in ln and "connected" in ln]
+    assert len(rows) == 20
+    local = [int(ln.split()[0].rsplit(":", 1)[1]) for ln in rows]
+    assert local == sorted(local)
+    assert out[-1].startswith("… 300 more")
+
+
+def test_stat_json_summary_and_sorted_top(many, shm_path):
+    _, port = many
+    r = _cli("stat", "--fabric", shm_path, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {"header", "members", "slots", "offers", "connections", "summary"} <= doc.keys()
+    s = doc["summary"]
+    assert len(doc["connections"]) == s["connections"] == 320  # --json: all by default
+    assert s["accelerated"] == s["by_state"]["connected"] == 320 and s["pending"] == 0
+    f = s["fabric"]
+    assert f["slots"] == 512 and f["slots_used"] == 320 and f["ring_size"] == 4096
+    assert f["resident_bytes"] >= 320 * 2 * 4096 and f["file_size"] >= f["layout_size"]
+    assert s["members"]["alive"] >= 1 and s["largest_in_flight"] == []
+    r = _cli("stat", "--fabric", shm_path, "--json", "--top", "10", "--sort", "bytes")
+    conns = json.loads(r.stdout)["connections"]
+    carried = [c["bytes_client_to_server"] + c["bytes_server_to_client"] for c in conns]
+    assert len(conns) == 10 and carried == sorted(carried, reverse=True)
+    assert carried[0] == 2 * 7 - sum(c["switch_bytes"] for c in conns[:1])
+
+
+def test_stat_rejects_a_negative_top(shm_path):
+    r = _cli("stat", "--fabric", shm_path, "--top", "-1")
+    assert r.returncode == 2 and "--top" in r.stderr

@@ -3,6 +3,21 @@
  *
  *   fastivc-tcpbench server --bind ADDR --port P --mode rr|stream|connect [--size N]
  *   fastivc-tcpbench client --host ADDR --port P --mode rr|stream|connect [--size N] [--seconds S]
+ *   fastivc-tcpbench server ... --mode rr --epoll
+ *   fastivc-tcpbench client ... --mode rr --idle N [--pause]
+ *
+ * Scale (`fastivc bench scale`): with --epoll the server serves every
+ * connection at once from one epoll loop in one thread (it echoes what it
+ * reads), instead of one connection after another.  With --idle N the client
+ * opens N more connections after the busy one; each makes one 1-byte round
+ * trip (so both ends have seen it work) and then stays idle, open, while the
+ * busy connection runs the round trips.  Both raise their RLIMIT_NOFILE soft
+ * limit as far as the hard limit allows.  --pause makes the client stop at
+ * checkpoints, so a caller can look at the machine in between: it prints
+ * {"checkpoint":"busy"} (the busy connection is up), then
+ * {"checkpoint":"idle","idle":N} (all idle ones are up), then its result, and
+ * after each waits for a line on stdin; after the result it then closes
+ * everything and exits.
  *
  * --mode xfer (a correctness check, not a benchmark): the client sends --size
  * bytes of a pattern, the server checks every byte and answers with as many
@@ -15,6 +30,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -23,6 +39,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -133,6 +152,94 @@ static int xfer_check(int fd, uint64_t seed, uint64_t n, char *buf, size_t bufsz
 	return ok;
 }
 
+/* Raise the soft RLIMIT_NOFILE towards need (the hard limit when need is
+ * 0); returns the soft limit now in force. */
+static rlim_t raise_nofile(rlim_t need)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 0;
+	rlim_t want = need && need < rl.rlim_max ? need : rl.rlim_max;
+	if (rl.rlim_cur < want) {
+		rl.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	return rl.rlim_cur;
+}
+
+/* Write n bytes to a non-blocking socket, waiting for room when it is full. */
+static int write_all_nb(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t r = write(fd, p, n);
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			struct pollfd pf = {.fd = fd, .events = POLLOUT};
+			poll(&pf, 1, -1);
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/* The --epoll server: the listener and every connection in one epoll set,
+ * level-triggered, one thread; echo whatever a connection sends. */
+static void serve_epoll(int l, char *buf, size_t bufsz)
+{
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	int fl = 1;
+	struct epoll_event ev = {.events = EPOLLIN, .data.fd = l}, evs[256];
+	if (ep < 0 || fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK) < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev) < 0)
+		die("epoll");
+	for (;;) {
+		int n = epoll_wait(ep, evs, 256, -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			die("epoll_wait");
+		for (int i = 0; i < n; i++) {
+			int fd = evs[i].data.fd;
+			if (fd == l) {
+				int c;
+				while ((c = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+					setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &fl, sizeof(fl));
+					struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};
+					if (epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce) < 0)
+						close(c);
+				}
+				continue;
+			}
+			ssize_t r = read(fd, buf, bufsz);
+			if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+				continue;
+			if (r <= 0 || write_all_nb(fd, buf, (size_t)r) < 0) {
+				epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+				close(fd);
+			}
+		}
+	}
+}
+
+/* --pause: say where we are and wait for a line on stdin. */
+static void checkpoint(int pause, const char *json)
+{
+	if (!pause)
+		return;
+	char line[64];
+	if (json) {
+		printf("%s\n", json);
+		fflush(stdout);
+	}
+	if (!fgets(line, sizeof(line), stdin))
+		clearerr(stdin);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
@@ -142,8 +249,11 @@ int main(int argc, char **argv)
 	int port = 0;
 	size_t size = 64;
 	double seconds = 1;
+	long idle = 0;
+	int use_epoll = 0, pause = 0;
 	static struct option opts[] = {{"bind", 1, 0, 'h'}, {"host", 1, 0, 'h'}, {"port", 1, 0, 'p'},
 				       {"mode", 1, 0, 'm'}, {"size", 1, 0, 's'}, {"seconds", 1, 0, 'S'},
+				       {"idle", 1, 0, 'i'}, {"epoll", 0, 0, 'e'}, {"pause", 0, 0, 'P'},
 				       {0, 0, 0, 0}};
 	int o;
 	optind = 2;
@@ -154,13 +264,17 @@ int main(int argc, char **argv)
 		case 'm': mode = optarg; break;
 		case 's': size = strtoul(optarg, NULL, 0); break;
 		case 'S': seconds = strtod(optarg, NULL); break;
+		case 'i': idle = strtol(optarg, NULL, 10); break;
+		case 'e': use_epoll = 1; break;
+		case 'P': pause = 1; break;
 		default: return 2;
 		}
 	}
 	int rr = !strcmp(mode, "rr"), stream = !strcmp(mode, "stream"), conn = !strcmp(mode, "connect");
 	int xfer = !strcmp(mode, "xfer");
 	if ((!rr && !stream && !conn && !xfer) || !port || !size ||
-	    size > (xfer ? (4ull << 30) : (64u << 20))) {
+	    size > (xfer ? (4ull << 30) : (64u << 20)) || idle < 0 || idle > 1000000 ||
+	    ((idle || use_epoll) && !rr)) {
 		fprintf(stderr, "fastivc-tcpbench: bad arguments\n");
 		return 2;
 	}
@@ -180,6 +294,10 @@ int main(int argc, char **argv)
 			die("listen");
 		printf("ready\n");
 		fflush(stdout);
+		if (use_epoll) {
+			raise_nofile(0);
+			serve_epoll(l, buf, bufsz);
+		}
 		for (;;) {
 			int c = accept(l, NULL, NULL);
 			if (c < 0)
@@ -249,6 +367,39 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 200; i++)
 			if (write_all(c, buf, size) < 0 || read_full(c, buf, size) != (ssize_t)size)
 				die("warm-up");
+		int *idle_fd = NULL;
+		if (idle) {
+			rlim_t need = (rlim_t)idle + 32;
+			rlim_t got = raise_nofile(need);
+			if (got < need) {
+				fprintf(stderr, "fastivc-tcpbench: --idle %ld needs %llu file descriptors; "
+					"RLIMIT_NOFILE allows %llu\n", idle, (unsigned long long)need,
+					(unsigned long long)got);
+				return 2;
+			}
+			idle_fd = malloc((size_t)idle * sizeof(*idle_fd));
+		}
+		checkpoint(pause, "{\"checkpoint\":\"busy\"}");
+		for (long k = 0; k < idle; k++) {
+			char b = 'i';
+			int d = socket(sa.ss_family, SOCK_STREAM, 0);
+			if (d < 0 || connect(d, (struct sockaddr *)&sa, sl) < 0) {
+				fprintf(stderr, "fastivc-tcpbench: idle connection %ld of %ld: connect: %s\n",
+					k + 1, idle, strerror(errno));
+				return 2;
+			}
+			setsockopt(d, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+			if (write_all(d, &b, 1) < 0 || read_full(d, &b, 1) != 1) {
+				fprintf(stderr, "fastivc-tcpbench: idle connection %ld of %ld: no echo: %s\n",
+					k + 1, idle, strerror(errno));
+				return 2;
+			}
+			idle_fd[k] = d;
+		}
+		char cp[96];
+		snprintf(cp, sizeof(cp), "{\"checkpoint\":\"idle\",\"idle\":%ld}", idle);
+		if (idle)
+			checkpoint(pause, cp);
 		uint64_t t0 = now_ns(), t = t0;
 		while (t - t0 < dur && n < cap) {
 			if (write_all(c, buf, size) < 0 || read_full(c, buf, size) != (ssize_t)size)
@@ -261,12 +412,16 @@ int main(int argc, char **argv)
 		double sum = 0;
 		for (size_t i = 0; i < n; i++)
 			sum += (double)lat[i];
-		printf("{\"mode\":\"rr\",\"size\":%zu,\"samples\":%zu,\"p50_us\":%.3f,\"p99_us\":%.3f,"
-		       "\"rate\":%.1f,\"min_us\":%.3f,\"mean_us\":%.3f", size, n, lat[n / 2] / 1e3,
+		printf("{\"mode\":\"rr\",\"size\":%zu,\"idle\":%ld,\"samples\":%zu,\"p50_us\":%.3f,\"p99_us\":%.3f,"
+		       "\"rate\":%.1f,\"min_us\":%.3f,\"mean_us\":%.3f", size, idle, n, lat[n / 2] / 1e3,
 		       lat[n * 99 / 100] / 1e3, (double)n / ((double)(t - t0) / 1e9), lat[0] / 1e3,
 		       sum / (double)n / 1e3);
 		lat_print_fields(stdout, lat, n);
 		printf("}\n");
+		fflush(stdout);
+		checkpoint(pause, NULL); /* the caller may stop the server first */
+		for (long k = 0; k < idle; k++)
+			close(idle_fd[k]);
 	} else {
 		uint64_t t0 = now_ns(), sent = 0;
 		while (now_ns() - t0 < dur)

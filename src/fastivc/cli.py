@@ -26,9 +26,11 @@ def _cmd_lib(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_output(args: argparse.Namespace, measure, baseline_title: str) -> int:
+def _bench_output(args: argparse.Namespace, measure, baseline_title: str,
+                  extra=None) -> int:
     """Run a benchmark function (with a progress bar on a terminal), print its
-    table, draw --plot, write --json (with this invocation's argv)."""
+    table (and `extra(doc)`'s lines), draw --plot, write --json (with this
+    invocation's argv)."""
     from .bench import ring
     from .bench.progress import progress_bar, wanted
 
@@ -43,6 +45,8 @@ def _bench_output(args: argparse.Namespace, measure, baseline_title: str) -> int
         return 130
     doc.setdefault("commands", {})["invocation"] = shlex.join(["fastivc", *args.argv])
     print(ring.format_table(doc, baseline_title))
+    if extra and extra(doc):
+        print(extra(doc))
     rc = 0
     if args.plot:
         from .bench import plot
@@ -105,7 +109,8 @@ def _cmd_bench_redis(args: argparse.Namespace) -> int:
     from .bench import servers
 
     return _bench_output(args, lambda p: servers.run_redis(args.repeats, args.seconds,
-                                                           args.loopback, p), "plain TCP")
+                                                           args.loopback, p, args.clients),
+                         "plain TCP")
 
 
 def _cmd_bench_nginx(args: argparse.Namespace) -> int:
@@ -114,6 +119,15 @@ def _cmd_bench_nginx(args: argparse.Namespace) -> int:
     return _bench_output(args, lambda p: servers.run_nginx(args.repeats, args.seconds,
                                                            args.workers, args.connections,
                                                            args.loopback, p), "plain TCP")
+
+
+def _cmd_bench_scale(args: argparse.Namespace) -> int:
+    from .bench import scale
+
+    return _bench_output(args, lambda p: scale.run(args.idle, args.repeats, args.seconds,
+                                                   args.loopback, p, slots=args.slots,
+                                                   ring_kib=args.ring_kib),
+                         "plain TCP", scale.format_extra)
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
@@ -144,19 +158,22 @@ def _cmd_stat(args: argparse.Namespace) -> int:
         return 1
     if args.watch:  # Ctrl-C ends the watch even where the shell started us ignoring it
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    top = stat.DEFAULT_TOP if args.top is None else args.top  # the table's; JSON: all
     try:
         if args.json:
-            print(json.dumps(stat.document(snap), indent=None if args.watch else 2), flush=True)
+            print(stat.dumps(stat.document(snap, args.sort, args.top), not args.watch),
+                  flush=True)
             while args.watch:  # JSON lines, one snapshot per interval
                 time.sleep(args.watch)
                 try:
-                    print(json.dumps(stat.document(stat.read(path))), flush=True)
+                    print(stat.dumps(stat.document(stat.read(path), args.sort, args.top), False),
+                          flush=True)
                 except FabricError as e:
                     print(f"fastivc stat: {e}", file=sys.stderr)
         elif args.watch:
-            stat.Watch(path, args.watch, args.all).run()
+            stat.Watch(path, args.watch, args.all, top, args.sort).run()
         else:
-            stat.print_wide(stat.render(snap, args.all))
+            stat.print_wide(stat.render(snap, args.all, top, args.sort))
     except KeyboardInterrupt:  # the way out of --watch
         pass
     return 0
@@ -246,12 +263,38 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "nginx":
             sp.add_argument("--workers", type=int, default=1,
                             help="nginx worker processes (default 1)")
-            sp.add_argument("--connections", type=int, default=10,
-                            help="wrk connections, one thread (default 10)")
+            sp.add_argument("--connections", type=int, nargs="+", default=[10], metavar="C",
+                            help="wrk connections, one thread (default 10); several counts "
+                            "(e.g. 10 1000 10000) run plain and fastivc at each, one row each")
+        else:
+            sp.add_argument("--clients", type=int, nargs="+", default=None, metavar="C",
+                            help="redis-benchmark clients (default its 50); several counts "
+                            "(e.g. 50 1000 4000) run plain and fastivc at each, one row each")
         sp.add_argument("--loopback", action="store_true",
                         help="client and server on loopback even as root")
         _bench_output_options(sp)
         sp.set_defaults(func=_cmd_bench_redis if name == "redis" else _cmd_bench_nginx)
+
+    sc = bsub.add_parser("scale", help="a busy connection's 64 B round trip (p50, p99) with N "
+                         "idle connections open, plain and under fastivc run, and fastivc's "
+                         "shared memory per idle connection (loopback or two network "
+                         "namespaces, as rr)")
+    sc.add_argument("--idle", type=int, nargs="+", metavar="N", default=None,
+                    help="idle connection counts (default 0 100 1000 10000)")
+    sc.add_argument("--repeats", type=int, default=3, help="repeats (default 3)")
+    sc.add_argument("--seconds", type=float, default=1.0,
+                    help="seconds of round trips per measurement (default 1)")
+    sc.add_argument("--slots", type=int, default=None,
+                    help="channel slots of each fastivc run's fabric (default N + 9, at least "
+                    "256)")
+    sc.add_argument("--ring-kib", type=int, default=None,
+                    help="ring size per direction of those fabrics in KiB (default 1024, "
+                    "smaller when whole rings for all connections would not fit in a quarter "
+                    "of the free memory)")
+    sc.add_argument("--loopback", action="store_true",
+                    help="client and server on loopback even as root")
+    _bench_output_options(sc)
+    sc.set_defaults(func=_cmd_bench_scale)
 
     rn = sub.add_parser(
         "run", help="run a program with fastivc (its TCP connections to accelerated peers "
@@ -301,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", nargs="?", type=float, const=1.0, default=None,
                     metavar="SECONDS", help="refresh every SECONDS (default 1) until Ctrl-C")
     st.add_argument("--all", action="store_true", help="also list offers and members")
+    st.add_argument("--top", type=int, metavar="N", default=None,
+                    help="show the first N connections (default 50 in the table, all in "
+                    "--json; 0: all), then how many more there are")
+    st.add_argument("--sort", choices=("bytes", "fill", "age", "pid", "port"), default=None,
+                    help="order of the rows (default: slot order): bytes carried, ring fill, "
+                    "age (of the client process: no time is kept per connection), client "
+                    "pid, server port")
     st.set_defaults(func=_cmd_stat)
 
     gc = sub.add_parser("gc", help="reclaim the offers and slot sides of dead processes "
@@ -355,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "stat" and args.watch is not None and not args.watch > 0:
         parser.error("--watch SECONDS must be > 0")
+    if args.command == "stat" and args.top is not None and args.top < 0:
+        parser.error("--top N must be >= 0")
     if args.command == "run":
         if args.spin_us is not None and args.spin_us < 0:
             parser.error("--spin-us must be >= 0")
@@ -381,8 +433,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench" and args.scenario in ("redis", "nginx"):
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")
-        if args.scenario == "nginx" and (args.workers < 1 or args.connections < 1):
+        if args.scenario == "nginx" and (args.workers < 1 or min(args.connections) < 1):
             parser.error("--workers and --connections must be >= 1")
+        if args.scenario == "redis" and args.clients and min(args.clients) < 1:
+            parser.error("--clients must be >= 1")
+    if args.command == "bench" and args.scenario == "scale":
+        from .bench.scale import DEFAULT_IDLE
+        from .fabric import MAX_SLOTS
+
+        args.idle = args.idle if args.idle is not None else list(DEFAULT_IDLE)
+        if args.repeats < 1 or args.seconds <= 0:
+            parser.error("--repeats must be >= 1 and --seconds > 0")
+        if any(n < 0 for n in args.idle):
+            parser.error("--idle counts must be >= 0")
+        if args.slots is not None and not 1 <= args.slots <= MAX_SLOTS:
+            parser.error(f"--slots must be between 1 and {MAX_SLOTS}")
+        if args.ring_kib is not None and (args.ring_kib < 4 or args.ring_kib & (args.ring_kib - 1)):
+            parser.error("--ring-kib must be a power of two >= 4")
     if args.command == "bench" and args.scenario == "ring":
         if args.repeats < 1 or args.seconds <= 0:
             parser.error("--repeats must be >= 1 and --seconds > 0")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import ipaddress
 import mmap
 import os
@@ -159,6 +160,7 @@ class Snapshot:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=4096)  # a fabric of 65k slots has few distinct addresses
 def _addr(raw: bytes) -> str:
     a = ipaddress.IPv6Address(raw)
     return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
@@ -218,6 +220,11 @@ def _layout(nmembers: int, noffers: int, nslots: int, ring_size: int, small_ring
     L["pool_off"], L["pooldata_off"], L["pool_size"] = tuple(pool_off), tuple(pooldata_off), psize
     L["total"] = off
     return L
+
+
+def resident_bytes(path: str | os.PathLike[str]) -> int:
+    """st_blocks * 512 of the file at path: the memory a (sparse) fabric holds."""
+    return os.stat(path).st_blocks * 512
 
 
 class Fabric:
@@ -398,10 +405,6 @@ class Fabric:
                                   "in_use": used, "backed": backed}
         return out
 
-    def resident_bytes(self) -> int:
-        """Bytes of the fabric file that hold pages (tmpfs: what it costs in memory)."""
-        return os.fstat(self._fd).st_blocks * 512
-
     def offers(self) -> list[Offer]:
         """Offer registry entries that are not free."""
         out = []
@@ -422,6 +425,17 @@ class Fabric:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.header, self.members(), self.slots(), self.offers())
+
+    def resident_bytes(self) -> int:
+        """Bytes of the fabric file that hold memory (st_blocks * 512): a
+        fabric is sparse, and this is what it costs the machine."""
+        return os.fstat(self._fd).st_blocks * 512
+
+    def connected_count(self, port: int | None = None) -> int:
+        """Slots with both sides attached (accelerated connections), only
+        those to server ``port`` when given."""
+        return sum(1 for s in self.slots()
+                   if s.state == "connected" and (port is None or s.peer.port == port))
 
     # -- lifetime -------------------------------------------------------
     def close(self) -> None:

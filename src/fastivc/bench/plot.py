@@ -7,6 +7,8 @@ charts that suit it:
   streaming rows for two or more sizes (`bench ring`, `bench stream --sizes`);
 - the round-trip latency distribution, plain and fastivc, when the raw
   results carry the helpers' quantile curves (`bench ring`, `bench rr`);
+- round trip (p50, p99) against the number of idle connections, plain and
+  fastivc, and fastivc's shared memory per idle connection (`bench scale`);
 - plain against fastivc bars with the ratio written above, one panel per
   unit, for every other row (`connect`, `redis`, `nginx`, a single stream
   size).
@@ -47,10 +49,13 @@ class Chart:
     sweep: list[dict] = field(default_factory=list)  # rows with "size"
     latency: dict[str, list[dict]] = field(default_factory=dict)  # label -> raw rr results
     bars: dict[str, list[dict]] = field(default_factory=dict)  # unit -> rows
+    scale: list[dict] = field(default_factory=list)  # rows with "idle" and "percentile"
+    memory: list[dict] = field(default_factory=list)  # doc["memory"] of bench scale
 
     @property
     def panels(self) -> int:
-        return bool(self.sweep) + bool(self.latency) + len(self.bars)
+        return (bool(self.sweep) + bool(self.latency) + len(self.bars) + bool(self.scale)
+                + bool(self.memory))
 
 
 def _latency_sources(doc: dict) -> dict[str, list[dict]]:
@@ -79,6 +84,10 @@ def plan(doc: dict) -> Chart:
     if len({r["size"] for r in sized}) >= 2:
         chart.sweep = sorted(sized, key=lambda r: r["size"])
         rows = [r for r in rows if r not in sized]
+    if doc.get("benchmark") == "scale":
+        chart.scale = [r for r in rows if "percentile" in r]
+        chart.memory = list(doc.get("memory", []))
+        return chart
     chart.latency = _latency_sources(doc)
     if chart.latency:
         rows = [r for r in rows if r.get("unit") != "us"]
@@ -185,6 +194,51 @@ def _bar_panel(ax, unit: str, rows: list[dict], baseline: str) -> list[Series]:
     return out
 
 
+def _scale_panel(ax, rows: list[dict], baseline: str) -> list[Series]:
+    counts = sorted({r["idle"] for r in rows})
+    xs = list(range(len(counts)))
+    out = []
+    for side, label, color in (("baseline", baseline, PLAIN_COLOR),
+                               ("fastivc", "fastivc", FAST_COLORS[0])):
+        for pct, style in (("p50", "o-"), ("p99", "s--")):
+            sel = {r["idle"]: r for r in rows if r["percentile"] == pct}
+            med = [sel[n][side]["median"] for n in counts]
+            ax.plot(xs, med, style, color=color, lw=2, label=f"{label} {pct}")
+            ax.fill_between(xs, [sel[n][side]["min"] for n in counts],
+                            [sel[n][side]["max"] for n in counts], color=color, alpha=0.15,
+                            lw=0)
+            out.append(Series("round trip vs idle connections", f"{label} {pct}"))
+    for r in rows:
+        if r["percentile"] == "p50" and r.get("partial"):
+            ax.annotate(f"partial: {r['accelerated_connections']}/{r['connections']}",
+                        (counts.index(r["idle"]), r["fastivc"]["median"]),
+                        textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [str(n) for n in counts])
+    ax.set_xlabel("idle connections open besides the busy one")
+    ax.set_ylabel("64 B round trip, µs (median, band: min–max)")
+    ax.set_title("Busy connection's round trip against idle connections")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return out
+
+
+def _memory_panel(ax, memory: list[dict]) -> list[Series]:
+    xs = list(range(len(memory)))
+    med = [m["per_connection"]["median"] / 1024 for m in memory]
+    err = [[v - m["per_connection"]["min"] / 1024 for v, m in zip(med, memory, strict=True)],
+           [m["per_connection"]["max"] / 1024 - v for v, m in zip(med, memory, strict=True)]]
+    ax.bar(xs, med, 0.5, yerr=err, capsize=4, color=FAST_COLORS[0], label="fastivc")
+    for x, v in zip(xs, med, strict=True):
+        ax.text(x, v, f"{v:.3g} KiB", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(xs, [str(m["idle"]) for m in memory])
+    ax.set_xlabel("idle connections")
+    ax.set_ylabel("KiB per idle connection (fabric file's st_blocks)")
+    ax.set_title("Shared memory per idle connection")
+    ax.grid(True, axis="y", alpha=0.3)
+    return [Series("shared memory per idle connection", "fastivc")]
+
+
 def _wrap(text: str, width: int = 28) -> str:
     words, lines, cur = text.split(), [], ""
     for w in words:
@@ -235,6 +289,12 @@ def render(doc: dict, path: str) -> list[str]:
             k += 1
         if chart.latency:
             series += _latency_panel(flat[k], chart.latency)
+            k += 1
+        if chart.scale:
+            series += _scale_panel(flat[k], chart.scale, baseline)
+            k += 1
+        if chart.memory:
+            series += _memory_panel(flat[k], chart.memory)
             k += 1
         for unit, rows in chart.bars.items():
             series += _bar_panel(flat[k], unit, rows, baseline)

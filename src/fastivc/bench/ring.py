@@ -132,8 +132,12 @@ def format_table(doc: dict, baseline_title: str = "TCP loopback") -> str:
     for r in doc["rows"]:
         b, f = r["baseline"], r["fastivc"]
         lo, hi = r["ratio_range"]
+        name = r["scenario"]
+        if r.get("partial"):  # not every benchmark connection was accelerated
+            name += (f" [partial: {r.get('accelerated_connections', '?')} of "
+                     f"{r.get('connections', '?')} accelerated]")
         lines.append((
-            r["scenario"], r["unit"],
+            name, r["unit"],
             f"{_fmt(b['median'])} ({_fmt(b['min'])}-{_fmt(b['max'])})",
             f"{_fmt(f['median'])} ({_fmt(f['min'])}-{_fmt(f['max'])})",
             f"{r['ratio']:.1f}x ({lo:.1f}-{hi:.1f})",
