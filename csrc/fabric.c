@@ -154,7 +154,8 @@ int fivc_fabric_format(void *base, uint64_t len, const struct fivc_geometry *gin
 	return 0;
 }
 
-/* Validate a private copy of the header against the region length; fill f. */
+/* Validate a private copy of the header against the region length; fill f
+ * (its layout fields are written even when the header is refused). */
 static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 			struct fivc_fabric *f, const char *name, char *err,
 			size_t errlen)
@@ -191,19 +192,18 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 		return -EPROTO;
 	}
 	uint64_t total;
-	struct fivc_fabric L;
 	uint32_t np[FIVC_POOL_CLASSES] = {g.npool[0], g.npool[1]};
-	if (fivc_layout_compute(&g, &L, &total) < 0 || np[0] != g.npool[0] || np[1] != g.npool[1]) {
+	if (fivc_layout_compute(&g, f, &total) < 0 || np[0] != g.npool[0] || np[1] != g.npool[1]) {
 		seterr(err, errlen, "fabric %s: header geometry out of range", name);
 		return -EPROTO;
 	}
-	int same = L.members_off == h->members_off && L.offers_off == h->offers_off &&
-		   L.slots_off == h->slots_off && L.slotmap_off == h->slotmap_off &&
-		   L.backed_off == h->backed_off && L.slab_size == h->slab_size &&
+	int same = f->members_off == h->members_off && f->offers_off == h->offers_off &&
+		   f->slots_off == h->slots_off && f->slotmap_off == h->slotmap_off &&
+		   f->backed_off == h->backed_off && f->slab_size == h->slab_size &&
 		   total == h->total_size;
 	for (int c = 0; c < FIVC_POOL_CLASSES; c++)
-		same = same && L.pool_off[c] == h->pool_off[c] &&
-		       L.pooldata_off[c] == h->pooldata_off[c] && L.pool_size[c] == h->pool_size[c];
+		same = same && f->pool_off[c] == h->pool_off[c] &&
+		       f->pooldata_off[c] == h->pooldata_off[c] && f->pool_size[c] == h->pool_size[c];
 	if (!same) {
 		seterr(err, errlen, "fabric %s: header offsets are inconsistent", name);
 		return -EPROTO;
@@ -215,17 +215,6 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 	}
 	g.exact = 0;
 	f->g = g;
-	f->members_off = L.members_off;
-	f->offers_off = L.offers_off;
-	f->slots_off = L.slots_off;
-	f->slotmap_off = L.slotmap_off;
-	f->backed_off = L.backed_off;
-	f->slab_size = L.slab_size;
-	for (int c = 0; c < FIVC_POOL_CLASSES; c++) {
-		f->pool_off[c] = L.pool_off[c];
-		f->pooldata_off[c] = L.pooldata_off[c];
-		f->pool_size[c] = L.pool_size[c];
-	}
 	f->size = total;
 	f->epoch = h->epoch;
 	return 0;

@@ -843,6 +843,38 @@ short fivc_epoll_fd_ready(int epfd, int arm)
 	return r ? POLLIN : 0;
 }
 
+/* Each set that exists, under its lock. */
+static void for_each_set(void (*fn)(struct ep_set *s, void *arg), void *arg)
+{
+	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
+	for (int i = 0; t && i < ep_nfds; i++) {
+		struct ep_set *s = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+		if (!s)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		fn(s, arg);
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
+static void stats_add(struct ep_set *s, void *arg)
+{
+	uint64_t *out = arg;
+	out[0] += __atomic_load_n(&s->n_calls, __ATOMIC_RELAXED);
+	out[1] += s->n_passes;
+	out[2] += s->n_examined;
+	out[3] = s->n_max_pass > out[3] ? s->n_max_pass : out[3];
+	out[4] += s->n_entry_polls;
+	out[5] += s->n_absorbed;
+}
+
+static void stats_zero(struct ep_set *s, void *arg)
+{
+	(void)arg;
+	__atomic_store_n(&s->n_calls, 0, __ATOMIC_RELAXED);
+	s->n_passes = s->n_examined = s->n_max_pass = s->n_entry_polls = s->n_absorbed = 0;
+}
+
 /* Counters of every set since load (or the last reset), for tests and
  * stats; O(fd table), not for the busy path: epoll_wait calls that went
  * through a registry, passes over ready lists, entries looked at, the most
@@ -851,32 +883,7 @@ short fivc_epoll_fd_ready(int epfd, int arm)
 FIVC_EXPORT void fastivc_epoll_stats(uint64_t out[6])
 {
 	memset(out, 0, 6 * sizeof(*out));
-	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
-	for (int i = 0; t && i < ep_nfds; i++) {
-		struct ep_set *s = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
-		if (!s)
-			continue;
-		pthread_mutex_lock(&s->lock);
-		out[0] += __atomic_load_n(&s->n_calls, __ATOMIC_RELAXED);
-		out[1] += s->n_passes;
-		out[2] += s->n_examined;
-		out[3] = s->n_max_pass > out[3] ? s->n_max_pass : out[3];
-		out[4] += s->n_entry_polls;
-		out[5] += s->n_absorbed;
-		pthread_mutex_unlock(&s->lock);
-	}
+	for_each_set(stats_add, out);
 }
 
-FIVC_EXPORT void fastivc_epoll_stats_reset(void)
-{
-	struct ep_set **t = __atomic_load_n(&sets, __ATOMIC_ACQUIRE);
-	for (int i = 0; t && i < ep_nfds; i++) {
-		struct ep_set *s = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
-		if (!s)
-			continue;
-		pthread_mutex_lock(&s->lock);
-		__atomic_store_n(&s->n_calls, 0, __ATOMIC_RELAXED);
-		s->n_passes = s->n_examined = s->n_max_pass = s->n_entry_polls = s->n_absorbed = 0;
-		pthread_mutex_unlock(&s->lock);
-	}
-}
+FIVC_EXPORT void fastivc_epoll_stats_reset(void) { for_each_set(stats_zero, NULL); }
