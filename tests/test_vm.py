@@ -156,15 +156,18 @@ def test_guests_upgrade_through_the_ivshmem_fabric(accel_net):
         a.run(f"{PCI_ENV}fastivc-tcpbench client --host {b.ip} --port 7100 --mode rr "
               "--seconds 3 >/tmp/c.log 2>&1 & echo $! >/tmp/c.pid")
         # while it runs, the host sees the channel between the two guests
-        seen, t0 = [], time.monotonic()
-        while not seen and time.monotonic() - t0 < 20:
+        # (the slot is "connected" a moment before the first request is on the
+        # ring, so wait for bytes, not for the state alone)
+        seen, moved, t0 = [], [], time.monotonic()
+        while not moved and time.monotonic() - t0 < 20:
             with Fabric(str(accel_net.fabric)) as fab:
                 seen = [sl for sl in fab.slots() if sl.state == "connected" and
                         (sl.local.address, sl.peer.address, sl.peer.port) ==
-                        (a.ip, b.ip, 7100)]
+                        (a.ip, b.ip, 7100)] or seen
+                moved = [sl for sl in seen if sl.client_to_server.produced > 0]
             time.sleep(0.1)
         assert seen, "no connected channel between the guests seen from the host"
-        assert seen[0].client_to_server.produced > 0
+        assert moved, f"the channel between the guests carried no bytes: {seen[0]}"
         c = a.run("while kill -0 $(cat /tmp/c.pid) 2>/dev/null; do sleep 0.2; done; "
                   "cat /tmp/c.log", timeout=120)
     finally:
