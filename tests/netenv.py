@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fastivc.netns import TwoHosts, in_ns
@@ -40,16 +41,23 @@ class Proc:
         self.p = subprocess.Popen(in_ns(ns, argv), start_new_session=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, env=env, text=True)
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self.p.stdout, selectors.EVENT_READ)
+        self._buf = b""
 
     def line(self, timeout: float = 30) -> dict:
-        if not self._sel.select(timeout):
-            raise TimeoutError(f"no output from {self.p.args} in {timeout}s")
-        ln = self.p.stdout.readline()
-        if not ln:
-            err = self.p.stderr.read()
-            raise RuntimeError(f"{self.p.args} exited {self.p.wait()} without output: {err}")
+        # Our own buffer over the raw pipe: a buffered readline() after
+        # select() would keep a second line that arrived with the first in
+        # Python's buffer, where select() never sees it (a false timeout).
+        fd, deadline = self.p.stdout.fileno(), time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"no output from {self.p.args} in {timeout}s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                err = self.p.stderr.read()
+                raise RuntimeError(f"{self.p.args} exited {self.p.wait()} without output: {err}")
+            self._buf += chunk
+        ln, _, self._buf = self._buf.partition(b"\n")
         return json.loads(ln)
 
     def finish(self, timeout: float = 30) -> int:
