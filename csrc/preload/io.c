@@ -20,6 +20,7 @@
  * handing out a byte beyond it), then the ring.
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,8 @@ static void server_maybe_done(struct fsock *fs)
 	}
 }
 
+#define RECHECK (-0x10000) /* tcp_read_armed(): not read; look at the state again */
+
 /* A TCP read before the switch.  When it may block and `arm` is set, the
  * ring's "waiting" is announced too, so that the peer's first ring write (or
  * ring EOF) rings the doorbell and ends the wait (see the top of this file).
@@ -131,11 +134,67 @@ static void server_maybe_done(struct fsock *fs)
 static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, int flags, int arm)
 {
 	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
-	/* (not disarmed after: the peer's ring clears it, see channel.c) */
-	if (arm && !nb)
-		fivc_chan_arm(&fs->ch, 1, 0);
+	/* (not disarmed after: the peer's ring clears it, see channel.c)
+	 * Armed, then looked: ring bytes or ring EOF that came before the arm
+	 * rang no doorbell, so sleeping in recv now could be for ever.  They
+	 * mean the peer is past the switch; the caller checks again. */
+	if (arm && !nb && fivc_chan_arm(&fs->ch, 1, 0))
+		return RECHECK;
 	ssize_t r = fivc_real.recv(fd, buf, len, flags | (fs->nonblock ? MSG_DONTWAIT : 0));
 	return r < 0 ? -errno : r;
+}
+
+/* About to block in the first TCP read before the switch, spin a while on
+ * the upgrade's state and the socket before sleeping.
+ * - Client (offer pending; a request sent, the response awaited): an
+ *   adopting server answers on the ring.
+ * - Server (N not known yet): a client that switched before it wrote sends
+ *   its request on the ring.
+ * A side that is still spinning sees those ring bytes with no doorbell and
+ * no wake-up: the sleeps a short connection pays on plain TCP.  Returns 1
+ * when the peer is past its step (adopted; switched), else 0 (TCP data,
+ * time up).  The budget halves for each spin that found a plain peer or
+ * nothing, process-wide per role (a process's connections mostly go to one
+ * kind of peer), and every FIVC_SPIN_PROBE-th try spins the full budget. */
+static unsigned pending_fails[2], pending_probe[2];
+
+static int peer_stepped(struct fsock *fs)
+{
+	if (fs->side == FIVC_SIDE_CLIENT)
+		return fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
+		       FIVC_OFFER_ADOPTED;
+	fivc_fs_server_check(fs);
+	return fs->n_known;
+}
+
+static int pending_spin(struct fsock *fs, int fd)
+{
+	int role = fs->side == FIVC_SIDE_CLIENT;
+	unsigned fails = __atomic_load_n(&pending_fails[role], __ATOMIC_RELAXED);
+	uint64_t budget = fs->ch.spin_ns >> fails;
+	if (__atomic_add_fetch(&pending_probe[role], 1, __ATOMIC_RELAXED) % FIVC_SPIN_PROBE == 0)
+		budget = fs->ch.spin_ns;
+	if (!budget)
+		return 0;
+	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
+	for (unsigned i = 1;; i++) {
+		if (peer_stepped(fs)) {
+			__atomic_store_n(&pending_fails[role], 0, __ATOMIC_RELAXED);
+			return 1;
+		}
+		fivc_cpu_relax();
+		if (i & 63)
+			continue;
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int saved = errno;
+		int r = fivc_real.poll(&p, 1, 0);
+		errno = saved;
+		if (r != 0 || fivc_now_ns(CLOCK_MONOTONIC) - start >= budget)
+			break; /* TCP has something (a plain peer, pre-switch bytes), or time is up */
+	}
+	if (fails < FIVC_SPIN_MAX_SHIFT)
+		__atomic_store_n(&pending_fails[role], fails + 1, __ATOMIC_RELAXED);
+	return 0;
 }
 
 /* One recv on an fsock; the body behind every read-family wrapper. */
@@ -162,6 +221,10 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 	size_t got = 0;
 	int waitall = (flags & MSG_WAITALL) && !(flags & MSG_PEEK);
 	int tflags = flags & ~MSG_WAITALL; /* never WAITALL on TCP across the switch */
+	/* After one RECHECK the next TCP read is not armed: the ring was ready,
+	 * so the peer is past its switch (or closed its ring) and what we still
+	 * wait for comes over TCP; arming again would only find it ready again. */
+	int arm_ok = 1;
 	pthread_mutex_lock(&fs->rd_lock);
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	for (;;) {
@@ -174,9 +237,18 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			fivc_fs_client_check(fs, 0);
 			if (fs->state != FS_CLIENT_PENDING)
 				continue;
+			if (!fs->nonblock && !(tflags & MSG_DONTWAIT) && !fs->pending_spun) {
+				fs->pending_spun = 1;
+				if (pending_spin(fs, fd))
+					continue; /* adopted: switch, then the ring */
+			}
 			/* armed: if another thread switches while we sleep here,
 			 * the server's first ring write wakes us */
-			r = tcp_read_armed(fs, fd, (char *)buf + got, len - got, tflags, 1);
+			r = tcp_read_armed(fs, fd, (char *)buf + got, len - got, tflags, arm_ok);
+			if (r == RECHECK) {
+				arm_ok = 0; /* (once: see rechecked below) */
+				continue;
+			}
 			if (r < 0)
 				goto out;
 			/* Re-check after every TCP read (see the top of this file),
@@ -209,12 +281,23 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			server_maybe_done(fs);
 			if (fs->state != FS_SERVER_PRE)
 				continue;
+			if (!fs->n_known && !fs->nonblock && !(tflags & MSG_DONTWAIT) &&
+			    !fs->pending_spun) {
+				fs->pending_spun = 1;
+				if (pending_spin(fs, fd))
+					continue; /* N known: TCP up to N, then the ring */
+			}
 			size_t want = len - got;
 			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
 				want = (size_t)(fs->switch_n - fs->tcp_recvd);
 			/* armed: the client's first ring write after its switch
 			 * wakes this read */
-			r = tcp_read_armed(fs, fd, (char *)buf + got, want, tflags, !fs->n_known);
+			r = tcp_read_armed(fs, fd, (char *)buf + got, want, tflags,
+					   arm_ok && !fs->n_known);
+			if (r == RECHECK) {
+				arm_ok = 0;
+				continue;
+			}
 			if (r < 0)
 				goto out;
 			int was_known = fs->n_known;

@@ -51,6 +51,7 @@
 	X(int, close_range, (unsigned int, unsigned int, int))                                \
 	X(void, closefrom, (int))                                                             \
 	X(int, shutdown, (int, int))                                                          \
+	X(int, listen, (int, int))                                                            \
 	X(int, dup, (int))                                                                    \
 	X(int, dup2, (int, int))                                                              \
 	X(int, dup3, (int, int, int))                                                         \
@@ -165,6 +166,7 @@ struct fsock {
 	 * with a reset, so the first one succeeds, then HUP|ERR, then EPIPE. */
 	int reset;
 	int db_waiters;     /* threads asleep on this socket's TCP doorbell */
+	uint8_t pending_spun; /* the pending first read spun already (io.c) */
 	int on_janitor;     /* on the janitor's list (janitor.c), jnext/jprev */
 	struct fsock *jnext, *jprev;
 	struct fivc_chan ch;
@@ -218,6 +220,10 @@ void fivc_fs_server_check(struct fsock *fs);
 /* Consume control bytes (after the switch) without blocking. */
 void fivc_fs_drain(struct fsock *fs, int fd);
 long fivc_fs_nread(struct fsock *fs, int fd);
+
+/* listeners (connect.c): listen() returned on fd; fd goes away */
+void fivc_listen_note(int fd);
+void fivc_listen_forget(int fd);
 
 /* close / dup / shutdown (sock.c) */
 int fivc_fs_close(int fd);
