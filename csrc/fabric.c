@@ -87,6 +87,8 @@ int fivc_layout_compute(struct fivc_geometry *g, struct fivc_fabric *f, uint64_t
 	off += (uint64_t)g->nmembers * sizeof(struct fivc_member);
 	f->offers_off = off;
 	off += (uint64_t)g->noffers * sizeof(struct fivc_offer);
+	f->listeners_off = off;
+	off += (uint64_t)FIVC_LISTENERS * sizeof(struct fivc_listener);
 	f->slotmap_off = off;
 	off += ((uint64_t)g->nslots + 63) / 64 * 8;
 	f->backed_off = off;
@@ -133,6 +135,9 @@ int fivc_fabric_format(void *base, uint64_t len, const struct fivc_geometry *gin
 	h->slab_size = L.slab_size;
 	h->members_off = L.members_off;
 	h->offers_off = L.offers_off;
+	h->listeners_off = L.listeners_off;
+	h->nlisteners = FIVC_LISTENERS;
+	h->listener_size = sizeof(struct fivc_listener);
 	h->slotmap_off = L.slotmap_off;
 	h->backed_off = L.backed_off;
 	h->slots_off = L.slots_off;
@@ -177,7 +182,8 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 	if (h->hdr_size != sizeof(struct fivc_fabric_hdr) ||
 	    h->member_size != sizeof(struct fivc_member) ||
 	    h->offer_size != sizeof(struct fivc_offer) ||
-	    h->slot_size != sizeof(struct fivc_slot)) {
+	    h->slot_size != sizeof(struct fivc_slot) ||
+	    h->listener_size != sizeof(struct fivc_listener) || h->nlisteners != FIVC_LISTENERS) {
 		seterr(err, errlen, "fabric %s: structure sizes in the header do not match this library",
 		       name);
 		return -EPROTO;
@@ -198,6 +204,7 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 		return -EPROTO;
 	}
 	int same = f->members_off == h->members_off && f->offers_off == h->offers_off &&
+		   f->listeners_off == h->listeners_off &&
 		   f->slots_off == h->slots_off && f->slotmap_off == h->slotmap_off &&
 		   f->backed_off == h->backed_off && f->slab_size == h->slab_size &&
 		   total == h->total_size;
@@ -385,6 +392,15 @@ static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
 			continue;
 		if (fivc_cas(&o->state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_OFFER_FREE)))
 			r->offers_freed++;
+	}
+	for (uint32_t i = 0; i < FIVC_LISTENERS; i++) {
+		struct fivc_listener *l = fivc_listener_at(f, i);
+		uint64_t w = fivc_load_acquire(&l->state);
+		if (FIVC_OFFER_STATE(w) == FIVC_LISTENER_FREE || !is_dead(f, FIVC_OFFER_OWNER(w), arg))
+			continue;
+		if (fivc_cas(&l->state, &w,
+			     FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_LISTENER_FREE)))
+			r->listeners_freed++;
 	}
 	/* only slots ever used: the others' pages were never reserved */
 	for (uint32_t i = 0; i < f->g.nslots; i++)
@@ -1201,6 +1217,113 @@ int fivc_slot_unhold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int sid
 		if (fivc_load_acquire(&s->holder_ids[side][k]))
 			return 0;
 	return 1;
+}
+
+/* ---- listeners ---- */
+
+static uint32_t listener_home(uint16_t port)
+{
+	return (uint32_t)(((uint32_t)port * 2654435761u) >> 20) % FIVC_LISTENERS;
+}
+
+struct listener_key {
+	uint8_t addr[16];
+	uint16_t port;
+	uint32_t netns;
+};
+
+/* A consistent copy of entry i's key and its word, or 0 if not LIVE. */
+static uint64_t listener_read(struct fivc_fabric *f, uint32_t i, struct listener_key *k)
+{
+	struct fivc_listener *l = fivc_listener_at(f, i);
+	/* SYNC POINT READ: pairs with the release in fivc_listener_add(). */
+	uint64_t w = fivc_load_acquire(&l->state);
+	if (FIVC_OFFER_STATE(w) != FIVC_LISTENER_LIVE)
+		return 0;
+	const uint64_t *a = (const uint64_t *)l->addr;
+	uint64_t a0 = fivc_load_relaxed(&a[0]), a1 = fivc_load_relaxed(&a[1]);
+	memcpy(k->addr, &a0, 8);
+	memcpy(k->addr + 8, &a1, 8);
+	k->port = fivc_load_relaxed(&l->port);
+	k->netns = fivc_load_relaxed(&l->netns);
+	__atomic_thread_fence(__ATOMIC_ACQUIRE); /* seqlock re-check */
+	return fivc_load_relaxed(&l->state) == w ? w : 0;
+}
+
+int fivc_listener_add(struct fivc_fabric *f, const uint8_t addr[16], uint16_t port,
+		      uint32_t netns, uint32_t *idx, uint64_t *word)
+{
+	if (!f->self)
+		return -EUSERS;
+	uint32_t home = listener_home(port);
+	for (uint32_t k = 0; k < FIVC_LISTENER_PROBE; k++) { /* ours already? */
+		uint32_t i = (home + k) % FIVC_LISTENERS;
+		struct listener_key key;
+		uint64_t w = listener_read(f, i, &key);
+		if (w && FIVC_OFFER_OWNER(w) == f->self && key.port == port &&
+		    key.netns == netns && !memcmp(key.addr, addr, 16)) {
+			*idx = i;
+			*word = w;
+			return 0;
+		}
+	}
+	for (uint32_t k = 0; k < FIVC_LISTENER_PROBE; k++) {
+		uint32_t i = (home + k) % FIVC_LISTENERS;
+		struct fivc_listener *l = fivc_listener_at(f, i);
+		uint64_t w = fivc_load_acquire(&l->state);
+		if (FIVC_OFFER_STATE(w) != FIVC_LISTENER_FREE)
+			continue;
+		uint32_t g = FIVC_OFFER_GEN(w) + 1;
+		if (!fivc_cas(&l->state, &w, FIVC_OFFER_WORD(g, f->self, FIVC_LISTENER_WRITING)))
+			continue;
+		uint64_t a[2];
+		memcpy(a, addr, 16);
+		fivc_store_relaxed((uint64_t *)l->addr, a[0]);
+		fivc_store_relaxed((uint64_t *)l->addr + 1, a[1]);
+		fivc_store_relaxed(&l->port, port);
+		fivc_store_relaxed(&l->netns, netns);
+		uint64_t lw = FIVC_OFFER_WORD(g, f->self, FIVC_LISTENER_LIVE);
+		/* SYNC POINT WRITE: pairs with the acquire in listener_read(). */
+		fivc_store_release(&l->state, lw);
+		*idx = i;
+		*word = lw;
+		return 0;
+	}
+	return -ENOSPC;
+}
+
+void fivc_listener_remove(struct fivc_fabric *f, uint32_t idx, uint64_t word)
+{
+	if (idx >= FIVC_LISTENERS)
+		return;
+	uint64_t w = word;
+	fivc_cas(&fivc_listener_at(f, idx)->state, &w,
+		 FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), 0, FIVC_LISTENER_FREE));
+}
+
+int fivc_listener_valid(struct fivc_fabric *f, uint32_t idx, uint64_t word)
+{
+	return idx < FIVC_LISTENERS &&
+	       fivc_load_relaxed(&fivc_listener_at(f, idx)->state) == word;
+}
+
+int fivc_listener_match(struct fivc_fabric *f, const uint8_t daddr[16], uint16_t dport,
+			int loopback, uint32_t netns)
+{
+	static const uint8_t any[16], any4[16] = {[10] = 0xff, [11] = 0xff};
+	uint32_t home = listener_home(dport);
+	for (uint32_t k = 0; k < FIVC_LISTENER_PROBE; k++) {
+		struct listener_key key;
+		if (!listener_read(f, (home + k) % FIVC_LISTENERS, &key) || key.port != dport)
+			continue;
+		if (memcmp(key.addr, daddr, 16) && memcmp(key.addr, any, 16) &&
+		    memcmp(key.addr, any4, 16))
+			continue;
+		if (loopback && key.netns != netns)
+			continue; /* a loopback address names a peer in our namespace only */
+		return 1;
+	}
+	return 0;
 }
 
 /* ---- offers ---- */

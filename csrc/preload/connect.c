@@ -156,18 +156,131 @@ static void tuple_finish(struct fivc_tuple *t)
 
 /* ---- connect ---- */
 
+/* (the answer is kept in the fd's kind: an inherited listener is asked
+ * once, not at every accept) */
 static int tcp_stream(int fd)
 {
 	int k = fivc_fd_kind(fd);
 	if (k)
 		return k == FIVC_KIND_TCP;
-	int type = 0, proto = 0;
+	int type = 0, proto = 0, e = errno;
 	socklen_t l = sizeof(type);
-	if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM)
-		return 0;
+	int tcp = fivc_real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 &&
+		  type == SOCK_STREAM;
 	l = sizeof(proto);
-	return fivc_real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 &&
-	       proto == IPPROTO_TCP;
+	tcp = tcp && fivc_real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 &&
+	      proto == IPPROTO_TCP;
+	if (tcp || type) /* (a failed look, e.g. EBADF, says nothing) */
+		fivc_fd_set_kind(fd, tcp ? FIVC_KIND_TCP : FIVC_KIND_OTHER);
+	errno = e;
+	return tcp;
+}
+
+/* ---- listeners (layout.h "listener"): a client posts an offer only for a
+ * destination some accelerated process listens on ---- */
+
+/* Our registrations, by listening fd.  `pid` is who registered: a fork
+ * child inherits the table but closing its copy of the listener (a
+ * fork-per-connection server does) must not withdraw its parent's entry. */
+#define LREGS 256
+static struct {
+	int fd;
+	pid_t pid;
+	uint32_t idx;
+	uint64_t word;
+} lregs[LREGS];
+static int nlregs;
+static pthread_mutex_t lreg_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int listen_key(int fd, uint8_t addr[16], uint16_t *port)
+{
+	struct sockaddr_storage ss;
+	socklen_t l = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &l) < 0 || sa_addr(&ss, addr, port) < 0 ||
+	    !*port)
+		return -1;
+	return 0;
+}
+
+/* fd listens (listen() returned, or accept() on a listener we had not
+ * seen: inherited through exec, or our entry was collected).  Caller holds
+ * lreg_lock; k is fd's registration or -1. */
+static void listener_register(struct fivc_fabric *fab, int fd, int k)
+{
+	uint8_t addr[16];
+	uint16_t port;
+	uint32_t idx;
+	uint64_t word;
+	if (listen_key(fd, addr, &port) < 0)
+		return;
+	int r = fivc_listener_add(fab, addr, port, netns_id(), &idx, &word);
+	if (r < 0) {
+		FIVC_INFO("fd %d: listener table full for port %u: clients stay plain", fd, port);
+		return;
+	}
+	if (k < 0 && nlregs < LREGS)
+		k = nlregs++;
+	if (k < 0)
+		return; /* registered, not tracked: it goes when we do (gc) */
+	lregs[k].fd = fd;
+	lregs[k].pid = fivc_pid;
+	lregs[k].idx = idx;
+	lregs[k].word = word;
+	FIVC_DEBUG("fd %d: listening on port %u (listener entry %u)", fd, port, idx);
+}
+
+static int lreg_find(int fd)
+{
+	for (int k = 0; k < nlregs; k++)
+		if (lregs[k].fd == fd)
+			return k;
+	return -1;
+}
+
+void fivc_listen_note(int fd)
+{
+	struct fivc_fabric *fab;
+	if (fivc_cfg.disabled || FIVC_GUARDED() || !tcp_stream(fd) || !(fab = fivc_fabric_get()))
+		return;
+	int e = errno;
+	pthread_mutex_lock(&lreg_lock);
+	listener_register(fab, fd, lreg_find(fd));
+	pthread_mutex_unlock(&lreg_lock);
+	errno = e;
+}
+
+/* Before an accept: our entry for lfd is still there (one load), else it
+ * is made again. */
+static void listener_ensure(struct fivc_fabric *fab, int lfd)
+{
+	pthread_mutex_lock(&lreg_lock);
+	int k = lreg_find(lfd);
+	if (k < 0 || !fivc_listener_valid(fab, lregs[k].idx, lregs[k].word))
+		listener_register(fab, lfd, k);
+	pthread_mutex_unlock(&lreg_lock);
+}
+
+/* fd is closed or replaced: its registration goes, and our entry with it
+ * unless another of our fds registered the same key (the same entry). */
+void fivc_listen_forget(int fd)
+{
+	if (!__atomic_load_n(&nlregs, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&lreg_lock);
+	int k = lreg_find(fd);
+	if (k >= 0) {
+		uint32_t idx = lregs[k].idx;
+		uint64_t word = lregs[k].word;
+		int mine = lregs[k].pid == fivc_pid;
+		lregs[k] = lregs[--nlregs];
+		for (int j = 0; j < nlregs; j++)
+			if (lregs[j].idx == idx && lregs[j].word == word)
+				mine = 0;
+		struct fivc_fabric *fab = mine ? fivc_fabric_get() : NULL;
+		if (fab)
+			fivc_listener_remove(fab, idx, word);
+	}
+	pthread_mutex_unlock(&lreg_lock);
 }
 
 static int route_lookup(int family, const struct sockaddr *dst, socklen_t len,
@@ -278,11 +391,16 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 	socklen_t sl = sizeof(src);
 	memset(&dst, 0, sizeof(dst));
 	memcpy(&dst, addr, len < sizeof(dst) ? len : sizeof(dst));
-	if (getsockname(fd, (struct sockaddr *)&src, &sl) < 0)
-		return NULL;
 	struct fivc_tuple t = {0};
 	uint16_t sport = 0, dport;
 	if (sa_addr(&dst, t.daddr, &dport) < 0)
+		return NULL;
+	if (!fivc_listener_match(fab, t.daddr, dport, is_loopback(t.daddr), netns_id())) {
+		/* nobody accelerated listens there: plain, at plain TCP's cost */
+		FIVC_DEBUG("fd %d: no accelerated listener on port %u: plain", fd, dport);
+		return NULL;
+	}
+	if (getsockname(fd, (struct sockaddr *)&src, &sl) < 0)
 		return NULL;
 	sa_addr(&src, t.saddr, &sport);
 	if (!sport || is_unspecified(t.saddr)) {
@@ -354,6 +472,13 @@ int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len)
 
 int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4)
 {
+	struct fivc_fabric *lfab;
+	if (!fivc_cfg.disabled && !FIVC_GUARDED() && tcp_stream(lfd) &&
+	    (lfab = fivc_fabric_get())) {
+		int e = errno;
+		listener_ensure(lfab, lfd);
+		errno = e;
+	}
 	int fd = use4 ? fivc_real.accept4(lfd, addr, len, flags) : fivc_real.accept(lfd, addr, len);
 	if (fd >= 0)
 		fivc_fd_set_kind(fd, fivc_fd_kind(lfd));

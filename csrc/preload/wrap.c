@@ -48,6 +48,15 @@ FIVC_EXPORT int connect(int fd, const struct sockaddr *a, socklen_t l)
 	return fivc_do_connect(fd, a, l);
 }
 
+FIVC_EXPORT int listen(int fd, int backlog)
+{
+	FIVC_ENSURE_INIT();
+	int r = fivc_real.listen(fd, backlog);
+	if (r == 0)
+		fivc_listen_note(fd);
+	return r;
+}
+
 FIVC_EXPORT int accept(int fd, struct sockaddr *a, socklen_t *l)
 {
 	FIVC_ENSURE_INIT();

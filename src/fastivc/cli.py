@@ -141,7 +141,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         print(json.dumps(rep))
     else:
         print(f"fabric {path}: {rep['members_dead']} dead members; freed "
-              f"{rep['offers_freed']} offers, {rep['slot_sides_freed']} slot sides "
+              f"{rep['offers_freed']} offers, {rep.get('listeners_freed', 0)} listener entries, "
+              f"{rep['slot_sides_freed']} slot sides "
               f"({rep['slots_freed']} slots now free)")
     return 0
 

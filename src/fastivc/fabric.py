@@ -24,7 +24,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
 RING_MAGIC = 0x474E4952  # "RING"
 LOCK_BASE = 1 << 40
@@ -34,14 +34,16 @@ MAX_SLOTS, MAX_MEMBERS, MAX_OFFERS = 1 << 22, 65534, 65536
 POOL_CLASSES, MAX_POOL, MID_RING = 2, 1 << 22, 64 * 1024
 POOL_NAMES = ("mid", "big")
 OFFER_BUCKET = 8
+LISTENERS, LISTENER_SIZE = 4096, 64
 
 # struct layouts (checked against the C structs by tests/test_layout.py)
-HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQ")
+HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQQII")
 POOL_ENT = struct.Struct("<QII")
 HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
 MEMBER = struct.Struct("<IIQQQ16s")
 TUPLE = struct.Struct("<16s16sHHI")
 OFFER = struct.Struct("<QQ40sIII")
+LISTENER = struct.Struct("<Q16sHHI")
 SLOT_HEAD = struct.Struct("<QQ40s")
 SLOT_SWITCH = struct.Struct("<QIIII8H8H")
 SLOT_HOLDERS = 8
@@ -82,6 +84,7 @@ class Header:
     backed_off: int = 0
     pool_off: tuple[int, ...] = ()
     pooldata_off: tuple[int, ...] = ()
+    listeners_off: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,18 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class Listener:
+    """A listening socket of an accelerated process: clients post offers
+    only to destinations some listener entry matches."""
+    index: int
+    generation: int
+    owner_member: int | None
+    address: str  # "*" for any address
+    port: int
+    netns: int
+
+
+@dataclass(frozen=True)
 class Offer:
     index: int
     generation: int
@@ -155,6 +170,7 @@ class Snapshot:
     members: list[Member] = field(default_factory=list)
     slots: list[Slot] = field(default_factory=list)
     offers: list[Offer] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,6 +216,8 @@ def _layout(nmembers: int, noffers: int, nslots: int, ring_size: int, small_ring
     off += nmembers * MEMBER_SIZE
     L["offers_off"] = off
     off += noffers * OFFER_SIZE
+    L["listeners_off"] = off
+    off += LISTENERS * LISTENER_SIZE
     L["slotmap_off"] = off
     off += (nslots + 63) // 64 * 8
     L["backed_off"] = off
@@ -262,7 +280,7 @@ class Fabric:
     def _validate(self, h: tuple, file_size: int) -> Header:
         (magic, version, hdr_size, total, epoch, nmem, noff, nslot, ring, mo, oo, so,
          pd0, pd1, msz, osz, ssz, _flags, small, slab, np0, np1, ps0, ps1, smo, bko,
-         po0, po1) = h
+         po0, po1, lo, nlis, lsz) = h
         if magic != FABRIC_MAGIC:
             raise FabricError(f"{self.path} is not a fastivc fabric (bad magic 0x{magic:016x})")
         if version != LAYOUT_VERSION:
@@ -270,7 +288,8 @@ class Fabric:
                 f"fabric {self.path} has layout version {version} but this fastivc speaks "
                 f"version {LAYOUT_VERSION}; refusing to reinterpret it"
             )
-        if (hdr_size, msz, osz, ssz) != (HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE):
+        if ((hdr_size, msz, osz, ssz, lsz, nlis) !=
+                (HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE, LISTENER_SIZE, LISTENERS)):
             raise FabricError(f"fabric {self.path}: structure sizes in the header do not match")
         if not (0 < nmem <= MAX_MEMBERS and 0 < noff <= MAX_OFFERS and 0 < nslot <= MAX_SLOTS
                 and MIN_RING <= ring <= MAX_RING and ring & (ring - 1) == 0
@@ -282,17 +301,17 @@ class Fabric:
             L = _layout(nmem, noff, nslot, ring, small, (np0, np1))
         except ValueError:
             raise FabricError(f"fabric {self.path}: header geometry out of range") from None
-        if ((L["members_off"], L["offers_off"], L["slots_off"], L["slotmap_off"],
-             L["backed_off"], L["slab_size"], L["pool_off"], L["pooldata_off"], L["pool_size"],
-             L["total"]) != (mo, oo, so, smo, bko, slab, (po0, po1), (pd0, pd1), (ps0, ps1),
-                             total)):
+        if ((L["members_off"], L["offers_off"], L["listeners_off"], L["slots_off"],
+             L["slotmap_off"], L["backed_off"], L["slab_size"], L["pool_off"], L["pooldata_off"],
+             L["pool_size"], L["total"]) != (mo, oo, lo, so, smo, bko, slab, (po0, po1),
+                                             (pd0, pd1), (ps0, ps1), total)):
             raise FabricError(f"fabric {self.path}: header offsets are inconsistent")
         if total > file_size:
             raise FabricError(
                 f"fabric {self.path}: header says {total} bytes but the file has {file_size}"
             )
         return Header(self.path, version, total, epoch, nmem, noff, nslot, ring, mo, oo, so,
-                      small, slab, (np0, np1), (ps0, ps1), smo, bko, (po0, po1), (pd0, pd1))
+                      small, slab, (np0, np1), (ps0, ps1), smo, bko, (po0, po1), (pd0, pd1), lo)
 
     # -- liveness -------------------------------------------------------
     def member_alive(self, index: int) -> bool | None:
@@ -423,8 +442,23 @@ class Fabric:
                              self._member_ref(adopter)))
         return out
 
+    def listeners(self) -> list[Listener]:
+        """Live listener entries (accelerated processes listening)."""
+        out = []
+        h = self.header
+        for i in range(LISTENERS):
+            state, addr, port, _, netns = LISTENER.unpack_from(
+                self._map, h.listeners_off + i * LISTENER_SIZE)
+            if state & 0xFF != 2:  # LIVE
+                continue
+            a = _addr(addr)
+            out.append(Listener(i, state >> 32, self._member_ref((state >> 16) & 0xFFFF),
+                                "*" if a in ("::", "0.0.0.0") else a, port, netns))
+        return out
+
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.header, self.members(), self.slots(), self.offers())
+        return Snapshot(self.header, self.members(), self.slots(), self.offers(),
+                        self.listeners())
 
     def resident_bytes(self) -> int:
         """Bytes of the fabric file that hold memory (st_blocks * 512): a

@@ -161,6 +161,7 @@ def summary(snap: Snapshot, rows: list[dict] | None = None) -> dict:
         "accelerated": by_state.get("connected", 0),
         "pending": offers.get("pending", 0) + offers.get("writing", 0),
         "offers": offers,
+        "listeners": len(snap.listeners),
         "corrupt": sum(1 for r in rows if not r["valid"]),
         "members": {"total": len(snap.members),
                     "alive": sum(1 for m in snap.members if m.alive is True),
@@ -192,7 +193,8 @@ def document(snap: Snapshot, sort: str | None = None, top: int | None = None) ->
     as before), `connections`, the rows of the table (all of them unless
     `top`; in `sort` order), and `summary` (see summary())."""
     doc = {"header": _plain(snap.header), "members": _plain(snap.members),
-           "slots": _plain(snap.slots), "offers": _plain(snap.offers)}
+           "slots": _plain(snap.slots), "offers": _plain(snap.offers),
+           "listeners": _plain(snap.listeners)}
     rows = connections(snap)
     doc["summary"] = summary(snap, rows)
     doc["connections"] = ordered(rows, snap, sort, top)
@@ -268,7 +270,8 @@ def summary_lines(s: dict) -> list[str]:
              f"pending offers {s['pending']}" + (f"; CORRUPT {s['corrupt']}" if s["corrupt"]
                                                   else ""),
              f"  members: {m['total']} ({m['alive']} alive" + (f", {m['dead']} dead" if m["dead"]
-                                                              else "") + ")"]
+                                                              else "") + ")"
+             + f"; accelerated listeners {s['listeners']}"]
     if s["largest_in_flight"]:
         lines.append("  largest in flight: " + "; ".join(
             f"slot {r['slot']} {r['local']} -> {r['peer']} {human(r['in_flight'])}"

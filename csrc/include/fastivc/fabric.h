@@ -48,7 +48,7 @@ struct fivc_fabric {
 	uint64_t size;
 	struct fivc_geometry g;
 	uint64_t members_off, offers_off, slots_off;
-	uint64_t slotmap_off, backed_off;
+	uint64_t slotmap_off, backed_off, listeners_off;
 	uint64_t pool_off[FIVC_POOL_CLASSES], pooldata_off[FIVC_POOL_CLASSES];
 	uint32_t pool_size[FIVC_POOL_CLASSES];
 	uint32_t slab_size;
@@ -115,6 +115,11 @@ static inline uint8_t *fivc_pool_data(struct fivc_fabric *f, int c, uint32_t i)
 static inline struct fivc_offer *fivc_offer_at(struct fivc_fabric *f, uint32_t i)
 {
 	return (struct fivc_offer *)(f->base + f->offers_off + (uint64_t)i * sizeof(struct fivc_offer));
+}
+static inline struct fivc_listener *fivc_listener_at(struct fivc_fabric *f, uint32_t i)
+{
+	return (struct fivc_listener *)(f->base + f->listeners_off +
+					(uint64_t)i * sizeof(struct fivc_listener));
 }
 static inline struct fivc_member *fivc_member_at(struct fivc_fabric *f, uint32_t i)
 {
@@ -196,7 +201,23 @@ int fivc_offer_withdraw(struct fivc_fabric *f, uint32_t idx, uint64_t word);
 int fivc_offer_remove(struct fivc_fabric *f, uint32_t idx, uint64_t word);
 
 /* Reclamation of dead members' offers and slot sides. */
+/* Listeners (layout.h: a hint for clients).  add: publish that we listen
+ * on addr:port (addr all zero: any address) in network namespace netns;
+ * returns the entry and its word (0, or -ENOSPC when the port's entries are
+ * all taken).  A second add of the same key by the same member returns the
+ * existing entry.  remove: our entry goes (no-op if it is not ours any
+ * more).  valid: the entry is still ours.  match: some live entry says an
+ * accelerated process may accept daddr:dport (netns: the client's, compared
+ * for loopback destinations only); 1 or 0. */
+int fivc_listener_add(struct fivc_fabric *f, const uint8_t addr[16], uint16_t port,
+		      uint32_t netns, uint32_t *idx, uint64_t *word);
+void fivc_listener_remove(struct fivc_fabric *f, uint32_t idx, uint64_t word);
+int fivc_listener_valid(struct fivc_fabric *f, uint32_t idx, uint64_t word);
+int fivc_listener_match(struct fivc_fabric *f, const uint8_t daddr[16], uint16_t dport,
+			int loopback, uint32_t netns);
+
 struct fivc_gc_report {
+	uint32_t listeners_freed;
 	uint32_t offers_freed;
 	uint32_t slot_sides_freed;
 	uint32_t slots_freed;

@@ -14,6 +14,7 @@
  *   [0, 4096)                      struct fivc_fabric_hdr
  *   members_off                    nmembers x struct fivc_member   (64 B each)
  *   offers_off                     noffers  x struct fivc_offer    (128 B each)
+ *   listeners_off                  nlisteners x struct fivc_listener (64 B each)
  *   slotmap_off                    nslots bits: slot claimed (a hint, see fabric.c)
  *   backed_off                     nslots bytes: the slot's pages are reserved
  *   pool_off[c]                    npool[c] x struct fivc_pool_ent (c = 0: mid, 1: big)
@@ -44,7 +45,7 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 3u
+#define FIVC_LAYOUT_VERSION 4u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
 #define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
@@ -57,6 +58,8 @@
 #define FIVC_MAX_POOL (1u << 22)
 #define FIVC_MAX_MEMBERS 65534u /* member+1 must fit 16 bits */
 #define FIVC_MAX_OFFERS 65536u
+#define FIVC_LISTENERS 4096u      /* listener table entries (fixed) */
+#define FIVC_LISTENER_PROBE 32u   /* entries a port's key may live in */
 
 /* ---- fabric header: written once by the creator, before the file is linked
  * into place (fabric.c), read-only afterwards. ---- */
@@ -85,7 +88,10 @@ struct fivc_fabric_hdr {
 	uint64_t slotmap_off;
 	uint64_t backed_off;
 	uint64_t pool_off[FIVC_POOL_CLASSES];
-	uint8_t reserved[FIVC_PAGE - 160];
+	uint64_t listeners_off;
+	uint32_t nlisteners;
+	uint32_t listener_size;
+	uint8_t reserved[FIVC_PAGE - 176];
 };
 
 /* ---- member: one per process (more exactly: per open file description of
@@ -147,6 +153,25 @@ struct fivc_offer {
 	uint32_t slot_gen; /* client: the slot's lease generation */
 	uint32_t adopter; /* server: member+1 that adopted */
 	uint8_t pad[128 - 68];
+};
+
+/* ---- listener: a listening socket of an accelerated process, so that a
+ * client posts an offer (and takes a slot) only for a destination where an
+ * adopter may be (issue 10: no slot for a peer that is not local).
+ *
+ * `state` packs gen:32 | owner member+1:16 | unused:8 | state:8, as offers
+ * do.  Only the owner writes the other fields, while the state says WRITING.
+ * An entry for port p lives in one of FIVC_LISTENER_PROBE entries from
+ * hash(p).  It is a hint: a missing entry means a plain connection, a stale
+ * or forged one an offer nobody adopts, as before the table existed. ---- */
+enum { FIVC_LISTENER_FREE = 0, FIVC_LISTENER_WRITING = 1, FIVC_LISTENER_LIVE = 2 };
+struct fivc_listener {
+	uint64_t state;   /* CAS by the owner; gc and the member-join sweep free dead owners' */
+	uint8_t addr[16]; /* owner: bound address (IPv4-mapped), all zero = any address */
+	uint16_t port;    /* owner: host order */
+	uint16_t pad0;
+	uint32_t netns;   /* owner: network namespace id (loopback addresses only match in it) */
+	uint8_t pad[64 - 32];
 };
 
 /* ---- ring header.  Ring d of a slot carries bytes from side d to side 1-d
@@ -253,6 +278,7 @@ _Static_assert(sizeof(struct fivc_pool_ent) == 16, "pool entry");
 _Static_assert(sizeof(struct fivc_member) == 64, "member entry is one line");
 _Static_assert(sizeof(struct fivc_tuple) == 40, "tuple size");
 _Static_assert(sizeof(struct fivc_offer) == 128, "offer entry is two lines");
+_Static_assert(sizeof(struct fivc_listener) == 64, "listener entry is one line");
 _Static_assert(sizeof(struct fivc_ring_hdr) == 5 * FIVC_CACHELINE, "ring header lines");
 _Static_assert(offsetof(struct fivc_ring_hdr, tail) == FIVC_CACHELINE, "producer line");
 _Static_assert(offsetof(struct fivc_ring_hdr, head) == 3 * FIVC_CACHELINE, "consumer line");
