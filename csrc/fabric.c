@@ -300,6 +300,27 @@ static int dead_by_lock(struct fivc_fabric *f, uint32_t m1, void *arg)
 	return m1 != 0 && !fivc_member_alive(f, m1);
 }
 
+/* The same question for a waiter that asks again every few hundred ms
+ * (channel.c, poll, epoll): a member seen alive less than *arg ns ago is
+ * not asked about again, so that one sweep over many connections to one
+ * peer costs one lock test, not one per connection.  Only "alive" is
+ * remembered: a death is seen at the next look after the age. */
+static int dead_recent(struct fivc_fabric *f, uint32_t m1, void *arg)
+{
+	if (m1 == 0)
+		return 0;
+	if (!f->alive_ns || m1 > f->g.nmembers)
+		return !fivc_member_alive(f, m1);
+	uint64_t now = fivc_now_ns(CLOCK_MONOTONIC), *at = &f->alive_ns[m1 - 1];
+	uint64_t seen = fivc_load_relaxed(at);
+	if (seen && now - seen < *(uint64_t *)arg)
+		return 0;
+	if (!fivc_member_alive(f, m1))
+		return 1;
+	fivc_store_relaxed(at, now);
+	return 0;
+}
+
 static int dead_exact(struct fivc_fabric *f, uint32_t m1, void *arg)
 {
 	(void)f;
@@ -311,7 +332,12 @@ static int dead_exact(struct fivc_fabric *f, uint32_t m1, void *arg)
 static int side_live(struct fivc_fabric *f, struct fivc_slot *s, int side, uint32_t lease_m,
 		     dead_fn is_dead, void *arg, int clear)
 {
-	int live = fivc_load_acquire(&s->holders[side]) != 0, seen = 0;
+	/* holders[] is a count anyone in the fabric can write: one larger than
+	 * the member table (no more processes can hold a side without an
+	 * entry than can join, give or take a few without an id) is garbage
+	 * and counts for nothing, so it cannot keep a dead side alive. */
+	uint32_t count = fivc_load_acquire(&s->holders[side]);
+	int live = count != 0 && count <= f->g.nmembers, seen = 0;
 	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
 		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
 		if (!id)
@@ -736,6 +762,7 @@ int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, siz
 	f->guest = 1;
 	snprintf(f->path, sizeof(f->path), "%s", spec);
 	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t));
+	f->alive_ns = calloc(f->g.nmembers, sizeof(uint64_t));
 	f->self = member_join_guest(f);
 	return 0;
 }
@@ -771,6 +798,7 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 	if (r < 0)
 		goto fail;
 	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t)); /* NULL: guests never judged */
+	f->alive_ns = calloc(f->g.nmembers, sizeof(uint64_t)); /* NULL: no cache */
 	member_join(f);
 	return 0;
 fail:
@@ -782,6 +810,8 @@ void fivc_fabric_close(struct fivc_fabric *f)
 {
 	free(f->hb_seen);
 	f->hb_seen = NULL;
+	free(f->alive_ns);
+	f->alive_ns = NULL;
 	if (f->guest) {
 		if (f->self)
 			fivc_store_release(&fivc_member_at(f, f->self - 1)->state, FIVC_MEMBER_FREE);
@@ -1140,6 +1170,19 @@ int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int
 	return side_live(f, s, side, m, dead_by_lock, NULL, 0);
 }
 
+int fivc_slot_side_alive_recent(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+				uint64_t max_age_ns)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1))
+		return 0;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	uint64_t w = fivc_load_acquire(&s->lease);
+	uint32_t m = FIVC_LEASE_SIDE(w, side);
+	if (FIVC_LEASE_GEN(w) != gen || !m)
+		return 0;
+	return side_live(f, s, side, m, dead_recent, &max_age_ns, 0);
+}
+
 int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t member1)
 {
 	if (slot >= f->g.nslots || (side != 0 && side != 1) || !member1)
@@ -1164,6 +1207,16 @@ int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
 	for (int k = 0; member1 && k < FIVC_SLOT_HOLDERS; k++) {
 		uint16_t id = 0;
 		if (fivc_load_relaxed(&s->holder_ids[side][k]) == 0 &&
+		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
+			return 0;
+	}
+	/* A full table: an entry whose member died (it exited without
+	 * closing) is taken over before the count is used, so that the
+	 * count, which no kernel witnesses, stays for the rare side that
+	 * really has more live holders than entries. */
+	for (int k = 0; member1 && can_witness(f) && k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
+		if (id && id != f->self && !fivc_member_alive(f, id) &&
 		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
 			return 0;
 	}

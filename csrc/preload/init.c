@@ -399,6 +399,7 @@ void fivc_fabric_fork_child(int eager, int fd, uint32_t member1)
 		if (fabric.fd >= 0)
 			fivc_real.close(fabric.fd);
 		free(fabric.hb_seen);
+		free(fabric.alive_ns);
 		memset(&fabric, 0, sizeof(fabric));
 		fabric.fd = -1;
 		__atomic_store_n(&fabric_state, 0, __ATOMIC_RELEASE);
