@@ -511,7 +511,7 @@ int fivc_member_prepare(struct fivc_fabric *f, int *fd, uint32_t *member1)
 	}
 	if (f->fd < 0 || !f->self)
 		return -EINVAL;
-	int nfd = open(f->path, O_RDWR | O_CLOEXEC);
+	int nfd = open(f->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (nfd < 0)
 		return -errno;
 	struct stat a, b;
@@ -767,6 +767,61 @@ int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, siz
 	return 0;
 }
 
+/* Fabric trust (DESIGN.md "Fabric trust"): whoever can write a fabric can
+ * read and steer every connection in it, so the file we opened (fstat of
+ * the fd: no window between the check and the use) must be
+ *   - owned by root or by our effective user,
+ *   - give others no permission at all,
+ *   - give its group permissions only when that group is the configured
+ *     one (FASTIVC_FABRIC_GROUP: g->has_gid) or one of our own groups
+ *     (effective or supplementary): the users of such a group share
+ *     their connections with each other by choice.
+ * A symlink never gets here (O_NOFOLLOW).  0 or -EPERM with a message
+ * naming the fix. */
+static int check_trust(int fd, const char *path, const struct fivc_geometry *g, char *err,
+		       size_t errlen)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
+		seterr(err, errlen, "fstat(%s): %s", path, strerror(e));
+		return -e;
+	}
+	uid_t me = geteuid();
+	mode_t mode = st.st_mode & 07777;
+	if (st.st_uid != 0 && st.st_uid != me) {
+		seterr(err, errlen,
+		       "fabric %s is refused: it is owned by uid %u, neither root nor us (uid %u), "
+		       "and its owner could read and steer our connections; remove it (as root or "
+		       "its owner) or set FASTIVC_FABRIC to a path of our own",
+		       path, (unsigned)st.st_uid, (unsigned)me);
+		return -EPERM;
+	}
+	if (mode & 0007) {
+		seterr(err, errlen,
+		       "fabric %s is refused: mode %04o lets every user at it; chmod o-rwx %s "
+		       "(share it with a group: chmod 0660 and FASTIVC_FABRIC_GROUP)",
+		       path, (unsigned)mode, path);
+		return -EPERM;
+	}
+	if (mode & 0070) {
+		int ok = st.st_gid == getegid() || (g && g->has_gid && st.st_gid == g->gid);
+		gid_t groups[256];
+		int n = ok ? 0 : getgroups(256, groups);
+		for (int i = 0; i < n && !ok; i++)
+			ok = groups[i] == st.st_gid;
+		if (!ok) {
+			seterr(err, errlen,
+			       "fabric %s is refused: mode %04o gives group %u, which is neither "
+			       "FASTIVC_FABRIC_GROUP nor one of ours, access to it; chmod g-rwx %s, or "
+			       "set FASTIVC_FABRIC_GROUP=%u to share connections with that group",
+			       path, (unsigned)mode, (unsigned)st.st_gid, path, (unsigned)st.st_gid);
+			return -EPERM;
+		}
+	}
+	return 0;
+}
+
 int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		     struct fivc_fabric *f, char *err, size_t errlen)
 {
@@ -778,9 +833,16 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 	}
 	int fd = -1;
 	for (int attempt = 0; attempt < 3 && fd < 0; attempt++) {
-		fd = open(path, O_RDWR | O_CLOEXEC);
+		fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 		if (fd >= 0)
 			break;
+		if (errno == ELOOP) {
+			seterr(err, errlen,
+			       "fabric %s is refused: it is a symbolic link (whoever placed it "
+			       "chooses the file); remove it, or set FASTIVC_FABRIC to the file itself",
+			       path);
+			return -ELOOP;
+		}
 		if (errno != ENOENT) {
 			int e = errno;
 			seterr(err, errlen, "cannot open fabric %s: %s", path, strerror(e));
@@ -794,7 +856,9 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		seterr(err, errlen, "cannot open fabric %s: it keeps disappearing", path);
 		return -ENOENT;
 	}
-	int r = map_fd(f, fd, path, err, errlen);
+	int r = check_trust(fd, path, g, err, errlen);
+	if (r == 0)
+		r = map_fd(f, fd, path, err, errlen);
 	if (r < 0)
 		goto fail;
 	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t)); /* NULL: guests never judged */
