@@ -770,7 +770,10 @@ int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, siz
 /* Fabric trust (DESIGN.md "Fabric trust"): whoever can write a fabric can
  * read and steer every connection in it, so the file we opened (fstat of
  * the fd: no window between the check and the use) must be
- *   - owned by root or by our effective user,
+ *   - owned by root or by our effective user, or else have the configured
+ *     group (FASTIVC_FABRIC_GROUP): only root or a member can give a file
+ *     its group, and that group's members are our declared trust domain
+ *     (a postgres server that creates the fabric for a root client),
  *   - give others no permission at all,
  *   - give its group permissions only when that group is the configured
  *     one (FASTIVC_FABRIC_GROUP: g->has_gid) or one of our own groups
@@ -789,12 +792,15 @@ static int check_trust(int fd, const char *path, const struct fivc_geometry *g, 
 	}
 	uid_t me = geteuid();
 	mode_t mode = st.st_mode & 07777;
-	if (st.st_uid != 0 && st.st_uid != me) {
+	int group_cfg = g && g->has_gid && st.st_gid == g->gid;
+	if (st.st_uid != 0 && st.st_uid != me && !group_cfg) {
 		seterr(err, errlen,
 		       "fabric %s is refused: it is owned by uid %u, neither root nor us (uid %u), "
 		       "and its owner could read and steer our connections; remove it (as root or "
-		       "its owner) or set FASTIVC_FABRIC to a path of our own",
-		       path, (unsigned)st.st_uid, (unsigned)me);
+		       "its owner), set FASTIVC_FABRIC to a path of our own, or, to share it with "
+		       "its group %u on purpose, FASTIVC_FABRIC_GROUP=%u",
+		       path, (unsigned)st.st_uid, (unsigned)me, (unsigned)st.st_gid,
+		       (unsigned)st.st_gid);
 		return -EPERM;
 	}
 	if (mode & 0007) {
@@ -805,7 +811,7 @@ static int check_trust(int fd, const char *path, const struct fivc_geometry *g, 
 		return -EPERM;
 	}
 	if (mode & 0070) {
-		int ok = st.st_gid == getegid() || (g && g->has_gid && st.st_gid == g->gid);
+		int ok = group_cfg || st.st_gid == getegid();
 		gid_t groups[256];
 		int n = ok ? 0 : getgroups(256, groups);
 		for (int i = 0; i < n && !ok; i++)
@@ -856,7 +862,7 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		seterr(err, errlen, "cannot open fabric %s: it keeps disappearing", path);
 		return -ENOENT;
 	}
-	int r = check_trust(fd, path, g, err, errlen);
+	int r = g && g->any_owner ? 0 : check_trust(fd, path, g, err, errlen);
 	if (r == 0)
 		r = map_fd(f, fd, path, err, errlen);
 	if (r < 0)

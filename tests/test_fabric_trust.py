@@ -149,3 +149,21 @@ def test_a_correct_fabric_still_accelerates(shm_path):
     assert_accelerated(shm_path)
     fab = doctor_fabric(shm_path)
     assert fab["status"] == "OK", fab
+
+
+def test_another_users_fabric_is_trusted_only_through_the_configured_group(root, shm_path):
+    """A server running as postgres may create the fabric (0660, group
+    postgres) that a root client uses: both are started with
+    --fabric-group, which declares that group the trust domain."""
+    try:
+        gid = grp.getgrnam("daemon").gr_gid
+    except KeyError:
+        pytest.skip("no group daemon")
+    uid, _ = _nobody()
+    mkfabric(shm_path)
+    os.chown(shm_path, uid, gid)
+    os.chmod(shm_path, 0o660)
+    assert_refused_and_plain(shm_path, f"owned by uid {uid}")
+    assert f"FASTIVC_FABRIC_GROUP={gid}" in doctor_fabric(shm_path)["fix"]
+    assert_accelerated(shm_path, FASTIVC_FABRIC_GROUP="daemon")
+    assert doctor_fabric(shm_path, FASTIVC_FABRIC_GROUP=str(gid))["status"] == "OK"

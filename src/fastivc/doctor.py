@@ -170,19 +170,21 @@ def trust_problem(path: str, s: os.stat_result) -> tuple[str, str] | None:
                 "chooses the file)",
                 f"rm {path}, or point FASTIVC_FABRIC at the file itself")
     mode = st.S_IMODE(s.st_mode)
-    if s.st_uid not in (0, os.geteuid()):
+    group_cfg = s.st_gid == _configured_gid()
+    if s.st_uid not in (0, os.geteuid()) and not group_cfg:
         return (f"fabric {path} is refused: it is owned by uid {s.st_uid}, neither root nor "
                 f"{_user()}, and its owner could read and steer every connection "
                 f"in it ({_owner(s)})",
                 f"remove it as root or its owner (rm {path}), or give each user a fabric of "
-                "its own via FASTIVC_FABRIC")
+                "its own via FASTIVC_FABRIC (to share it with its group on purpose: "
+                f"FASTIVC_FABRIC_GROUP={s.st_gid})")
     if mode & 0o007:
         return (f"fabric {path} is refused: mode {mode:04o} lets every user at it "
                 f"({_owner(s)})",
                 f"chmod o-rwx {path} (to share it with a group: chgrp GROUP {path} && "
                 f"chmod 0660 {path}, and FASTIVC_FABRIC_GROUP=GROUP)")
-    if mode & 0o070 and s.st_gid != os.getegid() and s.st_gid not in os.getgroups() \
-            and s.st_gid != _configured_gid():
+    if mode & 0o070 and not group_cfg and s.st_gid != os.getegid() \
+            and s.st_gid not in os.getgroups():
         return (f"fabric {path} is refused: mode {mode:04o} gives group {s.st_gid}, which is "
                 f"neither FASTIVC_FABRIC_GROUP nor one of {_user()}'s groups, access to it "
                 f"({_owner(s)})",

@@ -22,6 +22,11 @@ struct fivc_geometry {
 	 * creator's group.  Servers that drop privileges (nginx workers,
 	 * PostgreSQL) need a group they share with their peers. */
 	uint32_t mode, has_gid, gid;
+	/* Not layout either: 1 opens an existing fabric whatever its owner and
+	 * mode (fabric.c check_trust), for gc, which puts no connection
+	 * through it.  has_gid/gid also name the group the trust rule
+	 * accepts (FASTIVC_FABRIC_GROUP). */
+	uint32_t any_owner;
 };
 
 /* Defaults when the caller leaves a field zero.  A whole host: 65,536
