@@ -416,7 +416,10 @@ int fivc_chan_tx_idle(struct fivc_chan *c)
 	return 0;
 }
 
-/* Is the peer still there?  Only asked after a sleep timed out. */
+/* Is the peer still there?  Asked by a waiter once per FIVC_LIVENESS_MS of
+ * sleep, never on the busy path.  (A peer side that was reclaimed has its
+ * rings marked closed, so "not adopted yet" for a client is not a way to
+ * miss its death: ready_read/ready_write see the flags.) */
 static int peer_alive(struct fivc_chan *c)
 {
 	uint64_t w = fivc_load_acquire(&c->slot->lease);
@@ -424,7 +427,20 @@ static int peer_alive(struct fivc_chan *c)
 		return 0;
 	if (!FIVC_LEASE_SIDE(w, 1 - c->side))
 		return c->side == FIVC_SIDE_CLIENT ? 1 : 0; /* not adopted yet */
-	return fivc_slot_side_alive(c->f, c->idx, c->gen, 1 - c->side);
+	return fivc_slot_side_alive_recent(c->f, c->idx, c->gen, 1 - c->side,
+					   FIVC_LIVENESS_MS * 1000000ull / 2);
+}
+
+int fivc_chan_peer_check(struct fivc_chan *c)
+{
+	if (!c->f || is_broken(c) || fivc_load_relaxed(&c->peer_gone))
+		return 1;
+	if (peer_alive(c))
+		return 0;
+	/* As a reset would: what the peer wrote is still read, then
+	 * ECONNRESET; a write gets ECONNRESET (ready_read, ready_write). */
+	fivc_store_relaxed(&c->peer_gone, 2);
+	return 1;
 }
 
 /* Spin for spin_ns, then sleep on the doorbell until ready.  0 = ready
@@ -461,6 +477,7 @@ static int wait_ready(struct fivc_chan *c, int writing)
 	}
 	uint32_t *word = writing ? &c->tx->prod_wake : &c->rx->cons_wake;
 	uint64_t limit = writing ? c->wr_timeout_ns : c->rd_timeout_ns;
+	uint64_t checked = start;
 	for (;;) {
 		uint32_t tmo = FIVC_LIVENESS_MS;
 		if (limit) {
@@ -485,11 +502,24 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		(*(writing ? &c->tx_sleeps : &c->rx_sleeps))++;
 		if (w == -EINTR)
 			return -EINTR;
-		if (w == -ETIMEDOUT && !peer_alive(c)) {
-			r = writing ? ready_write(c) : ready_read(c, &eof);
-			if (r)
-				return r < 0 ? r : 0;
-			return broken(c);
+		/* Whatever woke us (a timeout, a doorbell, a 1 ms nap of a
+		 * doorbell that cannot watch TCP yet), the peer's liveness is
+		 * asked once per FIVC_LIVENESS_MS: no wait may rest on a FIN,
+		 * which a guest or a process sharing the socket after fork
+		 * never sends (regression, issue 13: a server that had not
+		 * read yet napped forever on a full ring after its reader's
+		 * kill -9, its doorbell never reporting a timeout). */
+		uint64_t now = fivc_now_ns(CLOCK_MONOTONIC);
+		/* (-ETIMEDOUT: a slice ended, or the doorbell saw FIN/RST) */
+		if (w == -ETIMEDOUT || fivc_load_relaxed(&c->peer_gone) ||
+		    now - checked >= FIVC_LIVENESS_MS * 1000000ull) {
+			checked = now;
+			if (fivc_chan_peer_check(c)) {
+				r = writing ? ready_write(c) : ready_read(c, &eof);
+				if (r)
+					return r < 0 ? r : 0;
+				return broken(c);
+			}
 		}
 	}
 }

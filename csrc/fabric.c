@@ -307,6 +307,27 @@ static int dead_by_lock(struct fivc_fabric *f, uint32_t m1, void *arg)
 	return m1 != 0 && !fivc_member_alive(f, m1);
 }
 
+/* The same question for a waiter that asks again every few hundred ms
+ * (channel.c, poll, epoll): a member seen alive less than *arg ns ago is
+ * not asked about again, so that one sweep over many connections to one
+ * peer costs one lock test, not one per connection.  Only "alive" is
+ * remembered: a death is seen at the next look after the age. */
+static int dead_recent(struct fivc_fabric *f, uint32_t m1, void *arg)
+{
+	if (m1 == 0)
+		return 0;
+	if (!f->alive_ns || m1 > f->g.nmembers)
+		return !fivc_member_alive(f, m1);
+	uint64_t now = fivc_now_ns(CLOCK_MONOTONIC), *at = &f->alive_ns[m1 - 1];
+	uint64_t seen = fivc_load_relaxed(at);
+	if (seen && now - seen < *(uint64_t *)arg)
+		return 0;
+	if (!fivc_member_alive(f, m1))
+		return 1;
+	fivc_store_relaxed(at, now);
+	return 0;
+}
+
 static int dead_exact(struct fivc_fabric *f, uint32_t m1, void *arg)
 {
 	(void)f;
@@ -318,7 +339,12 @@ static int dead_exact(struct fivc_fabric *f, uint32_t m1, void *arg)
 static int side_live(struct fivc_fabric *f, struct fivc_slot *s, int side, uint32_t lease_m,
 		     dead_fn is_dead, void *arg, int clear)
 {
-	int live = fivc_load_acquire(&s->holders[side]) != 0, seen = 0;
+	/* holders[] is a count anyone in the fabric can write: one larger than
+	 * the member table (no more processes can hold a side without an
+	 * entry than can join, give or take a few without an id) is garbage
+	 * and counts for nothing, so it cannot keep a dead side alive. */
+	uint32_t count = fivc_load_acquire(&s->holders[side]);
+	int live = count != 0 && count <= f->g.nmembers, seen = 0;
 	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
 		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
 		if (!id)
@@ -501,7 +527,7 @@ int fivc_member_prepare(struct fivc_fabric *f, int *fd, uint32_t *member1)
 	}
 	if (f->fd < 0 || !f->self)
 		return -EINVAL;
-	int nfd = open(f->path, O_RDWR | O_CLOEXEC);
+	int nfd = open(f->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (nfd < 0)
 		return -errno;
 	struct stat a, b;
@@ -752,7 +778,69 @@ int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, siz
 	f->guest = 1;
 	snprintf(f->path, sizeof(f->path), "%s", spec);
 	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t));
+	f->alive_ns = calloc(f->g.nmembers, sizeof(uint64_t));
 	f->self = member_join_guest(f);
+	return 0;
+}
+
+/* Fabric trust (DESIGN.md "Fabric trust"): whoever can write a fabric can
+ * read and steer every connection in it, so the file we opened (fstat of
+ * the fd: no window between the check and the use) must be
+ *   - owned by root or by our effective user, or else have the configured
+ *     group (FASTIVC_FABRIC_GROUP): only root or a member can give a file
+ *     its group, and that group's members are our declared trust domain
+ *     (a postgres server that creates the fabric for a root client),
+ *   - give others no permission at all,
+ *   - give its group permissions only when that group is the configured
+ *     one (FASTIVC_FABRIC_GROUP: g->has_gid) or one of our own groups
+ *     (effective or supplementary): the users of such a group share
+ *     their connections with each other by choice.
+ * A symlink never gets here (O_NOFOLLOW).  0 or -EPERM with a message
+ * naming the fix. */
+static int check_trust(int fd, const char *path, const struct fivc_geometry *g, char *err,
+		       size_t errlen)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
+		seterr(err, errlen, "fstat(%s): %s", path, strerror(e));
+		return -e;
+	}
+	uid_t me = geteuid();
+	mode_t mode = st.st_mode & 07777;
+	int group_cfg = g && g->has_gid && st.st_gid == g->gid;
+	if (st.st_uid != 0 && st.st_uid != me && !group_cfg) {
+		seterr(err, errlen,
+		       "fabric %s is refused: it is owned by uid %u, neither root nor us (uid %u), "
+		       "and its owner could read and steer our connections; remove it (as root or "
+		       "its owner), set FASTIVC_FABRIC to a path of our own, or, to share it with "
+		       "its group %u on purpose, FASTIVC_FABRIC_GROUP=%u",
+		       path, (unsigned)st.st_uid, (unsigned)me, (unsigned)st.st_gid,
+		       (unsigned)st.st_gid);
+		return -EPERM;
+	}
+	if (mode & 0007) {
+		seterr(err, errlen,
+		       "fabric %s is refused: mode %04o lets every user at it; chmod o-rwx %s "
+		       "(share it with a group: chmod 0660 and FASTIVC_FABRIC_GROUP)",
+		       path, (unsigned)mode, path);
+		return -EPERM;
+	}
+	if (mode & 0070) {
+		int ok = group_cfg || st.st_gid == getegid();
+		gid_t groups[256];
+		int n = ok ? 0 : getgroups(256, groups);
+		for (int i = 0; i < n && !ok; i++)
+			ok = groups[i] == st.st_gid;
+		if (!ok) {
+			seterr(err, errlen,
+			       "fabric %s is refused: mode %04o gives group %u, which is neither "
+			       "FASTIVC_FABRIC_GROUP nor one of ours, access to it; chmod g-rwx %s, or "
+			       "set FASTIVC_FABRIC_GROUP=%u to share connections with that group",
+			       path, (unsigned)mode, (unsigned)st.st_gid, path, (unsigned)st.st_gid);
+			return -EPERM;
+		}
+	}
 	return 0;
 }
 
@@ -767,9 +855,16 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 	}
 	int fd = -1;
 	for (int attempt = 0; attempt < 3 && fd < 0; attempt++) {
-		fd = open(path, O_RDWR | O_CLOEXEC);
+		fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 		if (fd >= 0)
 			break;
+		if (errno == ELOOP) {
+			seterr(err, errlen,
+			       "fabric %s is refused: it is a symbolic link (whoever placed it "
+			       "chooses the file); remove it, or set FASTIVC_FABRIC to the file itself",
+			       path);
+			return -ELOOP;
+		}
 		if (errno != ENOENT) {
 			int e = errno;
 			seterr(err, errlen, "cannot open fabric %s: %s", path, strerror(e));
@@ -783,10 +878,13 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		seterr(err, errlen, "cannot open fabric %s: it keeps disappearing", path);
 		return -ENOENT;
 	}
-	int r = map_fd(f, fd, path, err, errlen);
+	int r = g && g->any_owner ? 0 : check_trust(fd, path, g, err, errlen);
+	if (r == 0)
+		r = map_fd(f, fd, path, err, errlen);
 	if (r < 0)
 		goto fail;
 	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t)); /* NULL: guests never judged */
+	f->alive_ns = calloc(f->g.nmembers, sizeof(uint64_t)); /* NULL: no cache */
 	member_join(f);
 	return 0;
 fail:
@@ -798,6 +896,8 @@ void fivc_fabric_close(struct fivc_fabric *f)
 {
 	free(f->hb_seen);
 	f->hb_seen = NULL;
+	free(f->alive_ns);
+	f->alive_ns = NULL;
 	if (f->guest) {
 		if (f->self)
 			fivc_store_release(&fivc_member_at(f, f->self - 1)->state, FIVC_MEMBER_FREE);
@@ -1156,6 +1256,19 @@ int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int
 	return side_live(f, s, side, m, dead_by_lock, NULL, 0);
 }
 
+int fivc_slot_side_alive_recent(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+				uint64_t max_age_ns)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1))
+		return 0;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	uint64_t w = fivc_load_acquire(&s->lease);
+	uint32_t m = FIVC_LEASE_SIDE(w, side);
+	if (FIVC_LEASE_GEN(w) != gen || !m)
+		return 0;
+	return side_live(f, s, side, m, dead_recent, &max_age_ns, 0);
+}
+
 int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t member1)
 {
 	if (slot >= f->g.nslots || (side != 0 && side != 1) || !member1)
@@ -1180,6 +1293,16 @@ int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
 	for (int k = 0; member1 && k < FIVC_SLOT_HOLDERS; k++) {
 		uint16_t id = 0;
 		if (fivc_load_relaxed(&s->holder_ids[side][k]) == 0 &&
+		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
+			return 0;
+	}
+	/* A full table: an entry whose member died (it exited without
+	 * closing) is taken over before the count is used, so that the
+	 * count, which no kernel witnesses, stays for the rare side that
+	 * really has more live holders than entries. */
+	for (int k = 0; member1 && can_witness(f) && k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
+		if (id && id != f->self && !fivc_member_alive(f, id) &&
 		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
 			return 0;
 	}

@@ -43,9 +43,16 @@ static int tcp_db_poll(struct fsock *fs, uint32_t *word, uint32_t expected,
 		return 0;
 	if (fs->state != FS_ACCEL) {
 		/* The server still has the client's pre-switch bytes on TCP: the
-		 * socket is readable for them, not for a doorbell.  Nap briefly. */
-		fivc_real.poll(NULL, 0, timeout_ms < 1 ? (int)timeout_ms : 1);
-		return 0;
+		 * socket is readable for them, not for a doorbell.  Nap briefly,
+		 * watching only for the client's FIN or RST: then -ETIMEDOUT
+		 * makes the channel ask its liveness now (a FIN alone may be a
+		 * shutdown before the switch, not a death). */
+		struct pollfd p = {.fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED),
+				   .events = POLLRDHUP};
+		int saved = errno;
+		int r = fivc_real.poll(&p, p.fd >= 0, timeout_ms < 1 ? (int)timeout_ms : 1);
+		errno = saved;
+		return r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) ? -ETIMEDOUT : 0;
 	}
 	if (fs->tcp_eof)
 		return -ETIMEDOUT; /* let the channel re-check and see peer_gone */

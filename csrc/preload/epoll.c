@@ -715,6 +715,30 @@ static int kernel_take(struct ep_set *s, struct epoll_event *ev, int max, int ti
 	return out;
 }
 
+/* A sleeping epoll_wait asks, once per FIVC_LIVENESS_MS, whether the peers
+ * of its set's rings are alive, and queues the entries of those that died:
+ * a guest or a process that shares the socket after fork sends no FIN
+ * when it dies, so the kernel would never wake us.  O(entries) per
+ * period of sleep, never per call and never on a busy set; the liveness
+ * of one peer process is asked once per sweep however many connections
+ * lead to it (fabric.c dead_recent).  Not counted as passes (I10's
+ * counters are about epoll_wait's own walks).  Nested sets are not
+ * swept (their own epoll_wait does). */
+static void sweep_dead(struct ep_set *s)
+{
+	pthread_mutex_lock(&s->lock);
+	for (struct ep_entry *e = s->all; e; e = e->anext) {
+		if (e->nested || e->disabled || e->listed)
+			continue;
+		struct fsock *fs = fivc_fs(e->fd);
+		if (fs && fs->state != FS_PLAIN && fivc_fs_uses_fabric(fs) &&
+		    !__atomic_load_n(&fs->ch.peer_gone, __ATOMIC_RELAXED) && !fs->ch.broken &&
+		    fivc_chan_peer_check(&fs->ch))
+			queue(s, e);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
 static int report(struct ep_set *s, struct epoll_event *ev, int max, int arm)
 {
 	struct pass p = {.out = ev, .max = max, .arm = arm, .report = 1};
@@ -798,6 +822,7 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 			fivc_cpu_relax();
 		}
 	}
+	uint64_t checked = start;
 	for (;;) {
 		n = report(s, events, max, 1); /* arms and drops the rest */
 		if (n)
@@ -807,12 +832,19 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 			uint64_t el = (fivc_now_ns(CLOCK_MONOTONIC) - start) / 1000000;
 			left = el >= (uint64_t)timeout_ms ? 0 : timeout_ms - (int)el;
 		}
-		int k = kernel_take(s, events, max, left, mask);
+		/* In slices: no wait rests on a FIN alone (see sweep_dead). */
+		int slice = left < 0 || left > (int)FIVC_LIVENESS_MS ? (int)FIVC_LIVENESS_MS : left;
+		int k = kernel_take(s, events, max, slice, mask);
 		if (k < 0)
 			return (int)fivc_ret(k);
 		n = k + report(s, events + k, max - k, 1);
 		if (n || left == 0)
 			return n;
+		uint64_t now = fivc_now_ns(CLOCK_MONOTONIC);
+		if (now - checked >= FIVC_LIVENESS_MS * 1000000ull) {
+			checked = now;
+			sweep_dead(s);
+		}
 	}
 }
 

@@ -58,14 +58,15 @@ static uint32_t fabric_gid;
 static char fabric_group[64];
 
 /* Octal permission bits that keep the owner's read and write (the creator
- * opens the fabric again later, e.g. after fork). */
+ * opens the fabric again later, e.g. after fork) and give others nothing
+ * (a fabric that does is refused: fabric.c check_trust). */
 static int parse_fabric_mode(const char *v, uint32_t *out)
 {
 	char *end;
 	if (!*v || strspn(v, "01234567") != strlen(v))
 		return -1;
 	unsigned long m = strtoul(v, &end, 8);
-	if (*end || m > 0777 || (m & 0600) != 0600)
+	if (*end || m > 0770 || (m & 0600) != 0600 || (m & 0007))
 		return -1;
 	*out = (uint32_t)m;
 	return 0;
@@ -77,8 +78,9 @@ static void read_fabric_perms(void)
 	const char *g = getenv("FASTIVC_FABRIC_GROUP");
 	int bad = 0;
 	if (m && *m && parse_fabric_mode(m, &fabric_mode) < 0) {
-		FIVC_INFO("FASTIVC_FABRIC_MODE=%s is not an octal mode between 0600 and 0777 "
-			  "with owner read and write; a fabric created here gets 0600", m);
+		FIVC_INFO("FASTIVC_FABRIC_MODE=%s is not an octal mode between 0600 and 0770 "
+			  "with owner read and write and nothing for others; a fabric created "
+			  "here gets 0600", m);
 		bad = 1;
 	}
 	if (g && *g) {
@@ -314,6 +316,7 @@ static void start_heartbeat(void)
  * it makes meanwhile stay plain at plain TCP's cost (issue 10). */
 #define FABRIC_RETRY_NS 1000000000ull
 static uint64_t fabric_failed_ns;
+static char fabric_err[512]; /* the last reason logged */
 
 struct fivc_fabric *fivc_fabric_get(void)
 {
@@ -340,8 +343,10 @@ struct fivc_fabric *fivc_fabric_get(void)
 				  fivc_cfg.fabric);
 			fivc_fabric_close(&fabric);
 			r = -EUSERS;
-		} else if (r < 0) {
-			FIVC_INFO("acceleration off for now: %s", err);
+		} else if (r < 0 && strcmp(err, fabric_err)) {
+			/* once per distinct reason, not once per retry */
+			FIVC_INFO("acceleration off: plain TCP: %s", err);
+			snprintf(fabric_err, sizeof(fabric_err), "%s", err);
 		}
 		fivc_guard--;
 		if (r < 0) {
@@ -399,6 +404,7 @@ void fivc_fabric_fork_child(int eager, int fd, uint32_t member1)
 		if (fabric.fd >= 0)
 			fivc_real.close(fabric.fd);
 		free(fabric.hb_seen);
+		free(fabric.alive_ns);
 		memset(&fabric, 0, sizeof(fabric));
 		fabric.fd = -1;
 		__atomic_store_n(&fabric_state, 0, __ATOMIC_RELEASE);

@@ -37,10 +37,10 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			free(auth);
 		return -ENOMEM;
 	}
-	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
+	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC), checked = start;
 	int ret;
 	for (;;) {
-		int ready = 0;
+		int ready = 0, watch = 0;
 		for (nfds_t i = 0; i < n; i++) {
 			struct fsock *fs = fivc_fs(fds[i].fd);
 			k[i] = fds[i];
@@ -57,6 +57,7 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			}
 			if (!fs || fs->state == FS_PLAIN)
 				continue;
+			watch |= fivc_fs_uses_fabric(fs);
 			short kev;
 			fds[i].revents = fivc_fs_ready(fs, fds[i].fd, fds[i].events, 1, &kev);
 			k[i].events = kev;
@@ -65,18 +66,25 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			auth[i] = fs->state == FS_ACCEL ? 0 : kev | POLLERR | POLLHUP | POLLNVAL;
 			ready += fds[i].revents != 0;
 		}
-		int64_t left = -1;
+		int64_t left = -1, sleep;
 		if (ready) {
 			left = 0;
 		} else if (timeout_ns >= 0) {
 			uint64_t el = fivc_now_ns(CLOCK_MONOTONIC) - start;
 			left = el >= (uint64_t)timeout_ns ? 0 : timeout_ns - (int64_t)el;
 		}
-		struct timespec ts = {left / 1000000000, left % 1000000000};
+		/* No wait rests on a FIN alone (a guest, or a process sharing
+		 * the socket after fork, sends none when it dies): with a ring
+		 * in the set we sleep in slices and ask the peers' liveness
+		 * once per FIVC_LIVENESS_MS (below). */
+		sleep = left;
+		if (watch && (left < 0 || left > (int64_t)FIVC_LIVENESS_MS * 1000000))
+			sleep = (int64_t)FIVC_LIVENESS_MS * 1000000;
+		struct timespec ts = {sleep / 1000000000, sleep % 1000000000};
 		/* Nothing is disarmed after the wait: the peer clears a flag when
 		 * it rings (channel.c), and a flag cleared here could be another
 		 * waiter's (an epoll set, another thread) just armed. */
-		int r = fivc_real.ppoll(k, n, left < 0 ? NULL : &ts, mask);
+		int r = fivc_real.ppoll(k, n, sleep < 0 ? NULL : &ts, mask);
 		int e = errno;
 		if (r < 0) {
 			ret = -e;
@@ -108,6 +116,16 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 		if (count || left == 0) {
 			ret = count;
 			break;
+		}
+		uint64_t now = fivc_now_ns(CLOCK_MONOTONIC);
+		if (watch && now - checked >= FIVC_LIVENESS_MS * 1000000ull) {
+			/* a peer found dead is marked reset: the next look reports it */
+			checked = now;
+			for (nfds_t i = 0; i < n; i++) {
+				struct fsock *fs = fivc_fs(fds[i].fd);
+				if (fs && fs->state != FS_PLAIN && fivc_fs_uses_fabric(fs))
+					fivc_chan_peer_check(&fs->ch);
+			}
 		}
 	}
 	if (k != stackbuf)

@@ -23,7 +23,9 @@ int main(int argc, char **argv)
 	}
 	struct fivc_fabric f;
 	char err[512];
-	int r = fivc_fabric_open(argv[1], NULL, &f, err, sizeof(err));
+	/* gc puts no connection through the fabric: whoever owns it, clean it */
+	struct fivc_geometry g = {.any_owner = 1};
+	int r = fivc_fabric_open(argv[1], &g, &f, err, sizeof(err));
 	if (r < 0) {
 		fprintf(stderr, "%s\n", err);
 		return 2;

@@ -150,18 +150,64 @@ def check_preload(path: str) -> Check:
                  f"{_user()}")
 
 
+def _configured_gid() -> int | None:
+    g = os.environ.get("FASTIVC_FABRIC_GROUP") or ""
+    if not g:
+        return None
+    try:
+        from .run import resolve_fabric_group
+        return resolve_fabric_group(g)
+    except ValueError:
+        return None
+
+
+def trust_problem(path: str, s: os.stat_result) -> tuple[str, str] | None:
+    """The library's rule (DESIGN.md "Fabric trust", fabric.c check_trust)
+    for an existing fabric: (what is wrong, the fix), or None when it would
+    be trusted.  s: lstat of path."""
+    if st.S_ISLNK(s.st_mode):
+        return (f"fabric {path} is refused: it is a symbolic link (whoever placed it "
+                "chooses the file)",
+                f"rm {path}, or point FASTIVC_FABRIC at the file itself")
+    mode = st.S_IMODE(s.st_mode)
+    group_cfg = s.st_gid == _configured_gid()
+    if s.st_uid not in (0, os.geteuid()) and not group_cfg:
+        return (f"fabric {path} is refused: it is owned by uid {s.st_uid}, neither root nor "
+                f"{_user()}, and its owner could read and steer every connection "
+                f"in it ({_owner(s)})",
+                f"remove it as root or its owner (rm {path}), or give each user a fabric of "
+                "its own via FASTIVC_FABRIC (to share it with its group on purpose: "
+                f"FASTIVC_FABRIC_GROUP={s.st_gid})")
+    if mode & 0o007:
+        return (f"fabric {path} is refused: mode {mode:04o} lets every user at it "
+                f"({_owner(s)})",
+                f"chmod o-rwx {path} (to share it with a group: chgrp GROUP {path} && "
+                f"chmod 0660 {path}, and FASTIVC_FABRIC_GROUP=GROUP)")
+    if mode & 0o070 and not group_cfg and s.st_gid != os.getegid() \
+            and s.st_gid not in os.getgroups():
+        return (f"fabric {path} is refused: mode {mode:04o} gives group {s.st_gid}, which is "
+                f"neither FASTIVC_FABRIC_GROUP nor one of {_user()}'s groups, access to it "
+                f"({_owner(s)})",
+                f"chmod g-rwx {path}, or set FASTIVC_FABRIC_GROUP={s.st_gid} to share "
+                "connections with that group")
+    return None
+
+
 def check_fabric(path: str) -> Check:
     """The fabric file exists and is a valid fabric we can open read-write,
     or it does not exist and we can create it in its directory."""
     env_hint = "FASTIVC_FABRIC or --fabric"
     try:
-        s = os.stat(path)
+        s = os.lstat(path)
     except FileNotFoundError:
         s = None
     except OSError as e:
         return Check("fabric", FAIL, f"stat({path}): {e.strerror}",
                      f"point {env_hint} at a path on a tmpfs such as /dev/shm/fastivc")
     if s is not None:
+        if st.S_ISLNK(s.st_mode):
+            what, fix = trust_problem(path, s)
+            return Check("fabric", FAIL, what, fix)
         if not st.S_ISREG(s.st_mode):
             return Check("fabric", FAIL, f"{path} exists but is not a regular file",
                          f"remove it, or point {env_hint} elsewhere")
@@ -182,6 +228,9 @@ def check_fabric(path: str) -> Check:
             return Check("fabric", FAIL, str(e),
                          f"if no program uses it, remove it (rm {path}); the next accelerated "
                          "connection creates a fresh one")
+        trust = trust_problem(path, s)
+        if trust:
+            return Check("fabric", FAIL, trust[0] + "; programs stay on plain TCP", trust[1])
         return Check("fabric", OK, f"{path} is a valid fabric (layout {h.layout_version}, "
                      f"{h.nslots} slots, rings of {h.small_ring // 1024} to "
                      f"{h.ring_size // 1024} KiB, {nconn} connections, "

@@ -41,7 +41,7 @@ def build_env(base: Mapping[str, str], fabric: str | None = None, spin_us: int |
 
 def parse_fabric_mode(text: str) -> int:
     """The octal mode of --fabric-mode (e.g. "0660"); ValueError unless it is
-    at most 0777 and keeps the owner's read and write."""
+    at most 0777, keeps the owner's read and write and gives others nothing."""
     if not text or any(c not in "01234567" for c in text):
         raise ValueError(f"--fabric-mode {text!r} is not an octal mode such as 0660")
     mode = int(text, 8)
@@ -49,6 +49,9 @@ def parse_fabric_mode(text: str) -> int:
         raise ValueError(f"--fabric-mode {text}: only permission bits (at most 0777)")
     if mode & 0o600 != 0o600:
         raise ValueError(f"--fabric-mode {text}: the owner needs read and write (0600)")
+    if mode & 0o007:
+        raise ValueError(f"--fabric-mode {text}: others must get nothing (a fabric other "
+                         "users can open is refused); share it with a group: 0660")
     return mode
 
 

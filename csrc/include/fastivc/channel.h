@@ -25,7 +25,8 @@ extern const struct fivc_doorbell fivc_doorbell_futex;
 /* Spin adaptation: how far the budget shrinks, how often a full spin probes. */
 #define FIVC_SPIN_MAX_SHIFT 8
 #define FIVC_SPIN_PROBE 64
-/* How long a sleeping side waits before it checks the peer is alive. */
+/* How long a sleeping side waits before it checks the peer is alive
+ * (every wait: read, write, poll, select, epoll; DESIGN.md I5). */
 #define FIVC_LIVENESS_MS 100u
 
 /* Where one ring's bytes are, as one side sees it (layout.h: byte p is in
@@ -109,6 +110,11 @@ int fivc_chan_arm(struct fivc_chan *c, int rd, int wr);
 void fivc_chan_disarm(struct fivc_chan *c);
 /* Arm without looking: for edge-triggered waiters, woken by the next change. */
 void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr);
+/* For waiters outside the channel (poll, epoll), once per FIVC_LIVENESS_MS
+ * of sleep: 1 when the peer is gone (found dead now: then it is marked as
+ * reset, so readiness reports it and I/O drains, then fails), 0 while it
+ * lives. */
+int fivc_chan_peer_check(struct fivc_chan *c);
 /* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
 int fivc_chan_shutdown(struct fivc_chan *c, int how);
 /* Shut down both directions and give up our side of the slot. */

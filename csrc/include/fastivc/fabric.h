@@ -22,6 +22,11 @@ struct fivc_geometry {
 	 * creator's group.  Servers that drop privileges (nginx workers,
 	 * PostgreSQL) need a group they share with their peers. */
 	uint32_t mode, has_gid, gid;
+	/* Not layout either: 1 opens an existing fabric whatever its owner and
+	 * mode (fabric.c check_trust), for gc, which puts no connection
+	 * through it.  has_gid/gid also name the group the trust rule
+	 * accepts (FASTIVC_FABRIC_GROUP). */
+	uint32_t any_owner;
 };
 
 /* Defaults when the caller leaves a field zero.  A whole host: 65,536
@@ -56,6 +61,7 @@ struct fivc_fabric {
 	uint32_t self;      /* our member index + 1; 0 = not joined */
 	int guest;          /* mapped through an ivshmem BAR: we are a GUEST member */
 	uint64_t *hb_seen;  /* per member: last heartbeat seen, and when (private) */
+	uint64_t *alive_ns; /* per member: when last seen alive (private; NULL: none) */
 	/* private allocation hints: where the last free slot / pool buffer was */
 	uint32_t slot_hint, pool_hint[FIVC_POOL_CLASSES];
 	uint64_t full_gc_ns; /* the last reclaim pass a full fabric ran */
@@ -136,6 +142,10 @@ int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen);
 int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t member1);
 /* Whether some process still holds `side` of the slot (read-only). */
 int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);
+/* The same for a waiter that asks again and again (every FIVC_LIVENESS_MS):
+ * a member seen alive less than max_age_ns ago is not asked about again. */
+int fivc_slot_side_alive_recent(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+				uint64_t max_age_ns);
 /* Processes holding a side (fork).  hold: the process with member id
  * member1 holds `side` too (called by a holder, before the new process can
  * run); 0, or 1 when it is counted without an entry (member1 0, or the
