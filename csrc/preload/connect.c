@@ -404,7 +404,7 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 		return NULL;
 	if (!fivc_listener_match(fab, t.daddr, dport, is_loopback(t.daddr), netns_id())) {
 		/* nobody accelerated listens there: plain, at plain TCP's cost */
-		FIVC_DEBUG("fd %d: no accelerated listener on port %u: plain", fd, dport);
+		FIVC_DEBUG("fd %d: no accelerated listener on port %u: plain TCP", fd, dport);
 		return NULL;
 	}
 	if (getsockname(fd, (struct sockaddr *)&src, &sl) < 0)
