@@ -1153,8 +1153,22 @@ int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t m
 	return 0;
 }
 
+/* Whether member1 lives, asked of the kernel once per id and memo. */
+static int memo_alive(struct fivc_fabric *f, struct fivc_alive_memo *m, uint16_t id)
+{
+	for (int i = 0; i < m->n; i++)
+		if (m->id[i] == id)
+			return m->alive[i];
+	int a = fivc_member_alive(f, id);
+	if (m->n < (int)(sizeof(m->id) / sizeof(m->id[0]))) {
+		m->id[m->n] = id;
+		m->alive[m->n++] = (uint8_t)a;
+	}
+	return a;
+}
+
 int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
-		   uint32_t member1)
+		   uint32_t member1, struct fivc_alive_memo *memo)
 {
 	if (slot >= f->g.nslots || (side != 0 && side != 1) || member1 > f->g.nmembers)
 		return -EINVAL;
@@ -1164,6 +1178,14 @@ int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
 	for (int k = 0; member1 && k < FIVC_SLOT_HOLDERS; k++) {
 		uint16_t id = 0;
 		if (fivc_load_relaxed(&s->holder_ids[side][k]) == 0 &&
+		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
+			return 0;
+	}
+	/* Full: an entry whose member died (earlier children that exited
+	 * without closing) is ours to take over. */
+	for (int k = 0; member1 && memo && k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = fivc_load_relaxed(&s->holder_ids[side][k]);
+		if (id && id != member1 && !memo_alive(f, memo, id) &&
 		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
 			return 0;
 	}
@@ -1201,6 +1223,33 @@ int fivc_slot_unhold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int sid
 		if (fivc_load_acquire(&s->holder_ids[side][k]))
 			return 0;
 	return 1;
+}
+
+int fivc_slot_sole_holder(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1) || !f->self)
+		return -EINVAL;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	if (FIVC_LEASE_GEN(fivc_load_acquire(&s->lease)) != gen)
+		return -ESTALE;
+	if (fivc_load_acquire(&s->holders[side]))
+		return 0;
+	int self = 0;
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
+		if (!id)
+			continue;
+		if (id == f->self) {
+			self = 1;
+			continue;
+		}
+		if (fivc_member_alive(f, id))
+			return 0;
+		/* Dead (its lock went with its last fd): a live holder may drop
+		 * the entry, as the id's next owner would when it joins. */
+		fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)0);
+	}
+	return self;
 }
 
 /* ---- offers ---- */
