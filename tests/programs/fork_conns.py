@@ -43,7 +43,7 @@ def stats() -> dict | None:
         return None
     out = (ctypes.c_uint64 * 4)()
     fn(out)
-    return dict(zip(("held", "shared", "unshared", "forks"), map(int, out)))
+    return dict(zip(("held", "shared", "unshared", "forks"), map(int, out), strict=True))
 
 
 def recv_exact(s: socket.socket, n: int) -> bytes:
@@ -88,7 +88,9 @@ def settle(conns: list, seed: int) -> dict:
     (a shared side looks whether it is alone at most every 10 ms), or for
     about a second; how many rounds that took."""
     rnd = random.Random(seed)
-    for rounds in range(1, 40):
+    rounds = 0
+    while rounds < 40:
+        rounds += 1
         exchange_all(conns, rnd)
         st = stats()
         if not st or not st["shared"]:
@@ -233,7 +235,7 @@ def mode_prefork(count: int) -> dict:
     lst.close()
     rnd = random.Random(6)
     held = []
-    for i in range(count):
+    for _ in range(count):
         c = socket.create_connection(("127.0.0.1", port))
         data = rnd.randbytes(rnd.randint(1, 20000))
         c.sendall(len(data).to_bytes(4, "big") + data)
