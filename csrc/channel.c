@@ -390,7 +390,7 @@ static int tx_grow(struct fivc_chan *c, uint64_t need)
 
 int fivc_chan_tx_idle(struct fivc_chan *c)
 {
-	if (!c->f || fivc_load_relaxed(&c->shared))
+	if (!c->f || (fivc_load_relaxed(&c->shared) & FIVC_SHARED_WR))
 		return c->f ? fivc_chan_tx_grown(c) : 0;
 	if (ready_write(c) < 0 && !c->txv.prev_held)
 		return 0; /* the slot's release gives its buffers back */
@@ -535,16 +535,25 @@ int fivc_chan_peer_closed(struct fivc_chan *c)
 	       (fivc_load_acquire(&c->rx->wr_closed) && fivc_load_acquire(&c->tx->rd_closed));
 }
 
-/* Shared: readiness from the ring's own indices (no lock: only a hint). */
+/* Shared: readiness from the ring's own indices (no lock: only a hint).
+ * By CAS, so that an index our own reader or writer moved meanwhile (it
+ * may just have taken its direction back to the lock-free path) never goes
+ * back. */
 static void refresh(struct fivc_chan *c)
 {
-	if (!fivc_load_relaxed(&c->shared))
+	unsigned sh = fivc_load_relaxed(&c->shared);
+	if (!sh)
 		return;
-	uint64_t h = fivc_load_acquire(&c->rx->head), t = fivc_load_acquire(&c->tx->tail);
-	if (h - c->rx_head <= c->rxv.size + c->rxv.psize)
-		c->rx_head = h;
-	if (t - c->tx_tail <= c->txv.size + c->txv.psize)
-		c->tx_tail = t;
+	if (sh & FIVC_SHARED_RD) {
+		uint64_t h = fivc_load_acquire(&c->rx->head), mine = fivc_load_relaxed(&c->rx_head);
+		if (h - mine <= c->rxv.size + c->rxv.psize)
+			fivc_cas(&c->rx_head, &mine, h);
+	}
+	if (sh & FIVC_SHARED_WR) {
+		uint64_t t = fivc_load_acquire(&c->tx->tail), mine = fivc_load_relaxed(&c->tx_tail);
+		if (t - mine <= c->txv.size + c->txv.psize)
+			fivc_cas(&c->tx_tail, &mine, t);
+	}
 }
 
 ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof)
@@ -669,14 +678,56 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags);
 
+/* ---- back to one process (issue 10) ----
+ *
+ * A direction stays shared only while another process may use it.  Once
+ * every other holder of our side closed its copy or died, it goes back to
+ * the lock-free path.  The check reads the slot's holder table (a few
+ * words) and asks the kernel about each other entry, so it runs at most
+ * every FIVC_UNSHARE_CHECK_NS per direction, from a shared read or write
+ * that holds the direction's slot lock (our indices were just reloaded, so
+ * they are the ring's).
+ *
+ * Against a fork in another thread of ours, which enters the child in the
+ * table and then marks the side shared (preload/sock.c): we clear the mark,
+ * fence, and look at the table again; a child entered after that look
+ * marks the side after our clear.  (Both RMWs and the fence are seq_cst.) */
+static uint64_t unshared_count;
+
+uint64_t fivc_chan_unshared_count(void) { return fivc_load_relaxed(&unshared_count); }
+
+void fivc_chan_share(struct fivc_chan *c)
+{
+	__atomic_fetch_or(&c->shared, FIVC_SHARED_RD | FIVC_SHARED_WR, __ATOMIC_SEQ_CST);
+}
+
+static void maybe_unshare(struct fivc_chan *c, int wr)
+{
+	uint64_t now = fivc_now_ns(CLOCK_MONOTONIC_COARSE);
+	if (c->unshare_ns[wr] && now - c->unshare_ns[wr] < FIVC_UNSHARE_CHECK_NS)
+		return;
+	c->unshare_ns[wr] = now ? now : 1;
+	if (fivc_slot_sole_holder(c->f, c->idx, c->gen, c->side) != 1)
+		return;
+	unsigned bit = wr ? FIVC_SHARED_WR : FIVC_SHARED_RD;
+	__atomic_fetch_and(&c->shared, ~bit, __ATOMIC_SEQ_CST);
+	fivc_smp_mb(); /* SYNC POINT: pairs with fivc_slot_hold's CAS before fivc_chan_share */
+	if (fivc_slot_sole_holder(c->f, c->idx, c->gen, c->side) != 1)
+		__atomic_fetch_or(&c->shared, bit, __ATOMIC_SEQ_CST);
+	else
+		fivc_fetch_add(&unshared_count, 1);
+}
+
 static ssize_t chan_io(struct fivc_chan *c, int wr, void *buf, size_t len, int flags)
 {
-	int shared = fivc_load_relaxed(&c->shared);
+	int shared = (fivc_load_relaxed(&c->shared) & (wr ? FIVC_SHARED_WR : FIVC_SHARED_RD)) != 0;
 	ssize_t n = shared ? xlock(c, wr) : 0;
 	if (n < 0)
 		return n;
 	if (shared)
 		n = reload(c, wr);
+	if (shared && n == 0)
+		maybe_unshare(c, wr);
 	if (n == 0)
 		n = wr ? chan_write(c, buf, len, flags) : chan_read(c, buf, len, flags);
 	if (shared)

@@ -1282,8 +1282,22 @@ int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t m
 	return 0;
 }
 
+/* Whether member1 lives, asked of the kernel once per id and memo. */
+static int memo_alive(struct fivc_fabric *f, struct fivc_alive_memo *m, uint16_t id)
+{
+	for (int i = 0; i < m->n; i++)
+		if (m->id[i] == id)
+			return m->alive[i];
+	int a = fivc_member_alive(f, id);
+	if (m->n < (int)(sizeof(m->id) / sizeof(m->id[0]))) {
+		m->id[m->n] = id;
+		m->alive[m->n++] = (uint8_t)a;
+	}
+	return a;
+}
+
 int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
-		   uint32_t member1)
+		   uint32_t member1, struct fivc_alive_memo *memo)
 {
 	if (slot >= f->g.nslots || (side != 0 && side != 1) || member1 > f->g.nmembers)
 		return -EINVAL;
@@ -1297,12 +1311,14 @@ int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
 			return 0;
 	}
 	/* A full table: an entry whose member died (it exited without
-	 * closing) is taken over before the count is used, so that the
-	 * count, which no kernel witnesses, stays for the rare side that
-	 * really has more live holders than entries. */
-	for (int k = 0; member1 && can_witness(f) && k < FIVC_SLOT_HOLDERS; k++) {
+	 * closing; earlier fork children) is taken over before the count is
+	 * used, so that the count, which no kernel witnesses, stays for the
+	 * rare side that really has more live holders than entries.  (memo:
+	 * a pass over many slots asks about each member once.) */
+	for (int k = 0; member1 && (memo || can_witness(f)) && k < FIVC_SLOT_HOLDERS; k++) {
 		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
-		if (id && id != f->self && !fivc_member_alive(f, id) &&
+		if (id && id != member1 && id != f->self &&
+		    !(memo ? memo_alive(f, memo, id) : fivc_member_alive(f, id)) &&
 		    fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)member1))
 			return 0;
 	}
@@ -1447,6 +1463,33 @@ int fivc_listener_match(struct fivc_fabric *f, const uint8_t daddr[16], uint16_t
 		return 1;
 	}
 	return 0;
+}
+
+int fivc_slot_sole_holder(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1) || !f->self)
+		return -EINVAL;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	if (FIVC_LEASE_GEN(fivc_load_acquire(&s->lease)) != gen)
+		return -ESTALE;
+	if (fivc_load_acquire(&s->holders[side]))
+		return 0;
+	int self = 0;
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
+		if (!id)
+			continue;
+		if (id == f->self) {
+			self = 1;
+			continue;
+		}
+		if (fivc_member_alive(f, id))
+			return 0;
+		/* Dead (its lock went with its last fd): a live holder may drop
+		 * the entry, as the id's next owner would when it joins. */
+		fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)0);
+	}
+	return self;
 }
 
 /* ---- offers ---- */

@@ -32,18 +32,16 @@
 extern char **environ;
 
 /* Append one record: "fd,fd,...=" then the fields. */
-static int put_record(char *out, size_t cap, size_t *len, struct fsock *fs, int first_fd)
+static int put_record(char *out, size_t cap, size_t *len, struct fsock *fs, const int *fds,
+		      int nfds)
 {
-	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
 	size_t n = *len;
 	int any = 0;
-	for (int e = first_fd; e <= hi && e < fivc_nfds; e++) {
-		if (fivc_fs(e) != fs)
-			continue;
-		int fl = fivc_real.fcntl(e, F_GETFD);
+	for (int i = 0; i < nfds; i++) {
+		int fl = fivc_real.fcntl(fds[i], F_GETFD);
 		if (fl < 0 || (fl & FD_CLOEXEC))
 			continue;
-		int k = snprintf(out + n, cap - n, "%s%d", any ? "," : "", e);
+		int k = snprintf(out + n, cap - n, "%s%d", any ? "," : "", fds[i]);
 		if (k < 0 || (size_t)k >= cap - n)
 			return -1;
 		n += (size_t)k;
@@ -71,27 +69,39 @@ struct records {
 	int count, full;
 };
 
-static void record_one(struct fsock *fs, int fd, void *arg)
+static void record_one(struct fivc_walk_ent *e, const int *fds, struct records *r)
 {
-	struct records *r = arg;
-	if (r->full || !fivc_fs_uses_fabric(fs))
+	if (r->full || !fivc_fs_uses_fabric(e->fs))
 		return;
-	int k = put_record(r->buf, r->cap, &r->len, fs, fd);
+	int k = put_record(r->buf, r->cap, &r->len, e->fs, fds + e->first, e->nfds);
 	if (k < 0)
 		r->full = 1;
 	else
 		r->count += k;
 }
 
+/* O(connections): the records are built from the fd index. */
 char **fivc_exec_env(char *const envp[])
 {
-	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
-	struct records rs = {.cap = 256 + (size_t)(hi + 1) * 24};
-	rs.buf = malloc(rs.cap);
-	if (!rs.buf)
+	struct fivc_walk w;
+	fivc_fdlist_lock();
+	int wr = fivc_walk_take(&w);
+	fivc_fdlist_unlock();
+	if (wr < 0)
 		return NULL;
+	/* a record is at most 20 numbers of 20 digits, and one per fd */
+	struct records rs = {.cap = 256};
+	for (int k = 0; k < w.n; k++)
+		rs.cap += 448 + (size_t)w.ent[k].nfds * 12;
+	rs.buf = malloc(rs.cap);
+	if (!rs.buf) {
+		fivc_walk_free(&w);
+		return NULL;
+	}
 	rs.buf[0] = 0;
-	fivc_for_each_fsock(record_one, &rs);
+	for (int k = 0; k < w.n; k++)
+		record_one(&w.ent[k], w.fds, &rs);
+	fivc_walk_free(&w);
 	if (rs.full) {
 		FIVC_INFO("exec: too many connections to hand over; they end");
 		free(rs.buf);
@@ -216,6 +226,9 @@ static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
 		give_up(fds, "its slot is no longer ours");
 		return;
 	}
+	/* Another process may hold this side too (we were forked before the
+	 * exec): shared until the first read or write finds us alone. */
+	fivc_chan_share(&fs->ch);
 	fs->ch.wr_shut = wr_shut;
 	fs->ch.rd_shut = rd_shut;
 	fs->ch.rd_timeout_ns = rd_tmo;

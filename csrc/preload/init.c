@@ -22,7 +22,6 @@ struct fivc_config fivc_cfg;
 struct fsock **fivc_fds;
 uint8_t *fivc_kinds;
 int fivc_nfds;
-int fivc_fd_high;
 pid_t fivc_pid;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -186,6 +185,8 @@ void fivc_log(int level, const char *fmt, ...)
 	errno = saved;
 }
 
+static int *fdpos;
+
 static void fd_table_init(void)
 {
 	struct rlimit rl;
@@ -196,23 +197,86 @@ static void fd_table_init(void)
 		n = 1u << 20;
 	fivc_fds = calloc((size_t)n, sizeof(*fivc_fds));
 	fivc_kinds = calloc((size_t)n, 1);
-	if (!fivc_kinds) {
+	fdpos = calloc((size_t)n, sizeof(*fdpos));
+	if (!fivc_kinds || !fdpos) {
 		free(fivc_fds);
+		free(fivc_kinds);
+		free(fdpos);
 		fivc_fds = NULL;
+		fivc_kinds = NULL;
+		fdpos = NULL;
 	}
 	fivc_nfds = fivc_fds ? (int)n : 0;
+}
+
+/* ---- the compact index of managed fds (preload.h) ----
+ * fdlist[0, nlisted) holds every fd whose table entry is set, in no order;
+ * fdpos[fd] is its index + 1 there (0: not listed).  Changed only with
+ * fdlist_lock held, and only when an fd gains or loses its fsock, so a
+ * close of an fd the library never managed takes no lock. */
+static int *fdlist;
+static int nlisted, listcap;
+static pthread_mutex_t fdlist_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void fivc_fdlist_lock(void) { pthread_mutex_lock(&fdlist_lock); }
+void fivc_fdlist_unlock(void) { pthread_mutex_unlock(&fdlist_lock); }
+void fivc_fdlist_fork_child(void) { pthread_mutex_init(&fdlist_lock, NULL); }
+
+int fivc_fdlist_count(void) { return __atomic_load_n(&nlisted, __ATOMIC_RELAXED); }
+
+int fivc_fdlist_copy(int *out, int cap)
+{
+	int n = nlisted < cap ? nlisted : cap;
+	memcpy(out, fdlist, (size_t)n * sizeof(*out));
+	return n;
+}
+
+/* With fdlist_lock held.  A full list that cannot grow leaves fd out of
+ * the index: it is still managed, but fork and exec do not see it (as if
+ * the connection were closed-on-exec); said once in the log. */
+static void fdlist_add(int fd)
+{
+	if (nlisted == listcap) {
+		int cap = listcap ? 2 * listcap : 256;
+		int *l = realloc(fdlist, (size_t)cap * sizeof(*l));
+		if (!l) {
+			FIVC_INFO("fd %d: out of memory for the fd index; fork and exec miss it", fd);
+			return;
+		}
+		fdlist = l;
+		listcap = cap;
+	}
+	fdlist[nlisted] = fd;
+	__atomic_store_n(&nlisted, nlisted + 1, __ATOMIC_RELAXED);
+	fdpos[fd] = nlisted;
+}
+
+static void fdlist_remove(int fd)
+{
+	int i = fdpos[fd] - 1;
+	int last = fdlist[nlisted - 1];
+	fdlist[i] = last;
+	fdpos[last] = i + 1;
+	fdpos[fd] = 0;
+	__atomic_store_n(&nlisted, nlisted - 1, __ATOMIC_RELAXED);
 }
 
 void fivc_fd_set(int fd, struct fsock *fs)
 {
 	if (fd < 0 || fd >= fivc_nfds)
 		return;
+	/* The plain look first: closing an fd that was never managed (most
+	 * closes) must not take the lock.  The program does not close or
+	 * replace one fd from two threads at once, so the look is stable. */
+	if (!fs && !__atomic_load_n(&fivc_fds[fd], __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&fdlist_lock);
 	__atomic_store_n(&fivc_fds[fd], fs, __ATOMIC_RELEASE);
-	int hi = __atomic_load_n(&fivc_fd_high, __ATOMIC_RELAXED);
-	while (fs && fd > hi &&
-	       !__atomic_compare_exchange_n(&fivc_fd_high, &hi, fd, 0, __ATOMIC_RELAXED,
-					    __ATOMIC_RELAXED))
-		;
+	if (fs && !fdpos[fd])
+		fdlist_add(fd);
+	else if (!fs && fdpos[fd])
+		fdlist_remove(fd);
+	pthread_mutex_unlock(&fdlist_lock);
 }
 
 void fivc_init(void)

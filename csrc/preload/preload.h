@@ -175,7 +175,6 @@ struct fsock {
 /* fd -> fsock; NULL for every fd the library does not handle. */
 extern struct fsock **fivc_fds;
 extern int fivc_nfds;
-extern int fivc_fd_high; /* highest fd ever given an fsock */
 extern pid_t fivc_pid;     /* this process (set at init and in fork children) */
 static inline struct fsock *fivc_fs(int fd)
 {
@@ -184,6 +183,16 @@ static inline struct fsock *fivc_fs(int fd)
 	return __atomic_load_n(&fivc_fds[fd], __ATOMIC_ACQUIRE);
 }
 void fivc_fd_set(int fd, struct fsock *fs);
+/* The fds whose entry is set, kept as a compact list beside the table, so
+ * that fork, exec and the walks below cost the managed fds, never the
+ * highest fd or the size of the table (issue 10).  The lock orders changes
+ * of the list (fivc_fd_set) against walks and fork (held across it, so the
+ * child's copy is whole); copy: up to cap of them into out, lock held. */
+void fivc_fdlist_lock(void);
+void fivc_fdlist_unlock(void);
+void fivc_fdlist_fork_child(void);
+int fivc_fdlist_count(void);
+int fivc_fdlist_copy(int *out, int cap);
 
 /* What socket() made of each fd: TCP stream sockets are the only candidates.
  * 0 = unknown (made before we were loaded: ask the kernel). */
@@ -232,9 +241,23 @@ void fivc_fs_replaced(int fd);
 int fivc_fs_dup(int oldfd, int newfd);
 int fivc_fs_shutdown(struct fsock *fs, int fd, int how);
 void fivc_fs_release(struct fsock *fs);
-/* Each distinct fsock once (fds that share one, by dup, are seen together),
- * with its lowest fd. */
-void fivc_for_each_fsock(void (*fn)(struct fsock *fs, int fd, void *arg), void *arg);
+/* A snapshot of the managed connections, taken from the fd index (so in
+ * O(managed fds)): each distinct fsock once, with all of its fds (dup), in
+ * ascending order.  take: fdlist_lock held; 0 or -ENOMEM. */
+struct fivc_walk {
+	int n; /* distinct fsocks */
+	struct fivc_walk_ent {
+		struct fsock *fs;
+		int first, nfds; /* its fds: fds[first, first + nfds) */
+	} *ent;
+	int *fds;
+};
+int fivc_walk_take(struct fivc_walk *w);
+void fivc_walk_free(struct fivc_walk *w);
+/* The same as a loop: the snapshot is taken under the lock and fn runs
+ * without it (fn may close and release). */
+void fivc_for_each_fsock(void (*fn)(struct fsock *fs, const int *fds, int nfds, void *arg),
+			 void *arg);
 /* Not plain: it holds a slot side of the fabric. */
 static inline int fivc_fs_uses_fabric(const struct fsock *fs)
 {

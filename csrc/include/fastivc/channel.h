@@ -25,6 +25,11 @@ extern const struct fivc_doorbell fivc_doorbell_futex;
 /* Spin adaptation: how far the budget shrinks, how often a full spin probes. */
 #define FIVC_SPIN_MAX_SHIFT 8
 #define FIVC_SPIN_PROBE 64
+/* `shared` bits, and how often a shared direction looks whether it is ours
+ * alone again (a look asks the kernel about each other holder). */
+#define FIVC_SHARED_RD 0x1u
+#define FIVC_SHARED_WR 0x2u
+#define FIVC_UNSHARE_CHECK_NS (10u * 1000000u)
 /* How long a sleeping side waits before it checks the peer is alive
  * (every wait: read, write, poll, select, epoll; DESIGN.md I5). */
 #define FIVC_LIVENESS_MS 100u
@@ -60,9 +65,12 @@ struct fivc_chan {
 	 * FIVC_SPIN_PROBE-th wait spins the full budget to learn again. */
 	uint8_t spin_fails[2];
 	uint8_t spin_probe[2];
-	int shared;                    /* other processes may use this side too (fork):
-					  each read/write takes the slot's lock for its
-					  direction and reloads its index from the ring */
+	unsigned shared;               /* FIVC_SHARED_*: other processes may use this
+					  side too (fork): each read (write) takes the
+					  slot's lock for its direction and reloads its
+					  index from the ring; cleared per direction once
+					  we are the side's only holder again */
+	uint64_t unshare_ns[2];        /* the last look for that, per direction */
 	int broken;                    /* sticky -ECONNRESET after a peer violation (atomic:
 					  one reader and one writer thread may run at once) */
 	int wr_shut, rd_shut;
@@ -117,6 +125,11 @@ void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr);
 int fivc_chan_peer_check(struct fivc_chan *c);
 /* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
 int fivc_chan_shutdown(struct fivc_chan *c, int how);
+/* fork: both directions become shared (after the child's holder entry is
+ * in).  unshared_count: how many times a direction went back to the
+ * lock-free path in this process (for tests and stats). */
+void fivc_chan_share(struct fivc_chan *c);
+uint64_t fivc_chan_unshared_count(void);
 /* Shut down both directions and give up our side of the slot. */
 void fivc_chan_close(struct fivc_chan *c);
 

@@ -146,16 +146,29 @@ int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int
  * a member seen alive less than max_age_ns ago is not asked about again. */
 int fivc_slot_side_alive_recent(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
 				uint64_t max_age_ns);
+/* Members' liveness as seen once, for a pass over many slots (fork: the
+ * dead entries in full holder tables are mostly the same few children). */
+struct fivc_alive_memo {
+	uint16_t id[16];
+	uint8_t alive[16];
+	int n;
+};
 /* Processes holding a side (fork).  hold: the process with member id
  * member1 holds `side` too (called by a holder, before the new process can
  * run); 0, or 1 when it is counted without an entry (member1 0, or the
- * table is full) (then it unholds with member1 = 0).  unhold: member1 lets
+ * table is full of live members) (then it unholds with member1 = 0).  With
+ * memo, a full table's dead entries are reused.  unhold: member1 lets
  * go; returns 1 when no holder is left, and the caller then closes the
  * channel, which releases the side. */
 int fivc_slot_hold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
-		   uint32_t member1);
+		   uint32_t member1, struct fivc_alive_memo *memo);
 int fivc_slot_unhold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
 		     uint32_t member1);
+/* 1 when we (f->self) are the only process holding `side`: no holder
+ * counted without an entry, and every other entry's member dead (those
+ * entries are cleared on the way: their holds went with them); 0 if not;
+ * -errno.  Asks the kernel once per other entry. */
+int fivc_slot_sole_holder(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);
 /* Join the fabric once more through a new open file description, for a
  * process about to be forked: returns the new fd and member id in *fd and
  * *member1 (the child makes them its own: fivc_fabric_become).  -errno. */
