@@ -24,8 +24,15 @@ results: install
 	$(VENV)/bin/fastivc bench redis --repeats 5 --quiet --json $(RESULTS)/redis.json
 	$(VENV)/bin/fastivc bench nginx --repeats 5 --quiet --json $(RESULTS)/nginx1.json
 	$(VENV)/bin/fastivc bench nginx --workers 2 --repeats 5 --quiet --json $(RESULTS)/nginx2.json
+	$(VENV)/bin/fastivc bench redis --clients 50 1000 4000 --repeats 5 --quiet \
+		--json $(RESULTS)/redis-scale.json
+	$(VENV)/bin/fastivc bench nginx --connections 10 1000 10000 --repeats 5 --quiet \
+		--json $(RESULTS)/nginx-scale.json
+	$(VENV)/bin/fastivc bench scale --idle 0 1000 10000 --repeats 5 --quiet \
+		--json $(RESULTS)/scale.json
 	$(PY) scripts/readme-results.py $(RESULTS)/all.json $(RESULTS)/ring.json \
-		$(RESULTS)/redis.json $(RESULTS)/nginx1.json $(RESULTS)/nginx2.json
+		$(RESULTS)/redis.json $(RESULTS)/nginx1.json $(RESULTS)/nginx2.json \
+		$(RESULTS)/redis-scale.json $(RESULTS)/nginx-scale.json $(RESULTS)/scale.json
 
 install: $(VENV)/.installed
 

@@ -256,6 +256,20 @@ void fivc_listen_note(int fd)
 	errno = e;
 }
 
+/* A fork child holds copies of our listeners: closing ours no longer
+ * means nobody listens (a server that listens, forks its acceptor and
+ * closes its own copy).  Those entries stay until gc finds their owner
+ * dead, or an accepting child lists the listener again. */
+void fivc_listen_forked(void)
+{
+	if (!__atomic_load_n(&nlregs, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&lreg_lock);
+	for (int k = 0; k < nlregs; k++)
+		lregs[k].pid = 0; /* nobody's to withdraw */
+	pthread_mutex_unlock(&lreg_lock);
+}
+
 /* Before an accept: our entry for lfd is still there (one load), else it
  * is made again. */
 static void listener_ensure(struct fivc_fabric *fab, int lfd)

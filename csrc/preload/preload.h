@@ -233,6 +233,7 @@ long fivc_fs_nread(struct fsock *fs, int fd);
 /* listeners (connect.c): listen() returned on fd; fd goes away */
 void fivc_listen_note(int fd);
 void fivc_listen_forget(int fd);
+void fivc_listen_forked(void); /* parent, after a fork: children may hold our listeners */
 
 /* close / dup / shutdown (sock.c) */
 int fivc_fs_close(int fd);

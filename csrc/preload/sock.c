@@ -360,8 +360,10 @@ pid_t fivc_do_fork(void)
 	fivc_fdlist_unlock();
 	fivc_fabric_fork_parent(cfd, c.member1, pid < 0);
 	fivc_walk_free(&w);
-	if (pid > 0)
+	if (pid > 0) {
 		__atomic_add_fetch(&forks, 1, __ATOMIC_RELAXED);
+		fivc_listen_forked();
+	}
 	errno = e;
 	return pid;
 }
