@@ -1244,7 +1244,8 @@ int fivc_slot_release(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int si
 	}
 }
 
-int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side)
+static int side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
+		      dead_fn is_dead, void *arg)
 {
 	if (slot >= f->g.nslots || (side != 0 && side != 1))
 		return 0;
@@ -1253,20 +1254,18 @@ int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int
 	uint32_t m = FIVC_LEASE_SIDE(w, side);
 	if (FIVC_LEASE_GEN(w) != gen || !m)
 		return 0;
-	return side_live(f, s, side, m, dead_by_lock, NULL, 0);
+	return side_live(f, s, side, m, is_dead, arg, 0);
+}
+
+int fivc_slot_side_alive(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side)
+{
+	return side_alive(f, slot, gen, side, dead_by_lock, NULL);
 }
 
 int fivc_slot_side_alive_recent(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side,
 				uint64_t max_age_ns)
 {
-	if (slot >= f->g.nslots || (side != 0 && side != 1))
-		return 0;
-	struct fivc_slot *s = fivc_slot_at(f, slot);
-	uint64_t w = fivc_load_acquire(&s->lease);
-	uint32_t m = FIVC_LEASE_SIDE(w, side);
-	if (FIVC_LEASE_GEN(w) != gen || !m)
-		return 0;
-	return side_live(f, s, side, m, dead_recent, &max_age_ns, 0);
+	return side_alive(f, slot, gen, side, dead_recent, &max_age_ns);
 }
 
 int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t member1)

@@ -16,19 +16,11 @@ import subprocess
 import sys
 
 import pytest
+from test_fabric_perms import SELF_CONNECT  # (one process, two ends on loopback)
 
 from fastivc import fabric as F
 from fastivc._paths import helper_path
 from fastivc.run import build_env
-
-SELF_CONNECT = r"""
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
-c = socket.create_connection(s.getsockname()); a, _ = s.accept()
-c.sendall(b"ping"); assert a.recv(4) == b"ping"
-a.sendall(b"pong"); assert c.recv(4) == b"pong"
-c.close(); a.close(); print("ok")
-"""
 
 
 def mkfabric(path: str) -> None:
