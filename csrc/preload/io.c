@@ -197,6 +197,15 @@ static int pending_spin(struct fsock *fs, int fd)
 	return 0;
 }
 
+/* The spin above, once per connection and only for a read that may block. */
+static int pending_spin_once(struct fsock *fs, int fd, int tflags)
+{
+	if (fs->nonblock || (tflags & MSG_DONTWAIT) || fs->pending_spun)
+		return 0;
+	fs->pending_spun = 1;
+	return pending_spin(fs, fd);
+}
+
 /* One recv on an fsock; the body behind every read-family wrapper. */
 /* Urgent data and the error queue have no ring equivalent: the error
  * queue is the kernel's (nothing is queued for ring bytes), and MSG_OOB is
@@ -237,16 +246,13 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			fivc_fs_client_check(fs, 0);
 			if (fs->state != FS_CLIENT_PENDING)
 				continue;
-			if (!fs->nonblock && !(tflags & MSG_DONTWAIT) && !fs->pending_spun) {
-				fs->pending_spun = 1;
-				if (pending_spin(fs, fd))
-					continue; /* adopted: switch, then the ring */
-			}
+			if (pending_spin_once(fs, fd, tflags))
+				continue; /* adopted: switch, then the ring */
 			/* armed: if another thread switches while we sleep here,
 			 * the server's first ring write wakes us */
 			r = tcp_read_armed(fs, fd, (char *)buf + got, len - got, tflags, arm_ok);
 			if (r == RECHECK) {
-				arm_ok = 0; /* (once: see rechecked below) */
+				arm_ok = 0; /* (once: see arm_ok above) */
 				continue;
 			}
 			if (r < 0)
@@ -281,12 +287,8 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			server_maybe_done(fs);
 			if (fs->state != FS_SERVER_PRE)
 				continue;
-			if (!fs->n_known && !fs->nonblock && !(tflags & MSG_DONTWAIT) &&
-			    !fs->pending_spun) {
-				fs->pending_spun = 1;
-				if (pending_spin(fs, fd))
-					continue; /* N known: TCP up to N, then the ring */
-			}
+			if (!fs->n_known && pending_spin_once(fs, fd, tflags))
+				continue; /* N known: TCP up to N, then the ring */
 			size_t want = len - got;
 			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
 				want = (size_t)(fs->switch_n - fs->tcp_recvd);
