@@ -76,16 +76,25 @@ static void ring_bell(struct fivc_chan *c, uint32_t *word, uint64_t *counter)
  * epoll sets) and a waiter's clear could wipe another's arm between our
  * look and our ring.  The exchange picks one ringer among several
  * producers (fork).  The plain look first keeps the RMW off the busy path. */
+/* A flag taken by the exchange: 1 asks for the doorbell; a wake code
+ * (layout.h "wake record") for it only if that record's set sleeps. */
+static int bell_needed(struct fivc_chan *c, uint32_t v)
+{
+	return v && (!FIVC_WAKE_IS_CODE(v) || fivc_waker_note(c->f, v));
+}
+
 static void notify_consumer(struct fivc_chan *c)
 {
-	if (fivc_ring_consumer_waiting(c->tx) && fivc_exchange(&c->tx->cons_waiting, 0u))
+	if (fivc_ring_consumer_waiting(c->tx) &&
+	    bell_needed(c, fivc_exchange(&c->tx->cons_waiting, 0u)))
 		ring_bell(c, &c->tx->cons_wake, &c->tx_wakes_sent);
 }
 
 /* Called by the reader after publishing its head (see notify_consumer). */
 static void notify_producer(struct fivc_chan *c)
 {
-	if (ring_producer_waiting(c->rx) && fivc_exchange(&c->rx->prod_waiting, 0u))
+	if (ring_producer_waiting(c->rx) &&
+	    bell_needed(c, fivc_exchange(&c->rx->prod_waiting, 0u)))
 		ring_bell(c, &c->rx->prod_wake, &c->rx_wakes_sent);
 }
 
@@ -598,6 +607,31 @@ void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr)
 		fivc_ring_arm_consumer(c->rx, c->rx_head);
 	if (wr)
 		ring_arm_producer(c);
+}
+
+/* Put code into a waiting flag unless another waiter's value is there:
+ * then 1, the plain doorbell, which wakes every watcher of the socket. */
+static void flag_arm(uint32_t *flag, uint32_t code)
+{
+	uint32_t old = fivc_load_relaxed(flag);
+	for (;;) {
+		uint32_t want = old == 0 || old == code ? code : 1u;
+		if (old == want || fivc_cas(flag, &old, want))
+			return;
+	}
+}
+
+void fivc_chan_arm_code(struct fivc_chan *c, int rd, int wr, uint32_t code)
+{
+	if (!FIVC_WAKE_IS_CODE(code)) {
+		fivc_chan_arm_always(c, rd, wr);
+		return;
+	}
+	if (rd)
+		flag_arm(&c->rx->cons_waiting, code);
+	if (wr)
+		flag_arm(&c->tx->prod_waiting, code);
+	fivc_smp_mb(); /* SB: the caller looks at the rings after this */
 }
 
 void fivc_chan_disarm(struct fivc_chan *c)

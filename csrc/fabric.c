@@ -89,6 +89,8 @@ int fivc_layout_compute(struct fivc_geometry *g, struct fivc_fabric *f, uint64_t
 	off += (uint64_t)g->noffers * sizeof(struct fivc_offer);
 	f->listeners_off = off;
 	off += (uint64_t)FIVC_LISTENERS * sizeof(struct fivc_listener);
+	f->wakers_off = off;
+	off += (uint64_t)FIVC_WAKERS * sizeof(struct fivc_waker);
 	f->slotmap_off = off;
 	off += ((uint64_t)g->nslots + 63) / 64 * 8;
 	f->backed_off = off;
@@ -138,6 +140,9 @@ int fivc_fabric_format(void *base, uint64_t len, const struct fivc_geometry *gin
 	h->listeners_off = L.listeners_off;
 	h->nlisteners = FIVC_LISTENERS;
 	h->listener_size = sizeof(struct fivc_listener);
+	h->wakers_off = L.wakers_off;
+	h->nwakers = FIVC_WAKERS;
+	h->waker_size = sizeof(struct fivc_waker);
 	h->slotmap_off = L.slotmap_off;
 	h->backed_off = L.backed_off;
 	h->slots_off = L.slots_off;
@@ -183,7 +188,8 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 	    h->member_size != sizeof(struct fivc_member) ||
 	    h->offer_size != sizeof(struct fivc_offer) ||
 	    h->slot_size != sizeof(struct fivc_slot) ||
-	    h->listener_size != sizeof(struct fivc_listener) || h->nlisteners != FIVC_LISTENERS) {
+	    h->listener_size != sizeof(struct fivc_listener) || h->nlisteners != FIVC_LISTENERS ||
+	    h->waker_size != sizeof(struct fivc_waker) || h->nwakers != FIVC_WAKERS) {
 		seterr(err, errlen, "fabric %s: structure sizes in the header do not match this library",
 		       name);
 		return -EPROTO;
@@ -204,7 +210,7 @@ static int validate_hdr(const struct fivc_fabric_hdr *h, uint64_t len,
 		return -EPROTO;
 	}
 	int same = f->members_off == h->members_off && f->offers_off == h->offers_off &&
-		   f->listeners_off == h->listeners_off &&
+		   f->listeners_off == h->listeners_off && f->wakers_off == h->wakers_off &&
 		   f->slots_off == h->slots_off && f->slotmap_off == h->slotmap_off &&
 		   f->backed_off == h->backed_off && f->slab_size == h->slab_size &&
 		   total == h->total_size;
@@ -427,6 +433,14 @@ static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
 		if (fivc_cas(&l->state, &w,
 			     FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_LISTENER_FREE)))
 			r->listeners_freed++;
+	}
+	for (uint32_t i = 0; i < FIVC_WAKERS; i++) {
+		struct fivc_waker *k = fivc_waker_at(f, i);
+		uint64_t w = fivc_load_acquire(&k->state);
+		if (FIVC_OFFER_STATE(w) == FIVC_WAKER_FREE || !is_dead(f, FIVC_OFFER_OWNER(w), arg))
+			continue;
+		if (fivc_cas(&k->state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_WAKER_FREE)))
+			r->wakers_freed++;
 	}
 	/* only slots ever used: the others' pages were never reserved */
 	for (uint32_t i = 0; i < f->g.nslots; i++)
@@ -699,6 +713,12 @@ int fivc_fabric_adopt_fd(const char *path, int fd, uint32_t member1, struct fivc
 		return -EINVAL;
 	}
 	f->self = member1;
+	/* the image before exec had epoll sets, this one has none yet */
+	for (uint32_t i = 0; i < FIVC_WAKERS; i++) {
+		uint64_t w = fivc_load_acquire(&fivc_waker_at(f, i)->state);
+		if (FIVC_OFFER_STATE(w) == FIVC_WAKER_LIVE && FIVC_OFFER_OWNER(w) == member1)
+			fivc_waker_release(f, i, w);
+	}
 	return 0;
 }
 
@@ -1355,6 +1375,64 @@ int fivc_slot_unhold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int sid
 		if (fivc_load_acquire(&s->holder_ids[side][k]))
 			return 0;
 	return 1;
+}
+
+/* ---- wake records ---- */
+
+uint64_t fivc_wakes_coalesced;
+
+int fivc_waker_take(struct fivc_fabric *f, uint32_t *idx, uint64_t *word)
+{
+	if (!f->self)
+		return -EUSERS;
+	uint32_t start = f->waker_hint ? f->waker_hint : (uint32_t)getpid() % FIVC_WAKERS;
+	for (uint32_t k = 0; k < FIVC_WAKERS; k++) {
+		uint32_t i = (start + k) % FIVC_WAKERS;
+		struct fivc_waker *r = fivc_waker_at(f, i);
+		uint64_t w = fivc_load_acquire(&r->state);
+		if (FIVC_OFFER_STATE(w) != FIVC_WAKER_FREE)
+			continue;
+		uint64_t nw = FIVC_OFFER_WORD(FIVC_OFFER_GEN(w) + 1, f->self, FIVC_WAKER_LIVE);
+		if (!fivc_cas(&r->state, &w, nw))
+			continue;
+		/* (a late ringer of the previous owner may still set a bit: a
+		 * spurious look for us, no more) */
+		fivc_store_relaxed(&r->armed, 0);
+		fivc_store_relaxed(&r->summary, 0);
+		for (uint32_t b = 0; b < FIVC_WAKER_TOKENS / 64; b++)
+			fivc_store_relaxed(&r->bits[b], 0);
+		f->waker_hint = (i + 1) % FIVC_WAKERS;
+		*idx = i;
+		*word = nw;
+		return 0;
+	}
+	return -ENOSPC;
+}
+
+void fivc_waker_release(struct fivc_fabric *f, uint32_t idx, uint64_t word)
+{
+	if (idx >= FIVC_WAKERS)
+		return;
+	uint64_t w = word;
+	fivc_cas(&fivc_waker_at(f, idx)->state, &w,
+		 FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), 0, FIVC_WAKER_FREE));
+}
+
+int fivc_waker_note(struct fivc_fabric *f, uint32_t code)
+{
+	uint32_t i = FIVC_WAKE_REC(code), t = FIVC_WAKE_TOK(code);
+	if (!f || i >= FIVC_WAKERS)
+		return 1;
+	struct fivc_waker *r = fivc_waker_at(f, i);
+	if (FIVC_OFFER_STATE(fivc_load_relaxed(&r->state)) != FIVC_WAKER_LIVE)
+		return 1;
+	__atomic_fetch_or(&r->bits[t / 64], 1ull << (t % 64), __ATOMIC_RELEASE);
+	__atomic_fetch_or(&r->summary, 1ull << (t / 64), __ATOMIC_RELEASE);
+	fivc_smp_mb(); /* SB: the bits before our look at armed; pairs with the owner's fence */
+	if (fivc_load_relaxed(&r->armed) && fivc_exchange(&r->armed, 0u))
+		return 1;
+	__atomic_fetch_add(&fivc_wakes_coalesced, 1, __ATOMIC_RELAXED);
+	return 0;
 }
 
 /* ---- listeners ---- */

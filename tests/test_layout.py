@@ -24,7 +24,8 @@ def test_python_layout_matches_c_structs(cbuild):
               "noffers", "nslots", "ring_size", "members_off", "offers_off", "slots_off",
               "pooldata_off", None, "member_size", "offer_size", "slot_size", "flags",
               "small_ring", "slab_size", "npool", None, "pool_size", None, "slotmap_off",
-              "backed_off", "pool_off", None, "listeners_off", "nlisteners", "listener_size"]
+              "backed_off", "pool_off", None, "listeners_off", "nlisteners", "listener_size",
+              "wakers_off", "nwakers", "waker_size"]
     offs, off = [], 0
     for ch in F.HDR.format[1:]:
         offs.append(off)
@@ -40,6 +41,8 @@ def test_python_layout_matches_c_structs(cbuild):
     assert c["sizeof.fivc_listener"] == F.LISTENER_SIZE
     assert c["fivc_listener.port"] == 24 and c["fivc_listener.netns"] == 28
     assert c["FIVC_LISTENERS"] == F.LISTENERS
+    assert c["sizeof.fivc_waker"] == F.WAKER_SIZE and c["FIVC_WAKERS"] == F.WAKERS
+    assert (c["fivc_waker.armed"], c["fivc_waker.summary"], c["fivc_waker.bits"]) == (64, 128, 192)
     assert c["fivc_slot.tuple"] == 16
     assert c["fivc_slot.switch_bytes"] == F.SLOT_SWITCH_OFF
     assert c["fivc_slot.holder_ids"] == F.SLOT_SWITCH_OFF + 24

@@ -22,6 +22,9 @@ void fivc_fs_drain(struct fsock *fs, int fd)
 		return; /* before the switch TCP bytes may be program data */
 	for (;;) {
 		ssize_t r = fivc_real.recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (r > 0 && (size_t)r < sizeof(buf))
+			return; /* emptied: TCP copies until its queue is empty (tcp_recvmsg), and
+				 * a later byte is a new edge and wake-up; no EAGAIN call */
 		if (r > 0)
 			continue;
 		int e = errno;

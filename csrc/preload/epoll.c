@@ -105,6 +105,7 @@ struct ep_entry {
 	epoll_data_t data;
 	int disabled;     /* EPOLLONESHOT fired */
 	int ghost;        /* deleted by the program, kernel registration kept (see ctl_del) */
+	int tok1;         /* its token in the set's wake record + 1; 0: none yet */
 	int listed;       /* on set->ready */
 	int edge;         /* ET: a kernel edge (TCP, nested) or ADD/MOD since the last report */
 	uint64_t seen_in, seen_out; /* ET: ring positions (nested: signature) at the last report */
@@ -130,6 +131,17 @@ struct ep_set {
 	 * line another set's thread reads: calls (relaxed atomic), the rest
 	 * under the lock */
 	uint64_t n_calls, n_passes, n_examined, n_max_pass, n_entry_polls, n_absorbed;
+	/* its wake record (layout.h), taken by the first coded arm; valid
+	 * only in the process that took it (rec_pid: not in a fork child) */
+	struct fivc_fabric *rec_f;
+	uint32_t rec;
+	uint64_t rec_word;
+	pid_t rec_pid;      /* 0: none; -pid: taking one failed in pid */
+	int sleepers;       /* threads in the kernel's epoll_wait for this set (atomic) */
+	struct ep_entry **tok;  /* by token (FIVC_WAKER_TOKENS) */
+	uint16_t *tok_free;     /* tokens given back */
+	int ntok_free, tok_next;
+	uint64_t n_rec_queued;  /* entries queued from the record's bits */
 };
 
 static struct ep_set **sets;     /* by epoll fd; entries never freed */
@@ -239,6 +251,10 @@ static int is_nested_et(const struct ep_entry *e) { return e->nested && (e->even
 
 static void entry_free(struct ep_set *s, struct ep_entry *e)
 {
+	if (e->tok1 && s->tok) {
+		s->tok[e->tok1 - 1] = NULL;
+		s->tok_free[s->ntok_free++] = (uint16_t)(e->tok1 - 1);
+	}
 	s->nested_et -= is_nested_et(e);
 	unlist(s, e);
 	*(e->aprev ? &e->aprev->anext : &s->all) = e->anext;
@@ -332,12 +348,22 @@ void fivc_epoll_forget_set(int epfd)
 {
 	forget_entries(epfd);
 	struct ep_set *s = set_get(epfd, 0);
-	if (!s || !__atomic_load_n(&s->nentries, __ATOMIC_RELAXED))
+	if (!s || (!__atomic_load_n(&s->nentries, __ATOMIC_RELAXED) &&
+		   !__atomic_load_n(&s->rec_f, __ATOMIC_RELAXED)))
 		return;
 	pthread_mutex_lock(&s->lock);
 	while (s->all)
 		entry_free(s, s->all);
 	s->spin_fails = s->spin_probe = s->kskip = 0;
+	if (s->rec_f && s->rec_pid == fivc_pid)
+		fivc_waker_release(s->rec_f, s->rec, s->rec_word);
+	s->rec_f = NULL;
+	s->rec_pid = 0;
+	free(s->tok);
+	free(s->tok_free);
+	s->tok = NULL;
+	s->tok_free = NULL;
+	s->ntok_free = s->tok_next = 0;
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -555,11 +581,94 @@ static uint32_t entry_eval(struct ep_entry *e, int peek, int *gone)
 	return lvl;
 }
 
-/* Arm one entry (its peer's next move rings the doorbell), keeping the
- * kernel's watch in step with the socket's state. */
+/* ---- the set's wake record (layout.h "wake record"; set lock held) ---- */
+
+/* Our record, or NULL (none yet, or the one a parent took before fork). */
+static struct fivc_waker *set_rec(struct ep_set *s)
+{
+	return s->rec_f && s->rec_pid == fivc_pid ? fivc_waker_at(s->rec_f, s->rec) : NULL;
+}
+
+/* The value that arms e for this set's own sleep: its wake code, or 1 (the
+ * plain doorbell) for a socket not on the ring yet, or without a record or
+ * a token to spare. */
+static uint32_t entry_code(struct ep_set *s, struct ep_entry *e, struct fsock *fs)
+{
+	if (fs->state != FS_ACCEL || !fs->ch.f)
+		return 1;
+	if (s->rec_pid != fivc_pid) {
+		if (s->rec_pid == -fivc_pid)
+			return 1; /* no record to be had: plain flags until the set empties */
+		if (!s->tok && (!(s->tok = calloc(FIVC_WAKER_TOKENS, sizeof(*s->tok))) ||
+				!(s->tok_free = calloc(FIVC_WAKER_TOKENS, sizeof(*s->tok_free))))) {
+			free(s->tok);
+			s->tok = NULL;
+			return 1;
+		}
+		if (fivc_waker_take(fs->ch.f, &s->rec, &s->rec_word) < 0) {
+			s->rec_pid = -fivc_pid;
+			return 1;
+		}
+		__atomic_store_n(&s->rec_f, fs->ch.f, __ATOMIC_RELAXED);
+		s->rec_pid = fivc_pid;
+	}
+	if (fs->ch.f != s->rec_f)
+		return 1;
+	if (!e->tok1) {
+		int t = s->ntok_free ? s->tok_free[--s->ntok_free]
+				     : s->tok_next < (int)FIVC_WAKER_TOKENS ? s->tok_next++ : -1;
+		if (t < 0)
+			return 1;
+		e->tok1 = t + 1;
+		s->tok[t] = e;
+	}
+	return FIVC_WAKE_CODE(s->rec, e->tok1 - 1);
+}
+
+static void queue(struct ep_set *s, struct ep_entry *e);
+
+/* Queue the entries whose peers set their bits.  One load when none did. */
+static void collect(struct ep_set *s)
+{
+	struct fivc_waker *r = set_rec(s);
+	if (!r || !fivc_load_relaxed(&r->summary))
+		return;
+	uint64_t sum = __atomic_exchange_n(&r->summary, 0, __ATOMIC_ACQUIRE);
+	while (sum) {
+		unsigned w = (unsigned)__builtin_ctzll(sum);
+		sum &= sum - 1;
+		uint64_t bits = __atomic_exchange_n(&r->bits[w], 0, __ATOMIC_ACQUIRE);
+		while (bits) {
+			unsigned t = w * 64 + (unsigned)__builtin_ctzll(bits);
+			bits &= bits - 1;
+			struct ep_entry *e = s->tok[t];
+			if (e && !e->listed) {
+				queue(s, e);
+				s->n_rec_queued++;
+			}
+		}
+	}
+}
+
+/* Before the set's waiter sleeps, or is watched from outside: ring moves
+ * of coded entries must ring the doorbell now.  1 if bits came meanwhile
+ * (SB with fivc_waker_note: store, fence, look). */
+static int rec_arm(struct ep_set *s)
+{
+	struct fivc_waker *r = set_rec(s);
+	if (!r)
+		return 0;
+	fivc_store_relaxed(&r->armed, 1);
+	fivc_smp_mb();
+	return fivc_load_relaxed(&r->summary) != 0;
+}
+
+/* Arm one entry (its peer's next move rings the doorbell, or sets its bit
+ * while the set is awake: coded, for the set's own epoll_wait only), keeping
+ * the kernel's watch in step with the socket's state. */
 static void set_arm(struct ep_set *s, int all);
 
-static void entry_arm(struct ep_set *s, struct ep_entry *e)
+static void entry_arm(struct ep_set *s, struct ep_entry *e, int coded)
 {
 	if (e->nested) {
 		struct ep_set *in = fd_depth < 5 ? set_get(e->fd, 0) : NULL;
@@ -586,7 +695,7 @@ static void entry_arm(struct ep_set *s, struct ep_entry *e)
 	int rd = (e->events & (EPOLLIN | EPOLLRDHUP)) != 0, wr = (e->events & EPOLLOUT) != 0;
 	if (fs->state == FS_CLIENT_PENDING)
 		wr = 0; /* TCP's space; the ring only for the switch (see the top) */
-	fivc_chan_arm_always(&fs->ch, rd, wr);
+	fivc_chan_arm_code(&fs->ch, rd, wr, coded ? entry_code(s, e, fs) : 1u);
 }
 
 /* ---- walking the ready list (set lock held) ---- */
@@ -596,6 +705,7 @@ struct pass {
 	int max;
 	int arm;       /* arm and drop what is not reportable (we may sleep next) */
 	int report;    /* 0: only look (nested, poll) */
+	int coded;     /* arm with the set's wake codes (its own epoll_wait) */
 };
 
 /* One pass over the list.  Returns the number reported (or, with report 0,
@@ -604,6 +714,7 @@ static int walk(struct ep_set *s, struct pass *p)
 {
 	int n = 0;
 	uint32_t seen = 0;
+	collect(s);
 	struct ep_entry *e = s->rhead, *stop = s->rtail;
 	while (e && n < p->max) {
 		struct ep_entry *next = e->rnext;
@@ -611,7 +722,7 @@ static int walk(struct ep_set *s, struct pass *p)
 		seen++;
 		uint32_t r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
 		if (!r && !gone && p->arm) {
-			entry_arm(s, e);
+			entry_arm(s, e, p->coded);
 			/* SB: the arm's fence orders this look after "waiting" */
 			r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
 			if (!r && !gone)
@@ -659,12 +770,15 @@ static void set_arm(struct ep_set *s, int all)
 	if (all) {
 		for (struct ep_entry *e = s->all; e; e = e->anext)
 			if (!e->disabled && !e->ghost)
-				entry_arm(s, e);
-		return;
+				entry_arm(s, e, 0);
+	} else {
+		struct pass p = {.max = 1 << 30, .arm = 1, .report = 0};
+		/* (report 0 stops at the first reportable: the rest stay listed) */
+		walk(s, &p);
 	}
-	struct pass p = {.max = 1 << 30, .arm = 1, .report = 0};
-	/* (report 0 stops at the first reportable: the rest stay listed) */
-	walk(s, &p);
+	/* entries still coded from the set's own sleep must ring too; the
+	 * caller's look that follows collects what came meanwhile */
+	rec_arm(s);
 }
 
 /* Is anything in s reportable now?  *sig (nested ET only, O(entries), see
@@ -785,7 +899,7 @@ static void sweep_dead(struct ep_set *s)
 
 static int report(struct ep_set *s, struct epoll_event *ev, int max, int arm)
 {
-	struct pass p = {.out = ev, .max = max, .arm = arm, .report = 1};
+	struct pass p = {.out = ev, .max = max, .arm = arm, .report = 1, .coded = arm};
 	pthread_mutex_lock(&s->lock);
 	int n = walk(s, &p);
 	pthread_mutex_unlock(&s->lock);
@@ -878,7 +992,19 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		}
 		/* In slices: no wait rests on a FIN alone (see sweep_dead). */
 		int slice = left < 0 || left > (int)FIVC_LIVENESS_MS ? (int)FIVC_LIVENESS_MS : left;
-		int k = kernel_take(s, events, max, slice, mask);
+		pthread_mutex_lock(&s->lock); /* (so that a waking thread sees us count) */
+		int early = rec_arm(s); /* bits since our walk: look, do not sleep */
+		__atomic_add_fetch(&s->sleepers, 1, __ATOMIC_ACQ_REL);
+		pthread_mutex_unlock(&s->lock);
+		int k = kernel_take(s, events, max, early ? 0 : slice, mask);
+		if (!__atomic_sub_fetch(&s->sleepers, 1, __ATOMIC_ACQ_REL)) {
+			/* awake: ring moves need not ring until we sleep again */
+			pthread_mutex_lock(&s->lock);
+			struct fivc_waker *r = set_rec(s);
+			if (r && !__atomic_load_n(&s->sleepers, __ATOMIC_ACQUIRE))
+				fivc_store_relaxed(&r->armed, 0);
+			pthread_mutex_unlock(&s->lock);
+		}
 		if (k < 0)
 			return (int)fivc_ret(k);
 		n = k + report(s, events + k, max - k, 1);
@@ -963,3 +1089,20 @@ FIVC_EXPORT void fastivc_epoll_stats(uint64_t out[6])
 }
 
 FIVC_EXPORT void fastivc_epoll_stats_reset(void) { for_each_set(stats_zero, NULL); }
+
+static void rec_stats_add(struct ep_set *s, void *arg)
+{
+	uint64_t *out = arg;
+	out[0] += s->n_rec_queued;
+	out[2] += set_rec(s) != NULL;
+}
+
+/* Wake records (layout.h) since load: entries queued from their bits,
+ * doorbells not sent because the peer's set was awake or already rung
+ * (this process as the ringer), sets that hold a record now. */
+FIVC_EXPORT void fastivc_wake_stats(uint64_t out[3])
+{
+	memset(out, 0, 3 * sizeof(*out));
+	for_each_set(rec_stats_add, out);
+	out[1] = __atomic_load_n(&fivc_wakes_coalesced, __ATOMIC_RELAXED);
+}

@@ -47,6 +47,7 @@ int main(int argc, char **argv)
 									  : rep.members_dead;
 		rep.offers_freed += more.offers_freed;
 		rep.listeners_freed += more.listeners_freed;
+		rep.wakers_freed += more.wakers_freed;
 		rep.slot_sides_freed += more.slot_sides_freed;
 		rep.slots_freed += more.slots_freed;
 		rep.buffers_freed += more.buffers_freed;
@@ -56,9 +57,10 @@ int main(int argc, char **argv)
 	fivc_pool_trim(&f);
 	fivc_pool_trim(&f);
 	printf("{\"members_dead\": %u, \"offers_freed\": %u, \"slot_sides_freed\": %u, "
-	       "\"slots_freed\": %u, \"buffers_freed\": %u, \"listeners_freed\": %u}\n",
+	       "\"slots_freed\": %u, \"buffers_freed\": %u, \"listeners_freed\": %u, "
+	       "\"wakers_freed\": %u}\n",
 	       rep.members_dead, rep.offers_freed, rep.slot_sides_freed, rep.slots_freed,
-	       rep.buffers_freed, rep.listeners_freed);
+	       rep.buffers_freed, rep.listeners_freed, rep.wakers_freed);
 	fivc_fabric_close(&f);
 	return 0;
 }

@@ -142,6 +142,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     else:
         print(f"fabric {path}: {rep['members_dead']} dead members; freed "
               f"{rep['offers_freed']} offers, {rep.get('listeners_freed', 0)} listener entries, "
+              f"{rep.get('wakers_freed', 0)} wake records, "
               f"{rep['slot_sides_freed']} slot sides "
               f"({rep['slots_freed']} slots now free)")
     return 0

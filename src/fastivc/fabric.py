@@ -24,7 +24,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
 RING_MAGIC = 0x474E4952  # "RING"
 LOCK_BASE = 1 << 40
@@ -35,9 +35,10 @@ POOL_CLASSES, MAX_POOL, MID_RING = 2, 1 << 22, 64 * 1024
 POOL_NAMES = ("mid", "big")
 OFFER_BUCKET = 8
 LISTENERS, LISTENER_SIZE = 4096, 64
+WAKERS, WAKER_SIZE = 2048, 1024  # layout.h: wake records (one per sleeping epoll set)
 
 # struct layouts (checked against the C structs by tests/test_layout.py)
-HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQQII")
+HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQQIIQII")
 POOL_ENT = struct.Struct("<QII")
 HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
 MEMBER = struct.Struct("<IIQQQ16s")
@@ -85,6 +86,7 @@ class Header:
     pool_off: tuple[int, ...] = ()
     pooldata_off: tuple[int, ...] = ()
     listeners_off: int = 0
+    wakers_off: int = 0
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,8 @@ def _layout(nmembers: int, noffers: int, nslots: int, ring_size: int, small_ring
     off += noffers * OFFER_SIZE
     L["listeners_off"] = off
     off += LISTENERS * LISTENER_SIZE
+    L["wakers_off"] = off
+    off += WAKERS * WAKER_SIZE
     L["slotmap_off"] = off
     off += (nslots + 63) // 64 * 8
     L["backed_off"] = off
@@ -280,7 +284,7 @@ class Fabric:
     def _validate(self, h: tuple, file_size: int) -> Header:
         (magic, version, hdr_size, total, epoch, nmem, noff, nslot, ring, mo, oo, so,
          pd0, pd1, msz, osz, ssz, _flags, small, slab, np0, np1, ps0, ps1, smo, bko,
-         po0, po1, lo, nlis, lsz) = h
+         po0, po1, lo, nlis, lsz, wo, nwak, wsz) = h
         if magic != FABRIC_MAGIC:
             raise FabricError(f"{self.path} is not a fastivc fabric (bad magic 0x{magic:016x})")
         if version != LAYOUT_VERSION:
@@ -288,8 +292,9 @@ class Fabric:
                 f"fabric {self.path} has layout version {version} but this fastivc speaks "
                 f"version {LAYOUT_VERSION}; refusing to reinterpret it"
             )
-        if ((hdr_size, msz, osz, ssz, lsz, nlis) !=
-                (HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE, LISTENER_SIZE, LISTENERS)):
+        if ((hdr_size, msz, osz, ssz, lsz, nlis, wsz, nwak) !=
+                (HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE, LISTENER_SIZE, LISTENERS,
+                 WAKER_SIZE, WAKERS)):
             raise FabricError(f"fabric {self.path}: structure sizes in the header do not match")
         if not (0 < nmem <= MAX_MEMBERS and 0 < noff <= MAX_OFFERS and 0 < nslot <= MAX_SLOTS
                 and MIN_RING <= ring <= MAX_RING and ring & (ring - 1) == 0
@@ -301,17 +306,18 @@ class Fabric:
             L = _layout(nmem, noff, nslot, ring, small, (np0, np1))
         except ValueError:
             raise FabricError(f"fabric {self.path}: header geometry out of range") from None
-        if ((L["members_off"], L["offers_off"], L["listeners_off"], L["slots_off"],
-             L["slotmap_off"], L["backed_off"], L["slab_size"], L["pool_off"], L["pooldata_off"],
-             L["pool_size"], L["total"]) != (mo, oo, lo, so, smo, bko, slab, (po0, po1),
-                                             (pd0, pd1), (ps0, ps1), total)):
+        if ((L["members_off"], L["offers_off"], L["listeners_off"], L["wakers_off"],
+             L["slots_off"], L["slotmap_off"], L["backed_off"], L["slab_size"], L["pool_off"],
+             L["pooldata_off"], L["pool_size"], L["total"]) !=
+                (mo, oo, lo, wo, so, smo, bko, slab, (po0, po1), (pd0, pd1), (ps0, ps1), total)):
             raise FabricError(f"fabric {self.path}: header offsets are inconsistent")
         if total > file_size:
             raise FabricError(
                 f"fabric {self.path}: header says {total} bytes but the file has {file_size}"
             )
         return Header(self.path, version, total, epoch, nmem, noff, nslot, ring, mo, oo, so,
-                      small, slab, (np0, np1), (ps0, ps1), smo, bko, (po0, po1), (pd0, pd1), lo)
+                      small, slab, (np0, np1), (ps0, ps1), smo, bko, (po0, po1), (pd0, pd1), lo,
+                      wo)
 
     # -- liveness -------------------------------------------------------
     def member_alive(self, index: int) -> bool | None:

@@ -12,7 +12,7 @@ int main(void)
 {
 	printf("{");
 	S(fivc_fabric_hdr); S(fivc_member); S(fivc_offer); S(fivc_slot); S(fivc_ring_hdr); S(fivc_tuple);
-	S(fivc_pool_ent); S(fivc_listener);
+	S(fivc_pool_ent); S(fivc_listener); S(fivc_waker);
 	F(fivc_fabric_hdr, magic); F(fivc_fabric_hdr, layout_version); F(fivc_fabric_hdr, hdr_size);
 	F(fivc_fabric_hdr, total_size); F(fivc_fabric_hdr, epoch); F(fivc_fabric_hdr, nmembers);
 	F(fivc_fabric_hdr, noffers); F(fivc_fabric_hdr, nslots); F(fivc_fabric_hdr, ring_size);
@@ -22,7 +22,9 @@ int main(void)
 	F(fivc_fabric_hdr, slab_size); F(fivc_fabric_hdr, npool); F(fivc_fabric_hdr, pool_size);
 	F(fivc_fabric_hdr, slotmap_off); F(fivc_fabric_hdr, backed_off); F(fivc_fabric_hdr, pool_off);
 	F(fivc_fabric_hdr, listeners_off); F(fivc_fabric_hdr, nlisteners);
-	F(fivc_fabric_hdr, listener_size);
+	F(fivc_fabric_hdr, listener_size); F(fivc_fabric_hdr, wakers_off);
+	F(fivc_fabric_hdr, nwakers); F(fivc_fabric_hdr, waker_size);
+	F(fivc_waker, state); F(fivc_waker, armed); F(fivc_waker, summary); F(fivc_waker, bits);
 	F(fivc_listener, state); F(fivc_listener, addr); F(fivc_listener, port);
 	F(fivc_listener, netns);
 	F(fivc_pool_ent, owner); F(fivc_pool_ent, backed); F(fivc_pool_ent, aged);
@@ -39,7 +41,7 @@ int main(void)
 	F(fivc_ring_hdr, desc_seq); F(fivc_ring_hdr, from); F(fivc_ring_hdr, buf); F(fivc_ring_hdr, prev);
 	F(fivc_ring_hdr, head); F(fivc_ring_hdr, rd_closed); F(fivc_ring_hdr, prod_wake);
 	F(fivc_ring_hdr, cons_waiting);
-	printf("\"FIVC_LISTENERS\": %u, ", FIVC_LISTENERS);
+	printf("\"FIVC_LISTENERS\": %u, \"FIVC_WAKERS\": %u, ", FIVC_LISTENERS, FIVC_WAKERS);
 	printf("\"FIVC_LAYOUT_VERSION\": %u, \"FIVC_LOCK_BASE\": %llu}\n", FIVC_LAYOUT_VERSION,
 	       (unsigned long long)FIVC_LOCK_BASE);
 	return 0;

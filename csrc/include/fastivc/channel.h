@@ -118,6 +118,9 @@ int fivc_chan_arm(struct fivc_chan *c, int rd, int wr);
 void fivc_chan_disarm(struct fivc_chan *c);
 /* Arm without looking: for edge-triggered waiters, woken by the next change. */
 void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr);
+/* The same with a wake code (layout.h "wake record") for an epoll set's
+ * own sleep; the caller looks at the rings afterwards (SB). */
+void fivc_chan_arm_code(struct fivc_chan *c, int rd, int wr, uint32_t code);
 /* For waiters outside the channel (poll, epoll), once per FIVC_LIVENESS_MS
  * of sleep: 1 when the peer is gone (found dead now: then it is marked as
  * reset, so readiness reports it and I/O drains, then fails), 0 while it

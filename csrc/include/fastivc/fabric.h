@@ -53,7 +53,7 @@ struct fivc_fabric {
 	uint64_t size;
 	struct fivc_geometry g;
 	uint64_t members_off, offers_off, slots_off;
-	uint64_t slotmap_off, backed_off, listeners_off;
+	uint64_t slotmap_off, backed_off, listeners_off, wakers_off;
 	uint64_t pool_off[FIVC_POOL_CLASSES], pooldata_off[FIVC_POOL_CLASSES];
 	uint32_t pool_size[FIVC_POOL_CLASSES];
 	uint32_t slab_size;
@@ -65,6 +65,7 @@ struct fivc_fabric {
 	/* private allocation hints: where the last free slot / pool buffer was */
 	uint32_t slot_hint, pool_hint[FIVC_POOL_CLASSES];
 	uint64_t full_gc_ns; /* the last reclaim pass a full fabric ran */
+	uint32_t waker_hint; /* private: where the last free wake record was */
 	char path[256];
 };
 
@@ -126,6 +127,10 @@ static inline struct fivc_listener *fivc_listener_at(struct fivc_fabric *f, uint
 {
 	return (struct fivc_listener *)(f->base + f->listeners_off +
 					(uint64_t)i * sizeof(struct fivc_listener));
+}
+static inline struct fivc_waker *fivc_waker_at(struct fivc_fabric *f, uint32_t i)
+{
+	return (struct fivc_waker *)(f->base + f->wakers_off + (uint64_t)i * sizeof(struct fivc_waker));
 }
 static inline struct fivc_member *fivc_member_at(struct fivc_fabric *f, uint32_t i)
 {
@@ -239,7 +244,18 @@ int fivc_listener_valid(struct fivc_fabric *f, uint32_t idx, uint64_t word);
 int fivc_listener_match(struct fivc_fabric *f, const uint8_t daddr[16], uint16_t dport,
 			int loopback, uint32_t netns);
 
+/* Wake records (layout.h).  take: a free record, zeroed, for us; its index
+ * and word (-ENOSPC: none free; the set then arms with plain flags).
+ * release: it goes back (no-op if not ours any more).  note: a ringer took
+ * code from a waiting flag: set its bit; 1 if the doorbell must still be
+ * sent (the set sleeps, or the code is not a live record's). */
+int fivc_waker_take(struct fivc_fabric *f, uint32_t *idx, uint64_t *word);
+void fivc_waker_release(struct fivc_fabric *f, uint32_t idx, uint64_t word);
+int fivc_waker_note(struct fivc_fabric *f, uint32_t code);
+extern uint64_t fivc_wakes_coalesced; /* doorbells note() saved, this process (relaxed atomic) */
+
 struct fivc_gc_report {
+	uint32_t wakers_freed;
 	uint32_t listeners_freed;
 	uint32_t offers_freed;
 	uint32_t slot_sides_freed;

@@ -15,6 +15,7 @@
  *   members_off                    nmembers x struct fivc_member   (64 B each)
  *   offers_off                     noffers  x struct fivc_offer    (128 B each)
  *   listeners_off                  nlisteners x struct fivc_listener (64 B each)
+ *   wakers_off                     nwakers x struct fivc_waker (1 KiB each)
  *   slotmap_off                    nslots bits: slot claimed (a hint, see fabric.c)
  *   backed_off                     nslots bytes: the slot's pages are reserved
  *   pool_off[c]                    npool[c] x struct fivc_pool_ent (c = 0: mid, 1: big)
@@ -45,7 +46,7 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 4u
+#define FIVC_LAYOUT_VERSION 5u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
 #define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
@@ -60,6 +61,8 @@
 #define FIVC_MAX_OFFERS 65536u
 #define FIVC_LISTENERS 4096u      /* listener table entries (fixed) */
 #define FIVC_LISTENER_PROBE 32u   /* entries a port's key may live in */
+#define FIVC_WAKERS 2048u         /* wake records (fixed) */
+#define FIVC_WAKER_TOKENS 4096u   /* entries one wake record covers */
 
 /* ---- fabric header: written once by the creator, before the file is linked
  * into place (fabric.c), read-only afterwards. ---- */
@@ -91,7 +94,10 @@ struct fivc_fabric_hdr {
 	uint64_t listeners_off;
 	uint32_t nlisteners;
 	uint32_t listener_size;
-	uint8_t reserved[FIVC_PAGE - 176];
+	uint64_t wakers_off;
+	uint32_t nwakers;
+	uint32_t waker_size;
+	uint8_t reserved[FIVC_PAGE - 192];
 };
 
 /* ---- member: one per process (more exactly: per open file description of
@@ -174,6 +180,40 @@ struct fivc_listener {
 	uint8_t pad[64 - 32];
 };
 
+/* ---- wake record: one per epoll set that sleeps on rings (issue 10: one
+ * doorbell per sleep of a set, not one per connection).
+ *
+ * A set arms an entry by putting a WAKE CODE (record, token) instead of 1
+ * into the ring's waiting flag (cons_waiting / prod_waiting).  The peer that
+ * takes a code from a flag (exchange, as for 1) sets the token's bit in
+ * `bits` and the word's bit in `summary`, fences, and exchanges `armed` to
+ * 0: only if it was 1 does it send the TCP doorbell on its connection.
+ * The owner stores `armed` = 1, fences and looks at `summary` before it
+ * sleeps (the store-buffering pattern), and collects bits (exchange) on
+ * every call.  So while a set is awake, or already rung, ring moves cost a
+ * bit, not a system call on each side.
+ *
+ * `state` packs gen:32 | owner member+1:16 | unused:8 | state:8, as
+ * listeners do.  Everything here is a hint to its owner: a forged bit
+ * queues an entry that is then looked at; a forged or freed code makes the
+ * ringer send the plain doorbell.  A lost one is found within a liveness
+ * slice (FIVC_LIVENESS_MS), when a sleeping set collects anyway. ---- */
+enum { FIVC_WAKER_FREE = 0, FIVC_WAKER_LIVE = 2 };
+#define FIVC_WAKE_CODE(rec, tok) (0x80000000u | ((uint32_t)(rec) << 12) | (uint32_t)(tok))
+#define FIVC_WAKE_IS_CODE(v) (((v) & 0x80000000u) != 0)
+#define FIVC_WAKE_REC(v) (((v) >> 12) & 0x7ffffu)
+#define FIVC_WAKE_TOK(v) ((v) & 0xfffu)
+struct fivc_waker {
+	uint64_t state;   /* CAS by the owner; gc and reclaim free dead owners' */
+	uint8_t l0_pad[FIVC_CACHELINE - 8];
+	uint32_t armed;   /* owner: 1 before it sleeps; ringers exchange it to 0 */
+	uint8_t l1_pad[FIVC_CACHELINE - 4];
+	uint64_t summary; /* ringers: OR bit w after a bit in bits[w]; owner exchanges */
+	uint8_t l2_pad[FIVC_CACHELINE - 8];
+	uint64_t bits[FIVC_WAKER_TOKENS / 64]; /* ringers OR; owner exchanges */
+	uint8_t pad[1024 - 3 * FIVC_CACHELINE - FIVC_WAKER_TOKENS / 8];
+};
+
 /* ---- ring header.  Ring d of a slot carries bytes from side d to side 1-d
  * (side 0 = the connecting client, side 1 = the accepting server).  Indices
  * are free-running 64-bit byte counts; used = tail - head, and a reader
@@ -198,7 +238,7 @@ struct fivc_ring_hdr {
 	uint64_t tail;         /* bytes produced */
 	uint32_t wr_closed;    /* producer shut down writing (EOF after drain) */
 	uint32_t cons_wake;    /* futex word the consumer sleeps on; producer bumps it */
-	uint32_t prod_waiting; /* producer is (about to be) asleep for space */
+	uint32_t prod_waiting; /* producer is (about to be) asleep for space: 1 or a wake code */
 	uint32_t desc_seq;     /* seqlock over buf, prev, from */
 	uint64_t from;         /* first byte in buf */
 	uint32_t buf, prev;    /* buffer words (see above) */
@@ -209,7 +249,7 @@ struct fivc_ring_hdr {
 	uint64_t head;         /* bytes consumed */
 	uint32_t rd_closed;    /* consumer gone: producer gets EPIPE */
 	uint32_t prod_wake;    /* futex word the producer sleeps on; consumer bumps it */
-	uint32_t cons_waiting; /* consumer is (about to be) asleep for data */
+	uint32_t cons_waiting; /* consumer is (about to be) asleep for data: 1 or a wake code */
 	uint8_t c_pad[FIVC_CACHELINE - 20];
 	/* line 4: guard */
 	uint8_t guard1[FIVC_CACHELINE];
@@ -279,6 +319,8 @@ _Static_assert(sizeof(struct fivc_member) == 64, "member entry is one line");
 _Static_assert(sizeof(struct fivc_tuple) == 40, "tuple size");
 _Static_assert(sizeof(struct fivc_offer) == 128, "offer entry is two lines");
 _Static_assert(sizeof(struct fivc_listener) == 64, "listener entry is one line");
+_Static_assert(sizeof(struct fivc_waker) == 1024, "wake record");
+_Static_assert(FIVC_WAKERS <= 0x80000u && FIVC_WAKER_TOKENS == 4096u, "wake code fields");
 _Static_assert(sizeof(struct fivc_ring_hdr) == 5 * FIVC_CACHELINE, "ring header lines");
 _Static_assert(offsetof(struct fivc_ring_hdr, tail) == FIVC_CACHELINE, "producer line");
 _Static_assert(offsetof(struct fivc_ring_hdr, head) == 3 * FIVC_CACHELINE, "consumer line");
