@@ -531,6 +531,8 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	if (r < 0) {
 		if (r == -EEXIST)
 			FIVC_INFO("fd %d: several offers match port %u -> %u: plain", fd, t.sport, t.dport);
+		else
+			FIVC_DEBUG("fd %d: no offer for port %u -> %u: plain", fd, t.sport, t.dport);
 		goto plain;
 	}
 	struct fsock *fs = fivc_fs_new(fab, fd, FIVC_SIDE_SERVER);

@@ -27,7 +27,7 @@ from .run import build_env
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 # The library's geometry for a new fabric (csrc/include/fastivc/fabric.h).
-DEFAULT_MEMBERS, DEFAULT_OFFERS, DEFAULT_SLOTS = 4096, 16384, 65536  # fabric.h
+DEFAULT_MEMBERS, DEFAULT_OFFERS, DEFAULT_SLOTS = 4096, 65536, 65536  # fabric.h
 DEFAULT_SMALL_RING = 4096
 DEFAULT_RING_KIB = 1024
 # Free space should hold the rings of at least this many more connections.

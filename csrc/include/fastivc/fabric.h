@@ -35,7 +35,7 @@ struct fivc_geometry {
  * stream: 4,096 x 64 KiB and 1,024 x 1 MiB (DESIGN.md I10). */
 #define FIVC_DEFAULT_SLOTS 65536u
 #define FIVC_DEFAULT_MEMBERS 4096u
-#define FIVC_DEFAULT_OFFERS 16384u
+#define FIVC_DEFAULT_OFFERS 65536u
 #define FIVC_DEFAULT_SMALL_RING 4096u
 #define FIVC_MID_RING (64u * 1024)
 #define FIVC_OFFER_BUCKET 8u /* noffers is a multiple of it (or smaller) */

@@ -362,8 +362,11 @@ def _nginx_once(r: Run, workers: int, connections: int | None = None) -> tuple[d
     with open(os.path.join(r.workdir, "html", "index.html"), "wb") as f:
         f.write(page)
     conf = os.path.join(r.workdir, "nginx.conf")
-    # every worker may get all connections (the kernel spreads them unevenly)
-    wc = max(1024, connections + 64)
+    # every worker may get all connections (the kernel spreads them unevenly),
+    # and with exactly that many nginx warned "worker_connections are not
+    # enough, reusing connections" and closed some of wrk's (wrk -c1000:
+    # hundreds of read errors on plain TCP): twice as many
+    wc = max(1024, 2 * connections + 64)
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(workers=workers, dir=r.workdir, addr=r.pl.server_addr,
                                   port=r.port, worker_connections=wc, rlimit=2 * wc + 64,
