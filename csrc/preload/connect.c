@@ -541,7 +541,9 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	fs->nonblock = (flags & SOCK_NONBLOCK) != 0;
 	fs->slot = v.slot;
 	fs->gen = v.slot_gen;
-	if (fivc_offer_adopt(fab, &v) < 0) {
+	if ((r = fivc_offer_adopt(fab, &v)) < 0) {
+		FIVC_DEBUG("fd %d: cannot adopt offer %u (slot %u): %s: plain", fd, v.idx, v.slot,
+			   strerror(-r));
 		free(fs);
 		goto plain;
 	}
