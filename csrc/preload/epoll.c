@@ -29,8 +29,16 @@
  *   - Spinning (as a blocking read does) walks the list without arming,
  *     bounded in time (adaptive) and only while the list is short; the
  *     kernel is asked with timeout 0 every 16 rounds.  With entries to
- *     report, the kernel is asked (timeout 0) every 8th call, so plain fds
- *     and armed entries are never starved by a busy list.
+ *     report, the kernel is asked (timeout 0) every 8th call, and on every
+ *     call while it had events the last time (then at most
+ *     KERNEL_BUSY_BATCH of ours per call, and a quarter of the array kept
+ *     for it), so plain fds and armed entries are never starved by a busy
+ *     list (report_fair).
+ *   - Wake records (layout.h): the set's own sleep arms entries on the ring
+ *     with a wake code, so a peer's ring move while the set is awake, or
+ *     already rung, sets a bit (collected at every walk) instead of ringing
+ *     the TCP doorbell; rec_arm() before sleeping is the SB pairing.
+ *   - EPOLL_CTL_DEL of a socket on the ring leaves a ghost (ctl_del).
  *   - A managed socket that turned FS_PLAIN is handed to the kernel: its
  *     registration is modified to the program's events and data, and the
  *     entry goes.  Sockets still on TCP (FS_CLIENT_PENDING, FS_SERVER_PRE)
