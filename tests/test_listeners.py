@@ -20,7 +20,7 @@ from fastivc._paths import helper_path
 from fastivc.netns import in_ns
 from fastivc.run import build_env
 
-PORT = 40000 + os.getpid() % 20000
+PORT = 24200 + os.getpid() % 2000  # below the ephemeral range (test_scale.py)
 
 # A server that knows nothing of fastivc: it listens, prints its state as
 # JSON lines on request, and answers a few commands on stdin.

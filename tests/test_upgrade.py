@@ -18,7 +18,7 @@ N = 300_000
 # Listening ports for the tests: below the kernel's ephemeral range (32768 and
 # up), where client sockets of earlier tests (10,000 short connections) may
 # still hold a port.
-_ports = itertools.count(10000 + os.getpid() % 500 * 40)
+_ports = itertools.count(10000 + os.getpid() % 250 * 40)  # below 20000 (test_scale.py)
 
 
 def place(placement: str, ipv: int, request) -> tuple[str | None, str | None, str]:

@@ -722,6 +722,12 @@ struct pass {
 	int coded;     /* arm with the set's wake codes (its own epoll_wait) */
 };
 
+static int server_pre(const struct ep_entry *e)
+{
+	struct fsock *fs = e->nested ? NULL : fivc_fs(e->fd);
+	return fs && fs->state == FS_SERVER_PRE;
+}
+
 /* One pass over the list.  Returns the number reported (or, with report 0,
  * 1 as soon as one is reportable). */
 static int walk(struct ep_set *s, struct pass *p)
@@ -735,7 +741,11 @@ static int walk(struct ep_set *s, struct pass *p)
 		int last = e == stop, gone;
 		seen++;
 		uint32_t r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
-		if (!r && !gone && p->arm) {
+		if (!r && !gone && (p->arm || (p->report && server_pre(e)))) {
+			/* (a server socket still reading the client's TCP bytes
+			 * costs a poll(2) per look: one found not ready is armed
+			 * and dropped at once, as before a sleep; its next TCP edge
+			 * or ring move queues it again) */
 			entry_arm(s, e, p->coded);
 			/* SB: the arm's fence orders this look after "waiting" */
 			r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
