@@ -411,37 +411,44 @@ static void reclaim_slot(struct fivc_fabric *f, uint32_t i, dead_fn is_dead, voi
 	}
 }
 
+/* Offers, listeners and wake records: a word at offset 0 that packs
+ * gen | owner member+1 | state, FREE = 0.  owned_free: the entry goes back
+ * to FREE if its word is still `word`.  reclaim_owned: the entries of such
+ * a table whose owner is dead per is_dead go; returns how many. */
+_Static_assert(offsetof(struct fivc_offer, state) == 0 && FIVC_OFFER_FREE == 0, "owned word");
+_Static_assert(offsetof(struct fivc_listener, state) == 0 && FIVC_LISTENER_FREE == 0, "owned word");
+_Static_assert(offsetof(struct fivc_waker, state) == 0 && FIVC_WAKER_FREE == 0, "owned word");
+
+static int owned_free(uint64_t *state, uint64_t word)
+{
+	uint64_t w = word;
+	return fivc_cas(state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), 0, 0));
+}
+
+static uint32_t reclaim_owned(struct fivc_fabric *f, uint8_t *table, size_t stride, uint32_t n,
+			      dead_fn is_dead, void *arg)
+{
+	uint32_t freed = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t *st = (uint64_t *)(table + (size_t)i * stride);
+		uint64_t w = fivc_load_acquire(st);
+		if (FIVC_OFFER_STATE(w) != 0 && is_dead(f, FIVC_OFFER_OWNER(w), arg) &&
+		    owned_free(st, w))
+			freed++;
+	}
+	return freed;
+}
+
 /* Free offers and slot sides whose member is dead per is_dead. */
 static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
 		    struct fivc_gc_report *r)
 {
-	for (uint32_t i = 0; i < f->g.noffers; i++) {
-		struct fivc_offer *o = fivc_offer_at(f, i);
-		uint64_t w = fivc_load_acquire(&o->state);
-		if (FIVC_OFFER_STATE(w) == FIVC_OFFER_FREE)
-			continue;
-		if (!is_dead(f, FIVC_OFFER_OWNER(w), arg))
-			continue;
-		if (fivc_cas(&o->state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_OFFER_FREE)))
-			r->offers_freed++;
-	}
-	for (uint32_t i = 0; i < FIVC_LISTENERS; i++) {
-		struct fivc_listener *l = fivc_listener_at(f, i);
-		uint64_t w = fivc_load_acquire(&l->state);
-		if (FIVC_OFFER_STATE(w) == FIVC_LISTENER_FREE || !is_dead(f, FIVC_OFFER_OWNER(w), arg))
-			continue;
-		if (fivc_cas(&l->state, &w,
-			     FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_LISTENER_FREE)))
-			r->listeners_freed++;
-	}
-	for (uint32_t i = 0; i < FIVC_WAKERS; i++) {
-		struct fivc_waker *k = fivc_waker_at(f, i);
-		uint64_t w = fivc_load_acquire(&k->state);
-		if (FIVC_OFFER_STATE(w) == FIVC_WAKER_FREE || !is_dead(f, FIVC_OFFER_OWNER(w), arg))
-			continue;
-		if (fivc_cas(&k->state, &w, FIVC_OFFER_WORD(FIVC_OFFER_GEN(w), 0, FIVC_WAKER_FREE)))
-			r->wakers_freed++;
-	}
+	r->offers_freed += reclaim_owned(f, f->base + f->offers_off, sizeof(struct fivc_offer),
+					 f->g.noffers, is_dead, arg);
+	r->listeners_freed += reclaim_owned(f, f->base + f->listeners_off,
+					    sizeof(struct fivc_listener), FIVC_LISTENERS, is_dead, arg);
+	r->wakers_freed += reclaim_owned(f, f->base + f->wakers_off, sizeof(struct fivc_waker),
+					 FIVC_WAKERS, is_dead, arg);
 	/* only slots ever used: the others' pages were never reserved */
 	for (uint32_t i = 0; i < f->g.nslots; i++)
 		if (fivc_load_acquire(slot_backed(f, i)))
@@ -1413,9 +1420,7 @@ void fivc_waker_release(struct fivc_fabric *f, uint32_t idx, uint64_t word)
 {
 	if (idx >= FIVC_WAKERS)
 		return;
-	uint64_t w = word;
-	fivc_cas(&fivc_waker_at(f, idx)->state, &w,
-		 FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), 0, FIVC_WAKER_FREE));
+	owned_free(&fivc_waker_at(f, idx)->state, word);
 }
 
 int fivc_waker_note(struct fivc_fabric *f, uint32_t code)
@@ -1512,9 +1517,7 @@ void fivc_listener_remove(struct fivc_fabric *f, uint32_t idx, uint64_t word)
 {
 	if (idx >= FIVC_LISTENERS)
 		return;
-	uint64_t w = word;
-	fivc_cas(&fivc_listener_at(f, idx)->state, &w,
-		 FIVC_OFFER_WORD(FIVC_OFFER_GEN(word), 0, FIVC_LISTENER_FREE));
+	owned_free(&fivc_listener_at(f, idx)->state, word);
 }
 
 int fivc_listener_valid(struct fivc_fabric *f, uint32_t idx, uint64_t word)
