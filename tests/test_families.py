@@ -54,6 +54,7 @@ NBCONNECT = {
     "rdhup": (1, ()),
     "peer-close": (1, ()),
     "nested": (1, ()),
+    "shared-file": (3, ()),
 }
 
 

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -198,15 +199,19 @@ static struct {
 	pid_t pid;
 	uint32_t idx;
 	uint64_t word;
+	/* its address when bound to a specific one: then every accepted
+	 * connection's local address (getsockname saved per accept) */
+	struct sockaddr_storage local;
+	socklen_t local_len; /* 0: a wildcard address */
 } lregs[LREGS];
 static int nlregs;
 static pthread_mutex_t lreg_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int listen_key(int fd, uint8_t addr[16], uint16_t *port)
+static int listen_key(int fd, uint8_t addr[16], uint16_t *port, struct sockaddr_storage *ss,
+		      socklen_t *l)
 {
-	struct sockaddr_storage ss;
-	socklen_t l = sizeof(ss);
-	if (getsockname(fd, (struct sockaddr *)&ss, &l) < 0 || sa_addr(&ss, addr, port) < 0 ||
+	*l = sizeof(*ss);
+	if (getsockname(fd, (struct sockaddr *)ss, l) < 0 || sa_addr(ss, addr, port) < 0 ||
 	    !*port)
 		return -1;
 	return 0;
@@ -221,7 +226,9 @@ static void listener_register(struct fivc_fabric *fab, int fd, int k)
 	uint16_t port;
 	uint32_t idx;
 	uint64_t word;
-	if (listen_key(fd, addr, &port) < 0)
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	if (listen_key(fd, addr, &port, &ss, &sl) < 0)
 		return;
 	int r = fivc_listener_add(fab, addr, port, netns_id(), &idx, &word);
 	if (r < 0) {
@@ -236,6 +243,8 @@ static void listener_register(struct fivc_fabric *fab, int fd, int k)
 	lregs[k].pid = fivc_pid;
 	lregs[k].idx = idx;
 	lregs[k].word = word;
+	lregs[k].local = ss;
+	lregs[k].local_len = is_unspecified(addr) ? 0 : sl;
 	FIVC_DEBUG("fd %d: listening on port %u (listener entry %u)", fd, port, idx);
 }
 
@@ -274,14 +283,19 @@ void fivc_listen_forked(void)
 }
 
 /* Before an accept: our entry for lfd is still there (one load), else it
- * is made again. */
-static void listener_ensure(struct fivc_fabric *fab, int lfd)
+ * is made again.  Returns the length of its specific local address, copied
+ * to *local, or 0 (a wildcard; not registered). */
+static socklen_t listener_ensure(struct fivc_fabric *fab, int lfd, struct sockaddr_storage *local)
 {
 	pthread_mutex_lock(&lreg_lock);
 	int k = lreg_find(lfd);
 	if (k < 0 || !fivc_listener_valid(fab, lregs[k].idx, lregs[k].word))
 		listener_register(fab, lfd, k);
+	socklen_t l = 0;
+	if ((k = lreg_find(lfd)) >= 0 && (l = lregs[k].local_len))
+		*local = lregs[k].local;
 	pthread_mutex_unlock(&lreg_lock);
+	return l;
 }
 
 /* fd is closed or replaced: its registration goes, and our entry with it
@@ -405,8 +419,9 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 	if (!addr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6) ||
 	    fivc_fs(fd) || !tcp_stream(fd))
 		return NULL;
-	int fl = fivc_real.fcntl(fd, F_GETFL);
-	if (fl < 0 || ((fl & O_NONBLOCK) && !fivc_cfg.nonblock_ok))
+	int unbound = (fivc_fd_bits(fd) & FIVC_FD_UNBOUND) != 0;
+	int nb = fivc_fd_nonblock(fd);
+	if (nb < 0 || (nb && !fivc_cfg.nonblock_ok))
 		return NULL; /* non-blocking sockets stay plain unless enabled */
 	struct fivc_fabric *fab = fivc_fabric_get();
 	if (!fab)
@@ -424,8 +439,12 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 		FIVC_DEBUG("fd %d: no accelerated listener on port %u: plain TCP", fd, dport);
 		return NULL;
 	}
-	if (getsockname(fd, (struct sockaddr *)&src, &sl) < 0)
+	if (unbound) { /* (no need to ask: nothing bound it) */
+		memset(&src, 0, sizeof(src));
+		src.ss_family = addr->sa_family;
+	} else if (getsockname(fd, (struct sockaddr *)&src, &sl) < 0) {
 		return NULL;
+	}
 	sa_addr(&src, t.saddr, &sport);
 	if (!sport || is_unspecified(t.saddr)) {
 		/* Learn the source address and port before the SYN leaves. */
@@ -471,7 +490,7 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 		return NULL;
 	}
 	fs->state = FS_CLIENT_PENDING;
-	fs->nonblock = (fl & O_NONBLOCK) != 0;
+	fs->nonblock = nb;
 	FIVC_DEBUG("fd %d: offer %u posted for port %u -> %u (slot %u)", fd, fs->offer_idx,
 		   t.sport, t.dport, fs->slot);
 	return fs;
@@ -482,6 +501,7 @@ int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len)
 	struct fsock *fs = fivc_cfg.disabled || FIVC_GUARDED() ? NULL : client_offer(fd, addr, len);
 	if (fs)
 		fivc_fd_set(fd, fs);
+	fivc_fd_clear_bits(fd, FIVC_FD_UNBOUND);
 	int r = fivc_real.connect(fd, addr, len);
 	if (r < 0 && fs && errno != EINTR && errno != EINPROGRESS) {
 		int e = errno;
@@ -494,18 +514,78 @@ int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len)
 
 /* ---- accept ---- */
 
+/* A blocking accept() spins a while on the listener before it sleeps, as a
+ * read spins on its ring: a server that serves one short connection after
+ * another otherwise sleeps in accept() and pays a wake-up per connection,
+ * the largest cost left once the request and response cross the ring.
+ * Only a process whose accepted connections were accelerated spins
+ * (accept_accel), and only while connections have been coming sooner than
+ * the spin budget: accept_gap is a running mean of how long a blocking
+ * accept() waited.  (Halving the budget after each miss, as pending_spin
+ * does, measured worse here: one late client halved it below the usual gap
+ * and it never recovered.)  Every FIVC_SPIN_PROBE-th accept spins anyway,
+ * so a server whose clients speed up starts spinning again. */
+static uint64_t accept_gap = UINT64_MAX / 8;
+static unsigned accept_probe;
+static int accept_accel;
+
+/* Returns when the spin began (0: no spin, no measure). */
+static uint64_t accept_spin(int lfd)
+{
+	if (!__atomic_load_n(&accept_accel, __ATOMIC_RELAXED) || !fivc_cfg.spin_ns)
+		return 0;
+	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
+	if (__atomic_load_n(&accept_gap, __ATOMIC_RELAXED) > fivc_cfg.spin_ns &&
+	    __atomic_add_fetch(&accept_probe, 1, __ATOMIC_RELAXED) % FIVC_SPIN_PROBE)
+		return start; /* measured, not spun */
+	int saved = errno;
+	for (unsigned i = 0;; i++) {
+		if (!(i & 31)) {
+			struct pollfd p = {.fd = lfd, .events = POLLIN};
+			if (fivc_real.poll(&p, 1, 0) != 0 ||
+			    fivc_now_ns(CLOCK_MONOTONIC) - start >= fivc_cfg.spin_ns)
+				break; /* a connection (or an error accept() will give); time up */
+		}
+		fivc_cpu_relax();
+	}
+	errno = saved;
+	return start;
+}
+
+static void accept_waited(uint64_t start)
+{
+	if (!start)
+		return;
+	uint64_t gap = fivc_now_ns(CLOCK_MONOTONIC) - start, g = __atomic_load_n(&accept_gap, __ATOMIC_RELAXED);
+	if (g > UINT64_MAX / 16)
+		g = gap;
+	__atomic_store_n(&accept_gap, (g * 3 + gap) / 4, __ATOMIC_RELAXED);
+}
+
 int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4)
 {
 	struct fivc_fabric *lfab;
+	struct sockaddr_storage local;
+	socklen_t l1 = 0;
 	if (!fivc_cfg.disabled && !FIVC_GUARDED() && tcp_stream(lfd) &&
 	    (lfab = fivc_fabric_get())) {
 		int e = errno;
-		listener_ensure(lfab, lfd);
+		l1 = listener_ensure(lfab, lfd, &local);
 		errno = e;
+	}
+	int lfl = -1;
+	uint64_t spun = 0;
+	if (!fivc_cfg.disabled && !FIVC_GUARDED()) {
+		lfl = fivc_fd_nonblock(lfd);
+		if (lfl == 0)
+			spun = accept_spin(lfd);
 	}
 	int fd = use4 ? fivc_real.accept4(lfd, addr, len, flags) : fivc_real.accept(lfd, addr, len);
 	if (fd >= 0)
-		fivc_fd_set_kind(fd, fivc_fd_kind(lfd));
+		accept_waited(spun);
+	if (fd >= 0)
+		fivc_fd_set_kind(fd, fivc_fd_kind(lfd) | FIVC_FD_NBKNOWN |
+					     (flags & SOCK_NONBLOCK ? FIVC_FD_NB : 0));
 	if (fd < 0 || fivc_cfg.disabled || FIVC_GUARDED() ||
 	    ((flags & SOCK_NONBLOCK) && !fivc_cfg.nonblock_ok))
 		return fd;
@@ -513,14 +593,15 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	/* An event-loop server (non-blocking listener) stays plain until the
 	 * event-loop work lands: it would make the socket non-blocking and
 	 * watch it with epoll. */
-	int lfl = fivc_real.fcntl(lfd, F_GETFL);
 	struct fivc_fabric *fab;
-	if (lfl < 0 || ((lfl & O_NONBLOCK) && !fivc_cfg.nonblock_ok) || !(fab = fivc_fabric_get()))
+	if (fivc_cfg.disabled || FIVC_GUARDED() ||
+	    (lfl < 0 && (lfl = fivc_fd_nonblock(lfd)) < 0) || (lfl && !fivc_cfg.nonblock_ok) ||
+	    !(fab = fivc_fabric_get()))
 		goto plain;
-	struct sockaddr_storage local, peer;
-	socklen_t l1 = sizeof(local), l2 = sizeof(peer);
+	struct sockaddr_storage peer;
+	socklen_t l2 = sizeof(peer);
 	struct fivc_tuple t = {0};
-	if (getsockname(fd, (struct sockaddr *)&local, &l1) < 0 ||
+	if ((!l1 && (l1 = sizeof(local), getsockname(fd, (struct sockaddr *)&local, &l1) < 0)) ||
 	    getpeername(fd, (struct sockaddr *)&peer, &l2) < 0 ||
 	    sa_addr(&peer, t.saddr, &t.sport) < 0 || sa_addr(&local, t.daddr, &t.dport) < 0 ||
 	    !tcp_stream(fd))
@@ -559,6 +640,8 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	/* No adoption doorbell (see io.c): a client blocked in a TCP read has
 	 * armed its ring and wakes on our first ring write. */
 	fivc_fd_set(fd, fs);
+	if (!accept_accel)
+		__atomic_store_n(&accept_accel, 1, __ATOMIC_RELAXED);
 	FIVC_DEBUG("fd %d: adopted offer %u (slot %u) for port %u -> %u", fd, v.idx, v.slot,
 		   t.sport, t.dport);
 plain:

@@ -197,12 +197,21 @@ static int pending_spin(struct fsock *fs, int fd)
 	return 0;
 }
 
-/* The spin above, once per connection and only for a read that may block. */
-static int pending_spin_once(struct fsock *fs, int fd, int tflags)
+/* The spin above, once per connection for the first read that may block
+ * (what = PENDING_SPUN_READ), and once for the client's first blocking
+ * write (PENDING_SPUN_WRITE): a client that writes its request right after
+ * connect() returns is nearly always ahead of the server's accept(), so
+ * the request would cross TCP and the server would sleep for it.  Waiting
+ * a moment for the adoption puts the request on the ring (N = 0), which
+ * the server, spinning in its first read, takes with no wake-up. */
+#define PENDING_SPUN_READ 1
+#define PENDING_SPUN_WRITE 2
+
+static int pending_spin_once(struct fsock *fs, int fd, int tflags, int what)
 {
-	if (fs->nonblock || (tflags & MSG_DONTWAIT) || fs->pending_spun)
+	if (fs->nonblock || (tflags & MSG_DONTWAIT) ||
+	    (__atomic_fetch_or(&fs->pending_spun, what, __ATOMIC_RELAXED) & what))
 		return 0;
-	fs->pending_spun = 1;
 	return pending_spin(fs, fd);
 }
 
@@ -246,7 +255,7 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			fivc_fs_client_check(fs, 0);
 			if (fs->state != FS_CLIENT_PENDING)
 				continue;
-			if (pending_spin_once(fs, fd, tflags))
+			if (pending_spin_once(fs, fd, tflags, PENDING_SPUN_READ))
 				continue; /* adopted: switch, then the ring */
 			/* armed: if another thread switches while we sleep here,
 			 * the server's first ring write wakes us */
@@ -287,7 +296,7 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			server_maybe_done(fs);
 			if (fs->state != FS_SERVER_PRE)
 				continue;
-			if (!fs->n_known && pending_spin_once(fs, fd, tflags))
+			if (!fs->n_known && pending_spin_once(fs, fd, tflags, PENDING_SPUN_READ))
 				continue; /* N known: TCP up to N, then the ring */
 			size_t want = len - got;
 			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
@@ -353,6 +362,8 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 			return -ENOBUFS;
 	}
 	ssize_t r;
+	if (fs->state == FS_CLIENT_PENDING && !fs->tcp_sent)
+		pending_spin_once(fs, fd, flags, PENDING_SPUN_WRITE);
 	pthread_mutex_lock(&fs->wr_lock);
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	fivc_fs_client_check(fs, 1);

@@ -51,6 +51,7 @@
 	X(int, close_range, (unsigned int, unsigned int, int))                                \
 	X(void, closefrom, (int))                                                             \
 	X(int, shutdown, (int, int))                                                          \
+	X(int, bind, (int, const struct sockaddr *, socklen_t))                               \
 	X(int, listen, (int, int))                                                            \
 	X(int, dup, (int))                                                                    \
 	X(int, dup2, (int, int))                                                              \
@@ -195,18 +196,47 @@ int fivc_fdlist_count(void);
 int fivc_fdlist_copy(int *out, int cap);
 
 /* What socket() made of each fd: TCP stream sockets are the only candidates.
- * 0 = unknown (made before we were loaded: ask the kernel). */
+ * 0 = unknown (made before we were loaded: ask the kernel).
+ *
+ * Above the kind, what we know of the fd's state without asking the kernel
+ * (each saves a syscall per connection on the connect/accept path):
+ * FIVC_FD_NBKNOWN: its O_NONBLOCK is FIVC_FD_NB (made by socket() or
+ * accept4() here, every change seen since: fcntl F_SETFL, ioctl FIONBIO);
+ * FIVC_FD_UNBOUND: made by socket() here, no bind, connect or listen since.
+ * A dup shares the file and its state: both fds lose the bits. */
 enum { FIVC_KIND_UNKNOWN = 0, FIVC_KIND_TCP = 1, FIVC_KIND_OTHER = 2, FIVC_KIND_EPOLL = 3 };
+enum { FIVC_FD_NBKNOWN = 0x10, FIVC_FD_NB = 0x20, FIVC_FD_UNBOUND = 0x40 };
 extern uint8_t *fivc_kinds;
-static inline int fivc_fd_kind(int fd)
+static inline int fivc_fd_bits(int fd)
 {
 	return fd >= 0 && fd < fivc_nfds && fivc_kinds ? __atomic_load_n(&fivc_kinds[fd], __ATOMIC_RELAXED) : 0;
 }
+static inline int fivc_fd_kind(int fd) { return fivc_fd_bits(fd) & 0x0f; }
 static inline void fivc_fd_set_kind(int fd, int kind)
 {
 	if (fd >= 0 && fd < fivc_nfds && fivc_kinds)
 		__atomic_store_n(&fivc_kinds[fd], (uint8_t)kind, __ATOMIC_RELAXED);
 }
+static inline void fivc_fd_clear_bits(int fd, int bits)
+{
+	if (fd >= 0 && fd < fivc_nfds && fivc_kinds && (fivc_kinds[fd] & bits))
+		__atomic_fetch_and(&fivc_kinds[fd], (uint8_t)~bits, __ATOMIC_RELAXED);
+}
+/* fd's O_NONBLOCK became nb (fcntl F_SETFL, ioctl FIONBIO returned 0) */
+static inline void fivc_fd_note_nb(int fd, int nb)
+{
+	int b = fivc_fd_bits(fd);
+	if (b & FIVC_FD_NBKNOWN)
+		fivc_fd_set_kind(fd, (b & ~FIVC_FD_NB) | (nb ? FIVC_FD_NB : 0));
+}
+/* newfd now shares oldfd's file (dup family) */
+static inline void fivc_fd_dup_kind(int oldfd, int newfd)
+{
+	fivc_fd_clear_bits(oldfd, FIVC_FD_NBKNOWN | FIVC_FD_NB | FIVC_FD_UNBOUND);
+	fivc_fd_set_kind(newfd, fivc_fd_kind(oldfd));
+}
+/* fd's O_NONBLOCK: 0 or 1, from the bits or the kernel; -1 on error */
+int fivc_fd_nonblock(int fd);
 
 /* connect / accept (connect.c) */
 struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side);

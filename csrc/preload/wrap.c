@@ -36,9 +36,27 @@ FIVC_EXPORT int socket(int domain, int type, int proto)
 		fivc_fd_set_kind(fd, (domain == AF_INET || domain == AF_INET6) &&
 					     (type & 0xf) == SOCK_STREAM &&
 					     (proto == 0 || proto == IPPROTO_TCP)
-				     ? FIVC_KIND_TCP
+				     ? FIVC_KIND_TCP | FIVC_FD_NBKNOWN | FIVC_FD_UNBOUND |
+					       (type & SOCK_NONBLOCK ? FIVC_FD_NB : 0)
 				     : FIVC_KIND_OTHER);
 	return fd;
+}
+
+int fivc_fd_nonblock(int fd)
+{
+	int b = fivc_fd_bits(fd);
+	if (b & FIVC_FD_NBKNOWN)
+		return (b & FIVC_FD_NB) != 0;
+	int fl = fivc_real.fcntl(fd, F_GETFL);
+	return fl < 0 ? -1 : (fl & O_NONBLOCK) != 0;
+}
+
+/* (seen only to keep FIVC_FD_UNBOUND true) */
+FIVC_EXPORT int bind(int fd, const struct sockaddr *a, socklen_t l)
+{
+	FIVC_ENSURE_INIT();
+	fivc_fd_clear_bits(fd, FIVC_FD_UNBOUND);
+	return fivc_real.bind(fd, a, l);
 }
 
 
@@ -51,6 +69,7 @@ FIVC_EXPORT int connect(int fd, const struct sockaddr *a, socklen_t l)
 FIVC_EXPORT int listen(int fd, int backlog)
 {
 	FIVC_ENSURE_INIT();
+	fivc_fd_clear_bits(fd, FIVC_FD_UNBOUND);
 	int r = fivc_real.listen(fd, backlog);
 	if (r == 0)
 		fivc_listen_note(fd);
@@ -354,7 +373,7 @@ FIVC_EXPORT int dup(int fd)
 	FIVC_ENSURE_INIT();
 	int r = fivc_real.dup(fd);
 	if (r >= 0) {
-		fivc_fd_set_kind(r, fivc_fd_kind(fd));
+		fivc_fd_dup_kind(fd, r);
 		if (fivc_fs(fd))
 			fivc_fs_dup(fd, r);
 	}
@@ -365,7 +384,7 @@ static int dup_onto(int oldfd, int newfd, int r)
 {
 	if (r >= 0 && oldfd != newfd) {
 		fivc_fs_replaced(newfd); /* the kernel closed whatever newfd was */
-		fivc_fd_set_kind(newfd, fivc_fd_kind(oldfd));
+		fivc_fd_dup_kind(oldfd, newfd);
 		fivc_fs_dup(oldfd, newfd);
 	}
 	return r;
@@ -392,7 +411,9 @@ static int do_fcntl(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 	FIVC_ENSURE_INIT();
 	int r = real(fd, cmd, arg);
 	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
-		fivc_fd_set_kind(r, fivc_fd_kind(fd));
+		fivc_fd_dup_kind(fd, r);
+	if (r >= 0 && cmd == F_SETFL)
+		fivc_fd_note_nb(fd, ((int)(intptr_t)arg & O_NONBLOCK) != 0);
 	struct fsock *fs = fivc_fs(fd);
 	if (r < 0 || !fs)
 		return r;
@@ -440,8 +461,11 @@ FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)
 		return 0;
 	}
 	int r = fivc_real.ioctl(fd, req, arg);
-	if (r == 0 && fs && req == FIONBIO)
-		fs->nonblock = *(int *)arg != 0;
+	if (r == 0 && req == FIONBIO) {
+		fivc_fd_note_nb(fd, *(int *)arg != 0);
+		if (fs)
+			fs->nonblock = *(int *)arg != 0;
+	}
 	return r;
 }
 

@@ -386,13 +386,64 @@ static int mode_nested(void)
 	return 0;
 }
 
+/* What the library remembers of a socket's flags and binding instead of
+ * asking the kernel at each connect and accept must follow every way they
+ * change: O_NONBLOCK set through a dup (one open file, two fds), SOCK_NONBLOCK
+ * cleared by fcntl, a client bound before connect, a listener made
+ * non-blocking through a dup. */
+static int mode_shared_file(void)
+{
+	int l = listener(0), on = 1;
+	char b[16];
+	struct sockaddr_storage a;
+	socklen_t al;
+	int c = socket(lss.ss_family, SOCK_STREAM, 0), d = dup(c);
+	SHOW("fcntl O_NONBLOCK on a dup", fcntl(d, F_SETFL, O_NONBLOCK));
+	close(d);
+	SHOW("connect, non-blocking through the dup", connect(c, (struct sockaddr *)&lss, lsl));
+	poll_show("poll for OUT", c, POLLOUT, 2000);
+	show_so_error("SO_ERROR", c);
+	int s = accept4(l, NULL, NULL, SOCK_NONBLOCK);
+	SHOW("accept4", s < 0 ? -1 : 0);
+	SHOW("read empty", read(c, b, sizeof(b)));
+	hop("c->s", c, s, "dup made");
+	hop("s->c", s, c, "it so");
+	int c2 = socket(lss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	SHOW("fcntl clear SOCK_NONBLOCK", fcntl(c2, F_SETFL, 0));
+	SHOW("blocking connect", connect(c2, (struct sockaddr *)&lss, lsl));
+	int s2 = accept4(l, NULL, NULL, SOCK_NONBLOCK);
+	SHOW("recv MSG_DONTWAIT on blocking", recv(c2, b, sizeof(b), MSG_DONTWAIT));
+	hop("conn2 c->s", c2, s2, "blocking");
+	SHOW("FIONBIO on", ioctl(c2, FIONBIO, &on));
+	hop("conn2 s->c", s2, c2, "again");
+	int c3 = socket(lss.ss_family, SOCK_STREAM, 0);
+	loopback(&a, &al);
+	SHOW("bind before connect", bind(c3, (struct sockaddr *)&a, al));
+	struct sockaddr_storage b1, b2;
+	socklen_t l1 = sizeof(b1), l2 = sizeof(b2);
+	getsockname(c3, (struct sockaddr *)&b1, &l1);
+	SHOW("blocking connect", connect(c3, (struct sockaddr *)&lss, lsl));
+	getsockname(c3, (struct sockaddr *)&b2, &l2);
+	SHOW("source port kept", l1 == l2 && !memcmp(&b1, &b2, l1));
+	int s3 = accept4(l, NULL, NULL, SOCK_NONBLOCK);
+	SHOW("fcntl O_NONBLOCK", fcntl(c3, F_SETFL, O_NONBLOCK));
+	hop("conn3 c->s", c3, s3, "bound");
+	hop("conn3 s->c", s3, c3, "first");
+	d = dup(l);
+	SHOW("fcntl listener O_NONBLOCK on a dup", fcntl(d, F_SETFL, O_NONBLOCK));
+	close(d);
+	SHOW("accept with none pending", accept(l, NULL, NULL));
+	close(c), close(s), close(c2), close(s2), close(c3), close(s3), close(l);
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(void);
 } MODES[] = {
 	{"flags", mode_flags},   {"connect", mode_connect}, {"refused", mode_refused},
 	{"fill", mode_fill},     {"rdhup", mode_rdhup},     {"peer-close", mode_peer_close},
-	{"nested", mode_nested},
+	{"nested", mode_nested}, {"shared-file", mode_shared_file},
 };
 
 int main(int argc, char **argv)
