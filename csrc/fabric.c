@@ -439,20 +439,54 @@ static uint32_t reclaim_owned(struct fivc_fabric *f, uint8_t *table, size_t stri
 	return freed;
 }
 
-/* Free offers and slot sides whose member is dead per is_dead. */
+/* Free offers and slot sides whose member is dead per is_dead; tables:
+ * the FIVC_TOUCHED_* bits of the tables to sweep besides the slots. */
 static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
-		    struct fivc_gc_report *r)
+		    struct fivc_gc_report *r, uint32_t tables)
 {
-	r->offers_freed += reclaim_owned(f, f->base + f->offers_off, sizeof(struct fivc_offer),
-					 f->g.noffers, is_dead, arg);
-	r->listeners_freed += reclaim_owned(f, f->base + f->listeners_off,
-					    sizeof(struct fivc_listener), FIVC_LISTENERS, is_dead, arg);
-	r->wakers_freed += reclaim_owned(f, f->base + f->wakers_off, sizeof(struct fivc_waker),
-					 FIVC_WAKERS, is_dead, arg);
-	/* only slots ever used: the others' pages were never reserved */
-	for (uint32_t i = 0; i < f->g.nslots; i++)
+	if (tables & FIVC_TOUCHED_OFFERS)
+		r->offers_freed += reclaim_owned(f, f->base + f->offers_off,
+						 sizeof(struct fivc_offer), f->g.noffers, is_dead, arg);
+	if (tables & FIVC_TOUCHED_LISTENERS)
+		r->listeners_freed += reclaim_owned(f, f->base + f->listeners_off,
+						    sizeof(struct fivc_listener), FIVC_LISTENERS,
+						    is_dead, arg);
+	if (tables & FIVC_TOUCHED_WAKERS)
+		r->wakers_freed += reclaim_owned(f, f->base + f->wakers_off,
+						 sizeof(struct fivc_waker), FIVC_WAKERS, is_dead, arg);
+	/* only slots ever used: the others' pages were never reserved (the
+	 * index is read 8 bytes at a time: most of it is zero) */
+	for (uint32_t i = 0; i < f->g.nslots; i++) {
+		if (!(i & 7) && i + 8 <= f->g.nslots) {
+			uint64_t w;
+			memcpy(&w, slot_backed(f, i), sizeof(w));
+			if (!w) {
+				i += 7;
+				continue;
+			}
+		}
 		if (fivc_load_acquire(slot_backed(f, i)))
 			reclaim_slot(f, i, is_dead, arg, r);
+	}
+}
+
+/* We took id m1, whose last owner is gone: free what it left, in the
+ * tables it ever used, before anything can carry our (equal) id. */
+static void join_sweep(struct fivc_fabric *f, struct fivc_member *me, uint32_t m1)
+{
+	struct fivc_gc_report rep = {0};
+	uint32_t t = fivc_load_acquire(&me->touched);
+	reclaim(f, dead_exact, &m1, &rep, t);
+	fivc_store_release(&me->touched, 0);
+}
+
+/* This process is about to own an entry of table bit (FIVC_TOUCHED_*):
+ * record it first (an id's next owner sweeps only the tables named). */
+static void touch(struct fivc_fabric *f, uint32_t bit)
+{
+	uint32_t *t = &fivc_member_at(f, f->self - 1)->touched;
+	if (!(fivc_load_relaxed(t) & bit))
+		__atomic_fetch_or(t, bit, __ATOMIC_ACQ_REL);
 }
 
 /* Take a free member id through fd's open file description; 0 if none. */
@@ -474,8 +508,7 @@ static uint32_t member_join_fd(struct fivc_fabric *f, int fd)
 		/* Sweep the dead owner's leftovers before anything can carry our
 		 * (equal) id. */
 		uint32_t m1 = m + 1;
-		struct fivc_gc_report rep = {0};
-		reclaim(f, dead_exact, &m1, &rep);
+		join_sweep(f, me, m1);
 		me->pid = (uint32_t)getpid();
 		me->joined_ns = fivc_now_ns(CLOCK_REALTIME);
 		me->heartbeat_ns = me->joined_ns;
@@ -511,8 +544,7 @@ static uint32_t member_join_guest(struct fivc_fabric *f)
 			continue;
 		uint32_t m1 = m + 1;
 		fivc_store_release(&me->heartbeat_ns, fivc_load_relaxed(&me->heartbeat_ns) + 1);
-		struct fivc_gc_report rep = {0};
-		reclaim(f, dead_exact, &m1, &rep);
+		join_sweep(f, me, m1);
 		me->pid = (uint32_t)getpid();
 		me->joined_ns = fivc_now_ns(CLOCK_REALTIME);
 		me->pidns_ino = 0;
@@ -1392,6 +1424,7 @@ int fivc_waker_take(struct fivc_fabric *f, uint32_t *idx, uint64_t *word)
 {
 	if (!f->self)
 		return -EUSERS;
+	touch(f, FIVC_TOUCHED_WAKERS);
 	uint32_t start = f->waker_hint ? f->waker_hint : (uint32_t)getpid() % FIVC_WAKERS;
 	for (uint32_t k = 0; k < FIVC_WAKERS; k++) {
 		uint32_t i = (start + k) % FIVC_WAKERS;
@@ -1476,6 +1509,7 @@ int fivc_listener_add(struct fivc_fabric *f, const uint8_t addr[16], uint16_t po
 {
 	if (!f->self)
 		return -EUSERS;
+	touch(f, FIVC_TOUCHED_LISTENERS);
 	uint32_t home = listener_home(port);
 	for (uint32_t k = 0; k < FIVC_LISTENER_PROBE; k++) { /* ours already? */
 		uint32_t i = (home + k) % FIVC_LISTENERS;
@@ -1604,6 +1638,7 @@ int fivc_offer_post(struct fivc_fabric *f, const struct fivc_tuple *key,
 {
 	if (!f->self)
 		return -EUSERS;
+	touch(f, FIVC_TOUCHED_OFFERS);
 	uint32_t start[2], n = offer_buckets(f, key, start);
 	for (uint32_t k = 0; k < 2 * n; k++) {
 		if (k == n && start[1] == start[0])
@@ -1760,7 +1795,7 @@ int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r)
 		if (st != FIVC_MEMBER_FREE && !fivc_member_alive(f, m + 1))
 			r->members_dead++;
 	}
-	reclaim(f, dead_by_lock, NULL, r);
+	reclaim(f, dead_by_lock, NULL, r, FIVC_TOUCHED_ALL);
 	/* the claimed-slot bits of free slots (a releaser that died between
 	 * its two steps), and pool buffers whose slot moved on */
 	for (uint32_t i = 0; i < f->g.nslots; i++) {

@@ -14,7 +14,7 @@ def test_python_layout_matches_c_structs(cbuild):
     assert c["FIVC_LAYOUT_VERSION"] == F.LAYOUT_VERSION
     assert c["FIVC_LOCK_BASE"] == F.LOCK_BASE
     assert c["sizeof.fivc_fabric_hdr"] == F.HDR_SIZE
-    assert c["sizeof.fivc_member"] == F.MEMBER_SIZE == F.MEMBER.size + 16
+    assert c["sizeof.fivc_member"] == F.MEMBER_SIZE == F.MEMBER.size + 12
     assert c["sizeof.fivc_offer"] == F.OFFER_SIZE
     assert c["sizeof.fivc_slot"] == F.SLOT_SIZE
     assert c["sizeof.fivc_ring_hdr"] == F.RING_HDR_SIZE
@@ -35,7 +35,8 @@ def test_python_layout_matches_c_structs(cbuild):
             assert c[f"fivc_fabric_hdr.{name}"] == o, name
     assert c["sizeof.fivc_pool_ent"] == F.POOL_ENT.size
     assert c["fivc_pool_ent.backed"] == 8 and c["fivc_pool_ent.aged"] == 12
-    assert c["fivc_member.comm"] == F.MEMBER.size - 16
+    assert c["fivc_member.comm"] == F.MEMBER.size - 20
+    assert c["fivc_member.touched"] == F.MEMBER.size - 4
     assert c["fivc_offer.key"] == 16 and c["fivc_offer.slot"] == 56
     assert c["fivc_offer.adopter"] == 64
     assert c["sizeof.fivc_listener"] == F.LISTENER_SIZE

@@ -319,6 +319,40 @@ FIVC_EXPORT int close(int fd)
 	return fivc_fs_close(fd);
 }
 
+/* The kernel closed fds [first, hi] (hi inside the table): forget them.
+ * The managed ones come from the compact list, the others we know of
+ * (listeners, epoll sets, kinds) from the kind bytes read 8 at a time, so
+ * that closefrom(3) costs the fds the library knows, not the range (a
+ * table of up to 2^20 entries).  Without memory for the copy, fd by fd. */
+static void forget_range(unsigned first, unsigned hi)
+{
+	int e = errno;
+	int n = fivc_fdlist_count(), *l = n ? malloc((size_t)n * sizeof(int)) : NULL;
+	if (n && l) {
+		fivc_fdlist_lock();
+		n = fivc_fdlist_copy(l, n);
+		fivc_fdlist_unlock();
+		for (int i = 0; i < n; i++)
+			if ((unsigned)l[i] >= first && (unsigned)l[i] <= hi && !fivc_own_fd(l[i]))
+				fivc_fs_replaced(l[i]);
+	}
+	int fd_by_fd = n && !l;
+	for (unsigned fd = first; fd <= hi; fd++) {
+		if (!fd_by_fd && !(fd & 7) && hi - fd >= 7) {
+			uint64_t w;
+			memcpy(&w, fivc_kinds + fd, sizeof(w));
+			if (!w) {
+				fd += 7;
+				continue;
+			}
+		}
+		if (!fivc_own_fd((int)fd) && ((fd_by_fd && fivc_fs((int)fd)) || fivc_fd_bits((int)fd)))
+			fivc_fs_replaced((int)fd);
+	}
+	free(l);
+	errno = e;
+}
+
 /* close_range/closefrom: the kernel closes a range; the fabric fd (our
  * member lock) is left out of it, and the closed fds are forgotten. */
 FIVC_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
@@ -348,12 +382,8 @@ FIVC_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 		r = fivc_real.close_range(lo, last, flags);
 	if (r < 0)
 		return r;
-	int e = errno;
-	unsigned hi = last < (unsigned)fivc_nfds ? last : (unsigned)fivc_nfds - 1;
-	for (unsigned fd = first; fivc_nfds > 0 && fd <= hi; fd++)
-		if (!fivc_own_fd((int)fd) && (fivc_fs((int)fd) || fivc_fd_kind((int)fd)))
-			fivc_fs_replaced((int)fd);
-	errno = e;
+	if (fivc_nfds > 0 && first < (unsigned)fivc_nfds)
+		forget_range(first, last < (unsigned)fivc_nfds ? last : (unsigned)fivc_nfds - 1);
 	return 0;
 }
 

@@ -24,7 +24,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
 RING_MAGIC = 0x474E4952  # "RING"
 LOCK_BASE = 1 << 40
@@ -41,7 +41,7 @@ WAKERS, WAKER_SIZE = 2048, 1024  # layout.h: wake records (one per sleeping epol
 HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQQIIQII")
 POOL_ENT = struct.Struct("<QII")
 HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
-MEMBER = struct.Struct("<IIQQQ16s")
+MEMBER = struct.Struct("<IIQQQ16sI")  # ... comm, touched
 TUPLE = struct.Struct("<16s16sHHI")
 OFFER = struct.Struct("<QQ40sIII")
 LISTENER = struct.Struct("<Q16sHHI")
@@ -342,7 +342,7 @@ class Fabric:
         out = []
         h = self.header
         for i in range(h.nmembers):
-            state, pid, joined, _hb, ino, comm = MEMBER.unpack_from(
+            state, pid, joined, _hb, ino, comm, _touched = MEMBER.unpack_from(
                 self._map, h.members_off + i * MEMBER_SIZE)
             if state not in (1, 2):  # ALIVE (a process here), GUEST (in a VM)
                 continue

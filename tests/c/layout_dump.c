@@ -30,6 +30,7 @@ int main(void)
 	F(fivc_pool_ent, owner); F(fivc_pool_ent, backed); F(fivc_pool_ent, aged);
 	F(fivc_member, state); F(fivc_member, pid); F(fivc_member, joined_ns);
 	F(fivc_member, heartbeat_ns); F(fivc_member, pidns_ino); F(fivc_member, comm);
+	F(fivc_member, touched);
 	F(fivc_tuple, saddr); F(fivc_tuple, daddr); F(fivc_tuple, sport); F(fivc_tuple, dport);
 	F(fivc_offer, state); F(fivc_offer, nonce); F(fivc_offer, key); F(fivc_offer, slot);
 	F(fivc_offer, slot_gen); F(fivc_offer, adopter);

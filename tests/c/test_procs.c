@@ -103,9 +103,12 @@ static pid_t spawn_offerer(const char *path, uint32_t *slot_out)
 		uint32_t slot, gen, idx;
 		uint64_t word;
 		struct fivc_tuple t = {.sport = 4000, .dport = 80};
+		uint8_t addr[16] = {0};
 		if (fivc_fabric_open(path, NULL, &f, err, sizeof(err)) < 0 ||
 		    fivc_slot_claim(&f, &t, 1, &slot, &gen) < 0 ||
-		    fivc_offer_post(&f, &t, 1, slot, gen, &idx, &word) < 0)
+		    fivc_offer_post(&f, &t, 1, slot, gen, &idx, &word) < 0 ||
+		    fivc_listener_add(&f, addr, 80, 0, &idx, &word) < 0 ||
+		    fivc_waker_take(&f, &idx, &word) < 0)
 			_exit(1);
 		if (write(p[1], &slot, sizeof(slot)) != sizeof(slot))
 			_exit(1);
@@ -131,6 +134,15 @@ static uint32_t offers_in_use(struct fivc_fabric *f)
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < f->g.noffers; i++)
 		n += FIVC_OFFER_STATE(fivc_load_relaxed(&fivc_offer_at(f, i)->state)) != FIVC_OFFER_FREE;
+	return n;
+}
+
+static uint32_t owned_in_use(struct fivc_fabric *f, int wakers)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < (wakers ? FIVC_WAKERS : FIVC_LISTENERS); i++)
+		n += FIVC_OFFER_STATE(fivc_load_relaxed(wakers ? &fivc_waker_at(f, i)->state
+								: &fivc_listener_at(f, i)->state)) != 0;
 	return n;
 }
 
@@ -245,11 +257,17 @@ static void test_dead_member_id_reused_sweeps(void)
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	CHECK_EQ(slots_in_use(&f), 1);
+	CHECK_EQ(owned_in_use(&f, 0), 1);
+	CHECK_EQ(owned_in_use(&f, 1), 1);
 	struct fivc_fabric f2; /* a second open file description: a new member */
 	CHECK(fivc_fabric_open(path, NULL, &f2, err, sizeof(err)) == 0);
 	CHECK(f2.self != 0 && f2.self != f.self);
+	/* every table the dead one used was swept (its `touched` bits) */
 	CHECK_EQ(slots_in_use(&f), 0);
 	CHECK_EQ(offers_in_use(&f), 0);
+	CHECK_EQ(owned_in_use(&f, 0), 0);
+	CHECK_EQ(owned_in_use(&f, 1), 0);
+	CHECK_EQ(fivc_member_at(&f, f2.self - 1)->touched, 0);
 	/* and now all ids are taken: a third member cannot claim, only read */
 	struct fivc_fabric f3;
 	CHECK(fivc_fabric_open(path, NULL, &f3, err, sizeof(err)) == 0);

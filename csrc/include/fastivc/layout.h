@@ -46,7 +46,7 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 5u
+#define FIVC_LAYOUT_VERSION 6u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
 #define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
@@ -118,8 +118,16 @@ struct fivc_member {
 	uint64_t heartbeat_ns; /* GUEST: a counter it advances (FIVC_HEARTBEAT_MS) */
 	uint64_t pidns_ino;    /* inode of /proc/self/ns/pid (display only) */
 	char comm[16];
-	uint8_t pad[16];
+	/* FIVC_TOUCHED_* bits: the tables in which this id ever owned an
+	 * entry.  Whoever takes the id next sweeps only those for the dead
+	 * owner's leftovers (fork would otherwise read the whole offer table,
+	 * 65,536 entries, at every fork); slots are always swept (their index
+	 * of used slots is small to scan). */
+	uint32_t touched;
+	uint8_t pad[12];
 };
+enum { FIVC_TOUCHED_OFFERS = 1, FIVC_TOUCHED_LISTENERS = 2, FIVC_TOUCHED_WAKERS = 4,
+       FIVC_TOUCHED_ALL = 7 };
 
 /* ---- the TCP 4-tuple an offer is keyed by.  Addresses in network order,
  * IPv4 as an IPv4-mapped IPv6 address, ports in host order. ---- */
