@@ -7,13 +7,28 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean results
+.PHONY: demo test deps install clean results chaos sanitize
 
 demo: install
 	$(VENV)/bin/fastivc demo
 
 test: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs tests
+
+# Long modes, outside `make test` (README, Reliability).
+# chaos: 1,000 kill -9 at random moments in random states (500 over
+# loopback, 500 between namespaces); per-round results in build/chaos.json.
+CHAOS_ROUNDS ?= 500
+chaos: install
+	mkdir -p build && rm -f build/chaos.json
+	FIVC_CHAOS_ROUNDS=$(CHAOS_ROUNDS) FIVC_CHAOS_JSON=$(CURDIR)/build/chaos.json \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs -s tests/test_peer_death.py \
+		-k chaos
+	$(PY) scripts/chaos-summary.py build/chaos.json
+
+# sanitize: the library built with ASan and UBSan under the real programs.
+sanitize: install
+	scripts/sanitize.sh
 
 # The README's Results section, from benchmark runs on this machine.
 RESULTS := build/results

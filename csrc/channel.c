@@ -253,6 +253,18 @@ static int broken(struct fivc_chan *c)
 
 static int is_broken(struct fivc_chan *c) { return fivc_load_relaxed(&c->broken); }
 
+/* Our side's lease still stands: the slot has the generation we opened and
+ * our side is held.  A member judged dead (a guest paused past its
+ * heartbeat window) had its side reclaimed, and the slot may carry another
+ * connection by now: such a member must neither publish an index there nor
+ * return bytes it read from it.  Line 0 of the slot is read-mostly, so this
+ * is a load from our own cache on the busy path. */
+static int lease_held(struct fivc_chan *c)
+{
+	uint64_t w = fivc_load_acquire(&c->slot->lease);
+	return FIVC_LEASE_GEN(w) == c->gen && FIVC_LEASE_SIDE(w, c->side) != 0;
+}
+
 /* The consumer, after loading the tail: the view must describe the bytes
  * up to it.  The descriptor is read after the tail (the producer writes it
  * before the bytes it covers), and again only when its seqlock moved. */
@@ -311,6 +323,10 @@ static int ready_write(struct fivc_chan *c)
 	}
 	/* SYNC POINT READ: pairs with the release of the head in read. */
 	uint64_t head = fivc_load_acquire(&c->tx->head);
+	if ((fivc_load_relaxed(&c->shared) & FIVC_SHARED_WR) &&
+	    fivc_load_acquire(&c->tx->desc_seq) != c->txv.seq)
+		return 1; /* another holder switched buffers: the write (under the
+			   * side's lock) reloads the view and looks again */
 	if (before(head, c->tx_head_seen) || !view_holds(&c->txv, head, c->tx_tail))
 		return broken(c); /* a head that went back, or beyond what we wrote */
 	c->tx_head_seen = head;
@@ -373,6 +389,8 @@ static int tx_grow(struct fivc_chan *c, uint64_t need)
 	tx_release_prev(c);
 	if (!tx_can_grow(c))
 		return -ENOSPC;
+	if (!lease_held(c)) /* never a descriptor into a slot that moved on */
+		return broken(c);
 	struct fivc_fabric *f = c->f;
 	int cur = FIVC_BUF_CLASS(c->txv.buf);
 	int want = cur + 1;
@@ -444,6 +462,10 @@ int fivc_chan_peer_check(struct fivc_chan *c)
 {
 	if (!c->f || is_broken(c) || fivc_load_relaxed(&c->peer_gone))
 		return 1;
+	if (!lease_held(c)) { /* we were judged dead (a paused guest) */
+		broken(c);
+		return 1;
+	}
 	if (peer_alive(c))
 		return 0;
 	/* As a reset would: what the peer wrote is still read, then
@@ -553,14 +575,20 @@ static void refresh(struct fivc_chan *c)
 	unsigned sh = fivc_load_relaxed(&c->shared);
 	if (!sh)
 		return;
+	/* Forward only.  Not bounded by our view's size: the other holders
+	 * may have read (written) far past it, on a buffer our view does not
+	 * know yet (a bound made the look below find a head outside our
+	 * view and break the channel: found by the chaos test, a reader
+	 * after fork in poll).  ready_read/ready_write validate what we took
+	 * (a hostile holder's index breaks the channel there). */
 	if (sh & FIVC_SHARED_RD) {
 		uint64_t h = fivc_load_acquire(&c->rx->head), mine = fivc_load_relaxed(&c->rx_head);
-		if (h - mine <= c->rxv.size + c->rxv.psize)
+		if (before(mine, h))
 			fivc_cas(&c->rx_head, &mine, h);
 	}
 	if (sh & FIVC_SHARED_WR) {
 		uint64_t t = fivc_load_acquire(&c->tx->tail), mine = fivc_load_relaxed(&c->tx_tail);
-		if (t - mine <= c->txv.size + c->txv.psize)
+		if (before(mine, t))
 			fivc_cas(&c->tx_tail, &mine, t);
 	}
 }
@@ -796,6 +824,11 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 		if (r > 0 && avail) {
 			size_t n = (size_t)FIVC_MIN(avail, (uint64_t)(len - got));
 			view_copy(&c->rxv, c->rx_head, dst + got, n, 0);
+			/* the copy's loads before the lease's: bytes copied from
+			 * a slot that moved on are not ours to return */
+			__atomic_thread_fence(__ATOMIC_ACQUIRE);
+			if (!lease_held(c))
+				return broken(c);
 			got += n;
 			if (flags & FIVC_PEEK)
 				return (ssize_t)got;
@@ -846,7 +879,14 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 		if (space) {
 			size_t n = (size_t)FIVC_MIN(FIVC_MIN(space, (uint64_t)(len - done)),
 						    (uint64_t)FIVC_WRITE_CHUNK);
+			/* before the copy (not over another connection's bytes)
+			 * and before the tail (never an index of a slot that moved
+			 * on; the release below orders this load before it) */
+			if (!lease_held(c))
+				return done ? (ssize_t)done : broken(c);
 			view_copy(&c->txv, c->tx_tail, (uint8_t *)src + done, n, 1);
+			if (!lease_held(c))
+				return done ? (ssize_t)done : broken(c);
 			c->tx_tail += n;
 			/* SYNC POINT WRITE: pairs with the acquire of the tail in ready_read. */
 			fivc_store_release(&c->tx->tail, c->tx_tail);
@@ -867,6 +907,10 @@ int fivc_chan_shutdown(struct fivc_chan *c, int how)
 {
 	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
 		return -EINVAL;
+	if (!lease_held(c)) { /* the slot moved on: its flags are another's */
+		c->wr_shut = c->rd_shut = 1;
+		return 0;
+	}
 	if ((how == SHUT_WR || how == SHUT_RDWR) && !c->wr_shut) {
 		c->wr_shut = 1;
 		/* SYNC POINT WRITE: after the last tail; pairs with ready_read. */

@@ -547,6 +547,7 @@ static uint32_t member_join_guest(struct fivc_fabric *f)
 		join_sweep(f, me, m1);
 		me->pid = (uint32_t)getpid();
 		me->joined_ns = fivc_now_ns(CLOCK_REALTIME);
+		f->joined_ns = me->joined_ns;
 		me->pidns_ino = 0;
 		snprintf(me->comm, sizeof(me->comm), "%s",
 			 f->self ? fivc_member_at(f, f->self - 1)->comm : "guest");
@@ -555,11 +556,24 @@ static uint32_t member_join_guest(struct fivc_fabric *f)
 	return 0;
 }
 
-void fivc_member_beat(struct fivc_fabric *f)
+int fivc_member_beat(struct fivc_fabric *f)
 {
-	if (f->guest && f->self)
-		__atomic_add_fetch(&fivc_member_at(f, f->self - 1)->heartbeat_ns, 1,
-				   __ATOMIC_RELEASE);
+	uint32_t m1 = fivc_load_relaxed(&f->self);
+	if (!f->guest || !m1)
+		return 0;
+	struct fivc_member *me = fivc_member_at(f, m1 - 1);
+	if (fivc_load_acquire(&me->state) == FIVC_MEMBER_GUEST &&
+	    fivc_load_relaxed(&me->joined_ns) == f->joined_ns &&
+	    fivc_load_relaxed(&me->pid) == (uint32_t)getpid()) {
+		__atomic_add_fetch(&me->heartbeat_ns, 1, __ATOMIC_RELEASE);
+		return 0;
+	}
+	/* Judged dead while we were paused, and the id freed (maybe taken
+	 * again): what we held was reclaimed.  Join anew; until then (a full
+	 * table) new connections stay on TCP. */
+	fivc_store_relaxed(&f->self, 0u);
+	fivc_store_relaxed(&f->self, member_join_guest(f));
+	return 1;
 }
 
 static void member_join(struct fivc_fabric *f)
@@ -602,7 +616,8 @@ int fivc_member_prepare(struct fivc_fabric *f, int *fd, uint32_t *member1)
 void fivc_fabric_become(struct fivc_fabric *f, int fd, uint32_t member1)
 {
 	if (!f->guest) {
-		close(f->fd); /* our copy only: the parent's descriptor keeps its lock */
+		if (f->fd >= 0)
+			close(f->fd); /* our copy only: the parent's descriptor keeps its lock */
 		f->fd = fd;
 	}
 	f->self = member1;
@@ -719,7 +734,23 @@ static int map_fd(struct fivc_fabric *f, int fd, const char *path, char *err, si
 	r = validate_hdr(&h, (uint64_t)st.st_size, f, path, err, errlen);
 	if (r < 0)
 		return r;
-	f->base = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	/* Mapped through a description of its own, which holds no lock: a
+	 * mapping keeps its open file description alive, and a fork child
+	 * inherits the mapping, so a mapping of fd (which carries our member
+	 * lock) would keep our lock -- and hide our death -- for as long as
+	 * any child of ours lives (found by the chaos test: a killed parent
+	 * whose fork child lived on).  Without /proc, fd itself. */
+	char self[64];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	int mfd = open(self, O_RDWR | O_CLOEXEC);
+	struct stat ms;
+	if (mfd >= 0 && (fstat(mfd, &ms) < 0 || ms.st_ino != st.st_ino || ms.st_dev != st.st_dev)) {
+		close(mfd);
+		mfd = -1;
+	}
+	f->base = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd >= 0 ? mfd : fd, 0);
+	if (mfd >= 0)
+		close(mfd);
 	if (f->base == MAP_FAILED) {
 		r = -errno;
 		f->base = NULL;
@@ -828,14 +859,23 @@ int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, siz
 		       strerror(r ? -r : EINVAL));
 		return r ? r : -EINVAL;
 	}
-	r = fivc_fabric_attach_mem(base, len, f, err, errlen);
+	r = fivc_fabric_attach_guest(base, len, f, err, errlen);
 	if (r < 0) {
 		munmap(base, len);
 		return r;
 	}
+	snprintf(f->path, sizeof(f->path), "%s", spec);
+	return 0;
+}
+
+int fivc_fabric_attach_guest(void *base, uint64_t len, struct fivc_fabric *f,
+			     char *err, size_t errlen)
+{
+	int r = fivc_fabric_attach_mem(base, len, f, err, errlen);
+	if (r < 0)
+		return r;
 	f->size = len;
 	f->guest = 1;
-	snprintf(f->path, sizeof(f->path), "%s", spec);
 	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t));
 	f->alive_ns = calloc(f->g.nmembers, sizeof(uint64_t));
 	f->self = member_join_guest(f);

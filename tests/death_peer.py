@@ -5,8 +5,9 @@ socket program that knows nothing of fastivc.
     death_peer.py victims  LISTEN_HOST PEER_HOST MY_PORT PEER_PORT
 
 Each listens on LISTEN_HOST:MY_PORT and reads one command a line on stdin:
-"OP SIDE [nofin]", SIDE being the survivor's side of the next connection
-(server: it accepts, client: it connects to PEER_HOST:PEER_PORT).
+"OP SIDE [nofin] [wait=plain|poll|epoll]", SIDE being the survivor's side of
+the next connection (server: it accepts, client: it connects to
+PEER_HOST:PEER_PORT).
 
 The survivor makes the connection, prints {"connected"}, waits for a line
 "go", prints {"blocking", "lport", "rport"}
@@ -17,11 +18,20 @@ the errno (or "EOF").  OP:
   read    blocking recv() (the victim writes a little now and then)
   poll, select, epoll   non-blocking: send until EAGAIN, then wait for
           POLLIN|POLLOUT in that call, and go on sending after each report
+  idle    blocking recv() on a connection nobody has written to yet: the
+          upgrade is still under way (offered, not yet adopted or used)
+  shared  blocking send() of 64 KiB chunks, printing {"progress": bytes}
+          after each: the victim's end is held by two processes (a fork),
+          both reading it, so they contend for the side's lock
 
 The victims process forks one child per command, which takes the other end
-and plays the victim (a slow reader, or for OP read a slow writer) until the
-test kills it with SIGKILL; the parent prints {"pid"} and never touches the
-connection.  It prints {"pid", "taken"} once the child holds its end.
+and plays the victim (a slow reader, or for OP read a slow writer; for idle
+it only holds the end) until the test kills it with SIGKILL; the parent
+never touches the connection.  It prints {"pid", "pid2", "taken"} once the
+child holds its end (pid2: for shared, the child's own fork, which holds
+the end too and reads it; else 0).  wait= is how the victim waits for its
+socket between reads (or writes): blocked in recv/send, in poll, or in
+epoll_wait, so that the kill finds it in each of these states.
 """
 
 from __future__ import annotations
@@ -77,7 +87,17 @@ def survive(s: socket.socket, op: str) -> dict:
                 s.send(CHUNK)
         except OSError as e:
             return {"err": errname(e)}
-    if op == "read":
+    if op == "shared":
+        out(blocking=True, lport=lport, rport=rport)
+        sent = 0
+        try:
+            while True:
+                s.sendall(CHUNK[:65536])
+                sent += 65536
+                out(progress=sent)
+        except OSError as e:
+            return {"err": errname(e), "sent": sent}
+    if op in ("read", "idle"):
         out(blocking=True, lport=lport, rport=rport)
         try:
             while s.recv(65536):
@@ -139,21 +159,36 @@ def survivor(ls: socket.socket, peer: str, pport: int) -> None:
         s.close()
 
 
-def victim(s: socket.socket, op: str) -> None:
+def victim(s: socket.socket, op: str, wait: str) -> None:
     rnd = random.Random()
-    if op == "read":
+    if op == "idle":
         while True:
-            s.send(b"y" * 64)
-            time.sleep(rnd.uniform(0, 0.005))
+            time.sleep(60)
+    writer = op == "read"
+    if wait != "plain":
+        s.setblocking(False)
+    ev = select.POLLOUT if writer else select.POLLIN
+    p = select.poll() if wait == "poll" else select.epoll() if wait == "epoll" else None
+    if p is not None:
+        p.register(s.fileno(), ev)
     while True:
-        s.recv(4096)
-        time.sleep(rnd.uniform(0, 0.003))
+        if p is not None:
+            p.poll()  # the kill may find us here
+        try:
+            if writer:
+                s.send(b"y" * 64)
+            else:
+                s.recv(4096)
+        except BlockingIOError:
+            continue
+        time.sleep(rnd.uniform(0, 0.005 if writer else 0.003))
 
 
 def victims(ls: socket.socket, peer: str, pport: int) -> None:
     kept: list[int] = []
     for line in sys.stdin:
         op, side, *opts = line.split()
+        wait = next((o[5:] for o in opts if o.startswith("wait=")), "plain")
         for fd in kept:  # the last round's victim socket (nofin)
             os.close(fd)
         kept = []
@@ -171,9 +206,12 @@ def victims(ls: socket.socket, peer: str, pport: int) -> None:
                 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
                 s = take(ls, "client" if side == "server" else "server", peer, pport)
                 ls.close()
-                socket.send_fds(theirs, [b"t"], [s.fileno()] if "nofin" in opts else [])
+                pid2 = os.fork() if op == "shared" else 0
+                if op != "shared" or pid2 > 0:
+                    socket.send_fds(theirs, [b"t" + str(pid2).encode()],
+                                    [s.fileno()] if "nofin" in opts else [])
                 theirs.close()
-                victim(s, op)
+                victim(s, op, wait)
             finally:
                 os._exit(0)
         theirs.close()
@@ -182,10 +220,10 @@ def victims(ls: socket.socket, peer: str, pport: int) -> None:
         # of its socket (passed as SCM_RIGHTS, which the library does not
         # follow), so its death sends no FIN: only fastivc's liveness can
         # tell the survivor.
-        msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
+        msg, fds, _flags, _addr = socket.recv_fds(ours, 32, 1)
         kept = list(fds)
         ours.close()
-        out(pid=pid, taken=msg == b"t")
+        out(pid=pid, pid2=int(msg[1:] or b"0"), taken=msg[:1] == b"t")
 
 
 def main() -> None:

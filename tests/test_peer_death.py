@@ -12,10 +12,22 @@ Regression: a server that had not read yet, blocked writing on a full ring,
 stayed blocked after its reader's kill -9 (10 of 40 rounds in the issue,
 every round here), because its doorbell never reported a timeout.
 
-FIVC_DEATH_ROUNDS (default 20) sets the rounds per operation."""
+The chaos test kills at random in every state at random: the survivor in
+each of those waits, the victim blocked in recv/send, poll or epoll_wait,
+a connection whose upgrade is still under way (idle), a side shared by two
+processes after fork (one holder is killed first, maybe holding the side's
+lock: the other must go on, and the survivor must not notice; then the
+other), with or without FIN, over loopback and namespaces; and after it,
+once `fastivc gc` ran, no slot, offer, listener or member is left.
+
+FIVC_DEATH_ROUNDS (default 20) sets the rounds per operation;
+FIVC_CHAOS_ROUNDS (default 40) the chaos rounds per place (`make chaos`:
+1,000 in all), FIVC_CHAOS_SEED the seed, FIVC_CHAOS_JSON a file for the
+per-round results."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -34,10 +46,14 @@ DEATH_PEER = str(Path(__file__).with_name("death_peer.py"))
 ROUNDS = int(os.environ.get("FIVC_DEATH_ROUNDS", "20"))
 BOUND = 1.0  # seconds from the kill to the survivor's return
 OPS = ("write", "read", "poll", "select", "epoll")
+CHAOS_OPS = (*OPS, "idle", "shared")
+WAITS = ("plain", "poll", "epoll")  # how the victim waits when it is killed
 # what TCP gives the survivor when its peer dies (poll-type waits are the
 # writer's: they end in a failed send or a recv that sees EOF/RST)
 ALLOWED = {"write": {"ECONNRESET", "EPIPE"}, "read": {"EOF", "ECONNRESET"},
+           "idle": {"EOF", "ECONNRESET"}, "shared": {"ECONNRESET", "EPIPE"},
            **{op: {"ECONNRESET", "EPIPE", "EOF"} for op in ("poll", "select", "epoll")}}
+CHAOS_ROUNDS = int(os.environ.get("FIVC_CHAOS_ROUNDS", "40"))
 PORT0 = 26300 + os.getpid() % 5000  # below the ephemeral range (test_scale.py)
 
 
@@ -80,33 +96,76 @@ class Pair:
                         s.peer.port == server and s.state == "connected"]
             if mine:
                 ring = mine[0].server_to_client if side == "server" else mine[0].client_to_server
-                if op == "read" or ring.produced > 0:
+                if op in ("read", "idle") or ring.produced > 0:
                     return ""
             if time.monotonic() > end:
                 return f"no connected slot carrying {client}->{server}: {mine}"
             time.sleep(0.01)
 
-    def round(self, op: str, side: str, nofin: bool = False) -> dict:
+    def _result(self, deadline: float) -> dict:
+        """The survivor's next line that is not a progress report."""
+        while True:
+            r = self.s.line(max(0.0, deadline - time.monotonic()))
+            if "progress" not in r:
+                return r
+
+    def round(self, op: str, side: str, nofin: bool = False, wait: str = "plain",
+              rnd: random.Random | None = None) -> dict:
+        rnd = rnd or random.Random()
         send = lambda p, text: (p.p.stdin.write(text + "\n"), p.p.stdin.flush())  # noqa: E731
         send(self.s, f"{op} {side}")
-        send(self.v, f"{op} {side}{' nofin' if nofin else ''}")
+        send(self.v, f"{op} {side}{' nofin' if nofin else ''} wait={wait}")
         assert self.s.line(10)["connected"]
         v = self.v.line(10)
         assert v["taken"]
         send(self.s, "go")
         b = self.s.line(10)
         assert b["blocking"]
-        if self.fastivc:
+        if self.fastivc and op != "idle":  # idle: no byte has gone yet
             problem = self._accelerated(b["lport"], b["rport"], side, op)
             assert not problem, problem
-        time.sleep(random.uniform(0, 0.1))  # a random moment of the wait
+        res = {"op": op, "side": side, "wait": wait, "nofin": nofin}
+        time.sleep(rnd.uniform(0, 0.1))  # a random moment of the wait
+        victims = [v["pid"]]
+        if op == "shared":
+            # one holder dies (maybe holding the side's lock): the other
+            # still holds the end, so the survivor must go on, and its
+            # writes must still be read
+            victims = [v["pid"], v["pid2"]][::rnd.choice((1, -1))]
+            first = victims.pop(0)
+            os.kill(first, signal.SIGKILL)
+            t_first = time.monotonic()
+            progress = 0
+            while time.monotonic() < t_first + 0.5:
+                try:
+                    r = self.s.line(max(0.0, t_first + 0.5 - time.monotonic()))
+                except TimeoutError:
+                    break
+                if "progress" not in r:
+                    return {**res, "delay": 0.0, "fatal": True,
+                            "err": f"returned with a holder alive: {r}"}
+                if time.monotonic() > t_first + 0.2:
+                    progress += 1
+            if not progress:
+                return {**res, "delay": 0.0, "fatal": True,
+                        "err": "no progress after one holder's death"}
+            if self.fastivc:
+                # its member id died with it (a fork child that kept a
+                # copy of the parent's fabric fd kept its lock, and so
+                # hid the parent's death while the child lived)
+                with F.Fabric(self.fabric) as fab:
+                    alive = [m for m in fab.members() if m.pid == first and m.alive]
+                if alive:
+                    return {**res, "delay": 0.0, "fatal": True,
+                            "err": f"the killed holder's member lives on: {alive}"}
+            time.sleep(rnd.uniform(0, 0.05))
         t0 = time.monotonic()
-        os.kill(v["pid"], signal.SIGKILL)
+        os.kill(victims[0], signal.SIGKILL)
         try:
-            r = self.s.line(10)
+            r = self._result(t0 + 10)
         except TimeoutError:
-            return {"op": op, "side": side, "delay": float("inf"), "err": "still blocked at 10 s"}
-        return {"op": op, "side": side, "delay": r["t"] - t0, "err": r["err"]}
+            return {**res, "delay": float("inf"), "err": "still blocked at 10 s"}
+        return {**res, "delay": r["t"] - t0, "err": r["err"]}
 
 
 def run_rounds(fabric: str, fastivc: bool, netns: bool, rounds: int, nofin: bool = False,
@@ -123,6 +182,19 @@ def run_rounds(fabric: str, fastivc: bool, netns: bool, rounds: int, nofin: bool
     finally:
         pair.close()
     return out
+
+
+def leaks(fabric: str) -> list[str]:
+    """What is left in the fabric once every process of the test is dead
+    and `fastivc gc` ran: its slots, offers, listeners and live members."""
+    r = subprocess.run([str(helper_path("fastivc-gc")), fabric], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with F.Fabric(fabric) as fab:
+        left = [f"slot {s.index} {s.state}" for s in fab.slots()]
+        left += [f"offer {o.index} {o.state}" for o in fab.offers() if o.state != "free"]
+        left += [f"listener {li.index} :{li.port}" for li in fab.listeners()]
+        left += [f"member {m.index} pid {m.pid}" for m in fab.members() if m.alive]
+    return left
 
 
 def check(results: list[dict], what: str) -> None:
@@ -157,3 +229,33 @@ def test_survivor_returns_within_1s_when_the_dead_peer_sends_no_fin(fabric):
     only the fabric's liveness ends the wait."""
     check(run_rounds(fabric, True, False, max(2, ROUNDS // 5), nofin=True, port=PORT0 + 200),
           "ring, no FIN")
+
+
+@pytest.mark.parametrize("where", ["loopback", "netns"])
+def test_random_kill9_chaos_no_hang_no_leak(fabric, where, request):
+    """CHAOS_ROUNDS kills, each in a state drawn at random; then no leak."""
+    netns = where == "netns"
+    if netns:
+        request.getfixturevalue("netns")
+    seed = int(os.environ.get("FIVC_CHAOS_SEED", str(random.randrange(1 << 32))))
+    rnd = random.Random(seed)
+    print(f"chaos seed {seed}")
+    pair = Pair(fabric, True, netns, PORT0 + (400 if netns else 300))
+    results = []
+    try:
+        for _ in range(CHAOS_ROUNDS):
+            op, side = rnd.choice(CHAOS_OPS), rnd.choice(("server", "client"))
+            r = pair.round(op, side, nofin=rnd.random() < 0.25, wait=rnd.choice(WAITS), rnd=rnd)
+            results.append(r)
+            if os.environ.get("FIVC_CHAOS_VERBOSE"):
+                print(r)
+            if r["delay"] == float("inf") or r.get("fatal"):
+                break  # the pair is in no state for another round
+    finally:
+        pair.close()
+    if os.environ.get("FIVC_CHAOS_JSON"):
+        with open(os.environ["FIVC_CHAOS_JSON"], "a") as f:
+            f.write(json.dumps({"where": where, "seed": seed, "rounds": results}) + "\n")
+    check(results, f"chaos, {where}, seed {seed}")
+    left = leaks(fabric)
+    assert not left, f"chaos, {where}, seed {seed}: left after gc: {left}"

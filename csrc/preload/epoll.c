@@ -898,7 +898,8 @@ static int kernel_take(struct ep_set *s, struct epoll_event *ev, int max, int ti
 }
 
 /* A sleeping epoll_wait asks, once per FIVC_LIVENESS_MS, whether the peers
- * of its set's rings are alive, and queues the entries of those that died:
+ * of its set's rings are alive, and queues the entries of those that died
+ * (and of shared sides that are ready: a wake another holder took):
  * a guest or a process that shares the socket after fork sends no FIN
  * when it dies, so the kernel would never wake us.  O(entries) per
  * period of sleep, never per call and never on a busy set; the liveness
@@ -913,9 +914,18 @@ static void sweep_dead(struct ep_set *s)
 		if (e->nested || e->disabled || e->listed || e->ghost)
 			continue;
 		struct fsock *fs = fivc_fs(e->fd);
-		if (fs && fs->state != FS_PLAIN && fivc_fs_uses_fabric(fs) &&
-		    !__atomic_load_n(&fs->ch.peer_gone, __ATOMIC_RELAXED) && !fs->ch.broken &&
-		    fivc_chan_peer_check(&fs->ch))
+		if (!fs || fs->state == FS_PLAIN || !fivc_fs_uses_fabric(fs) ||
+		    __atomic_load_n(&fs->ch.peer_gone, __ATOMIC_RELAXED) || fs->ch.broken)
+			continue;
+		if (fivc_chan_peer_check(&fs->ch))
+			queue(s, e);
+		/* A side shared after fork: the doorbell byte that wakes every
+		 * holder's epoll may be drained by another holder before our
+		 * kernel looks, and a code in the ring's flag may be a holder's
+		 * that died; either way we sleep armed while the ring is ready.
+		 * Arm again (the plain doorbell) and look. */
+		else if (fs->state == FS_ACCEL && fivc_load_relaxed(&fs->ch.shared) &&
+			 fivc_chan_arm(&fs->ch, !!(e->events & EPOLLIN), !!(e->events & EPOLLOUT)))
 			queue(s, e);
 	}
 	pthread_mutex_unlock(&s->lock);

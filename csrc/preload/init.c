@@ -362,7 +362,10 @@ static void *heartbeat(void *arg)
 {
 	(void)arg;
 	for (;;) {
-		fivc_member_beat(&fabric);
+		if (fivc_member_beat(&fabric))
+			FIVC_INFO("guest fabric: judged dead while paused (no heartbeat for %u ms); "
+				  "its connections get ECONNRESET; joined again as member %u",
+				  FIVC_HEARTBEAT_DEAD_MS, fabric.self);
 		struct timespec ts = {0, (long)FIVC_HEARTBEAT_MS * 1000000L};
 		nanosleep(&ts, NULL);
 	}
@@ -454,6 +457,15 @@ void fivc_fabric_fork_parent(int fd, uint32_t member1, int failed)
 void fivc_fabric_fork_child(int eager, int fd, uint32_t member1)
 {
 	if (member1) {
+		/* Our copy of the parent's fd, closed here: close() inside the
+		 * library is our wrapper, which leaves the fabric's fd alone (a
+		 * program's close of it is a no-op), and a child that kept it
+		 * would keep the parent's member lock, so the parent's death
+		 * would go unseen while the child lives. */
+		if (!fabric.guest && fabric.fd >= 0) {
+			fivc_real.close(fabric.fd);
+			fabric.fd = -1;
+		}
 		fivc_fabric_become(&fabric, fd, member1);
 		if (fabric.guest)
 			start_heartbeat(); /* threads do not survive fork */

@@ -131,6 +131,83 @@ static void server_maybe_done(struct fsock *fs)
  * ring's "waiting" is announced too, so that the peer's first ring write (or
  * ring EOF) rings the doorbell and ends the wait (see the top of this file).
  * Returns bytes, 0 at EOF, or -errno. */
+/* The peer's side is dead and TCP had nothing for a while: one more look
+ * (bytes it sent just before it died), else the reset TCP would give. */
+static ssize_t tcp_last_look(int fd, void *buf, size_t len, int flags)
+{
+	ssize_t r = fivc_real.recv(fd, buf, len, flags | MSG_DONTWAIT);
+	if (r >= 0)
+		return r;
+	return errno == EAGAIN ? -ECONNRESET : -errno;
+}
+
+/* A wait of ours that poll(2) ended with EINTR, where the kernel's blocking
+ * recv would have been restarted had the handler SA_RESTART (signal(7)):
+ * which signal came is not known, so restart when every caught signal's
+ * handler restarts.  A socket with SO_RCVTIMEO is never restarted. */
+static int eintr_restarts(const struct fsock *fs)
+{
+	if (fs->ch.rd_timeout_ns)
+		return 0;
+	for (int sig = 1; sig < NSIG; sig++) {
+		struct sigaction sa;
+		if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
+			continue;
+		if (!(sa.sa_flags & SA_SIGINFO) &&
+		    (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN))
+			continue;
+		if (!(sa.sa_flags & SA_RESTART))
+			return 0;
+	}
+	return 1;
+}
+
+/* A blocking TCP read before the switch sleeps in poll, FIVC_LIVENESS_MS
+ * at a time, not in recv: the peer's FIN ends it as it ends TCP's recv, but
+ * a peer that died with its socket open elsewhere (a guest, whose death
+ * the host kernel never sees; a copy passed over a unix socket) sends
+ * none, and no wait may rely on FIN alone (issue 13).  Between naps the
+ * fabric is asked whether the peer's side lives: for a server, the client
+ * that was adopted; for a client, a server that adopted it (one that has
+ * not is TCP's to judge).  0 = readable, RECHECK, or -errno: ECONNRESET
+ * (dead peer), EAGAIN (SO_RCVTIMEO), EINTR. */
+static int tcp_wait_live(struct fsock *fs, int fd, uint64_t start)
+{
+	uint64_t limit = fs->ch.rd_timeout_ns;
+	for (;;) {
+		int tmo = FIVC_LIVENESS_MS;
+		if (limit) {
+			uint64_t el = fivc_now_ns(CLOCK_MONOTONIC) - start;
+			if (el >= limit)
+				return -EAGAIN;
+			if ((limit - el) / 1000000 + 1 < (uint64_t)tmo)
+				tmo = (int)((limit - el) / 1000000 + 1);
+		}
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int r = fivc_real.poll(&p, 1, tmo);
+		if (r > 0)
+			return 0;
+		if (r < 0 && errno == EINTR) {
+			if (!eintr_restarts(fs))
+				return -EINTR;
+			continue;
+		}
+		if (r < 0)
+			return 0; /* (cannot happen on our fd) let recv report it */
+		if (fivc_chan_peer_check(&fs->ch))
+			return -ECONNRESET;
+		/* The peer stepped while we slept (adopted; switched) and its
+		 * doorbell was taken by another holder of the socket (fork):
+		 * the caller looks at the state again. */
+		if (fs->state == FS_SERVER_PRE && !fs->n_known)
+			fivc_fs_server_check(fs);
+		if ((fs->state == FS_SERVER_PRE && fs->n_known) ||
+		    (fs->state == FS_CLIENT_PENDING &&
+		     fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED))
+			return RECHECK;
+	}
+}
+
 static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, int flags, int arm)
 {
 	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
@@ -140,8 +217,28 @@ static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, i
 	 * mean the peer is past the switch; the caller checks again. */
 	if (arm && !nb && fivc_chan_arm(&fs->ch, 1, 0))
 		return RECHECK;
-	ssize_t r = fivc_real.recv(fd, buf, len, flags | (fs->nonblock ? MSG_DONTWAIT : 0));
-	return r < 0 ? -errno : r;
+	if (nb) {
+		ssize_t r = fivc_real.recv(fd, buf, len, flags | MSG_DONTWAIT);
+		return r < 0 ? -errno : r;
+	}
+	/* poll first (it returns at once when bytes are there): one call more
+	 * than a blocking recv, and only on a read that may block */
+	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
+	for (;;) {
+		int w = tcp_wait_live(fs, fd, start);
+		if (w == RECHECK)
+			return RECHECK;
+		if (w < 0)
+			return w == -ECONNRESET ? tcp_last_look(fd, buf, len, flags) : w;
+		ssize_t r = fivc_real.recv(fd, buf, len, flags | MSG_DONTWAIT);
+		if (r >= 0)
+			return r;
+		if (errno != EAGAIN)
+			return -errno;
+		/* Another thread or holder (fork) took them: maybe the doorbell
+		 * of a switch, so the caller looks at the state again. */
+		return RECHECK;
+	}
 }
 
 /* About to block in the first TCP read before the switch, spin a while on

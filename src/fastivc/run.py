@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from ._paths import lib_path
+from ._paths import preload_chain
 
 LOG_LEVELS = ("off", "info", "debug")
 
@@ -17,9 +17,10 @@ def build_env(base: Mapping[str, str], fabric: str | None = None, spin_us: int |
     """The environment CMD runs with: our library appended to any existing
     LD_PRELOAD, and the FASTIVC_* variables the options set."""
     env = dict(base)
-    lib = str(lib_path())
-    prev = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != lib]
-    env["LD_PRELOAD"] = " ".join([*prev, lib])
+    *first, lib = map(str, preload_chain())
+    prev = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split()
+            if p != lib and p not in first]
+    env["LD_PRELOAD"] = " ".join([*first, *prev, lib])
     if fabric:
         env["FASTIVC_FABRIC"] = os.path.abspath(fabric)
     if spin_us is not None:

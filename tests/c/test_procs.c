@@ -280,6 +280,93 @@ static void test_dead_member_id_reused_sweeps(void)
 	unlink(path);
 }
 
+/* Leases (issue 13): a guest paused past its heartbeat window is judged
+ * dead, its side reclaimed and its slot reused by another connection.  On
+ * resume its old channel must give ECONNRESET to reads, writes and
+ * shutdown, and leave the new connection's bytes and flags as they were;
+ * its next beat joins it again under a new id. */
+static void test_paused_guest_cannot_write_into_reused_slot(void)
+{
+	char path[300], err[512];
+	path_for(path, sizeof(path), "lease");
+	unlink(path);
+	struct fivc_fabric host, host2, guest;
+	struct fivc_geometry g = {.nslots = 8, .ring_size = 16384};
+	CHECK(fivc_fabric_open(path, &g, &host, err, sizeof(err)) == 0);
+	CHECK(fivc_fabric_open(path, NULL, &host2, err, sizeof(err)) == 0);
+	void *map = mmap(NULL, host.size, PROT_READ | PROT_WRITE, MAP_SHARED, host.fd, 0);
+	CHECK(map != MAP_FAILED);
+	CHECK(fivc_fabric_attach_guest(map, host.size, &guest, err, sizeof(err)) == 0);
+	uint32_t gid = guest.self;
+	CHECK(gid != 0 && gid != host.self && gid != host2.self);
+	/* the guest connects to the host, and they talk */
+	uint32_t slot, gen;
+	struct fivc_chan gc, hs;
+	CHECK_EQ(fivc_slot_claim(&guest, NULL, 7, &slot, &gen), 0);
+	CHECK_EQ(fivc_slot_attach(&host, slot, gen), 0);
+	CHECK_EQ(fivc_chan_open(&gc, &guest, slot, gen, FIVC_SIDE_CLIENT), 0);
+	CHECK_EQ(fivc_chan_open(&hs, &host, slot, gen, FIVC_SIDE_SERVER), 0);
+	char buf[64];
+	CHECK_EQ(fivc_chan_write(&gc, "hello", 5, 0), 5);
+	CHECK_EQ(fivc_chan_read(&hs, buf, sizeof(buf), 0), 5);
+	CHECK_EQ(fivc_chan_write(&hs, "reply", 5, 0), 5);
+	/* the guest pauses: no beat for longer than the window */
+	CHECK(fivc_member_alive(&host, gid));
+	usleep((FIVC_HEARTBEAT_DEAD_MS + 200) * 1000);
+	CHECK(!fivc_member_alive(&host, gid));
+	struct fivc_gc_report r;
+	CHECK_EQ(fivc_gc(&host, &r), 0);
+	CHECK_EQ(r.slot_sides_freed, 1);
+	/* the host sees the reset and closes: the slot is free, and the next
+	 * connection (host2 to host) takes it */
+	CHECK_EQ(fivc_chan_read(&hs, buf, sizeof(buf), FIVC_NONBLOCK), 0); /* EOF */
+	fivc_chan_close(&hs);
+	uint32_t slot2, gen2;
+	struct fivc_chan c2, s2;
+	CHECK_EQ(fivc_slot_claim(&host2, NULL, 8, &slot2, &gen2), 0);
+	CHECK_EQ(slot2, slot);
+	CHECK(gen2 != gen);
+	CHECK_EQ(fivc_slot_attach(&host, slot2, gen2), 0);
+	CHECK_EQ(fivc_chan_open(&c2, &host2, slot2, gen2, FIVC_SIDE_CLIENT), 0);
+	CHECK_EQ(fivc_chan_open(&s2, &host, slot2, gen2, FIVC_SIDE_SERVER), 0);
+	CHECK_EQ(fivc_chan_write(&c2, "new connection", 14, 0), 14);
+	CHECK_EQ(fivc_chan_write(&s2, "its reply", 9, 0), 9);
+	struct fivc_slot *sl = fivc_slot_at(&host, slot);
+	uint64_t tails[2] = {sl->ring[0].tail, sl->ring[1].tail};
+	uint64_t heads[2] = {sl->ring[0].head, sl->ring[1].head};
+	/* the guest resumes, with its old channel */
+	CHECK_EQ(fivc_chan_write(&gc, "EVIL", 4, FIVC_NONBLOCK), -ECONNRESET);
+	CHECK_EQ(fivc_chan_read(&gc, buf, sizeof(buf), FIVC_NONBLOCK), -ECONNRESET);
+	CHECK_EQ(fivc_chan_write(&gc, "EVIL", 4, 0), -ECONNRESET);
+	CHECK_EQ(fivc_chan_peer_check(&gc), 1);
+	fivc_chan_close(&gc);
+	for (int d = 0; d < 2; d++) {
+		CHECK_EQ(sl->ring[d].tail, tails[d]);
+		CHECK_EQ(sl->ring[d].head, heads[d]);
+		CHECK_EQ(sl->ring[d].wr_closed, 0);
+		CHECK_EQ(sl->ring[d].rd_closed, 0);
+	}
+	CHECK_EQ(FIVC_LEASE_WORD(gen2, host.self, host2.self), sl->lease);
+	/* the new connection's bytes are intact */
+	memset(buf, 0, sizeof(buf));
+	CHECK_EQ(fivc_chan_read(&s2, buf, sizeof(buf), 0), 14);
+	CHECK(!memcmp(buf, "new connection", 14));
+	CHECK_EQ(fivc_chan_read(&c2, buf, sizeof(buf), 0), 9);
+	CHECK(!memcmp(buf, "its reply", 9));
+	/* its next beat finds the id gone (gc freed it) and joins again */
+	CHECK_EQ(fivc_gc(&host, &r), 0);
+	CHECK_EQ(fivc_member_beat(&guest), 1);
+	CHECK(guest.self != 0);
+	CHECK_EQ(fivc_member_beat(&guest), 0);
+	CHECK(fivc_member_alive(&host, guest.self));
+	fivc_chan_close(&c2);
+	fivc_chan_close(&s2);
+	fivc_fabric_close(&guest);
+	fivc_fabric_close(&host2);
+	fivc_fabric_close(&host);
+	unlink(path);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1)
@@ -289,5 +376,6 @@ int main(int argc, char **argv)
 	RUN(test_kill9_writer);
 	RUN(test_kill9_reader);
 	RUN(test_dead_member_id_reused_sweeps);
+	RUN(test_paused_guest_cannot_write_into_reused_slot);
 	return 0;
 }

@@ -59,6 +59,7 @@ struct fivc_fabric {
 	uint32_t slab_size;
 	uint64_t epoch;
 	uint32_t self;      /* our member index + 1; 0 = not joined */
+	uint64_t joined_ns; /* GUEST: our member's joined_ns, to know it is still ours */
 	int guest;          /* mapped through an ivshmem BAR: we are a GUEST member */
 	uint64_t *hb_seen;  /* per member: last heartbeat seen, and when (private) */
 	uint64_t *alive_ns; /* per member: when last seen alive (private; NULL: none) */
@@ -87,8 +88,18 @@ int fivc_fabric_adopt_fd(const char *path, int fd, uint32_t member1, struct fivc
 /* Open the fabric of an ivshmem device in a virtual machine ("pci:auto" or
  * "pci:DDDD:BB:DD.F": BAR 2 through sysfs) and join as a GUEST member. */
 int fivc_fabric_open_pci(const char *spec, struct fivc_fabric *f, char *err, size_t errlen);
-/* A GUEST member's heartbeat: advance it (every FIVC_HEARTBEAT_MS). */
-void fivc_member_beat(struct fivc_fabric *f);
+/* Join a mapped region (a BAR, or a test's mapping of a fabric file) as a
+ * GUEST member, whose liveness is its heartbeat: what open_pci does once
+ * it mapped the BAR.  f->fd stays -1. */
+int fivc_fabric_attach_guest(void *base, uint64_t len, struct fivc_fabric *f,
+			     char *err, size_t errlen);
+/* A GUEST member's heartbeat: advance it (every FIVC_HEARTBEAT_MS).  A
+ * guest that stopped beating for FIVC_HEARTBEAT_DEAD_MS (a paused VM) was
+ * judged dead by the host and its id may be someone else's: then it does
+ * not beat for that id but joins again, under a new id, and returns 1 (its
+ * old connections' slots may be reused: the channels see their lease
+ * moved and give ECONNRESET); 0 otherwise. */
+int fivc_member_beat(struct fivc_fabric *f);
 /* Validate and adopt an existing region (e.g. a test image, a PCI BAR);
  * no member is joined and no locks exist (fd = -1). */
 int fivc_fabric_attach_mem(void *base, uint64_t len, struct fivc_fabric *f,
