@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean results chaos sanitize
+.PHONY: demo test deps install clean results chaos sanitize fuzz
 
 demo: install
 	$(VENV)/bin/fastivc demo
@@ -29,6 +29,10 @@ chaos: install
 # sanitize: the library built with ASan and UBSan under the real programs.
 sanitize: install
 	scripts/sanitize.sh
+
+# fuzz: both libFuzzer targets, FUZZ_SECONDS each (one CPU-hour in all).
+fuzz: install
+	scripts/fuzz.sh
 
 # The README's Results section, from benchmark runs on this machine.
 RESULTS := build/results

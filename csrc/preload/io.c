@@ -413,7 +413,11 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			if (r == 0) {
 				if (fs->n_known) /* the client switched and then closed TCP */
 					continue;
-				goto out; /* EOF before any switch */
+				/* EOF before any switch: a client that never wrote to
+				 * the ring closed or died; our close reaps its side
+				 * (sock.c), else a dead one's would wait for a gc */
+				fs->tcp_eof = 1;
+				goto out;
 			}
 			if (!was_known && fs->n_known && (uint64_t)r > fs->switch_n - fs->tcp_recvd) {
 				/* bytes past N are control bytes: never handed out */

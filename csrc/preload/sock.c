@@ -27,6 +27,10 @@ void fivc_fs_release(struct fsock *fs)
 		}
 	}
 	fivc_janitor_forget(fs);
+	/* TCP said the peer closed: have chan_close reap its side if it
+	 * died holding it (one liveness question, on such closes only) */
+	if (last && fs->tcp_eof && !__atomic_load_n(&fs->ch.peer_gone, __ATOMIC_RELAXED))
+		__atomic_store_n(&fs->ch.peer_gone, 1, __ATOMIC_RELAXED);
 	if (last && fs->state != FS_PLAIN)
 		fivc_chan_close(&fs->ch);
 	pthread_mutex_destroy(&fs->rd_lock);
