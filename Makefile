@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean results chaos sanitize fuzz
+.PHONY: demo test deps install clean results chaos sanitize fuzz soak
 
 demo: install
 	$(VENV)/bin/fastivc demo
@@ -25,6 +25,14 @@ chaos: install
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs -s tests/test_peer_death.py \
 		-k chaos
 	$(PY) scripts/chaos-summary.py build/chaos.json
+
+# soak: randomized traffic with every byte checked, SOAK_GIB per place
+# (loopback and namespaces: 100 GiB in all) over SOAK_CONNS connections.
+SOAK_GIB ?= 50
+SOAK_CONNS ?= 64
+soak: install
+	FIVC_SOAK_GIB=$(SOAK_GIB) FIVC_SOAK_CONNS=$(SOAK_CONNS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		$(PY) -m pytest -q -rs -s tests/test_soak.py -k ring
 
 # sanitize: the library built with ASan and UBSan under the real programs.
 sanitize: install
