@@ -331,3 +331,92 @@ def test_host_and_guest_accelerate_both_ways(tmp_path):
             assert cli.returncode == 0 and _json_lines(out)[0]["samples"] > 100, out
     finally:
         subprocess.run(["rm", "-f", path])
+
+
+def test_paused_guest_cannot_write_into_its_reused_slot(tmp_path):
+    """Leases (issue 13): a guest streaming to a host process is paused
+    (its QEMU stopped) past the heartbeat window.  The host judges it dead:
+    the host server's read ends and its close frees the slot, which the
+    next connection (two host processes) takes.  The guest resumed mid-
+    write must get an error, not write into that connection, whose bytes
+    stay exact both ways."""
+    import signal
+    import time
+
+    from fastivc import Fabric
+    from fastivc._paths import helper_path
+    from fastivc.netns import in_ns
+    from fastivc.run import build_env
+
+    path = f"/dev/shm/fastivc-vmpause-{id(tmp_path)}"
+    _mkfabric(path)
+    bench = str(helper_path("fastivc-tcpbench"))
+    env = build_env(dict(os.environ), fabric=path)
+    big, n = 4 << 30, 256 << 20
+    procs = []
+    try:
+        with Network(1, fabric=path, host_link=True) as net:
+            (g,) = net.guests
+
+            def host(*args):
+                p = subprocess.Popen(in_ns(net.host_ns, [bench, *args]), env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                procs.append(p)
+                return p
+
+            srv = host("server", "--bind", net.host_ip, "--port", "7101", "--mode", "xfer",
+                       "--size", str(big))
+            assert srv.stdout.readline().strip() == "ready"
+            g.run(f"{PCI_ENV}fastivc-tcpbench client --host {net.host_ip} --port 7101 "
+                  f"--mode xfer --size {big} >/tmp/c.log 2>&1 &\n"
+                  "for i in $(seq 100); do grep -q switched /tmp/c.log && break; sleep 0.1; done")
+            old, t0 = [], time.monotonic()
+            while not old and time.monotonic() - t0 < 30:
+                with Fabric(path) as fab:
+                    old = [sl for sl in fab.slots() if sl.state == "connected" and
+                           sl.local.address == g.ip and sl.client_to_server.produced > 0]
+                time.sleep(0.1)
+            assert old, "the guest's stream is not on the ring"
+            os.kill(g.proc.pid, signal.SIGSTOP)  # the guest pauses, mid-write
+            paused = time.monotonic()
+            try:
+                line = srv.stdout.readline()  # the host server's read ends
+                detected = time.monotonic() - paused
+                assert _json_lines(line) == [{"mode": "xfer", "bytes": big, "ok": False}], line
+                assert detected < 15, detected  # the heartbeat window, 2 s, and TCG's pace
+                print(f"paused guest judged dead after {detected:.2f} s")
+                # its close reaped the guest's side: the slot is free for the next
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 10:
+                    with Fabric(path) as fab:
+                        if old[0].index not in [sl.index for sl in fab.slots()]:
+                            break
+                    time.sleep(0.05)
+                else:
+                    pytest.fail(f"the paused guest's slot {old[0].index} was never freed")
+                srv2 = host("server", "--bind", net.host_ip, "--port", "7102", "--mode", "xfer",
+                            "--size", str(n))
+                assert srv2.stdout.readline().strip() == "ready"
+                cli2 = host("client", "--host", net.host_ip, "--port", "7102", "--mode", "xfer",
+                            "--size", str(n))
+                new, t0 = [], time.monotonic()
+                while not new and time.monotonic() - t0 < 10:
+                    with Fabric(path) as fab:
+                        new = [sl for sl in fab.slots() if sl.index == old[0].index and
+                               sl.generation != old[0].generation]
+                    time.sleep(0.02)
+                assert new, "the next connection did not take the freed slot"
+            finally:
+                os.kill(g.proc.pid, signal.SIGCONT)  # resumed while it is in use
+            out, _ = cli2.communicate(timeout=300)
+            assert _json_lines(out) == [{"mode": "xfer", "bytes": n, "ok": True}], out
+            assert _json_lines(srv2.stdout.readline()) == [
+                {"mode": "xfer", "bytes": n, "ok": True}]
+            # the guest's client found its connection reset, and stopped
+            c = g.run("sleep 1; pidof fastivc-tcpbench; cat /tmp/c.log", timeout=120)
+            assert "send: " in c.output, c.output
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run(["rm", "-f", path])
