@@ -14,13 +14,16 @@
 #include "fastivc/fabric.h"
 #include "fastivc/util.h"
 
-#define CHECK(cond)                                                              \
+/* the check, and what a failure then does (exit; _exit in a forked child) */
+#define CHECK_THEN(cond, fail)                                                   \
 	do {                                                                     \
 		if (!(cond)) {                                                   \
 			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			exit(1);                                                 \
+			fail;                                                    \
 		}                                                                \
 	} while (0)
+
+#define CHECK(cond) CHECK_THEN(cond, exit(1))
 
 #define CHECK_EQ(a, b)                                                           \
 	do {                                                                     \

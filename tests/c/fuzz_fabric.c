@@ -14,7 +14,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 
-#include "check.h"
+#include "fuzz_driver.h"
 
 static const struct fivc_geometry G = {.nmembers = 4, .noffers = 4, .nslots = 2, .ring_size = 16384};
 
@@ -62,7 +62,6 @@ static void exercise(struct fivc_fabric *a, struct fivc_fabric *b, const struct 
 		fivc_offer_post(a, t, 1, slot, gen, &idx, &word);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
@@ -130,31 +129,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifndef FIVC_LIBFUZZER
 int main(int argc, char **argv)
 {
-	if (argc > 1 && argv[1][0] >= '0' && argv[1][0] <= '9') {
-		unsigned long n = strtoul(argv[1], NULL, 0);
-		uint64_t r = 12345;
-		static uint8_t in[2048];
-		for (unsigned long i = 0; i < n; i++) {
-			r = splitmix64(r);
-			size_t len = (size_t)(r % sizeof(in));
-			for (size_t j = 0; j < len; j++) {
-				r = splitmix64(r);
-				/* mostly small values: they hit the interesting offsets */
-				in[j] = (uint8_t)((r >> 8) & 1 ? r % 8 : r >> 24);
-			}
-			LLVMFuzzerTestOneInput(in, len);
-		}
-		printf("fuzz_fabric: %lu random inputs, no fault\n", n);
-		return 0;
-	}
-	for (int i = 1; i < argc; i++) {
-		FILE *fp = fopen(argv[i], "rb");
-		CHECK(fp != NULL);
-		static uint8_t in[1 << 20];
-		size_t len = fread(in, 1, sizeof(in), fp);
-		fclose(fp);
-		LLVMFuzzerTestOneInput(in, len);
-	}
-	return 0;
+	return fuzz_driver_main(argc, argv, "fuzz_fabric", 2048, 12345);
 }
 #endif

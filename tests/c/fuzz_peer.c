@@ -40,7 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "fuzz_driver.h"
 
 #define NCHAN 4
 
@@ -151,13 +151,7 @@ static size_t peer_step(struct side *p, const uint8_t *d, size_t n, size_t i)
 
 /* The peer never calls exit(): in a libFuzzer build, exit() in the forked
  * peer would report the fuzz target as exited. */
-#define PCHECK(cond)                                                             \
-	do {                                                                     \
-		if (!(cond)) {                                                   \
-			fprintf(stderr, "%s:%d: peer check failed: %s\n", __FILE__, __LINE__, #cond); \
-			_exit(3);                                                \
-		}                                                                \
-	} while (0)
+#define PCHECK(cond) CHECK_THEN(cond, _exit(3))
 
 static void peer_main(const char *path, int sock, const uint8_t *d, size_t n, uint32_t slot,
 		      uint32_t gen)
@@ -248,7 +242,6 @@ static int recv_ack(int fd, char *ack)
 	return n == 1;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!path[0])
@@ -314,40 +307,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 int main(int argc, char **argv)
 {
 	memset(junk, 'j', sizeof(junk));
-	if (argc > 1 && argv[1][0] >= '0' && argv[1][0] <= '9') {
-		unsigned long n = strtoul(argv[1], NULL, 0), i;
-		double secs = argc > 2 ? strtod(argv[2], NULL) : 0;
-		struct timespec t0, t;
-		clock_gettime(CLOCK_MONOTONIC, &t0);
-		uint64_t r = 4242;
-		static uint8_t in[1024];
-		for (i = 0; i < n; i++) {
-			r = splitmix64(r);
-			size_t len = (size_t)(r % sizeof(in));
-			for (size_t j = 0; j < len; j++) {
-				r = splitmix64(r);
-				in[j] = (uint8_t)((r >> 8) & 1 ? r % 8 : r >> 24);
-			}
-			LLVMFuzzerTestOneInput(in, len);
-			clock_gettime(CLOCK_MONOTONIC, &t);
-			if (secs > 0 && (double)(t.tv_sec - t0.tv_sec) +
-						(double)(t.tv_nsec - t0.tv_nsec) / 1e9 >= secs) {
-				i++;
-				break;
-			}
-		}
-		printf("fuzz_peer: %lu random inputs, two processes, no fault\n", i);
-		return 0;
-	}
-	for (int i = 1; i < argc; i++) {
-		FILE *fp = fopen(argv[i], "rb");
-		CHECK(fp != NULL);
-		static uint8_t in[1 << 20];
-		size_t len = fread(in, 1, sizeof(in), fp);
-		fclose(fp);
-		LLVMFuzzerTestOneInput(in, len);
-	}
-	return 0;
+	return fuzz_driver_main(argc, argv, "fuzz_peer (two processes)", 1024, 4242);
 }
 #else
 int LLVMFuzzerInitialize(int *argc, char ***argv);
