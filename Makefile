@@ -17,14 +17,18 @@ test: install
 
 # Long modes, outside `make test` (README, Reliability).
 # chaos: 1,000 kill -9 at random moments in random states (500 over
-# loopback, 500 between namespaces); per-round results in build/chaos.json.
+# loopback, 500 between namespaces); per-round results in build/chaos.json;
+# then a guest paused at random moments, short and long, 20 rounds.
 CHAOS_ROUNDS ?= 500
+GUEST_CHAOS_ROUNDS ?= 20
 chaos: install
 	mkdir -p build && rm -f build/chaos.json
 	FIVC_CHAOS_ROUNDS=$(CHAOS_ROUNDS) FIVC_CHAOS_JSON=$(CURDIR)/build/chaos.json \
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs -s tests/test_peer_death.py \
 		-k chaos
 	$(PY) scripts/chaos-summary.py build/chaos.json
+	FIVC_GUEST_CHAOS_ROUNDS=$(GUEST_CHAOS_ROUNDS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		$(PY) -m pytest -q -rs -s tests/test_vm.py -k chaos
 
 # soak: randomized traffic with every byte checked, SOAK_GIB per place
 # (loopback and namespaces: 100 GiB in all) over SOAK_CONNS connections.

@@ -420,3 +420,116 @@ def test_paused_guest_cannot_write_into_its_reused_slot(tmp_path):
             p.kill()
             p.wait()
         subprocess.run(["rm", "-f", path])
+
+
+def _line(p: subprocess.Popen, timeout: float) -> str | None:
+    """The next line p prints within timeout, else None (raw reads: a
+    buffered readline after select could keep a second line from select)."""
+    import select
+    import time
+
+    buf = getattr(p, "_lines_buf", b"")
+    end = time.monotonic() + timeout
+    while b"\n" not in buf:
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([p.stdout], [], [], left)[0]:
+            p._lines_buf = buf
+            return None
+        chunk = os.read(p.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        buf += chunk
+    ln, _, buf = buf.partition(b"\n")
+    p._lines_buf = buf
+    return ln.decode()
+
+
+def test_guest_chaos_pauses_short_and_long(tmp_path):
+    """Guests in the chaos harness (issue 13): a guest streams to a host
+    process and is paused at a random moment, for a random time.  Shorter
+    than the heartbeat window (2 s): the connection goes on as if nothing
+    happened.  Longer: the host's read ends within the window and a second,
+    and the resumed guest's writes fail (its client exits).  FIVC_GUEST_CHAOS_ROUNDS
+    (default 4; `make chaos`: 20)."""
+    import random
+    import signal
+    import time
+
+    from fastivc import Fabric
+    from fastivc._paths import helper_path
+    from fastivc.netns import in_ns
+    from fastivc.run import build_env
+
+    rounds = int(os.environ.get("FIVC_GUEST_CHAOS_ROUNDS", "4"))
+    seed = int(os.environ.get("FIVC_CHAOS_SEED", str(random.randrange(1 << 32))))
+    rnd = random.Random(seed)
+    path = f"/dev/shm/fastivc-vmchaos-{id(tmp_path)}"
+    _mkfabric(path)
+    big = 4 << 30
+    srv = None
+    results = []
+    try:
+        with Network(1, fabric=path, host_link=True) as net:
+            (g,) = net.guests
+            srv = subprocess.Popen(
+                in_ns(net.host_ns, [str(helper_path("fastivc-tcpbench")), "server", "--bind",
+                                    net.host_ip, "--port", "7103", "--mode", "xfer", "--size",
+                                    str(big)]),
+                env=build_env(dict(os.environ), fabric=path), stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL)
+            assert _line(srv, 30) == "ready"
+
+            def produced() -> int:
+                with Fabric(path) as fab:
+                    return sum(sl.client_to_server.produced for sl in fab.slots()
+                               if sl.state == "connected" and sl.local.address == g.ip)
+
+            for i in range(rounds):
+                g.run(f"{PCI_ENV}fastivc-tcpbench client --host {net.host_ip} --port 7103 "
+                      f"--mode xfer --size {big} >/tmp/c.log 2>&1 & echo $! >/tmp/c.pid\n"
+                      "for i in $(seq 100); do grep -q switched /tmp/c.log && break; "
+                      "sleep 0.1; done")
+                t0 = time.monotonic()
+                while produced() == 0 and time.monotonic() - t0 < 20:
+                    time.sleep(0.05)
+                assert produced() > 0, f"round {i}: the guest's stream is not on the ring"
+                # short pauses first (none to two), each harmless; then a long
+                # one, which ends the connection (and the round)
+                for short in range(rnd.randrange(3)):
+                    time.sleep(rnd.uniform(0, 0.5))
+                    pause = rnd.uniform(0.1, 1.0)
+                    os.kill(g.proc.pid, signal.SIGSTOP)
+                    line = _line(srv, pause)
+                    os.kill(g.proc.pid, signal.SIGCONT)
+                    assert line is None, f"round {i}: a {pause:.2f} s pause ended it: {line}"
+                    before = produced()
+                    time.sleep(0.5)
+                    assert produced() > before, f"round {i}: the stream stopped after a pause"
+                    results.append({"round": i, "pause": round(pause, 2), "ended": False})
+                time.sleep(rnd.uniform(0, 0.5))
+                pause = rnd.uniform(3.0, 4.0)
+                os.kill(g.proc.pid, signal.SIGSTOP)
+                t_stop = time.monotonic()
+                line = _line(srv, pause)
+                os.kill(g.proc.pid, signal.SIGCONT)
+                line = line or _line(srv, 5)
+                r = {"round": i, "pause": round(pause, 2), "ended": True,
+                     "detected": round(time.monotonic() - t_stop, 2)}
+                assert line and '"ok":false' in line, (r, line)
+                assert r["detected"] < 3.5, r  # the window (2 s), a second, slack
+                # the resumed guest's write fails (ECONNRESET, or EPIPE and its
+                # SIGPIPE once the host closed): the client is gone.  (The
+                # agent's console is given a moment after the resume: a
+                # command sent at once came garbled now and then.)
+                time.sleep(1)
+                c = g.run("for i in $(seq 50); do kill -0 $(cat /tmp/c.pid) 2>/dev/null "
+                          "|| { echo gone; break; }; sleep 0.1; done; cat /tmp/c.log",
+                          timeout=60)
+                assert c.output.startswith("gone"), (r, c.output)
+                results.append(r)
+    finally:
+        if srv:
+            srv.kill()
+            srv.wait()
+        subprocess.run(["rm", "-f", path])
+    print(f"guest chaos seed {seed}: {results}")
