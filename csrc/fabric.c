@@ -1815,12 +1815,41 @@ int fivc_offer_remove(struct fivc_fabric *f, uint32_t idx, uint64_t word)
 	return -ESTALE;
 }
 
+/* The offers of slot/gen whose owner died: an adopted offer stays until its
+ * client switches, so a client killed before it wrote left one behind for
+ * the next gc (the chaos test: one per such connection, until the registry
+ * was full and connections went plain).  Only its key's buckets are looked
+ * at. */
+static void reap_slot_offers(struct fivc_fabric *f, uint32_t slot, uint32_t gen)
+{
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	struct fivc_tuple key;
+	uint64_t *dst = (uint64_t *)&key;
+	const uint64_t *src = (const uint64_t *)&s->tuple;
+	for (size_t j = 0; j < sizeof(key) / 8; j++)
+		dst[j] = fivc_load_relaxed(&src[j]);
+	uint32_t start[2], n = offer_buckets(f, &key, start);
+	for (uint32_t k = 0; k < 2 * n; k++) {
+		if (k == n && start[1] == start[0])
+			break;
+		struct fivc_offer *o = fivc_offer_at(f, start[k / n] + k % n);
+		uint64_t w = fivc_load_acquire(&o->state);
+		if (FIVC_OFFER_STATE(w) == FIVC_OFFER_FREE || fivc_load_relaxed(&o->slot) != slot ||
+		    fivc_load_relaxed(&o->slot_gen) != gen ||
+		    !dead_by_lock(f, FIVC_OFFER_OWNER(w), NULL))
+			continue;
+		owned_free(&o->state, w);
+	}
+}
+
 int fivc_slot_reap(struct fivc_fabric *f, uint32_t slot)
 {
 	struct fivc_gc_report r = {0};
 	if (slot >= f->g.nslots || !can_witness(f))
 		return 0;
+	uint32_t gen = FIVC_LEASE_GEN(fivc_load_acquire(&fivc_slot_at(f, slot)->lease));
 	reclaim_slot(f, slot, dead_by_lock, NULL, &r);
+	reap_slot_offers(f, slot, gen);
 	return (int)r.slot_sides_freed;
 }
 

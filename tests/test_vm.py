@@ -495,7 +495,7 @@ def test_guest_chaos_pauses_short_and_long(tmp_path):
                 assert produced() > 0, f"round {i}: the guest's stream is not on the ring"
                 # short pauses first (none to two), each harmless; then a long
                 # one, which ends the connection (and the round)
-                for short in range(rnd.randrange(3)):
+                for _ in range(rnd.randrange(3)):
                     time.sleep(rnd.uniform(0, 0.5))
                     pause = rnd.uniform(0.1, 1.0)
                     os.kill(g.proc.pid, signal.SIGSTOP)

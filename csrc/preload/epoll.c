@@ -923,9 +923,12 @@ static void sweep_dead(struct ep_set *s)
 		 * holder's epoll may be drained by another holder before our
 		 * kernel looks, and a code in the ring's flag may be a holder's
 		 * that died; either way we sleep armed while the ring is ready.
-		 * Arm again (the plain doorbell) and look. */
-		else if (fs->state == FS_ACCEL && fivc_load_relaxed(&fs->ch.shared) &&
-			 fivc_chan_arm(&fs->ch, !!(e->events & EPOLLIN), !!(e->events & EPOLLOUT)))
+		 * Arm again (the plain doorbell) and look.  One still before the
+		 * switch here may have been switched by another holder, whose
+		 * doorbell we never saw: the walk looks (fivc_fs_ready). */
+		else if (fivc_load_relaxed(&fs->ch.shared) &&
+			 (fs->state != FS_ACCEL ||
+			  fivc_chan_arm(&fs->ch, !!(e->events & EPOLLIN), !!(e->events & EPOLLOUT))))
 			queue(s, e);
 	}
 	pthread_mutex_unlock(&s->lock);

@@ -430,8 +430,15 @@ static int server(int ls)
 					if (r > 0 && (c->hdr_got += (int)r) == 8) {
 						memcpy(&c->id, c->hdr, 8);
 						c->quota = quota_all;
-						if (++named == nconns)
+						if (++named == nconns) {
 							fab = on_fabric(); /* all named: none closed yet */
+							for (int j = 0; j < accepted; j++)
+								if (finished(&conns[j]) && conns[j].fd >= 0) {
+									close(conns[j].fd);
+									conns[j].fd = -1;
+									done++;
+								}
+						}
 					} else if (r == 0) {
 						badlen++;
 						c->rd_done = 1;
@@ -450,7 +457,9 @@ static int server(int ls)
 				ev = (struct epoll_event){.events = EPOLLIN, .data.u64 = evs[k].data.u64};
 				epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
 			}
-			if (finished(c) && c->fd >= 0) {
+			/* (closed only once every connection was named and counted:
+			 * a closed one would be missing from on_fabric) */
+			if (finished(c) && c->fd >= 0 && named == nconns) {
 				close(c->fd);
 				c->fd = -1;
 				done++;
