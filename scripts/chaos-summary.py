@@ -24,6 +24,8 @@ def main(path: str) -> int:
     for (op, wait), n in sorted(by.items()):
         ds = [r["delay"] for r in rounds if (r["op"], r["wait"]) == (op, wait)]
         print(f"  {op:7} victim waits {wait:6} {n:4} kills, worst {max(ds) * 1000:7.1f} ms")
+    fallbacks = [r for r in rounds if r.get("fallback")]
+    print(f"  left on TCP (not accelerated, killed as TCP): {len(fallbacks)}")
     errs = Counter(r["err"] for r in rounds)
     print("  survivor got: " + ", ".join(f"{e} {n}" for e, n in errs.most_common()))
     return 1 if hangs else 0
