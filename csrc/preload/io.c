@@ -127,10 +127,6 @@ static void server_maybe_done(struct fsock *fs)
 
 #define RECHECK (-0x10000) /* tcp_read_armed(): not read; look at the state again */
 
-/* A TCP read before the switch.  When it may block and `arm` is set, the
- * ring's "waiting" is announced too, so that the peer's first ring write (or
- * ring EOF) rings the doorbell and ends the wait (see the top of this file).
- * Returns bytes, 0 at EOF, or -errno. */
 /* The peer's side is dead and TCP had nothing for a while: one more look
  * (bytes it sent just before it died), else the reset TCP would give. */
 static ssize_t tcp_last_look(int fd, void *buf, size_t len, int flags)
@@ -161,6 +157,8 @@ static int eintr_restarts(const struct fsock *fs)
 	}
 	return 1;
 }
+
+static int peer_stepped(struct fsock *fs); /* below: adopted (client), N known (server) */
 
 /* A blocking TCP read before the switch sleeps in poll, FIVC_LIVENESS_MS
  * at a time, not in recv: the peer's FIN ends it as it ends TCP's recv, but
@@ -199,15 +197,15 @@ static int tcp_wait_live(struct fsock *fs, int fd, uint64_t start)
 		/* The peer stepped while we slept (adopted; switched) and its
 		 * doorbell was taken by another holder of the socket (fork):
 		 * the caller looks at the state again. */
-		if (fs->state == FS_SERVER_PRE && !fs->n_known)
-			fivc_fs_server_check(fs);
-		if ((fs->state == FS_SERVER_PRE && fs->n_known) ||
-		    (fs->state == FS_CLIENT_PENDING &&
-		     fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED))
+		if (peer_stepped(fs))
 			return RECHECK;
 	}
 }
 
+/* A TCP read before the switch.  When it may block and `arm` is set, the
+ * ring's "waiting" is announced too, so that the peer's first ring write (or
+ * ring EOF) rings the doorbell and ends the wait (see the top of this file).
+ * Returns bytes, 0 at EOF, or -errno. */
 static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, int flags, int arm)
 {
 	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
@@ -223,22 +221,19 @@ static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, i
 	}
 	/* poll first (it returns at once when bytes are there): one call more
 	 * than a blocking recv, and only on a read that may block */
-	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
-	for (;;) {
-		int w = tcp_wait_live(fs, fd, start);
-		if (w == RECHECK)
-			return RECHECK;
-		if (w < 0)
-			return w == -ECONNRESET ? tcp_last_look(fd, buf, len, flags) : w;
-		ssize_t r = fivc_real.recv(fd, buf, len, flags | MSG_DONTWAIT);
-		if (r >= 0)
-			return r;
-		if (errno != EAGAIN)
-			return -errno;
-		/* Another thread or holder (fork) took them: maybe the doorbell
-		 * of a switch, so the caller looks at the state again. */
+	int w = tcp_wait_live(fs, fd, fivc_now_ns(CLOCK_MONOTONIC));
+	if (w == RECHECK)
 		return RECHECK;
-	}
+	if (w < 0)
+		return w == -ECONNRESET ? tcp_last_look(fd, buf, len, flags) : w;
+	ssize_t r = fivc_real.recv(fd, buf, len, flags | MSG_DONTWAIT);
+	if (r >= 0)
+		return r;
+	if (errno != EAGAIN)
+		return -errno;
+	/* Another thread or holder (fork) took them: maybe the doorbell of a
+	 * switch, so the caller looks at the state again. */
+	return RECHECK;
 }
 
 /* About to block in the first TCP read before the switch, spin a while on
