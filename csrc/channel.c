@@ -717,6 +717,10 @@ static void xunlock(struct fivc_chan *c, int wr)
 		syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
+int fivc_chan_xlock(struct fivc_chan *c, int wr) { return xlock(c, wr); }
+
+void fivc_chan_xunlock(struct fivc_chan *c, int wr) { xunlock(c, wr); }
+
 /* Our index is the ring's (another process may have moved it). */
 static int reload(struct fivc_chan *c, int wr)
 {

@@ -21,9 +21,9 @@ the errno (or "EOF").  OP:
   idle    blocking recv() on a connection nobody has written to yet: the
           upgrade is still under way (offered, not yet adopted or used)
   shared  blocking send() of 64 KiB chunks, printing {"progress": bytes}
-          after each: the victim's end is held by two processes (a fork,
-          after one exchange: "hello" and "r"), both reading it, so they
-          contend for the side's lock
+          after each: the victim's end is held by two processes (a fork
+          right after connect or accept, before the upgrade settled), both
+          reading it, so they contend for the side's lock
 
 The victims process forks one child per command, which takes the other end
 and plays the victim (a slow reader, or for OP read a slow writer; for idle
@@ -151,9 +151,6 @@ def survivor(ls: socket.socket, peer: str, pport: int) -> None:
     for line in sys.stdin:
         op, side = line.split()
         s = take(ls, side, peer, pport)
-        if op == "shared":  # one exchange before the victim forks
-            s.sendall(b"hello")
-            assert s.recv(1) == b"r"
         out(connected=True)
         # the test says go once the victim holds its end: a connection
         # still in the accept queue is not accelerated yet (and is TCP's)
@@ -210,15 +207,8 @@ def victims(ls: socket.socket, peer: str, pport: int) -> None:
                 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
                 s = take(ls, "client" if side == "server" else "server", peer, pport)
                 ls.close()
-                if op == "shared":
-                    # Fork after one exchange: a fork right after connect
-                    # or accept, before the upgrade settled, with both
-                    # processes using the socket, is a known bug (README,
-                    # "Not there yet"), not what this state tests.
-                    got = b""
-                    while len(got) < 5:
-                        got += s.recv(5 - len(got))
-                    s.sendall(b"r")
+                # shared: the fork comes right after connect or accept,
+                # before the upgrade settled (tests/test_fork_pre_switch.py)
                 pid2 = os.fork() if op == "shared" else 0
                 if op != "shared" or pid2 > 0:
                     socket.send_fds(theirs, [b"t" + str(pid2).encode()],

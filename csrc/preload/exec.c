@@ -27,7 +27,7 @@
 
 #define VAR "FASTIVC_INHERIT="
 #define REC_FMT "%" SCNu32 ":%" SCNu32 ":%d:%d:%d:%d:%" SCNu64 ":%" SCNu64 ":%" SCNu64 ":%d:%" \
-		SCNu32 ":%" SCNu64 ":%d:%d:%d:%d:%d:%d:%" SCNu64 ":%" SCNu64
+		SCNu32 ":%" SCNu64 ":%d:%d:%d:%d:%d:%d:%" SCNu64 ":%" SCNu64 ":%d"
 
 extern char **environ;
 
@@ -51,12 +51,12 @@ static int put_record(char *out, size_t cap, size_t *len, struct fsock *fs, cons
 		return 0;
 	int k = snprintf(out + n, cap - n,
 			 "=%" PRIu32 ":%" PRIu32 ":%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ":%" PRIu64
-			 ":%d:%" PRIu32 ":%" PRIu64 ":%d:%d:%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ";",
+			 ":%d:%" PRIu32 ":%" PRIu64 ":%d:%d:%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ":%d;",
 			 fs->slot, fs->gen, fs->side, fs->state, fs->nonblock, fs->untracked,
 			 fs->tcp_sent, fs->tcp_recvd, fs->switch_n, fs->n_known, fs->offer_idx,
 			 fs->offer_word, fs->app_nodelay, fs->nodelay_forced, fs->reset,
 			 fs->ch.wr_shut, fs->ch.rd_shut, fs->tcp_eof, fs->ch.rd_timeout_ns,
-			 fs->ch.wr_timeout_ns);
+			 fs->ch.wr_timeout_ns, fs->pre_shared);
 	if (k < 0 || (size_t)k >= cap - n)
 		return -1;
 	*len = n + (size_t)k;
@@ -89,10 +89,10 @@ char **fivc_exec_env(char *const envp[])
 	fivc_fdlist_unlock();
 	if (wr < 0)
 		return NULL;
-	/* a record is at most 20 numbers of 20 digits, and one per fd */
+	/* a record is at most 21 numbers of 20 digits, and one per fd */
 	struct records rs = {.cap = 256};
 	for (int k = 0; k < w.n; k++)
-		rs.cap += 448 + (size_t)w.ent[k].nfds * 12;
+		rs.cap += 480 + (size_t)w.ent[k].nfds * 12;
 	rs.buf = malloc(rs.cap);
 	if (!rs.buf) {
 		fivc_walk_free(&w);
@@ -214,7 +214,8 @@ static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
 	if (sscanf(fields, REC_FMT, &fs->slot, &fs->gen, &fs->side, &fs->state, &fs->nonblock,
 		   &fs->untracked, &fs->tcp_sent, &fs->tcp_recvd, &fs->switch_n, &fs->n_known,
 		   &fs->offer_idx, &fs->offer_word, &fs->app_nodelay, &fs->nodelay_forced,
-		   &fs->reset, &wr_shut, &rd_shut, &fs->tcp_eof, &rd_tmo, &wr_tmo) != 20 ||
+		   &fs->reset, &wr_shut, &rd_shut, &fs->tcp_eof, &rd_tmo, &wr_tmo,
+		   &fs->pre_shared) != 21 ||
 	    (fs->side != 0 && fs->side != 1) ||
 	    (fs->state != FS_CLIENT_PENDING && fs->state != FS_SERVER_PRE && fs->state != FS_ACCEL)) {
 		free(fs);

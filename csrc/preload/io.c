@@ -20,6 +20,8 @@
  * handing out a byte beyond it), then the ring.
  */
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_received (glibc's has not) */
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -55,7 +57,13 @@ static void client_go_plain(struct fsock *fs)
 		return;
 	}
 	fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
-	fivc_chan_close(&fs->ch);
+	/* After a fork other holders of the side go on until they see the
+	 * same; the last one to let go closes it (as fivc_fs_release). */
+	if (!fs->pre_shared || fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
+						fs->untracked ? 0 : fs->fab->self) != 0)
+		fivc_chan_close(&fs->ch);
+	else
+		fs->ch.f = NULL;
 	fs->state = FS_PLAIN;
 	FIVC_DEBUG("fd %d: peer is not accelerated: plain TCP", fs->fd);
 }
@@ -65,7 +73,9 @@ static void client_go_plain(struct fsock *fs)
 static void client_switch(struct fsock *fs)
 {
 	struct fivc_slot *s = fivc_slot_at(fs->fab, fs->slot);
-	fivc_store_relaxed(&s->switch_bytes, fs->tcp_sent);
+	/* (forked: the slot's count is the holders' sum already) */
+	if (!fs->pre_shared)
+		fivc_store_relaxed(&s->switch_bytes, fs->tcp_sent);
 	/* SYNC POINT WRITE: N before the state; pairs with fivc_fs_server_check(). */
 	fivc_store_release(&s->switch_state, 1);
 	/* No doorbell: a server blocked in a TCP read has armed its ring and
@@ -73,7 +83,27 @@ static void client_switch(struct fsock *fs)
 	fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
 	fs->state = FS_ACCEL;
 	FIVC_DEBUG("fd %d: switched to the ring after %llu TCP bytes", fs->fd,
-		   (unsigned long long)fs->tcp_sent);
+		   (unsigned long long)fivc_load_relaxed(&s->switch_bytes));
+}
+
+/* Client forked before the switch (fs->pre_shared): the switch, or seeing
+ * another holder's, under the side's writing lock in the slot, which every
+ * holder's TCP write before the switch takes too (client_pre_shared_send):
+ * N, the slot's count, cannot move while it is published, and no holder
+ * writes to TCP after it.  The lock is never held across a sleep, so a
+ * reader waits for it briefly at most. */
+static void client_check_shared(struct fsock *fs)
+{
+	if (fivc_chan_xlock(&fs->ch, 1) < 0)
+		return; /* (a broken channel: the I/O that follows reports it) */
+	if (fs->state == FS_CLIENT_PENDING) {
+		if (fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state))
+			fs->state = FS_ACCEL; /* another holder switched */
+		else if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
+			 FIVC_OFFER_ADOPTED)
+			client_switch(fs);
+	}
+	fivc_chan_xunlock(&fs->ch, 1);
 }
 
 /* Client: if the offer was adopted, switch (takes wr_lock unless held). */
@@ -81,6 +111,10 @@ void fivc_fs_client_check(struct fsock *fs, int have_wr_lock)
 {
 	if (fs->state != FS_CLIENT_PENDING)
 		return;
+	if (fs->pre_shared) {
+		client_check_shared(fs);
+		return;
+	}
 	if (fivc_load_relaxed(&fs->ch.shared) &&
 	    fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state)) {
 		/* another process holding this side switched (fork) */
@@ -114,6 +148,61 @@ void fivc_fs_server_check(struct fsock *fs)
 	}
 }
 
+/* Server, forked before the switch (fs->pre_shared): the program bytes
+ * all holders of this side took from TCP, which only the kernel knows:
+ * bytes received (tcpi_bytes_received counts the FIN too, not the SYN)
+ * less those still queued (FIONREAD, which never counts the FIN).  The
+ * two calls are not one snapshot: read the first again after the second,
+ * until no segment came in between.  0 or -errno. */
+#define FIVC_TCPS_TIME_WAIT 6 /* the kernel's TCP states (include/net/tcp_states.h) */
+#define FIVC_TCPS_CLOSE_WAIT 8
+#define FIVC_TCPS_LAST_ACK 9
+#define FIVC_TCPS_CLOSING 11
+
+static int tcp_info_rx(int fd, uint64_t *bytes, int *fin)
+{
+	struct tcp_info ti;
+	socklen_t l = sizeof(ti);
+	memset(&ti, 0, sizeof(ti));
+	if (fivc_real.getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) < 0)
+		return -errno;
+	if (l < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti.tcpi_bytes_received))
+		return -EOPNOTSUPP; /* (kernels before 4.1) */
+	*bytes = ti.tcpi_bytes_received;
+	*fin = ti.tcpi_state == FIVC_TCPS_CLOSE_WAIT || ti.tcpi_state == FIVC_TCPS_LAST_ACK ||
+	       ti.tcpi_state == FIVC_TCPS_CLOSING || ti.tcpi_state == FIVC_TCPS_TIME_WAIT;
+	return 0;
+}
+
+static int tcp_taken(int fd, uint64_t *out)
+{
+	for (;;) {
+		uint64_t a, b;
+		int fa, fb, q, e;
+		if ((e = tcp_info_rx(fd, &a, &fa)) < 0)
+			return e;
+		if (fivc_real.ioctl(fd, FIONREAD, &q) < 0)
+			return -errno;
+		if ((e = tcp_info_rx(fd, &b, &fb)) < 0)
+			return e;
+		if (a == b && fa == fb) {
+			*out = a - (uint64_t)q - (uint64_t)fa;
+			return 0;
+		}
+	}
+}
+
+/* Server: program bytes taken from TCP before the switch, by this process
+ * or, after a fork, by every holder of the side (then from the kernel). */
+uint64_t fivc_fs_pre_taken(struct fsock *fs, int fd)
+{
+	uint64_t t;
+	if (fs->pre_shared && fs->state == FS_SERVER_PRE && tcp_taken(fd, &t) == 0 &&
+	    t > fs->tcp_recvd)
+		return t; /* (it only ever grows) */
+	return fs->tcp_recvd;
+}
+
 /* Server: the pre-switch bytes are all read once N is known and reached. */
 static void server_maybe_done(struct fsock *fs)
 {
@@ -138,12 +227,13 @@ static ssize_t tcp_last_look(int fd, void *buf, size_t len, int flags)
 }
 
 /* A wait of ours that poll(2) ended with EINTR, where the kernel's blocking
- * recv would have been restarted had the handler SA_RESTART (signal(7)):
+ * call would have been restarted had the handler SA_RESTART (signal(7)):
  * which signal came is not known, so restart when every caught signal's
- * handler restarts.  A socket with SO_RCVTIMEO is never restarted. */
-static int eintr_restarts(const struct fsock *fs)
+ * handler restarts.  A socket with a timeout (SO_RCVTIMEO / SO_SNDTIMEO
+ * for the call's direction) is never restarted. */
+static int eintr_restarts(uint64_t timeout_ns)
 {
-	if (fs->ch.rd_timeout_ns)
+	if (timeout_ns)
 		return 0;
 	for (int sig = 1; sig < NSIG; sig++) {
 		struct sigaction sa;
@@ -186,7 +276,7 @@ static int tcp_wait_live(struct fsock *fs, int fd, uint64_t start)
 		if (r > 0)
 			return 0;
 		if (r < 0 && errno == EINTR) {
-			if (!eintr_restarts(fs))
+			if (!eintr_restarts(fs->ch.rd_timeout_ns))
 				return -EINTR;
 			continue;
 		}
@@ -234,6 +324,134 @@ static ssize_t tcp_read_armed(struct fsock *fs, int fd, void *buf, size_t len, i
 	/* Another thread or holder (fork) took them: maybe the doorbell of a
 	 * switch, so the caller looks at the state again. */
 	return RECHECK;
+}
+
+/* A server's TCP read before the switch on a side that other processes
+ * hold too (fs->pre_shared, after a fork): count and read under the side's
+ * reading lock in the slot, so that no other holder takes bytes between
+ * the two and no holder ever takes a byte beyond N.  The read itself never
+ * blocks under the lock: a blocking one sleeps without it (tcp_wait_live)
+ * and tries again.  `arm`: as for tcp_read_armed.  Returns bytes (those
+ * past N, doorbells, taken and dropped), 0 at EOF, RECHECK (the state may
+ * have moved on: look again), or -errno. */
+static ssize_t server_pre_shared_read(struct fsock *fs, int fd, void *buf, size_t len,
+				      int flags, int arm)
+{
+	int nb = fs->nonblock || (flags & MSG_DONTWAIT), last = 0;
+	uint64_t start = 0;
+	for (;;) {
+		ssize_t r = fivc_chan_xlock(&fs->ch, 0);
+		if (r < 0)
+			return r;
+		uint64_t taken;
+		r = tcp_taken(fd, &taken);
+		if (r == 0) {
+			if (taken > fs->tcp_recvd)
+				fs->tcp_recvd = taken;
+			server_maybe_done(fs);
+			r = RECHECK;
+		}
+		if (r == RECHECK && fs->state == FS_SERVER_PRE) {
+			size_t want = len;
+			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
+				want = (size_t)(fs->switch_n - fs->tcp_recvd);
+			int was_known = fs->n_known;
+			r = fivc_real.recv(fd, buf, want, flags | MSG_DONTWAIT);
+			r = r < 0 ? -errno : r;
+			fivc_fs_server_check(fs);
+			if (r > 0 && !was_known && fs->n_known &&
+			    (uint64_t)r > fs->switch_n - fs->tcp_recvd)
+				r = (ssize_t)(fs->switch_n - fs->tcp_recvd);
+			if (r > 0 && !(flags & MSG_PEEK))
+				fs->tcp_recvd += (uint64_t)r;
+			server_maybe_done(fs);
+		}
+		fivc_chan_xunlock(&fs->ch, 0);
+		if (r != -EAGAIN || nb)
+			return r;
+		if (last)
+			return -ECONNRESET; /* the dead peer's last bytes are taken */
+		if (arm && fivc_chan_arm(&fs->ch, 1, 0))
+			return RECHECK;
+		arm = 0;
+		if (!start)
+			start = fivc_now_ns(CLOCK_MONOTONIC);
+		int w = tcp_wait_live(fs, fd, start);
+		if (w == RECHECK)
+			return RECHECK;
+		if (w == -ECONNRESET)
+			last = 1; /* one more look, as tcp_last_look */
+		else if (w < 0)
+			return w;
+	}
+}
+
+/* A client's TCP write before the switch on a side other processes hold
+ * too (fs->pre_shared): each step under the side's writing lock in the
+ * slot, counted in the slot's switch_bytes (N when a holder switches,
+ * client_check_shared).  Non-blocking under the lock; a blocking write
+ * sleeps without it, FIVC_LIVENESS_MS at a time, and goes on until all is
+ * taken, as TCP's.  Caller holds wr_lock.  Returns the bytes TCP took:
+ * fewer than len when the switch came first (the rest is the ring's), or
+ * -errno when none. */
+static ssize_t client_pre_shared_send(struct fsock *fs, int fd, const char *buf, size_t len,
+				      int flags)
+{
+	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
+	struct fivc_slot *s = fivc_slot_at(fs->fab, fs->slot);
+	uint64_t start = 0, limit = fs->ch.wr_timeout_ns;
+	size_t done = 0;
+	for (;;) {
+		ssize_t r = fivc_chan_xlock(&fs->ch, 1);
+		if (r < 0)
+			return done ? (ssize_t)done : r;
+		if (fivc_load_acquire(&s->switch_state))
+			fs->state = FS_ACCEL; /* another holder switched */
+		else if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
+			 FIVC_OFFER_ADOPTED)
+			client_switch(fs);
+		if (fs->state != FS_CLIENT_PENDING) {
+			fivc_chan_xunlock(&fs->ch, 1);
+			return (ssize_t)done;
+		}
+		/* (after the first bytes an error is the count, no SIGPIPE) */
+		r = fivc_real.send(fd, buf + done, len - done,
+				   flags | MSG_DONTWAIT | (done ? MSG_NOSIGNAL : 0));
+		if (r < 0)
+			r = -errno;
+		else
+			fivc_store_relaxed(&s->switch_bytes,
+					   fivc_load_relaxed(&s->switch_bytes) + (uint64_t)r);
+		fivc_chan_xunlock(&fs->ch, 1);
+		if (r > 0) {
+			done += (size_t)r;
+			if (done == len || nb)
+				return (ssize_t)done;
+			continue;
+		}
+		if (r != -EAGAIN || nb)
+			return done ? (ssize_t)done : r;
+		if (!start)
+			start = fivc_now_ns(CLOCK_MONOTONIC);
+		for (;;) { /* room in TCP, or the switch */
+			int tmo = FIVC_LIVENESS_MS;
+			if (limit) {
+				uint64_t el = fivc_now_ns(CLOCK_MONOTONIC) - start;
+				if (el >= limit)
+					return done ? (ssize_t)done : -EAGAIN;
+				if ((limit - el) / 1000000 + 1 < (uint64_t)tmo)
+					tmo = (int)((limit - el) / 1000000 + 1);
+			}
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+			int k = fivc_real.poll(&p, 1, tmo);
+			if (k < 0 && errno == EINTR && !eintr_restarts(limit))
+				return done ? (ssize_t)done : -EINTR;
+			if (k > 0 || fivc_load_acquire(&s->switch_state) ||
+			    fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
+				    FIVC_OFFER_ADOPTED)
+				break;
+		}
+	}
 }
 
 /* About to block in the first TCP read before the switch, spin a while on
@@ -307,6 +525,35 @@ static int pending_spin_once(struct fsock *fs, int fd, int tflags, int what)
 	return pending_spin(fs, fd);
 }
 
+/* A pre_shared client's re-check after a TCP read before the switch (as
+ * fivc_fs_recv's below, under the side's writing lock): 1 when the bytes
+ * were doorbells (a holder switched), else 0: program data from a plain
+ * server, or EOF.  Going plain needs wr_lock too (a writer of ours may be
+ * between steps); when a writer holds it, a later read goes instead. */
+static int client_after_tcp_read_shared(struct fsock *fs, ssize_t r)
+{
+	if (fivc_chan_xlock(&fs->ch, 1) < 0)
+		return 0;
+	int doorbells = 1;
+	if (fs->state == FS_CLIENT_PENDING) {
+		if (fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state))
+			fs->state = FS_ACCEL;
+		else if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
+			 FIVC_OFFER_ADOPTED)
+			client_switch(fs);
+		else
+			doorbells = 0;
+	}
+	int plain = !doorbells && r > 0 && pthread_mutex_trylock(&fs->wr_lock) == 0;
+	fivc_chan_xunlock(&fs->ch, 1);
+	if (plain) {
+		/* (the channel is closed outside the slot's lock) */
+		client_go_plain(fs);
+		pthread_mutex_unlock(&fs->wr_lock);
+	}
+	return doorbells;
+}
+
 /* One recv on an fsock; the body behind every read-family wrapper. */
 /* Urgent data and the error queue have no ring equivalent: the error
  * queue is the kernel's (nothing is queued for ring bytes), and MSG_OOB is
@@ -358,6 +605,19 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 			}
 			if (r < 0)
 				goto out;
+			if (fs->pre_shared) {
+				int k = client_after_tcp_read_shared(fs, r);
+				if (k)
+					continue; /* doorbells: the ring */
+				if (r == 0)
+					goto out;
+				got += (size_t)r;
+				if (!waitall || got == len) {
+					r = 0;
+					goto out;
+				}
+				continue;
+			}
 			/* Re-check after every TCP read (see the top of this file),
 			 * under wr_lock so no switch runs concurrently. */
 			pthread_mutex_lock(&fs->wr_lock);
@@ -390,6 +650,28 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 				continue;
 			if (!fs->n_known && pending_spin_once(fs, fd, tflags, PENDING_SPUN_READ))
 				continue; /* N known: TCP up to N, then the ring */
+			if (fs->pre_shared) {
+				r = server_pre_shared_read(fs, fd, (char *)buf + got, len - got,
+							   tflags, arm_ok && !fs->n_known);
+				if (r == RECHECK) {
+					arm_ok = 0;
+					continue;
+				}
+				if (r < 0)
+					goto out;
+				if (r == 0) {
+					fivc_fs_server_check(fs);
+					if (fs->n_known)
+						continue; /* (as below) */
+					fs->tcp_eof = 1;
+					goto out;
+				}
+				got += (size_t)r;
+				if (waitall && got < len)
+					continue;
+				r = 0;
+				goto out;
+			}
 			size_t want = len - got;
 			if (fs->n_known && want > fs->switch_n - fs->tcp_recvd)
 				want = (size_t)(fs->switch_n - fs->tcp_recvd);
@@ -463,6 +745,19 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 	pthread_mutex_lock(&fs->wr_lock);
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	fivc_fs_client_check(fs, 1);
+	size_t pre = 0; /* bytes TCP took before a switch midway (pre_shared) */
+	if (fs->state == FS_CLIENT_PENDING && fs->pre_shared) {
+		r = client_pre_shared_send(fs, fd, buf, len, flags);
+		if (r < 0 || (size_t)r == len || fs->state != FS_ACCEL) {
+			pthread_mutex_unlock(&fs->wr_lock);
+			return r;
+		}
+		pre = (size_t)r; /* the rest on the ring, with no SIGPIPE after them */
+		buf = (const char *)buf + pre;
+		len -= pre;
+		if (pre)
+			flags |= MSG_NOSIGNAL;
+	}
 	if (fs->state == FS_PLAIN || fs->state == FS_CLIENT_PENDING) {
 		r = fivc_real.send(fd, buf, len, flags);
 		if (r < 0)
@@ -481,6 +776,8 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 	pthread_mutex_unlock(&fs->wr_lock);
 	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
 		pthread_kill(pthread_self(), SIGPIPE); /* as TCP would */
+	if (pre)
+		return r < 0 ? (ssize_t)pre : (ssize_t)pre + r;
 	return r;
 }
 
@@ -527,8 +824,13 @@ long fivc_fs_nread(struct fsock *fs, int fd)
 	}
 	if (fivc_real.ioctl(fd, FIONREAD, &n) < 0)
 		return -errno;
-	if (fs->state == FS_SERVER_PRE && fs->n_known && (uint64_t)n > fs->switch_n - fs->tcp_recvd)
-		n = (int)(fs->switch_n - fs->tcp_recvd);
+	if (fs->state == FS_SERVER_PRE && fs->n_known) {
+		uint64_t taken = fivc_fs_pre_taken(fs, fd);
+		if (taken >= fs->switch_n)
+			n = 0;
+		else if ((uint64_t)n > fs->switch_n - taken)
+			n = (int)(fs->switch_n - taken);
+	}
 	if (fs->state == FS_CLIENT_PENDING &&
 	    fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED)
 		n = 0;

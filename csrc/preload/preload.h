@@ -156,6 +156,12 @@ struct fsock {
 	uint64_t tcp_recvd; /* server: program bytes read from TCP before the switch */
 	uint64_t switch_n;  /* server: N once the client published it */
 	int n_known;
+	/* Forked before the switch (sock.c): other processes may use this
+	 * side's TCP stream too, so the counts above, private to each
+	 * process, are not the truth: the server's comes from the kernel
+	 * (io.c, tcp_taken), the client's is the slot's switch_bytes, and
+	 * each TCP step takes the side's lock in the slot.  Never cleared. */
+	int pre_shared;
 	/* TCP_NODELAY: doorbells must not wait for Nagle (measured: iperf3,
 	 * which leaves Nagle on, fell from ~20 to ~1 Gbit/s as each 1-byte
 	 * doorbell waited for the peer's delayed ACK).  Forced on before the
@@ -256,6 +262,7 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 /* Client: switch now if the offer was adopted.  Server: learn N. */
 void fivc_fs_client_check(struct fsock *fs, int have_wr_lock);
 void fivc_fs_server_check(struct fsock *fs);
+uint64_t fivc_fs_pre_taken(struct fsock *fs, int fd);
 /* Consume control bytes (after the switch) without blocking. */
 void fivc_fs_drain(struct fsock *fs, int fd);
 long fivc_fs_nread(struct fsock *fs, int fd);

@@ -118,7 +118,7 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 		if (pthread_mutex_trylock(&fs->rd_lock) != 0)
 			goto checked;
 		fivc_fs_server_check(fs);
-		if (fs->n_known && fs->tcp_recvd >= fs->switch_n)
+		if (fs->n_known && fivc_fs_pre_taken(fs, fd) >= fs->switch_n)
 			fs->state = FS_ACCEL;
 		pthread_mutex_unlock(&fs->rd_lock);
 	}
@@ -268,6 +268,30 @@ struct fork_child {
 	struct fivc_alive_memo memo;
 };
 
+/* Before a fork before the switch: from now on the pre-switch counts are
+ * kept where every holder sees them (fs->pre_shared; io.c), set before the
+ * fork so the child inherits it.  A client's goes to the slot (which its
+ * N is read from), under wr_lock so no thread of ours is sending.  One is
+ * (a blocking TCP write before the switch, TCP's buffers full): it stays
+ * private, as before (README, "Not there yet"). */
+static void pre_share(struct fsock *fs, int fd)
+{
+	if (fs->state == FS_SERVER_PRE) {
+		fs->pre_shared = 1;
+		return;
+	}
+	if (pthread_mutex_trylock(&fs->wr_lock) != 0) {
+		FIVC_INFO("fork: fd %d: a write before the switch is under way: the "
+			  "counts stay this process's", fd);
+		return;
+	}
+	if (fs->state == FS_CLIENT_PENDING) {
+		fivc_store_relaxed(&fivc_slot_at(fs->fab, fs->slot)->switch_bytes, fs->tcp_sent);
+		fs->pre_shared = 1;
+	}
+	pthread_mutex_unlock(&fs->wr_lock);
+}
+
 /* Before fork: the child holds every connection we hold, under its own
  * member id (or counted without an entry: no id, or a full table). */
 static void hold_for_child(struct fsock *fs, int fd, struct fork_child *c)
@@ -285,6 +309,8 @@ static void hold_for_child(struct fsock *fs, int fd, struct fork_child *c)
 	 * that is taking the side back to the lock-free path meanwhile
 	 * re-checks the holders after it clears the mark (channel.c). */
 	fivc_fs_client_check(fs, 0);
+	if (fs->state != FS_ACCEL && !fs->pre_shared)
+		pre_share(fs, fd);
 	if (fivc_slot_hold(fs->fab, fs->slot, fs->gen, fs->side, c->member1, &c->memo) == 1)
 		fs->child_untracked = 1;
 	/* (a look first: a write to a page of the last fork's is a fault) */

@@ -133,6 +133,12 @@ int fivc_chan_shutdown(struct fivc_chan *c, int how);
  * lock-free path in this process (for tests and stats). */
 void fivc_chan_share(struct fivc_chan *c);
 uint64_t fivc_chan_unshared_count(void);
+/* The side's cross-process lock for one direction (wr: 0 reading, 1
+ * writing), as shared reads and writes take it: for the preload's TCP
+ * steps before the switch on a side several processes hold.  Never held
+ * across a sleep.  0, or -EINTR / -ECONNRESET (broken channel). */
+int fivc_chan_xlock(struct fivc_chan *c, int wr);
+void fivc_chan_xunlock(struct fivc_chan *c, int wr);
 /* Shut down both directions and give up our side of the slot. */
 void fivc_chan_close(struct fivc_chan *c);
 
