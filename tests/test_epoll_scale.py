@@ -110,6 +110,21 @@ def test_epoll_wait_looks_at_ready_entries_only(runs):
     assert end["max_pass"] >= min(IDLE, 4096) // 2, end
 
 
+def test_entries_past_one_wake_record_wake_by_bits_not_doorbells(runs):
+    """Regression (issue 10): a set held one wake record, 4,096 tokens, so
+    its other entries were armed with the plain doorbell: a TCP segment for
+    each ring move (wrk -c10000 against nginx: one per response).  The far
+    phase writes to the last idle pairs (tokens past 4,096): no doorbell."""
+    plain, fast, _ = runs
+    assert "far: 64 of 64 idle clients reported, 0 twice" in plain
+    busy, far = _stats(fast, "busy"), _stats(fast, "far")
+    wbusy, wfar = _stats(fast, "wake-busy"), _stats(fast, "wake-far")
+    if 2 * IDLE > 4096:
+        assert wfar["records"] >= (2 * IDLE + 4095) // 4096, wfar
+    assert far["kernel_events"] - busy["kernel_events"] <= 4, (busy, far)
+    assert wfar["queued"] - wbusy["queued"] >= 60, (wbusy, wfar)
+
+
 def test_a_waiter_done_with_a_socket_does_not_disarm_another(cbuild, shm_path, tmp_path):
     """Regression: poll() and epoll_wait() that timed out on a socket cleared
     its ring's waiting flag, which a thread asleep in epoll_wait on another

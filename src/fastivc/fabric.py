@@ -474,8 +474,15 @@ class Fabric:
     def connected_count(self, port: int | None = None) -> int:
         """Slots with both sides attached (accelerated connections), only
         those to server ``port`` when given."""
-        return sum(1 for s in self.slots()
-                   if s.state == "connected" and (port is None or s.peer.port == port))
+        # (lean: only the lease and the port of each used slot; slots()
+        # costs ~20 us a slot, and a benchmark samples this while it runs)
+        h, n = self.header, 0
+        for i in self.used_slot_indexes():
+            lease, _nonce, tup = SLOT_HEAD.unpack_from(self._map, h.slots_off + i * h.slab_size)
+            if lease & 0xFFFF and (lease >> 16) & 0xFFFF and (
+                    port is None or TUPLE.unpack(tup)[3] == port):
+                n += 1
+        return n
 
     # -- lifetime -------------------------------------------------------
     def close(self) -> None:

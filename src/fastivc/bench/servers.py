@@ -170,7 +170,11 @@ def acceleration(server_log: str, client_log: str, connections: int) -> dict:
 
 class _PeakSampler:
     """Samples how many connections to `port` the fabric at `path` shows
-    accelerated at once, every `interval` s in a thread, keeping the peak."""
+    accelerated at once, every `interval` s in a thread, keeping the peak.
+    The interval grows to 20 times what a count takes, so the sampler
+    takes at most 5 % of a CPU from the run it watches (measured: sampling
+    10,000 connections every 50 ms took a fifth of this 2-vCPU machine and
+    made nginx at -c10000 look 0.5x plain)."""
 
     def __init__(self, path: str, port: int, interval: float = 0.05):
         self.path, self.port, self.interval = path, port, interval
@@ -184,8 +188,9 @@ class _PeakSampler:
             try:
                 with Fabric(self.path) as fab:
                     while not self._stop.is_set():
+                        t0 = time.monotonic()
                         self.peak = max(self.peak, fab.connected_count(self.port))
-                        self._stop.wait(self.interval)
+                        self._stop.wait(max(self.interval, 20 * (time.monotonic() - t0)))
             except FabricError:  # not created yet by the first process
                 self._stop.wait(self.interval)
 
