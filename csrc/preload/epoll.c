@@ -26,6 +26,8 @@
  *     and leave the list until EPOLL_CTL_MOD.  An entry found unreportable
  *     is, before we sleep, armed (flags, fence, look again) and taken off.
  *     New and modified entries start on the list.
+ *   - A list longer than SPIN_MAX_LISTED is pruned that way on every
+ *     reporting pass too, not only before a sleep (walk()).
  *   - Spinning (as a blocking read does) walks the list without arming,
  *     bounded in time (adaptive) and only while the list is short; the
  *     kernel is asked with timeout 0 every 16 rounds.  With entries to
@@ -799,18 +801,31 @@ static int walk(struct ep_set *s, struct pass *p)
 	int n = 0;
 	uint32_t seen = 0;
 	collect(s);
+	/* A long list is pruned on every reporting pass, as the kernel's
+	 * ready list is by every epoll_wait (ep_send_events re-queues only the
+	 * LT items that had events): an entry found unreportable is armed,
+	 * with the set's wake code (while we are awake, its peer's next move
+	 * only sets a bit, collected above), and dropped.  Left listed, a busy
+	 * set never slept, so never pruned, and walked every entry on every
+	 * call: wrk -c10000 against nginx examined all 10,000 on each call,
+	 * and while nginx accepted wrk's connections, one per call, its growing
+	 * list made the start O(n^2) (3 s without one request done, now and
+	 * then).  A short list is left as it was: spinning over it catches a
+	 * busy peer's next message without arming. */
+	int prune = p->arm || (p->report && s->nlisted > SPIN_MAX_LISTED);
+	int coded = p->coded || (prune && p->report);
 	struct ep_entry *e = s->rhead, *stop = s->rtail;
 	while (e && n < p->max) {
 		struct ep_entry *next = e->rnext;
 		int last = e == stop, gone;
 		seen++;
 		uint32_t r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
-		if (!r && !gone && (p->arm || (p->report && server_pre(e)))) {
+		if (!r && !gone && (prune || (p->report && server_pre(e)))) {
 			/* (a server socket still reading the client's TCP bytes
 			 * costs a poll(2) per look: one found not ready is armed
 			 * and dropped at once, as before a sleep; its next TCP edge
 			 * or ring move queues it again) */
-			entry_arm(s, e, p->coded);
+			entry_arm(s, e, coded);
 			/* SB: the arm's fence orders this look after "waiting" */
 			r = entry_eval(e, p->report ? EVAL_REPORT : EVAL_PEEK, &gone);
 			if (!r && !gone)
