@@ -57,7 +57,7 @@ results: install
 	$(VENV)/bin/fastivc bench nginx --workers 2 --repeats 5 --quiet --json $(RESULTS)/nginx2.json
 	$(VENV)/bin/fastivc bench redis --clients 50 1000 4000 --repeats 5 --quiet \
 		--json $(RESULTS)/redis-scale.json
-	$(VENV)/bin/fastivc bench nginx --connections 10 1000 --repeats 5 --quiet \
+	$(VENV)/bin/fastivc bench nginx --connections 10 1000 10000 --seconds 3 --repeats 5 --quiet \
 		--json $(RESULTS)/nginx-scale.json
 	$(VENV)/bin/fastivc bench scale --idle 0 1000 10000 --repeats 5 --quiet \
 		--json $(RESULTS)/scale.json
