@@ -803,15 +803,72 @@ static ssize_t fs_vec(struct fsock *fs, int fd, const struct iovec *iov, int n, 
 	return (ssize_t)done;
 }
 
+/* Several buffers in one piece, as the kernel treats them (issue 11):
+ * - a write of up to VEC_GATHER_MAX bytes is gathered and written once, so
+ *   that its bytes reach the reader together, as one sendmsg's do over TCP
+ *   up to buffer space (written piece by piece, a reader woken by the first
+ *   piece took "Mic" of a 26-byte message);
+ * - MSG_PEEK peeks once, up to VEC_PEEK_MAX bytes, and scatters: each
+ *   buffer peeked on its own was filled from the start of the stream.
+ * Beyond those sizes, piece by piece (a longer peek is short). */
+#define VEC_GATHER_MAX (64u * 1024)
+#define VEC_PEEK_MAX (1024u * 1024)
+
+static size_t iov_total(const struct iovec *iov, int n, int *pieces)
+{
+	size_t t = 0;
+	*pieces = 0;
+	for (int i = 0; i < n; i++)
+		if (iov[i].iov_len) {
+			(*pieces)++;
+			t += iov[i].iov_len;
+		}
+	return t;
+}
+
 ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags)
 {
-	return fs_vec(fs, fd, iov, n, 1, flags, flags | MSG_NOSIGNAL);
+	int pieces;
+	size_t total = iov_total(iov, n, &pieces);
+	char small[1024];
+	char *b = pieces < 2 || total > VEC_GATHER_MAX ? NULL
+		  : total <= sizeof(small)		 ? small
+							 : malloc(total);
+	if (!b)
+		return fs_vec(fs, fd, iov, n, 1, flags, flags | MSG_NOSIGNAL);
+	for (size_t i = 0, at = 0; i < (size_t)n; at += iov[i].iov_len, i++)
+		if (iov[i].iov_len)
+			memcpy(b + at, iov[i].iov_base, iov[i].iov_len);
+	ssize_t r = fivc_fs_send(fs, fd, b, total, flags);
+	if (b != small)
+		free(b);
+	return r;
 }
 
 ssize_t fivc_fs_recvv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags)
 {
-	return fs_vec(fs, fd, iov, n, 0, flags,
-		      flags & MSG_WAITALL ? flags : flags | MSG_DONTWAIT);
+	int pieces;
+	size_t total = iov_total(iov, n, &pieces);
+	if (!(flags & MSG_PEEK) || pieces < 2)
+		return fs_vec(fs, fd, iov, n, 0, flags,
+			      flags & MSG_WAITALL ? flags : flags | MSG_DONTWAIT);
+	size_t want = total < VEC_PEEK_MAX ? total : VEC_PEEK_MAX;
+	char *b = malloc(want);
+	if (!b) { /* a shorter peek: the first buffer only */
+		int i = 0;
+		while (!iov[i].iov_len)
+			i++;
+		return fivc_fs_recv(fs, fd, iov[i].iov_base, iov[i].iov_len, flags);
+	}
+	ssize_t r = fivc_fs_recv(fs, fd, b, want, flags);
+	for (size_t i = 0, at = 0; r > 0 && i < (size_t)n && at < (size_t)r; i++) {
+		size_t k = FIVC_MIN(iov[i].iov_len, (size_t)r - at);
+		if (k)
+			memcpy(iov[i].iov_base, b + at, k);
+		at += k;
+	}
+	free(b);
+	return r;
 }
 
 long fivc_fs_nread(struct fsock *fs, int fd)

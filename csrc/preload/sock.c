@@ -38,6 +38,27 @@ void fivc_fs_release(struct fsock *fs)
 	free(fs);
 }
 
+/* Before the last close of an accelerated connection's TCP socket: the
+ * doorbell bytes the peer sent and nobody read go, or the kernel, finding
+ * unread data, would answer the close with a reset instead of a FIN, and
+ * the peer would get ECONNRESET where plain TCP gives EOF (found by
+ * tests/test_vectored.py: a client that shut down writing and read on).
+ * Not when ring bytes are unread: then the kernel's reset is TCP's answer
+ * too.  Not on a socket other processes hold (fork): its doorbells may be
+ * theirs. */
+static void drain_doorbells(struct fsock *fs, int fd)
+{
+	if (fs->state != FS_ACCEL || !fs->ch.f || fs->ch.broken ||
+	    __atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED))
+		return;
+	int eof;
+	if (fivc_chan_readable(&fs->ch, &eof) != 0)
+		return;
+	char b[256];
+	while (fivc_real.recv(fd, b, sizeof(b), MSG_DONTWAIT) > 0)
+		;
+}
+
 /* fd stops referring to its socket: closed by us (do_close), or already by
  * the kernel (dup2/dup3 onto it).  The connection ends with its last fd.
  *
@@ -61,6 +82,8 @@ static int fs_detach(int fd, int do_close)
 	int r = 0, e = errno;
 	if (fs)
 		__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED); /* the next call sets one */
+	if (do_close && fs && __atomic_load_n(&fs->refs, __ATOMIC_RELAXED) == 1)
+		drain_doorbells(fs, fd);
 	if (do_close) {
 		r = fivc_real.close(fd);
 		e = errno;
