@@ -80,6 +80,25 @@ class Proc:
         self.p.wait()
 
 
+def server_then_client(server_argv: list[str], client_argv, fabric: str, fastivc: bool,
+                       log: str | None = None, timeout: float = 60) -> tuple[dict, dict]:
+    """A server program that prints {"port": P} first, then a client made
+    with client_argv(P); both must exit 0.  Returns the client's first line
+    and the server's next one.  log: FASTIVC_LOG's file (under fastivc)."""
+    env = {"FASTIVC_LOG": f"debug:{log}"} if fastivc and log else {}
+    srv = Proc(server_argv, fabric, fastivc, extra_env=env)
+    try:
+        cli = Proc(client_argv(srv.line()["port"]), fabric, fastivc, extra_env=env)
+        try:
+            out = cli.line(timeout=timeout)
+        finally:
+            assert cli.finish() == 0
+        report = srv.line(timeout=timeout)
+    finally:
+        assert srv.finish() == 0
+    return out, report
+
+
 def peer(role: str, host: str, port: int, fabric: str, fastivc: bool, ns: str | None,
          *args: str, event_loops: bool | None = None) -> Proc:
     return Proc([sys.executable, PEER, role, host, str(port), *args], fabric, fastivc, ns,

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from netenv import Proc
+from netenv import server_then_client
 
 PROG = str(Path(__file__).with_name("programs") / "fork_pre_switch.py")
 TOTAL = 12 << 20  # more than TCP buffers on loopback: the switch comes midway
@@ -24,20 +24,10 @@ TOTAL = 12 << 20  # more than TCP buffers on loopback: the switch comes midway
 
 def _run(shm_path: str, accelerated: bool, mode: str, sdelay: float, prewrite: int,
          seed: int, log: Path) -> tuple[dict, dict]:
-    env = {"FASTIVC_LOG": f"debug:{log}"} if accelerated else {}
-    srv = Proc([sys.executable, PROG, "server", str(seed), str(TOTAL), mode, str(sdelay)],
-               shm_path, accelerated, extra_env=env)
-    try:
-        port = srv.line()["port"]
-        cli = Proc([sys.executable, PROG, "client", str(port), str(seed), str(TOTAL),
-                    str(prewrite)], shm_path, accelerated, extra_env=env)
-        try:
-            reply = cli.line(timeout=60)
-        finally:
-            assert cli.finish() == 0
-        report = srv.line(timeout=60)
-    finally:
-        assert srv.finish() == 0
+    reply, report = server_then_client(
+        [sys.executable, PROG, "server", str(seed), str(TOTAL), mode, str(sdelay)],
+        lambda port: [sys.executable, PROG, "client", str(port), str(seed), str(TOTAL),
+                      str(prewrite)], shm_path, accelerated, str(log))
     return report, reply
 
 

@@ -8,28 +8,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from netenv import Proc
+from netenv import server_then_client
 
 PROG = str(Path(__file__).with_name("programs") / "vectored.py")
 ROUNDS = 300
 
 
 def _run(shm_path: str, accelerated: bool, log: Path) -> tuple[dict, dict]:
-    env = {"FASTIVC_LOG": f"debug:{log}"} if accelerated else {}
-    srv = Proc([sys.executable, PROG, "server", str(ROUNDS)], shm_path, accelerated,
-               extra_env=env)
-    try:
-        port = srv.line()["port"]
-        cli = Proc([sys.executable, PROG, "client", str(port), str(ROUNDS)], shm_path,
-                   accelerated, extra_env=env)
-        try:
-            seen = cli.line(timeout=60)
-        finally:
-            assert cli.finish() == 0
-        served = srv.line(timeout=60)
-    finally:
-        assert srv.finish() == 0
-    return seen, served
+    return server_then_client(
+        [sys.executable, PROG, "server", str(ROUNDS)],
+        lambda port: [sys.executable, PROG, "client", str(port), str(ROUNDS)],
+        shm_path, accelerated, str(log))
 
 
 def test_peek_into_two_buffers_and_one_sendmsg_in_one_piece(shm_path, tmp_path):

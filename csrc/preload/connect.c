@@ -217,10 +217,11 @@ static int listen_key(int fd, uint8_t addr[16], uint16_t *port, struct sockaddr_
 	return 0;
 }
 
-/* fd listens (listen() returned, or accept() on a listener we had not
- * seen: inherited through exec, or our entry was collected).  Caller holds
- * lreg_lock; k is fd's registration or -1. */
-static void listener_register(struct fivc_fabric *fab, int fd, int k)
+/* fd listens, or is about to (listen(): see fivc_listen_note), or
+ * accept() found a listener we had not seen (inherited through exec, or
+ * our entry was collected).  Caller holds lreg_lock; k is fd's
+ * registration or -1.  1 when the entry is in, else 0 (no port yet). */
+static int listener_register(struct fivc_fabric *fab, int fd, int k)
 {
 	uint8_t addr[16];
 	uint16_t port;
@@ -229,16 +230,16 @@ static void listener_register(struct fivc_fabric *fab, int fd, int k)
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	if (listen_key(fd, addr, &port, &ss, &sl) < 0)
-		return;
+		return 0;
 	int r = fivc_listener_add(fab, addr, port, netns_id(), &idx, &word);
 	if (r < 0) {
 		FIVC_INFO("fd %d: listener table full for port %u: clients stay plain", fd, port);
-		return;
+		return 0;
 	}
 	if (k < 0 && nlregs < LREGS)
 		k = nlregs++;
 	if (k < 0)
-		return; /* registered, not tracked: it goes when we do (gc) */
+		return 1; /* registered, not tracked: it goes when we do (gc) */
 	lregs[k].fd = fd;
 	lregs[k].pid = fivc_pid;
 	lregs[k].idx = idx;
@@ -246,6 +247,7 @@ static void listener_register(struct fivc_fabric *fab, int fd, int k)
 	lregs[k].local = ss;
 	lregs[k].local_len = is_unspecified(addr) ? 0 : sl;
 	FIVC_DEBUG("fd %d: listening on port %u (listener entry %u)", fd, port, idx);
+	return 1;
 }
 
 static int lreg_find(int fd)
@@ -256,16 +258,17 @@ static int lreg_find(int fd)
 	return -1;
 }
 
-void fivc_listen_note(int fd)
+int fivc_listen_note(int fd)
 {
 	struct fivc_fabric *fab;
 	if (fivc_cfg.disabled || FIVC_GUARDED() || !tcp_stream(fd) || !(fab = fivc_fabric_get()))
-		return;
+		return 0;
 	int e = errno;
 	pthread_mutex_lock(&lreg_lock);
-	listener_register(fab, fd, lreg_find(fd));
+	int r = listener_register(fab, fd, lreg_find(fd));
 	pthread_mutex_unlock(&lreg_lock);
 	errno = e;
+	return r;
 }
 
 /* A fork child holds copies of our listeners: closing ours no longer

@@ -92,17 +92,23 @@ static void client_switch(struct fsock *fs)
  * N, the slot's count, cannot move while it is published, and no holder
  * writes to TCP after it.  The lock is never held across a sleep, so a
  * reader waits for it briefly at most. */
+/* The step itself, under that lock: 1 while still pending. */
+static int client_step_shared(struct fsock *fs)
+{
+	if (fs->state != FS_CLIENT_PENDING)
+		return 0;
+	if (fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state))
+		fs->state = FS_ACCEL; /* another holder switched */
+	else if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) == FIVC_OFFER_ADOPTED)
+		client_switch(fs);
+	return fs->state == FS_CLIENT_PENDING;
+}
+
 static void client_check_shared(struct fsock *fs)
 {
 	if (fivc_chan_xlock(&fs->ch, 1) < 0)
 		return; /* (a broken channel: the I/O that follows reports it) */
-	if (fs->state == FS_CLIENT_PENDING) {
-		if (fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state))
-			fs->state = FS_ACCEL; /* another holder switched */
-		else if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
-			 FIVC_OFFER_ADOPTED)
-			client_switch(fs);
-	}
+	client_step_shared(fs);
 	fivc_chan_xunlock(&fs->ch, 1);
 }
 
@@ -405,12 +411,7 @@ static ssize_t client_pre_shared_send(struct fsock *fs, int fd, const char *buf,
 		ssize_t r = fivc_chan_xlock(&fs->ch, 1);
 		if (r < 0)
 			return done ? (ssize_t)done : r;
-		if (fivc_load_acquire(&s->switch_state))
-			fs->state = FS_ACCEL; /* another holder switched */
-		else if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
-			 FIVC_OFFER_ADOPTED)
-			client_switch(fs);
-		if (fs->state != FS_CLIENT_PENDING) {
+		if (!client_step_shared(fs)) {
 			fivc_chan_xunlock(&fs->ch, 1);
 			return (ssize_t)done;
 		}
@@ -534,16 +535,7 @@ static int client_after_tcp_read_shared(struct fsock *fs, ssize_t r)
 {
 	if (fivc_chan_xlock(&fs->ch, 1) < 0)
 		return 0;
-	int doorbells = 1;
-	if (fs->state == FS_CLIENT_PENDING) {
-		if (fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state))
-			fs->state = FS_ACCEL;
-		else if (fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
-			 FIVC_OFFER_ADOPTED)
-			client_switch(fs);
-		else
-			doorbells = 0;
-	}
+	int doorbells = !client_step_shared(fs);
 	int plain = !doorbells && r > 0 && pthread_mutex_trylock(&fs->wr_lock) == 0;
 	fivc_chan_xunlock(&fs->ch, 1);
 	if (plain) {

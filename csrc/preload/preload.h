@@ -268,7 +268,8 @@ void fivc_fs_drain(struct fsock *fs, int fd);
 long fivc_fs_nread(struct fsock *fs, int fd);
 
 /* listeners (connect.c): listen() returned on fd; fd goes away */
-void fivc_listen_note(int fd);
+/* The listener entry for fd (bound to a port): 1 when it is in. */
+int fivc_listen_note(int fd);
 void fivc_listen_forget(int fd);
 void fivc_listen_forked(void); /* parent, after a fork: children may hold our listeners */
 

@@ -70,9 +70,19 @@ FIVC_EXPORT int listen(int fd, int backlog)
 {
 	FIVC_ENSURE_INIT();
 	fivc_fd_clear_bits(fd, FIVC_FD_UNBOUND);
+	/* The fabric's entry goes in before the port opens: a client that
+	 * connects the moment it does must find it, or it stays plain (the
+	 * soak's clients, started with their server, lost up to 6 of 16
+	 * connections so).  An unbound socket gets its port from listen():
+	 * its entry follows. */
+	int early = fivc_listen_note(fd);
 	int r = fivc_real.listen(fd, backlog);
-	if (r == 0)
+	int e = errno;
+	if (r == 0 && !early)
 		fivc_listen_note(fd);
+	if (r < 0 && early)
+		fivc_listen_forget(fd);
+	errno = e;
 	return r;
 }
 
