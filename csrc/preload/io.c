@@ -447,7 +447,10 @@ static ssize_t client_pre_shared_send(struct fsock *fs, int fd, const char *buf,
 			int k = fivc_real.poll(&p, 1, tmo);
 			if (k < 0 && errno == EINTR && !eintr_restarts(limit))
 				return done ? (ssize_t)done : -EINTR;
-			if (k > 0 || fivc_load_acquire(&s->switch_state) ||
+			/* (any other poll error: the send says what is wrong) */
+			if (k != 0 && !(k < 0 && errno == EINTR))
+				break;
+			if (fivc_load_acquire(&s->switch_state) ||
 			    fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
 				    FIVC_OFFER_ADOPTED)
 				break;
