@@ -86,13 +86,8 @@ static void client_switch(struct fsock *fs)
 		   (unsigned long long)fivc_load_relaxed(&s->switch_bytes));
 }
 
-/* Client forked before the switch (fs->pre_shared): the switch, or seeing
- * another holder's, under the side's writing lock in the slot, which every
- * holder's TCP write before the switch takes too (client_pre_shared_send):
- * N, the slot's count, cannot move while it is published, and no holder
- * writes to TCP after it.  The lock is never held across a sleep, so a
- * reader waits for it briefly at most. */
-/* The step itself, under that lock: 1 while still pending. */
+/* client_check_shared's step, under the side's writing lock: 1 while the
+ * client is still pending. */
 static int client_step_shared(struct fsock *fs)
 {
 	if (fs->state != FS_CLIENT_PENDING)
@@ -104,6 +99,12 @@ static int client_step_shared(struct fsock *fs)
 	return fs->state == FS_CLIENT_PENDING;
 }
 
+/* Client forked before the switch (fs->pre_shared): the switch, or seeing
+ * another holder's, under the side's writing lock in the slot, which every
+ * holder's TCP write before the switch takes too (client_pre_shared_send):
+ * N, the slot's count, cannot move while it is published, and no holder
+ * writes to TCP after it.  The lock is never held across a sleep, so a
+ * reader waits for it briefly at most. */
 static void client_check_shared(struct fsock *fs)
 {
 	if (fivc_chan_xlock(&fs->ch, 1) < 0)
@@ -256,6 +257,22 @@ static int eintr_restarts(uint64_t timeout_ns)
 
 static int peer_stepped(struct fsock *fs); /* below: adopted (client), N known (server) */
 
+/* One nap of a wait that began at start, under a timeout (SO_RCVTIMEO or
+ * SO_SNDTIMEO, 0: none): FIVC_LIVENESS_MS or what is left, in ms; -1 when
+ * the time is up. */
+static int nap_ms(uint64_t start, uint64_t limit)
+{
+	int tmo = FIVC_LIVENESS_MS;
+	if (limit) {
+		uint64_t el = fivc_now_ns(CLOCK_MONOTONIC) - start;
+		if (el >= limit)
+			return -1;
+		if ((limit - el) / 1000000 + 1 < (uint64_t)tmo)
+			tmo = (int)((limit - el) / 1000000 + 1);
+	}
+	return tmo;
+}
+
 /* A blocking TCP read before the switch sleeps in poll, FIVC_LIVENESS_MS
  * at a time, not in recv: the peer's FIN ends it as it ends TCP's recv, but
  * a peer that died with its socket open elsewhere (a guest, whose death
@@ -267,16 +284,10 @@ static int peer_stepped(struct fsock *fs); /* below: adopted (client), N known (
  * (dead peer), EAGAIN (SO_RCVTIMEO), EINTR. */
 static int tcp_wait_live(struct fsock *fs, int fd, uint64_t start)
 {
-	uint64_t limit = fs->ch.rd_timeout_ns;
 	for (;;) {
-		int tmo = FIVC_LIVENESS_MS;
-		if (limit) {
-			uint64_t el = fivc_now_ns(CLOCK_MONOTONIC) - start;
-			if (el >= limit)
-				return -EAGAIN;
-			if ((limit - el) / 1000000 + 1 < (uint64_t)tmo)
-				tmo = (int)((limit - el) / 1000000 + 1);
-		}
+		int tmo = nap_ms(start, fs->ch.rd_timeout_ns);
+		if (tmo < 0)
+			return -EAGAIN;
 		struct pollfd p = {.fd = fd, .events = POLLIN};
 		int r = fivc_real.poll(&p, 1, tmo);
 		if (r > 0)
@@ -435,14 +446,9 @@ static ssize_t client_pre_shared_send(struct fsock *fs, int fd, const char *buf,
 		if (!start)
 			start = fivc_now_ns(CLOCK_MONOTONIC);
 		for (;;) { /* room in TCP, or the switch */
-			int tmo = FIVC_LIVENESS_MS;
-			if (limit) {
-				uint64_t el = fivc_now_ns(CLOCK_MONOTONIC) - start;
-				if (el >= limit)
-					return done ? (ssize_t)done : -EAGAIN;
-				if ((limit - el) / 1000000 + 1 < (uint64_t)tmo)
-					tmo = (int)((limit - el) / 1000000 + 1);
-			}
+			int tmo = nap_ms(start, limit);
+			if (tmo < 0)
+				return done ? (ssize_t)done : -EAGAIN;
 			struct pollfd p = {.fd = fd, .events = POLLOUT};
 			int k = fivc_real.poll(&p, 1, tmo);
 			if (k < 0 && errno == EINTR && !eintr_restarts(limit))

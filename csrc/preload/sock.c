@@ -294,9 +294,9 @@ struct fork_child {
 /* Before a fork before the switch: from now on the pre-switch counts are
  * kept where every holder sees them (fs->pre_shared; io.c), set before the
  * fork so the child inherits it.  A client's goes to the slot (which its
- * N is read from), under wr_lock so no thread of ours is sending.  One is
- * (a blocking TCP write before the switch, TCP's buffers full): it stays
- * private, as before (README, "Not there yet"). */
+ * N is read from), under wr_lock so no thread of ours is sending.  When one
+ * is (a blocking TCP write before the switch, TCP's buffers full), the
+ * count stays private, as before (README, "Not there yet"). */
 static void pre_share(struct fsock *fs, int fd)
 {
 	if (fs->state == FS_SERVER_PRE) {
