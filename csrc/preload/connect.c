@@ -527,7 +527,16 @@ int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len)
  * accept() waited.  (Halving the budget after each miss, as pending_spin
  * does, measured worse here: one late client halved it below the usual gap
  * and it never recovered.)  Every FIVC_SPIN_PROBE-th accept spins anyway,
- * so a server whose clients speed up starts spinning again. */
+ * so a server whose clients speed up starts spinning again.
+ * The budget is FIVC_ACCEPT_SPIN_X times a read's: between two accepts a
+ * client closes, opens, binds and connects (the handshake runs in its
+ * connect()), which took 60-120 us here, past a read's 50 us, so the
+ * server slept in accept() for every connection; with 200 us it sleeps for
+ * about one in five and `fastivc bench connect --loopback` went from 1.1x
+ * to 1.3-1.5x (session 10).  A prefork server's idle workers stop soon:
+ * all but one lose the race for the connection and sleep in accept(),
+ * which lengthens their measured gap. */
+#define FIVC_ACCEPT_SPIN_X 4
 static uint64_t accept_gap = UINT64_MAX / 8;
 static unsigned accept_probe;
 static int accept_accel;
@@ -535,10 +544,11 @@ static int accept_accel;
 /* Returns when the spin began (0: no spin, no measure). */
 static uint64_t accept_spin(int lfd)
 {
-	if (!__atomic_load_n(&accept_accel, __ATOMIC_RELAXED) || !fivc_cfg.spin_ns)
+	uint64_t budget = fivc_cfg.spin_ns * FIVC_ACCEPT_SPIN_X;
+	if (!__atomic_load_n(&accept_accel, __ATOMIC_RELAXED) || !budget)
 		return 0;
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
-	if (__atomic_load_n(&accept_gap, __ATOMIC_RELAXED) > fivc_cfg.spin_ns &&
+	if (__atomic_load_n(&accept_gap, __ATOMIC_RELAXED) > budget &&
 	    __atomic_add_fetch(&accept_probe, 1, __ATOMIC_RELAXED) % FIVC_SPIN_PROBE)
 		return start; /* measured, not spun */
 	int saved = errno;
@@ -546,7 +556,7 @@ static uint64_t accept_spin(int lfd)
 		if (!(i & 31)) {
 			struct pollfd p = {.fd = lfd, .events = POLLIN};
 			if (fivc_real.poll(&p, 1, 0) != 0 ||
-			    fivc_now_ns(CLOCK_MONOTONIC) - start >= fivc_cfg.spin_ns)
+			    fivc_now_ns(CLOCK_MONOTONIC) - start >= budget)
 				break; /* a connection (or an error accept() will give); time up */
 		}
 		fivc_cpu_relax();
