@@ -262,7 +262,70 @@ static int is_broken(struct fivc_chan *c) { return fivc_load_relaxed(&c->broken)
 static int lease_held(struct fivc_chan *c)
 {
 	uint64_t w = fivc_load_acquire(&c->slot->lease);
-	return FIVC_LEASE_GEN(w) == c->gen && FIVC_LEASE_SIDE(w, c->side) != 0;
+	uint32_t m = FIVC_LEASE_SIDE(w, c->side);
+	return FIVC_LEASE_GEN(w) == c->gen && m != 0 && m != FIVC_LEASE_QUARANTINE;
+}
+
+/* ---- a guest inside the slot (quarantine: layout.h) ----
+ *
+ * Every store of ours into the slot's memory that a lease check lets
+ * through (ring bytes, indices, a descriptor, the closing flags) is made
+ * between chan_enter and chan_leave.  A GUEST member counts itself in
+ * busy[side] first and checks the lease after a full fence; a reclaimer
+ * that judged it dead marks the side quarantined first and looks at the
+ * count after a full fence (fabric.c, reclaim_slot).  So either we see the
+ * mark and store nothing, or it sees us and the slot stays out of use
+ * until our last thread leaves.  A host process's death is the kernel's
+ * word, not a judgement: it only checks the lease. */
+static void chan_leave(struct fivc_chan *c)
+{
+	if (!c->f->guest)
+		return;
+	uint32_t *b = &c->slot->busy[c->side], tag = FIVC_BUSY_TAG(c->gen);
+	uint32_t v = fivc_load_relaxed(b);
+	do {
+		if (FIVC_BUSY_WORD_TAG(v) != tag || !FIVC_BUSY_WORD_N(v))
+			return; /* (lifted by force, or taken over by the next connection) */
+	} while (!fivc_cas(b, &v, v - 1)); /* release: our stores before the count drops */
+	if (FIVC_BUSY_WORD_N(v - 1) == 0) {
+		uint64_t w = fivc_load_acquire(&c->slot->lease);
+		if (FIVC_LEASE_GEN(w) == c->gen &&
+		    FIVC_LEASE_SIDE(w, c->side) == FIVC_LEASE_QUARANTINE)
+			fivc_slot_quarantine_lift(c->f, c->idx, c->gen, c->side);
+	}
+}
+
+static int chan_enter(struct fivc_chan *c)
+{
+	if (!c->f->guest)
+		return lease_held(c);
+	if (!lease_held(c))
+		return 0; /* (a count under another generation is not ours to touch) */
+	uint32_t *b = &c->slot->busy[c->side], tag = FIVC_BUSY_TAG(c->gen);
+	uint32_t v = fivc_load_relaxed(b);
+	for (;;) {
+		uint32_t n = FIVC_BUSY_WORD_TAG(v) == tag ? FIVC_BUSY_WORD_N(v) : 0;
+		if (n == FIVC_BUSY_WORD_N(~0u)) { /* (4,095 threads inside: wait for one) */
+			fivc_cpu_relax();
+			v = fivc_load_relaxed(b);
+			continue;
+		}
+		if (fivc_cas(b, &v, FIVC_BUSY_WORD(tag, n + 1)))
+			break;
+	}
+	fivc_smp_mb(); /* SYNC POINT: pairs with reclaim_slot's CAS and fence */
+	if (lease_held(c))
+		return 1;
+	chan_leave(c);
+	return 0;
+}
+
+int fivc_chan_enter(struct fivc_chan *c) { return c->f && chan_enter(c); }
+
+void fivc_chan_leave(struct fivc_chan *c)
+{
+	if (c->f)
+		chan_leave(c);
 }
 
 /* The consumer, after loading the tail: the view must describe the bytes
@@ -384,13 +447,22 @@ static int tx_can_grow(struct fivc_chan *c)
 
 /* Take a larger buffer for a write that needs `need` more bytes: the mid
  * class from the inline ring when that holds it, else the big one. */
+static int tx_grow_in(struct fivc_chan *c, uint64_t need);
+
 static int tx_grow(struct fivc_chan *c, uint64_t need)
 {
 	tx_release_prev(c);
 	if (!tx_can_grow(c))
 		return -ENOSPC;
-	if (!lease_held(c)) /* never a descriptor into a slot that moved on */
+	if (!chan_enter(c)) /* never a descriptor into a slot that moved on */
 		return broken(c);
+	int r = tx_grow_in(c, need);
+	chan_leave(c);
+	return r;
+}
+
+static int tx_grow_in(struct fivc_chan *c, uint64_t need)
+{
 	struct fivc_fabric *f = c->f;
 	int cur = FIVC_BUF_CLASS(c->txv.buf);
 	int want = cur + 1;
@@ -435,8 +507,11 @@ int fivc_chan_tx_idle(struct fivc_chan *c)
 	uint64_t sz;
 	if (fivc_buf_resolve(c->f, FIVC_BUF_INLINE, c->idx, c->gen, c->side, &d, &sz) < 0)
 		return 1;
+	if (!chan_enter(c))
+		return 0; /* the slot moved on: its release gave the buffers back */
 	uint32_t old = c->txv.buf;
 	tx_switch(c, FIVC_BUF_INLINE, d, sz);
+	chan_leave(c);
 	fivc_pool_give(c->f, old, c->idx, c->gen, c->side, 1);
 	c->txv.prev_held = 0;
 	c->txv.pdata = NULL;
@@ -831,15 +906,19 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 			/* the copy's loads before the lease's: bytes copied from
 			 * a slot that moved on are not ours to return */
 			__atomic_thread_fence(__ATOMIC_ACQUIRE);
-			if (!lease_held(c))
+			if (flags & FIVC_PEEK) {
+				if (!lease_held(c))
+					return broken(c);
+				return (ssize_t)(got + n);
+			}
+			if (!chan_enter(c))
 				return broken(c);
 			got += n;
-			if (flags & FIVC_PEEK)
-				return (ssize_t)got;
 			c->rx_head += n;
 			/* SYNC POINT WRITE: pairs with the acquire of the head in ready_write. */
 			fivc_store_release(&c->rx->head, c->rx_head);
 			notify_producer(c);
+			chan_leave(c);
 			if (!(flags & FIVC_WAITALL) || got == len)
 				return (ssize_t)got;
 			continue;
@@ -886,15 +965,18 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 			/* before the copy (not over another connection's bytes)
 			 * and before the tail (never an index of a slot that moved
 			 * on; the release below orders this load before it) */
-			if (!lease_held(c))
+			if (!chan_enter(c))
 				return done ? (ssize_t)done : broken(c);
 			view_copy(&c->txv, c->tx_tail, (uint8_t *)src + done, n, 1);
-			if (!lease_held(c))
+			if (!lease_held(c)) {
+				chan_leave(c);
 				return done ? (ssize_t)done : broken(c);
+			}
 			c->tx_tail += n;
 			/* SYNC POINT WRITE: pairs with the acquire of the tail in ready_read. */
 			fivc_store_release(&c->tx->tail, c->tx_tail);
 			notify_consumer(c);
+			chan_leave(c);
 			done += n;
 			continue;
 		}
@@ -911,7 +993,7 @@ int fivc_chan_shutdown(struct fivc_chan *c, int how)
 {
 	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
 		return -EINVAL;
-	if (!lease_held(c)) { /* the slot moved on: its flags are another's */
+	if (!chan_enter(c)) { /* the slot moved on: its flags are another's */
 		c->wr_shut = c->rd_shut = 1;
 		return 0;
 	}
@@ -926,6 +1008,7 @@ int fivc_chan_shutdown(struct fivc_chan *c, int how)
 		fivc_store_release(&c->rx->rd_closed, 1);
 		notify_producer(c);
 	}
+	chan_leave(c);
 	return 0;
 }
 

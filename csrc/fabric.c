@@ -372,20 +372,98 @@ static int side_live(struct fivc_fabric *f, struct fivc_slot *s, int side, uint3
 	return live;
 }
 
-/* Clear the sides of slot i whose holders are all dead per is_dead. */
+/* CLOCK_REALTIME seconds: a quarantine's age must mean the same to a host
+ * process and a guest (their monotonic clocks do not). */
+static uint32_t wall_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint32_t)ts.tv_sec;
+}
+
+/* Whether a thread of the member on `side` of slot gen may be inside the
+ * slot (see FIVC_LEASE_QUARANTINE).  A count under another generation's
+ * tag is a left-over of an earlier connection: nobody of this one. */
+static int side_busy(struct fivc_slot *s, int side, uint32_t gen)
+{
+	uint32_t b = __atomic_load_n(&s->busy[side], __ATOMIC_SEQ_CST);
+	return FIVC_BUSY_WORD_TAG(b) == FIVC_BUSY_TAG(gen) && FIVC_BUSY_WORD_N(b) != 0;
+}
+
+static int quarantine_expired(struct fivc_slot *s)
+{
+	uint32_t at = fivc_load_relaxed(&s->quarantine_s), now = wall_s();
+	return now - at >= FIVC_QUARANTINE_MAX_S && now - at < 0x80000000u;
+}
+
+/* Lift the quarantine of `side` of slot i, generation gen: when no thread
+ * of its member is inside, or `force`.  1 when lifted; the slot's memory
+ * goes back if that left it free (counted in r when given). */
+static int quarantine_lift(struct fivc_fabric *f, uint32_t i, uint32_t gen, int side, int force,
+			   struct fivc_gc_report *r)
+{
+	struct fivc_slot *s = fivc_slot_at(f, i);
+	fivc_smp_mb(); /* SYNC POINT: the mark's CAS before the look at busy (reclaim_slot) */
+	if (!force && side_busy(s, side, gen))
+		return 0;
+	uint64_t w = fivc_load_acquire(&s->lease), nw;
+	do {
+		if (FIVC_LEASE_GEN(w) != gen || FIVC_LEASE_SIDE(w, side) != FIVC_LEASE_QUARANTINE)
+			return 0;
+		nw = side ? FIVC_LEASE_WORD(gen, 0, FIVC_LEASE_SIDE(w, 0))
+			  : FIVC_LEASE_WORD(gen, FIVC_LEASE_SIDE(w, 1), 0);
+	} while (!fivc_cas(&s->lease, &w, nw));
+	if ((uint32_t)nw == 0) {
+		if (r)
+			r->slots_freed++;
+		slot_free_buffers(f, i, gen);
+		slotmap_clear(f, i);
+	}
+	return 1;
+}
+
+int fivc_slot_quarantine_lift(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1))
+		return 0;
+	return quarantine_lift(f, slot, gen, side, 0, NULL);
+}
+
+/* Take the sides of slot i whose holders are all dead per is_dead: each
+ * goes to quarantine, which is lifted at once unless a thread of its
+ * member is inside the slot.  Quarantines found in place are lifted when
+ * they can be (nobody inside, FIVC_QUARANTINE_MAX_S passed, or `lift`). */
 static void reclaim_slot(struct fivc_fabric *f, uint32_t i, dead_fn is_dead, void *arg,
-			 struct fivc_gc_report *r)
+			 struct fivc_gc_report *r, int lift)
 {
 	struct fivc_slot *s = fivc_slot_at(f, i);
 	uint64_t w = fivc_load_acquire(&s->lease);
 	if ((uint32_t)w == 0)
 		return;
+	uint32_t gen = FIVC_LEASE_GEN(w);
+	for (int d = 0; d < 2; d++) {
+		if (FIVC_LEASE_SIDE(w, d) != FIVC_LEASE_QUARANTINE)
+			continue;
+		if (quarantine_lift(f, i, gen, d, lift || quarantine_expired(s), r))
+			r->quarantines_lifted++;
+		else
+			r->slots_quarantined++;
+	}
+	w = fivc_load_acquire(&s->lease);
+	if ((uint32_t)w == 0 || FIVC_LEASE_GEN(w) != gen)
+		return;
 	uint32_t m0 = FIVC_LEASE_SIDE(w, 0), m1 = FIVC_LEASE_SIDE(w, 1);
-	int d0 = m0 && !side_live(f, s, 0, m0, is_dead, arg, 1);
-	int d1 = m1 && !side_live(f, s, 1, m1, is_dead, arg, 1);
+	int d0 = m0 && m0 != FIVC_LEASE_QUARANTINE && !side_live(f, s, 0, m0, is_dead, arg, 1);
+	int d1 = m1 && m1 != FIVC_LEASE_QUARANTINE && !side_live(f, s, 1, m1, is_dead, arg, 1);
+	if (d0 || d1) /* (before the CAS: a lifter reads it once it sees the mark) */
+		fivc_store_relaxed(&s->quarantine_s, wall_s());
 	while (d0 || d1) {
-		uint64_t nw = FIVC_LEASE_WORD(FIVC_LEASE_GEN(w), d1 ? 0 : FIVC_LEASE_SIDE(w, 1),
-					      d0 ? 0 : FIVC_LEASE_SIDE(w, 0));
+		uint64_t nw = FIVC_LEASE_WORD(gen, d1 ? FIVC_LEASE_QUARANTINE : FIVC_LEASE_SIDE(w, 1),
+					      d0 ? FIVC_LEASE_QUARANTINE : FIVC_LEASE_SIDE(w, 0));
+		/* SYNC POINT: this CAS, a full fence and the load of busy
+		 * (quarantine_lift) pair with chan_enter's increment, fence
+		 * and lease load (store buffering: one of the two sees the
+		 * other's store). */
 		if (fivc_cas(&s->lease, &w, nw)) {
 			/* A dead side can no longer signal its peer: mark its
 			 * rings closed so the survivor sees EOF / EPIPE. */
@@ -396,16 +474,16 @@ static void reclaim_slot(struct fivc_fabric *f, uint32_t i, dead_fn is_dead, voi
 				fivc_store_release(&s->ring[1 - d].rd_closed, 1);
 			}
 			r->slot_sides_freed += (uint32_t)(d0 + d1);
-			if ((uint32_t)nw == 0) {
-				r->slots_freed++;
-				slot_free_buffers(f, i, FIVC_LEASE_GEN(w));
-				slotmap_clear(f, i);
-			}
+			for (int d = 0; d < 2; d++)
+				if ((d ? d1 : d0) && !quarantine_lift(f, i, gen, d, 0, r))
+					r->slots_quarantined++;
 			return;
 		}
 		/* the lease moved: only sides still held and of the same lease */
-		d0 = d0 && FIVC_LEASE_SIDE(w, 0);
-		d1 = d1 && FIVC_LEASE_SIDE(w, 1);
+		if (FIVC_LEASE_GEN(w) != gen)
+			return;
+		d0 = d0 && FIVC_LEASE_SIDE(w, 0) && FIVC_LEASE_SIDE(w, 0) != FIVC_LEASE_QUARANTINE;
+		d1 = d1 && FIVC_LEASE_SIDE(w, 1) && FIVC_LEASE_SIDE(w, 1) != FIVC_LEASE_QUARANTINE;
 		if ((uint32_t)w == 0)
 			return;
 	}
@@ -442,7 +520,7 @@ static uint32_t reclaim_owned(struct fivc_fabric *f, uint8_t *table, size_t stri
 /* Free offers and slot sides whose member is dead per is_dead; tables:
  * the FIVC_TOUCHED_* bits of the tables to sweep besides the slots. */
 static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
-		    struct fivc_gc_report *r, uint32_t tables)
+		    struct fivc_gc_report *r, uint32_t tables, int lift)
 {
 	if (tables & FIVC_TOUCHED_OFFERS)
 		r->offers_freed += reclaim_owned(f, f->base + f->offers_off,
@@ -466,7 +544,7 @@ static void reclaim(struct fivc_fabric *f, dead_fn is_dead, void *arg,
 			}
 		}
 		if (fivc_load_acquire(slot_backed(f, i)))
-			reclaim_slot(f, i, is_dead, arg, r);
+			reclaim_slot(f, i, is_dead, arg, r, lift);
 	}
 }
 
@@ -476,7 +554,7 @@ static void join_sweep(struct fivc_fabric *f, struct fivc_member *me, uint32_t m
 {
 	struct fivc_gc_report rep = {0};
 	uint32_t t = fivc_load_acquire(&me->touched);
-	reclaim(f, dead_exact, &m1, &rep, t);
+	reclaim(f, dead_exact, &m1, &rep, t, 0);
 	fivc_store_release(&me->touched, 0);
 }
 
@@ -1305,7 +1383,7 @@ int fivc_slot_attach(struct fivc_fabric *f, uint32_t slot, uint32_t gen)
 	for (;;) {
 		if (FIVC_LEASE_GEN(w) != gen)
 			return -ESTALE;
-		if (FIVC_LEASE_SIDE(w, 0) == 0)
+		if (FIVC_LEASE_SIDE(w, 0) == 0 || FIVC_LEASE_SIDE(w, 0) == FIVC_LEASE_QUARANTINE)
 			return -ECONNRESET;
 		if (FIVC_LEASE_SIDE(w, 1) != 0)
 			return -EBUSY;
@@ -1848,12 +1926,14 @@ int fivc_slot_reap(struct fivc_fabric *f, uint32_t slot)
 	if (slot >= f->g.nslots || !can_witness(f))
 		return 0;
 	uint32_t gen = FIVC_LEASE_GEN(fivc_load_acquire(&fivc_slot_at(f, slot)->lease));
-	reclaim_slot(f, slot, dead_by_lock, NULL, &r);
+	reclaim_slot(f, slot, dead_by_lock, NULL, &r, 0);
 	reap_slot_offers(f, slot, gen);
 	return (int)r.slot_sides_freed;
 }
 
-int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r)
+int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r) { return fivc_gc_flags(f, r, 0); }
+
+int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flags)
 {
 	memset(r, 0, sizeof(*r));
 	if (!can_witness(f))
@@ -1864,7 +1944,7 @@ int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r)
 		if (st != FIVC_MEMBER_FREE && !fivc_member_alive(f, m + 1))
 			r->members_dead++;
 	}
-	reclaim(f, dead_by_lock, NULL, r, FIVC_TOUCHED_ALL);
+	reclaim(f, dead_by_lock, NULL, r, FIVC_TOUCHED_ALL, (flags & FIVC_GC_LIFT_QUARANTINE) != 0);
 	/* the claimed-slot bits of free slots (a releaser that died between
 	 * its two steps), and pool buffers whose slot moved on */
 	for (uint32_t i = 0; i < f->g.nslots; i++) {

@@ -46,8 +46,13 @@ def test_python_layout_matches_c_structs(cbuild):
     assert (c["fivc_waker.armed"], c["fivc_waker.summary"], c["fivc_waker.bits"]) == (64, 128, 192)
     assert c["fivc_slot.tuple"] == 16
     assert c["fivc_slot.switch_bytes"] == F.SLOT_SWITCH_OFF
+    assert c["fivc_slot.quarantine_s"] == F.SLOT_SWITCH_OFF + 12
     assert c["fivc_slot.holder_ids"] == F.SLOT_SWITCH_OFF + 24
-    assert F.SLOT_SWITCH.size == 24 + 4 * F.SLOT_HOLDERS
+    assert c["fivc_slot.busy"] == F.SLOT_SWITCH_OFF + 24 + 4 * F.SLOT_HOLDERS
+    assert F.SLOT_SWITCH.size == 32 + 4 * F.SLOT_HOLDERS
+    assert c["FIVC_LEASE_QUARANTINE"] == F.LEASE_QUARANTINE
+    assert c["FIVC_QUARANTINE_MAX_S"] == F.QUARANTINE_MAX_S
+    assert c["FIVC_MAX_MEMBERS"] == F.MAX_MEMBERS
     assert c["fivc_slot.ring"] == F.SLOT_RING_OFF
     assert c["fivc_ring_hdr.tail"] == F.RING_PROD_OFF
     assert c["fivc_ring_hdr.prod_waiting"] == F.RING_PROD_OFF + 16

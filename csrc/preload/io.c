@@ -73,11 +73,18 @@ static void client_go_plain(struct fsock *fs)
 static void client_switch(struct fsock *fs)
 {
 	struct fivc_slot *s = fivc_slot_at(fs->fab, fs->slot);
+	if (!fivc_chan_enter(&fs->ch)) {
+		/* judged dead meanwhile (a paused guest): the slot is not ours */
+		fs->ch.broken = 1;
+		fs->state = FS_ACCEL;
+		return;
+	}
 	/* (forked: the slot's count is the holders' sum already) */
 	if (!fs->pre_shared)
 		fivc_store_relaxed(&s->switch_bytes, fs->tcp_sent);
 	/* SYNC POINT WRITE: N before the state; pairs with fivc_fs_server_check(). */
 	fivc_store_release(&s->switch_state, 1);
+	fivc_chan_leave(&fs->ch);
 	/* No doorbell: a server blocked in a TCP read has armed its ring and
 	 * wakes on our first ring write or ring EOF (see the top). */
 	fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);

@@ -1,5 +1,7 @@
 /* fastivc-gc: reclaim what dead members left in a fabric (their offers and
- * slot sides) and print what was freed as one JSON object.  Joins the fabric
+ * slot sides) and print what was freed as one JSON object.  With
+ * --lift-quarantine, the quarantines of dead guests' sides go too, inside
+ * or not (the operator knows those guests are gone for good).  Joins the fabric
  * as a member for the duration, like any participant; never creates one.
  * Exit 0 on success, 2 when the fabric cannot be opened (message on stderr). */
 #include <errno.h>
@@ -12,8 +14,14 @@
 
 int main(int argc, char **argv)
 {
+	unsigned flags = 0;
+	if (argc == 3 && !strcmp(argv[1], "--lift-quarantine")) {
+		flags = FIVC_GC_LIFT_QUARANTINE;
+		argv++;
+		argc--;
+	}
 	if (argc != 2) {
-		fprintf(stderr, "usage: fastivc-gc FABRIC\n");
+		fprintf(stderr, "usage: fastivc-gc [--lift-quarantine] FABRIC\n");
 		return 2;
 	}
 	struct stat st;
@@ -31,7 +39,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct fivc_gc_report rep;
-	fivc_gc(&f, &rep);
+	fivc_gc_flags(&f, &rep, flags);
 	/* A guest (a process in a VM, no kernel in common) is dead when its
 	 * heartbeat stops: that takes two looks, FIVC_HEARTBEAT_DEAD_MS apart. */
 	int guests = 0;
@@ -42,7 +50,7 @@ int main(int argc, char **argv)
 		struct fivc_gc_report more;
 		struct timespec ts = {FIVC_HEARTBEAT_DEAD_MS / 1000 + 1, 0};
 		nanosleep(&ts, NULL);
-		fivc_gc(&f, &more);
+		fivc_gc_flags(&f, &more, flags);
 		rep.members_dead = more.members_dead > rep.members_dead ? more.members_dead
 									  : rep.members_dead;
 		rep.offers_freed += more.offers_freed;
@@ -51,6 +59,8 @@ int main(int argc, char **argv)
 		rep.slot_sides_freed += more.slot_sides_freed;
 		rep.slots_freed += more.slots_freed;
 		rep.buffers_freed += more.buffers_freed;
+		rep.quarantines_lifted += more.quarantines_lifted;
+		rep.slots_quarantined = more.slots_quarantined; /* (what is left now) */
 	}
 	/* free pool buffers give their pages back now (a janitor would wait a
 	 * period first: the first look marks them, the second punches) */
@@ -58,9 +68,10 @@ int main(int argc, char **argv)
 	fivc_pool_trim(&f);
 	printf("{\"members_dead\": %u, \"offers_freed\": %u, \"slot_sides_freed\": %u, "
 	       "\"slots_freed\": %u, \"buffers_freed\": %u, \"listeners_freed\": %u, "
-	       "\"wakers_freed\": %u}\n",
+	       "\"wakers_freed\": %u, \"quarantines_lifted\": %u, \"slots_quarantined\": %u}\n",
 	       rep.members_dead, rep.offers_freed, rep.slot_sides_freed, rep.slots_freed,
-	       rep.buffers_freed, rep.listeners_freed, rep.wakers_freed);
+	       rep.buffers_freed, rep.listeners_freed, rep.wakers_freed, rep.quarantines_lifted,
+	       rep.slots_quarantined);
 	fivc_fabric_close(&f);
 	return 0;
 }

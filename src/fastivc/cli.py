@@ -131,8 +131,12 @@ def _cmd_bench_scale(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
+    from .fabric import QUARANTINE_MAX_S
+
     path = args.fabric or default_fabric()
-    r = subprocess.run([str(helper_path("fastivc-gc")), path], capture_output=True, text=True)
+    r = subprocess.run([str(helper_path("fastivc-gc")),
+                        *(["--lift-quarantine"] if args.lift_quarantine else []), path],
+                       capture_output=True, text=True)
     if r.returncode != 0:
         print(f"fastivc gc: {r.stderr.strip() or f'exit {r.returncode}'}", file=sys.stderr)
         return 1
@@ -145,6 +149,13 @@ def _cmd_gc(args: argparse.Namespace) -> int:
               f"{rep.get('wakers_freed', 0)} wake records, "
               f"{rep['slot_sides_freed']} slot sides "
               f"({rep['slots_freed']} slots now free)")
+        if rep.get("quarantines_lifted"):
+            print(f"lifted {rep['quarantines_lifted']} quarantines")
+        if rep.get("slots_quarantined"):
+            print(f"{rep['slots_quarantined']} slot sides stay in quarantine: a guest judged "
+                  "dead (its heartbeat stopped) was writing into them and has not come back; "
+                  f"they are freed when it does, after {QUARANTINE_MAX_S // 60} minutes, or now with "
+                  "`fastivc gc --lift-quarantine` if that guest is gone for good")
     return 0
 
 
@@ -360,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--fabric", metavar="PATH",
                     help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.add_argument("--lift-quarantine", action="store_true",
+                    help="also free slots held in quarantine for dead guests that were "
+                         "writing into them (only when those guests will never resume: "
+                         "a paused VM that resumes would write into the next connection)")
     gc.set_defaults(func=_cmd_gc)
 
     dr = sub.add_parser(

@@ -24,13 +24,17 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-LAYOUT_VERSION = 6
+LAYOUT_VERSION = 7
 FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
 RING_MAGIC = 0x474E4952  # "RING"
 LOCK_BASE = 1 << 40
 PAGE = 4096
 MIN_RING, MAX_RING = 4 * 1024, 64 * 1024 * 1024
-MAX_SLOTS, MAX_MEMBERS, MAX_OFFERS = 1 << 22, 65534, 65536
+MAX_SLOTS, MAX_MEMBERS, MAX_OFFERS = 1 << 22, 65533, 65536
+# a side's member field when a reclaimer found that member dead while it
+# was storing into the slot (layout.h): held by nobody, the slot not free
+LEASE_QUARANTINE = 0xFFFF
+QUARANTINE_MAX_S = 300  # then a reclaim pass lifts it (a killed VM never comes back)
 POOL_CLASSES, MAX_POOL, MID_RING = 2, 1 << 22, 64 * 1024
 POOL_NAMES = ("mid", "big")
 OFFER_BUCKET = 8
@@ -46,7 +50,7 @@ TUPLE = struct.Struct("<16s16sHHI")
 OFFER = struct.Struct("<QQ40sIII")
 LISTENER = struct.Struct("<Q16sHHI")
 SLOT_HEAD = struct.Struct("<QQ40s")
-SLOT_SWITCH = struct.Struct("<QIIII8H8H")
+SLOT_SWITCH = struct.Struct("<QIIII8H8HII")  # ..., holder_ids, busy[2]
 SLOT_HOLDERS = 8
 SLOT_SWITCH_OFF = 64
 SLOT_RING_OFF = 128
@@ -128,7 +132,7 @@ class Slot:
     generation: int
     client_member: int | None  # member index, None when that side is gone
     server_member: int | None
-    state: str  # offered, connected, half-closed
+    state: str  # offered, connected, half-closed, quarantined (LEASE_QUARANTINE)
     local: Endpoint  # the client's address (the 4-tuple's source)
     peer: Endpoint  # the server's address
     nonce: int
@@ -401,8 +405,9 @@ class Fabric:
                 continue
             m0, m1 = lease & 0xFFFF, (lease >> 16) & 0xFFFF
             saddr, daddr, sport, dport, _ = TUPLE.unpack(tup)
-            switch_bytes, _st, _unused, _h0, _h1, *ids = SLOT_SWITCH.unpack_from(
+            switch_bytes, _st, _q, _h0, _h1, *ids = SLOT_SWITCH.unpack_from(
                 self._map, base + SLOT_SWITCH_OFF)
+            ids = ids[:2 * SLOT_HOLDERS]
             holders = [tuple(r for r in map(self._member_ref, ids[k * SLOT_HOLDERS:
                                                                    (k + 1) * SLOT_HOLDERS])
                              if r is not None) for k in (0, 1)]
@@ -410,6 +415,8 @@ class Fabric:
             rings = [self._ring(base + SLOT_RING_OFF + d * RING_HDR_SIZE) for d in (0, 1)]
             if m0 and not m1 and (rings[0].writer_closed or rings[1].reader_closed):
                 state = "half-closed"
+            if LEASE_QUARANTINE in (m0, m1):
+                state = "quarantined"
             out.append(Slot(i, lease >> 32, self._member_ref(m0), self._member_ref(m1), state,
                             Endpoint(_addr(saddr), sport), Endpoint(_addr(daddr), dport),
                             nonce, switch_bytes, rings[0], rings[1], holders[0], holders[1]))
@@ -479,7 +486,8 @@ class Fabric:
         h, n = self.header, 0
         for i in self.used_slot_indexes():
             lease, _nonce, tup = SLOT_HEAD.unpack_from(self._map, h.slots_off + i * h.slab_size)
-            if lease & 0xFFFF and (lease >> 16) & 0xFFFF and (
+            m0, m1 = lease & 0xFFFF, (lease >> 16) & 0xFFFF
+            if m0 and m1 and LEASE_QUARANTINE not in (m0, m1) and (
                     port is None or TUPLE.unpack(tup)[3] == port):
                 n += 1
         return n

@@ -35,14 +35,17 @@ int main(void)
 	F(fivc_offer, state); F(fivc_offer, nonce); F(fivc_offer, key); F(fivc_offer, slot);
 	F(fivc_offer, slot_gen); F(fivc_offer, adopter);
 	F(fivc_slot, lease); F(fivc_slot, nonce); F(fivc_slot, tuple); F(fivc_slot, switch_bytes);
-	F(fivc_slot, switch_state); F(fivc_slot, holders); F(fivc_slot, holder_ids);
-	F(fivc_slot, ring);
+	F(fivc_slot, switch_state); F(fivc_slot, quarantine_s); F(fivc_slot, holders);
+	F(fivc_slot, holder_ids); F(fivc_slot, busy); F(fivc_slot, ring);
 	F(fivc_ring_hdr, magic); F(fivc_ring_hdr, size); F(fivc_ring_hdr, tail);
 	F(fivc_ring_hdr, wr_closed); F(fivc_ring_hdr, cons_wake); F(fivc_ring_hdr, prod_waiting);
 	F(fivc_ring_hdr, desc_seq); F(fivc_ring_hdr, from); F(fivc_ring_hdr, buf); F(fivc_ring_hdr, prev);
 	F(fivc_ring_hdr, head); F(fivc_ring_hdr, rd_closed); F(fivc_ring_hdr, prod_wake);
 	F(fivc_ring_hdr, cons_waiting);
 	printf("\"FIVC_LISTENERS\": %u, \"FIVC_WAKERS\": %u, ", FIVC_LISTENERS, FIVC_WAKERS);
+	printf("\"FIVC_LEASE_QUARANTINE\": %u, \"FIVC_QUARANTINE_MAX_S\": %u, "
+	       "\"FIVC_MAX_MEMBERS\": %u, ", FIVC_LEASE_QUARANTINE, FIVC_QUARANTINE_MAX_S,
+	       FIVC_MAX_MEMBERS);
 	printf("\"FIVC_LAYOUT_VERSION\": %u, \"FIVC_LOCK_BASE\": %llu}\n", FIVC_LAYOUT_VERSION,
 	       (unsigned long long)FIVC_LOCK_BASE);
 	return 0;

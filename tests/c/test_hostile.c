@@ -59,14 +59,18 @@ static void test_version_mismatch_names_file_and_versions(void)
 	CHECK(fd >= 0);
 	struct memfab m;
 	memfab_init(&m, 4096);
-	((struct fivc_fabric_hdr *)m.mem)->layout_version = 7;
+	((struct fivc_fabric_hdr *)m.mem)->layout_version = FIVC_LAYOUT_VERSION + 1;
 	CHECK(write(fd, m.mem, m.len) == (ssize_t)m.len);
 	close(fd);
 	struct fivc_fabric f;
 	char err[512] = "";
 	CHECK_EQ(fivc_fabric_open(path, NULL, &f, err, sizeof(err)), -EPROTONOSUPPORT);
 	CHECK(strstr(err, path) != NULL);
-	CHECK(strstr(err, "layout version 7") != NULL);
+	{
+		char other[32];
+		snprintf(other, sizeof(other), "layout version %u", FIVC_LAYOUT_VERSION + 1);
+		CHECK(strstr(err, other) != NULL);
+	}
 	{
 		char want[32];
 		snprintf(want, sizeof(want), "version %u", FIVC_LAYOUT_VERSION);
@@ -264,9 +268,13 @@ static void test_corrupt_offers_ignored(void)
 	CHECK_EQ(fivc_offer_adopt(&m.b, &v), -ESTALE);
 	/* lease words with member ids out of range are neither trusted nor used */
 	struct fivc_slot *s = fivc_slot_at(&m.a, slot);
-	s->lease = FIVC_LEASE_WORD(gen, 65535, 65535);
+	s->lease = FIVC_LEASE_WORD(gen, 65534, 65534);
 	CHECK_EQ(fivc_slot_release(&m.a, slot, gen, 0), -ESTALE);
 	CHECK_EQ(fivc_slot_attach(&m.b, slot, gen), -EBUSY);
+	/* (65535: a quarantined side, held by nobody, never attached to) */
+	s->lease = FIVC_LEASE_WORD(gen, 0, FIVC_LEASE_QUARANTINE);
+	CHECK_EQ(fivc_slot_release(&m.a, slot, gen, 0), -ESTALE);
+	CHECK_EQ(fivc_slot_attach(&m.b, slot, gen), -ECONNRESET);
 	memfab_free(&m);
 }
 

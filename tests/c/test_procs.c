@@ -367,6 +367,105 @@ static void test_paused_guest_cannot_write_into_reused_slot(void)
 	unlink(path);
 }
 
+/* Quarantine (issue 13): a guest judged dead while one of its threads was
+ * inside the slot (past the lease check that let it store there, in the
+ * middle of a chunk's copy) may finish that store when it resumes.  Its
+ * side must stay out of use until it has left: the slot is not given to
+ * the next connection, and the guest's leaving lifts the quarantine.  A
+ * guest that never comes back (a killed VM) is lifted after
+ * FIVC_QUARANTINE_MAX_S, or by gc with FIVC_GC_LIFT_QUARANTINE. */
+static void test_guest_inside_slot_is_quarantined(void)
+{
+	char path[300], err[512];
+	path_for(path, sizeof(path), "quarantine");
+	unlink(path);
+	struct fivc_fabric host, host2, guest;
+	struct fivc_geometry g = {.nslots = 8, .ring_size = 16384};
+	CHECK(fivc_fabric_open(path, &g, &host, err, sizeof(err)) == 0);
+	CHECK(fivc_fabric_open(path, NULL, &host2, err, sizeof(err)) == 0);
+	void *map = mmap(NULL, host.size, PROT_READ | PROT_WRITE, MAP_SHARED, host.fd, 0);
+	CHECK(map != MAP_FAILED);
+	CHECK(fivc_fabric_attach_guest(map, host.size, &guest, err, sizeof(err)) == 0);
+	struct fivc_gc_report r;
+	char buf[64];
+	for (int round = 0; round < 3; round++) {
+		/* round 0: the guest leaves; 1: it never does, the quarantine
+		 * ages out; 2: gc is told to lift it */
+		uint32_t slot, gen;
+		struct fivc_chan gc, hs;
+		CHECK_EQ(fivc_slot_claim(&guest, NULL, 7, &slot, &gen), 0);
+		CHECK_EQ(fivc_slot_attach(&host, slot, gen), 0);
+		CHECK_EQ(fivc_chan_open(&gc, &guest, slot, gen, FIVC_SIDE_CLIENT), 0);
+		CHECK_EQ(fivc_chan_open(&hs, &host, slot, gen, FIVC_SIDE_SERVER), 0);
+		CHECK_EQ(fivc_chan_write(&gc, "hello", 5, 0), 5);
+		CHECK_EQ(fivc_chan_read(&hs, buf, sizeof(buf), 0), 5);
+		struct fivc_slot *sl = fivc_slot_at(&host, slot);
+		CHECK_EQ(FIVC_BUSY_WORD_N(sl->busy[0]), 0u); /* (nobody inside between calls) */
+		/* a writer of the guest is inside the slot, and the guest pauses */
+		CHECK_EQ(fivc_chan_enter(&gc), 1);
+		CHECK_EQ(FIVC_BUSY_WORD_N(sl->busy[0]), 1u);
+		CHECK(fivc_member_alive(&host, guest.self)); /* (the first look at its beat) */
+		usleep((FIVC_HEARTBEAT_DEAD_MS + 200) * 1000);
+		CHECK(!fivc_member_alive(&host, guest.self));
+		CHECK_EQ(fivc_gc(&host, &r), 0);
+		CHECK_EQ(r.slot_sides_freed, 1);
+		CHECK_EQ(r.slots_quarantined, 1);
+		CHECK_EQ(FIVC_LEASE_SIDE(sl->lease, 0), FIVC_LEASE_QUARANTINE);
+		/* the host sees the reset and closes: the slot is not free */
+		CHECK_EQ(fivc_chan_read(&hs, buf, sizeof(buf), FIVC_NONBLOCK), 0); /* EOF */
+		fivc_chan_close(&hs);
+		CHECK_EQ(sl->lease, FIVC_LEASE_WORD(gen, 0, FIVC_LEASE_QUARANTINE));
+		CHECK_EQ(fivc_gc(&host, &r), 0);
+		CHECK_EQ(r.slots_quarantined, 1);
+		CHECK_EQ(r.slots_freed, 0);
+		/* the next connections take other slots, all seven of them */
+		uint32_t other[8], og;
+		for (int k = 0; k < 7; k++) {
+			CHECK_EQ(fivc_slot_claim(&host2, NULL, 8, &other[k], &og), 0);
+			CHECK(other[k] != slot);
+		}
+		CHECK_EQ(fivc_slot_claim(&host2, NULL, 8, &other[7], &og), -ENOSPC);
+		for (int k = 0; k < 7; k++)
+			fivc_slot_release(&host2, other[k], FIVC_LEASE_GEN(fivc_slot_at(&host2, other[k])->lease),
+					  FIVC_SIDE_CLIENT);
+		/* another thread of the paused guest enters after the mark: it
+		 * is refused and does not count */
+		CHECK_EQ(fivc_chan_enter(&gc), 0);
+		CHECK_EQ(FIVC_BUSY_WORD_N(sl->busy[0]), 1u);
+		if (round == 0) {
+			/* the guest resumes, finishes its store, leaves: lifted */
+			fivc_chan_leave(&gc);
+			CHECK_EQ((uint32_t)sl->lease, 0u);
+		} else if (round == 1) {
+			sl->quarantine_s -= FIVC_QUARANTINE_MAX_S + 1; /* (time passes) */
+			CHECK_EQ(fivc_gc(&host, &r), 0);
+			CHECK_EQ(r.quarantines_lifted, 1);
+			CHECK_EQ(r.slots_freed, 1);
+			CHECK_EQ((uint32_t)sl->lease, 0u);
+		} else {
+			CHECK_EQ(fivc_gc_flags(&host, &r, FIVC_GC_LIFT_QUARANTINE), 0);
+			CHECK_EQ(r.quarantines_lifted, 1);
+			CHECK_EQ((uint32_t)sl->lease, 0u);
+		}
+		CHECK_EQ(fivc_gc(&host, &r), 0);
+		CHECK_EQ(r.slots_quarantined, 0);
+		/* its old channel gets an error (the host's close came first:
+		 * EPIPE, as TCP after a FIN may give) and stores nothing */
+		ssize_t e = fivc_chan_write(&gc, "EVIL", 4, FIVC_NONBLOCK);
+		CHECK(e == -ECONNRESET || e == -EPIPE);
+		fivc_chan_leave(&gc); /* (a late leave after a lift: no effect) */
+		fivc_chan_close(&gc);
+		CHECK_EQ((uint32_t)sl->lease, 0u);
+		/* the guest beats again: a new id */
+		CHECK_EQ(fivc_member_beat(&guest), 1);
+		CHECK(guest.self != 0);
+	}
+	fivc_fabric_close(&guest);
+	fivc_fabric_close(&host2);
+	fivc_fabric_close(&host);
+	unlink(path);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1)
@@ -377,5 +476,6 @@ int main(int argc, char **argv)
 	RUN(test_kill9_reader);
 	RUN(test_dead_member_id_reused_sweeps);
 	RUN(test_paused_guest_cannot_write_into_reused_slot);
+	RUN(test_guest_inside_slot_is_quarantined);
 	return 0;
 }

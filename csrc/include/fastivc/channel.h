@@ -126,6 +126,11 @@ void fivc_chan_arm_code(struct fivc_chan *c, int rd, int wr, uint32_t code);
  * reset, so readiness reports it and I/O drains, then fails), 0 while it
  * lives. */
 int fivc_chan_peer_check(struct fivc_chan *c);
+/* Stores into the slot outside the channel's calls (the client's switch,
+ * io.c) go between these: 1 when the lease stands (a guest then counts as
+ * inside the slot until fivc_chan_leave), 0 when the slot moved on. */
+int fivc_chan_enter(struct fivc_chan *c);
+void fivc_chan_leave(struct fivc_chan *c);
 /* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
 int fivc_chan_shutdown(struct fivc_chan *c, int how);
 /* fork: both directions become shared (after the child's holder entry is

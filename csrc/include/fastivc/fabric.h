@@ -273,7 +273,16 @@ struct fivc_gc_report {
 	uint32_t slots_freed;
 	uint32_t members_dead;
 	uint32_t buffers_freed; /* pool buffers of slots that moved on */
+	uint32_t slots_quarantined; /* sides left in quarantine (FIVC_LEASE_QUARANTINE) */
+	uint32_t quarantines_lifted;
 };
 int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r);
+/* FIVC_GC_LIFT_QUARANTINE: lift every quarantine of a dead member, inside
+ * or not (the operator knows the guest is gone for good). */
+#define FIVC_GC_LIFT_QUARANTINE 1u
+int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flags);
+/* A guest member's last thread left the slot (busy 0): lift its side's
+ * quarantine if there is one; 1 when lifted. */
+int fivc_slot_quarantine_lift(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);
 
 #endif

@@ -46,7 +46,7 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 6u
+#define FIVC_LAYOUT_VERSION 7u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
 #define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
@@ -57,7 +57,7 @@
 #define FIVC_MAX_SLOTS (1u << 22)
 #define FIVC_POOL_CLASSES 2 /* 0: mid, 1: big (ring_size) */
 #define FIVC_MAX_POOL (1u << 22)
-#define FIVC_MAX_MEMBERS 65534u /* member+1 must fit 16 bits */
+#define FIVC_MAX_MEMBERS 65533u /* member+1 fits 16 bits; 0xffff is FIVC_LEASE_QUARANTINE */
 #define FIVC_MAX_OFFERS 65536u
 #define FIVC_LISTENERS 4096u      /* listener table entries (fixed) */
 #define FIVC_LISTENER_PROBE 32u   /* entries a port's key may live in */
@@ -270,6 +270,24 @@ struct fivc_ring_hdr {
  * by the client; attach: CAS (g,0,a) -> (g,me,a) by the server (only while
  * the client side is still there); release: CAS clearing one's own field.
  * Reclamation clears the field of a dead member the same way. ---- */
+/* Quarantine (issue 13).  A guest's death is a judgement (its heartbeat
+ * stopped), not a fact: a paused VM resumes, and a thread of it that was
+ * storing into the slot, past its last lease check, finishes that store
+ * (up to a chunk's copy).  So a reclaimer does not clear a dead member's
+ * field: it writes FIVC_LEASE_QUARANTINE there (the side is no longer
+ * held, every later lease check fails, and the slot is not free), then
+ * looks at busy[side]; only when no thread of that member is inside does
+ * the field become 0.  Otherwise the last thread to leave lifts it
+ * (fivc_slot_quarantine_lift), or a reclaim pass once FIVC_QUARANTINE_MAX_S
+ * passed (a killed VM never leaves), or `fastivc gc --lift-quarantine`.
+ * Host processes never count themselves (their death is the kernel's
+ * word), so their sides go at once. */
+#define FIVC_LEASE_QUARANTINE 0xffffu
+#define FIVC_QUARANTINE_MAX_S 300u
+#define FIVC_BUSY_TAG(gen) ((uint32_t)(gen) & 0xfffffu)
+#define FIVC_BUSY_WORD(tag, n) (((uint32_t)(tag) << 12) | (uint32_t)(n))
+#define FIVC_BUSY_WORD_TAG(w) ((uint32_t)(w) >> 12)
+#define FIVC_BUSY_WORD_N(w) ((uint32_t)(w) & 0xfffu)
 #define FIVC_LEASE_GEN(w) ((uint32_t)((w) >> 32))
 #define FIVC_LEASE_SIDE(w, s) ((uint32_t)(((w) >> ((s) ? 16 : 0)) & 0xffff))
 #define FIVC_LEASE_WORD(gen, m1, m0) \
@@ -286,7 +304,7 @@ struct fivc_slot {
 	/* line 1: the upgrade protocol (issue 3); side0 writes switch_bytes */
 	uint64_t switch_bytes; /* client: bytes it sent over TCP before the switch */
 	uint32_t switch_state; /* client */
-	uint32_t unused0;
+	uint32_t quarantine_s; /* reclaimer: CLOCK_REALTIME seconds of the last quarantine */
 	/* Who holds each side.  A process that holds a side (it claimed or
 	 * attached it, or inherited it through fork) has its member id in
 	 * holder_ids[side]; it removes it when it lets go, and the one that
@@ -296,7 +314,11 @@ struct fivc_slot {
 	 * is non-zero the side is never reclaimed. */
 	uint32_t holders[2];
 	uint16_t holder_ids[2][FIVC_SLOT_HOLDERS]; /* member+1, 0 = empty */
-	uint8_t l1_pad[FIVC_CACHELINE - 24 - 4 * FIVC_SLOT_HOLDERS];
+	/* Threads of a GUEST member inside the slot for a side: between the
+	 * lease check that lets them store into its memory (ring bytes, pool
+	 * buffers, indices, flags) and their last such store.  FIVC_BUSY_WORD
+	 * (gen's low 20 bits, count); see FIVC_LEASE_QUARANTINE. */
+	uint32_t busy[2];
 	struct fivc_ring_hdr ring[2];
 	/* Used only when several processes use one side at once (fork): a
 	 * lock per side and direction ([side][0] reading, [side][1] writing),
@@ -330,6 +352,7 @@ _Static_assert(sizeof(struct fivc_listener) == 64, "listener entry is one line")
 _Static_assert(sizeof(struct fivc_waker) == 1024, "wake record");
 _Static_assert(FIVC_WAKERS <= 0x80000u && FIVC_WAKER_TOKENS == 4096u, "wake code fields");
 _Static_assert(sizeof(struct fivc_ring_hdr) == 5 * FIVC_CACHELINE, "ring header lines");
+_Static_assert(offsetof(struct fivc_slot, ring) == 2 * FIVC_CACHELINE, "slot lines 0-1");
 _Static_assert(offsetof(struct fivc_ring_hdr, tail) == FIVC_CACHELINE, "producer line");
 _Static_assert(offsetof(struct fivc_ring_hdr, head) == 3 * FIVC_CACHELINE, "consumer line");
 _Static_assert(sizeof(struct fivc_slot) == 1024, "slot control block");
