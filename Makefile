@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean results chaos sanitize fuzz soak
+.PHONY: demo test deps install clean results chaos sanitize fuzz soak conformance
 
 demo: install
 	$(VENV)/bin/fastivc demo
@@ -38,6 +38,14 @@ soak: install
 	FIVC_SOAK_GIB=$(SOAK_GIB) FIVC_SOAK_CONNS=$(SOAK_CONNS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 		$(PY) -m pytest -q -rs -s tests/test_soak.py -k ring
 
+# conformance: the differential harness against the kernel, long mode
+# (tests/test_conformance.py: CONFORM_SCENARIOS random call sequences, plain
+# TCP vs fastivc, every result compared).
+CONFORM_SCENARIOS ?= 100000
+conformance: install
+	FIVC_CONFORM_SCENARIOS=$(CONFORM_SCENARIOS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		$(PY) -m pytest -q -rs -s tests/test_conformance.py
+
 # sanitize: the library built with ASan and UBSan under the real programs.
 sanitize: install
 	scripts/sanitize.sh
@@ -51,6 +59,7 @@ RESULTS := build/results
 results: install
 	mkdir -p $(RESULTS)
 	$(VENV)/bin/fastivc bench all --repeats 5 --quiet --json $(RESULTS)/all.json
+	$(VENV)/bin/fastivc bench connect --loopback --repeats 5 --quiet --json $(RESULTS)/connect-lo.json
 	$(VENV)/bin/fastivc bench ring --repeats 5 --quiet --json $(RESULTS)/ring.json
 	$(VENV)/bin/fastivc bench redis --repeats 5 --quiet --json $(RESULTS)/redis.json
 	$(VENV)/bin/fastivc bench nginx --repeats 5 --quiet --json $(RESULTS)/nginx1.json
@@ -61,7 +70,7 @@ results: install
 		--json $(RESULTS)/nginx-scale.json
 	$(VENV)/bin/fastivc bench scale --idle 0 1000 10000 --repeats 5 --quiet \
 		--json $(RESULTS)/scale.json
-	$(PY) scripts/readme-results.py $(RESULTS)/all.json $(RESULTS)/ring.json \
+	$(PY) scripts/readme-results.py $(RESULTS)/all.json $(RESULTS)/connect-lo.json $(RESULTS)/ring.json \
 		$(RESULTS)/redis.json $(RESULTS)/nginx1.json $(RESULTS)/nginx2.json \
 		$(RESULTS)/redis-scale.json $(RESULTS)/nginx-scale.json $(RESULTS)/scale.json
 

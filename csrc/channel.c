@@ -894,15 +894,18 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 	size_t got = 0;
 	if (is_broken(c))
 		return -ECONNRESET;
-	if (c->rd_shut || len == 0)
-		return 0;
 	for (;;) {
 		int eof;
 		int r = ready_read(c, &eof);
 		uint64_t avail = c->rx_tail_seen - c->rx_head;
-		if (r > 0 && avail) {
+		if (len == 0 && r == 0 && c->rd_shut)
+			r = 1; /* (as below: shut for reading, nothing there: 0) */
+		if (len == 0 && r != 0)
+			return r < 0 ? r : 0; /* as TCP: a read of 0 returns once one of more would */
+		if (r > 0 && avail && len) {
 			size_t n = (size_t)FIVC_MIN(avail, (uint64_t)(len - got));
-			view_copy(&c->rxv, c->rx_head, dst + got, n, 0);
+			if (!(flags & FIVC_DISCARD))
+				view_copy(&c->rxv, c->rx_head, dst + got, n, 0);
 			/* the copy's loads before the lease's: bytes copied from
 			 * a slot that moved on are not ours to return */
 			__atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -925,8 +928,8 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 		}
 		if (r < 0)
 			return got ? (ssize_t)got : r;
-		if (r > 0 && eof)
-			return (ssize_t)got;
+		if ((r > 0 && eof) || c->rd_shut)
+			return (ssize_t)got; /* (shut for reading: what was there, then 0, as TCP) */
 		if (flags & FIVC_NONBLOCK)
 			return got ? (ssize_t)got : -EAGAIN;
 		int w = wait_ready(c, 0);
@@ -943,6 +946,10 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 		return -ECONNRESET;
 	if (c->wr_shut)
 		return -EPIPE;
+	if (len == 0) { /* as TCP: the connection's error, else 0 */
+		int r = ready_write(c);
+		return r < 0 ? r : 0;
+	}
 	while (done < len) {
 		uint64_t space = tx_space(c);
 		int r = 1;
@@ -989,7 +996,15 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 	return (ssize_t)done;
 }
 
-int fivc_chan_shutdown(struct fivc_chan *c, int how)
+/* SHUT_RD is the reader's own business, as in TCP (which sends nothing
+ * for it): reads return what is there, then 0, and the peer may go on
+ * writing.  Only a close tells the writer that nobody will read
+ * (rd_closed: EPIPE). */
+static int chan_shutdown(struct fivc_chan *c, int how, int closing);
+
+int fivc_chan_shutdown(struct fivc_chan *c, int how) { return chan_shutdown(c, how, 0); }
+
+static int chan_shutdown(struct fivc_chan *c, int how, int closing)
 {
 	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
 		return -EINVAL;
@@ -1003,8 +1018,9 @@ int fivc_chan_shutdown(struct fivc_chan *c, int how)
 		fivc_store_release(&c->tx->wr_closed, 1);
 		notify_consumer(c);
 	}
-	if ((how == SHUT_RD || how == SHUT_RDWR) && !c->rd_shut) {
+	if (how == SHUT_RD || how == SHUT_RDWR)
 		c->rd_shut = 1;
+	if (closing && !fivc_load_relaxed(&c->rx->rd_closed)) {
 		fivc_store_release(&c->rx->rd_closed, 1);
 		notify_producer(c);
 	}
@@ -1016,7 +1032,7 @@ void fivc_chan_close(struct fivc_chan *c)
 {
 	if (!c->f)
 		return;
-	fivc_chan_shutdown(c, SHUT_RDWR);
+	chan_shutdown(c, SHUT_RDWR, 1);
 	fivc_slot_release(c->f, c->idx, c->gen, c->side);
 	/* A peer that died cannot release its side; when we saw it go, do it
 	 * for it now rather than leave the slot to the next gc.  (Not on every

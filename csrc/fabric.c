@@ -1021,6 +1021,27 @@ static int check_trust(int fd, const char *path, const struct fivc_geometry *g, 
 	return 0;
 }
 
+/* A fabric of another layout version (its header's second word) that no
+ * member uses: no lock at or past FIVC_LOCK_BASE is held (the lock
+ * protocol is the same in every version).  Unlink it if the path still
+ * names this file; its version when done, else 0. */
+static uint32_t stale_unlink(int fd, const char *path)
+{
+	struct fivc_fabric_hdr h;
+	struct stat a, b;
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+			   .l_start = (off_t)FIVC_LOCK_BASE, .l_len = 0};
+	if (pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || h.magic != FIVC_FABRIC_MAGIC ||
+	    h.layout_version == FIVC_LAYOUT_VERSION || h.layout_version == 0)
+		return 0;
+	if (fcntl(fd, F_OFD_GETLK, &fl) < 0 || fl.l_type != F_UNLCK)
+		return 0; /* in use (or cannot tell) */
+	if (fstat(fd, &a) < 0 || lstat(path, &b) < 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev ||
+	    unlink(path) < 0)
+		return 0;
+	return h.layout_version;
+}
+
 int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 		     struct fivc_fabric *f, char *err, size_t errlen)
 {
@@ -1058,6 +1079,14 @@ int fivc_fabric_open(const char *path, const struct fivc_geometry *g,
 	int r = g && g->any_owner ? 0 : check_trust(fd, path, g, err, errlen);
 	if (r == 0)
 		r = map_fd(f, fd, path, err, errlen);
+	if (r == -EPROTONOSUPPORT && g && g->replace_stale && !g->any_owner &&
+	    (f->replaced = stale_unlink(fd, path)) != 0) {
+		close(fd);
+		uint32_t old = f->replaced;
+		r = fivc_fabric_open(path, g, f, err, errlen);
+		f->replaced = old;
+		return r;
+	}
 	if (r < 0)
 		goto fail;
 	f->hb_seen = calloc((size_t)f->g.nmembers * 2, sizeof(uint64_t)); /* NULL: guests never judged */

@@ -399,12 +399,15 @@ struct fivc_fabric *fivc_fabric_get(void)
 		fabric_state = 0;
 	if (!fabric_state) {
 		char err[512];
-		struct fivc_geometry g = {.ring_size = fivc_cfg.ring_kib * 1024u};
+		struct fivc_geometry g = {.ring_size = fivc_cfg.ring_kib * 1024u, .replace_stale = 1};
 		fivc_guard++;
 		fabric_perms(&g);
 		int pci = !strncmp(fivc_cfg.fabric, "pci:", 4);
 		int r = pci ? fivc_fabric_open_pci(fivc_cfg.fabric, &fabric, err, sizeof(err))
 			    : fivc_fabric_open(fivc_cfg.fabric, &g, &fabric, err, sizeof(err));
+		if (r == 0 && fabric.replaced)
+			FIVC_INFO("fabric %s: replaced one of layout version %u that no process used",
+				  fivc_cfg.fabric, fabric.replaced);
 		if (r == 0 && !fabric.self) {
 			FIVC_INFO("fabric %s: no free member id; connections stay plain for now",
 				  fivc_cfg.fabric);

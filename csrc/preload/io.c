@@ -42,6 +42,8 @@ static int chan_flags(struct fsock *fs, int msgflags)
 		f |= FIVC_PEEK;
 	if (msgflags & MSG_WAITALL)
 		f |= FIVC_WAITALL;
+	if (msgflags & MSG_TRUNC)
+		f |= FIVC_DISCARD; /* TCP's MSG_TRUNC: taken, not copied (the buffer may be NULL) */
 	return f;
 }
 
@@ -838,6 +840,8 @@ ssize_t fivc_fs_sendv(struct fsock *fs, int fd, const struct iovec *iov, int n, 
 {
 	int pieces;
 	size_t total = iov_total(iov, n, &pieces);
+	if (!pieces) /* as TCP: the connection's error, else 0 */
+		return fivc_fs_send(fs, fd, NULL, 0, flags);
 	char small[1024];
 	char *b = pieces < 2 || total > VEC_GATHER_MAX ? NULL
 		  : total <= sizeof(small)		 ? small
@@ -857,6 +861,8 @@ ssize_t fivc_fs_recvv(struct fsock *fs, int fd, const struct iovec *iov, int n, 
 {
 	int pieces;
 	size_t total = iov_total(iov, n, &pieces);
+	if (!pieces) /* as TCP: a read of 0 bytes (EAGAIN when nothing is there) */
+		return fivc_fs_recv(fs, fd, NULL, 0, flags);
 	if (!(flags & MSG_PEEK) || pieces < 2)
 		return fs_vec(fs, fd, iov, n, 0, flags,
 			      flags & MSG_WAITALL ? flags : flags | MSG_DONTWAIT);

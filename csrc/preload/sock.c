@@ -124,8 +124,12 @@ int fivc_fs_shutdown(struct fsock *fs, int fd, int how)
 			return 0;
 	}
 	/* On the ring only: the TCP socket must stay able to carry doorbells
-	 * both ways; it is shut down by the final close. */
-	return fivc_chan_shutdown(&fs->ch, how);
+	 * both ways; it is shut down by the final close.  Once both ways were
+	 * shut (our FIN and the peer's) TCP's socket is CLOSEd: shutdown()
+	 * still takes effect and says ENOTCONN (inet_shutdown). */
+	int closed = fs->ch.wr_shut && fivc_chan_peer_shut(&fs->ch);
+	int r = fivc_chan_shutdown(&fs->ch, how);
+	return r < 0 ? r : closed ? -ENOTCONN : 0;
 }
 
 /* See preload.h.  *kernel_events: what to ask the kernel for on the TCP fd;
@@ -169,8 +173,6 @@ checked:
 		else if (n > 0 || eof)
 			r |= events & (POLLIN | POLLRDNORM);
 		shut = n >= 0 && (eof || fivc_chan_peer_shut(&fs->ch));
-		if (shut)
-			r |= POLLRDHUP; /* the FIN is in, even with data before it */
 	}
 	if (events & (POLLOUT | POLLWRNORM)) {
 		ssize_t n = fivc_chan_writable(&fs->ch);
@@ -181,8 +183,13 @@ checked:
 	}
 	if (!pre && !shut)
 		shut = fivc_chan_peer_shut(&fs->ch);
-	if (shut && fs->ch.wr_shut)
-		r |= POLLHUP; /* shut both ways */
+	/* tcp_poll: the receive side is shut by the peer's FIN or by our own
+	 * SHUT_RD (readable, RDHUP, even with data before it); both sides
+	 * shut is HUP */
+	if (!pre && (shut || fs->ch.rd_shut))
+		r |= POLLIN | POLLRDNORM | POLLRDHUP;
+	if (!pre && (shut || fs->ch.rd_shut) && fs->ch.wr_shut)
+		r |= POLLHUP;
 	if (fs->reset)
 		r |= POLLHUP | POLLERR;
 	r &= (short)(events | POLLERR | POLLHUP);

@@ -100,9 +100,21 @@ FIVC_EXPORT int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags)
 
 /* ---- reads ---- */
 
+/* read, readv and writev of 0 bytes return 0 before the socket is asked
+ * (sock_read_iter; do_iter_readv_writev), whatever its state; recv,
+ * recvmsg, write, send and sendmsg of 0 bytes do ask it (EAGAIN,
+ * ECONNRESET, EPIPE).  The kernel says so for the first three. */
+static int iov_empty(const struct iovec *iov, int cnt)
+{
+	for (int i = 0; i < cnt; i++)
+		if (iov[i].iov_len)
+			return 0;
+	return 1;
+}
+
 FIVC_EXPORT ssize_t read(int fd, void *b, size_t n)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = n ? managed(fd) : NULL;
 	return fs ? fivc_ret(fivc_fs_recv(fs, fd, b, n, 0)) : fivc_real.read(fd, b, n);
 }
 
@@ -124,7 +136,7 @@ FIVC_EXPORT ssize_t recvfrom(int fd, void *b, size_t n, int flags, struct sockad
 
 FIVC_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = cnt > 0 && iov && !iov_empty(iov, cnt) ? managed(fd) : NULL;
 	return fs ? fivc_ret(fivc_fs_recvv(fs, fd, iov, cnt, 0)) : fivc_real.readv(fd, iov, cnt);
 }
 
@@ -166,7 +178,7 @@ FIVC_EXPORT ssize_t sendto(int fd, const void *b, size_t n, int flags, const str
 
 FIVC_EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = cnt > 0 && iov && !iov_empty(iov, cnt) ? managed(fd) : NULL;
 	return fs ? fivc_ret(fivc_fs_sendv(fs, fd, iov, cnt, 0)) : fivc_real.writev(fd, iov, cnt);
 }
 

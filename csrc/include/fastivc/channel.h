@@ -21,6 +21,7 @@ extern const struct fivc_doorbell fivc_doorbell_futex;
 #define FIVC_NONBLOCK 0x1
 #define FIVC_PEEK 0x2
 #define FIVC_WAITALL 0x4
+#define FIVC_DISCARD 0x8 /* MSG_TRUNC: the bytes are taken (or peeked) and not copied */
 
 /* Spin adaptation: how far the budget shrinks, how often a full spin probes. */
 #define FIVC_SPIN_MAX_SHIFT 8

@@ -27,6 +27,11 @@ struct fivc_geometry {
 	 * through it.  has_gid/gid also name the group the trust rule
 	 * accepts (FASTIVC_FABRIC_GROUP). */
 	uint32_t any_owner;
+	/* Not layout: 1 replaces a trusted fabric of another layout version
+	 * that no member uses (none of its member locks is held): what an
+	 * upgrade of the library leaves at the default path.  f->replaced
+	 * says it happened. */
+	uint32_t replace_stale;
 };
 
 /* Defaults when the caller leaves a field zero.  A whole host: 65,536
@@ -61,6 +66,7 @@ struct fivc_fabric {
 	uint32_t self;      /* our member index + 1; 0 = not joined */
 	uint64_t joined_ns; /* GUEST: our member's joined_ns, to know it is still ours */
 	int guest;          /* mapped through an ivshmem BAR: we are a GUEST member */
+	uint32_t replaced;  /* open replaced a stale fabric of this layout version */
 	uint64_t *hb_seen;  /* per member: last heartbeat seen, and when (private) */
 	uint64_t *alive_ns; /* per member: when last seen alive (private; NULL: none) */
 	/* private allocation hints: where the last free slot / pool buffer was */

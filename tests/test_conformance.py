@@ -1,0 +1,85 @@
+"""Differential conformance against the kernel (issue 11): the same random
+sequences of socket calls (tests/programs/conform.py: sends and reads of
+random sizes, iovec counts and flags, MSG_PEEK, MSG_TRUNC, MSG_WAITALL,
+zero-length calls, shutdown each way, close, poll, select, FIONREAD,
+SO_ERROR) run on a plain kernel TCP pair and on an accelerated pair, and
+every result must be the same: return values, errno, bytes read, bytes
+left in the caller's buffer, readiness masks.  Every accelerated scenario
+must have had both ends on the ring.
+
+FIVC_CONFORM_SCENARIOS (default 300) scenarios of FIVC_CONFORM_STEPS
+(default 200) calls; FIVC_CONFORM_SEED fixes the first seed (printed).
+`make conformance` runs 100,000.
+
+Allowed differences, by construction of the scenarios (not by filtering
+results): how many bytes a full buffer takes (bytes in flight stay under
+24 KiB a direction) and when loopback's softirq delivers them (each read
+waits until the kernel has queued what was sent).  The scenarios that make
+TCP send a reset (a close with bytes unread, bytes to a closed end or to
+one shut both ways) are their own test, an expected failure: the ring's
+reset semantics are not kernel-exact yet (README, "Not there yet")."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastivc.run import build_env
+
+PROG = str(Path(__file__).with_name("programs") / "conform.py")
+SCENARIOS = int(os.environ.get("FIVC_CONFORM_SCENARIOS", "300"))
+STEPS = int(os.environ.get("FIVC_CONFORM_STEPS", "200"))
+
+
+def _run(env: dict, seed: int, count: int, resets: bool) -> list[dict]:
+    args = [sys.executable, PROG, str(seed), str(count), str(STEPS)]
+    if resets:
+        args.append("resets")
+    r = subprocess.run(args, env=env, capture_output=True, text=True,
+                       timeout=120 + count * 2)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
+    return [json.loads(ln) for ln in r.stdout.splitlines()]
+
+
+def _first_difference(plain: dict, fast: dict) -> str | None:
+    for k, (a, b) in enumerate(zip(plain["steps"], fast["steps"])):
+        if a != b:
+            ctx = "\n".join(f"    {s}" for s in plain["steps"][max(0, k - 6):k])
+            return (f"seed {plain['seed']}, call {k}:\n{ctx}\n  kernel:  {a}\n"
+                    f"  fastivc: {b}")
+    if len(plain["steps"]) != len(fast["steps"]):
+        return f"seed {plain['seed']}: {len(plain['steps'])} calls vs {len(fast['steps'])}"
+    return None
+
+
+def _compare(shm_path: str, resets: bool) -> list[str]:
+    seed = int(os.environ.get("FIVC_CONFORM_SEED", str(random.randrange(1 << 31))))
+    print(f"conformance seed {seed}: {SCENARIOS} scenarios x {STEPS} calls"
+          f"{' (resets)' if resets else ''}")
+    plain_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    plain = _run(plain_env, seed, SCENARIOS, resets)
+    fast = _run(build_env(dict(os.environ), fabric=shm_path), seed, SCENARIOS, resets)
+    assert len(plain) == len(fast) == SCENARIOS
+    assert all(p["accelerated"] == -1 for p in plain), "plain runs saw the library"
+    off = [f["seed"] for f in fast if f["accelerated"] != 2]
+    assert not off, f"scenarios whose two ends were not both on the ring: {off[:10]}"
+    return [d for p, f in zip(plain, fast, strict=True) if (d := _first_difference(p, f))]
+
+
+def test_socket_calls_match_the_kernel(shm_path):
+    diffs = _compare(shm_path, resets=False)
+    assert not diffs, f"{len(diffs)} of {SCENARIOS} scenarios differ; the first:\n{diffs[0]}"
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known difference (README, Not there yet): what follows a TCP reset (a close with "
+    "bytes unread, bytes sent to a closed end or to one shut both ways): the kernel "
+    "gives ECONNRESET, ENOTCONN and POLLERR where the ring gives EOF, EPIPE or success"))
+def test_socket_calls_match_the_kernel_around_resets(shm_path):
+    diffs = _compare(shm_path, resets=True)
+    assert not diffs, f"{len(diffs)} of {SCENARIOS} scenarios differ; the first:\n{diffs[0]}"
