@@ -159,3 +159,38 @@ def test_another_users_fabric_is_trusted_only_through_the_configured_group(root,
     assert f"FASTIVC_FABRIC_GROUP={gid}" in doctor_fabric(shm_path)["fix"]
     assert_accelerated(shm_path, FASTIVC_FABRIC_GROUP="daemon")
     assert doctor_fabric(shm_path, FASTIVC_FABRIC_GROUP=str(gid))["status"] == "OK"
+
+
+def _make_stale(path: str) -> None:
+    """A fabric of the previous layout version at path (what an upgrade of
+    the library leaves behind): a real one with its version word changed."""
+    mkfabric(path)
+    with open(path, "r+b") as f:
+        f.seek(8)  # (magic, then the layout version)
+        f.write((F.LAYOUT_VERSION - 1).to_bytes(4, "little"))
+
+
+def test_stale_fabric_nobody_uses_is_replaced(shm_path):
+    _make_stale(shm_path)
+    before = os.stat(shm_path).st_ino
+    r = self_connect(shm_path, "debug")
+    assert f"replaced one of layout version {F.LAYOUT_VERSION - 1}" in r.stderr, r.stderr
+    assert "switched to the ring" in r.stderr, r.stderr
+    assert os.stat(shm_path).st_ino != before
+    with F.Fabric(shm_path) as fab:
+        assert fab.header.layout_version == F.LAYOUT_VERSION
+
+
+def test_stale_fabric_in_use_is_left_alone(shm_path):
+    """A member of the old version still holds its lock: not replaced, and
+    this process stays plain, saying why."""
+    import fcntl
+
+    _make_stale(shm_path)
+    before = os.stat(shm_path).st_ino
+    with open(shm_path, "r+b") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, F.LOCK_BASE + 3, 0)
+        r = self_connect(shm_path, "debug")
+    assert "replaced" not in r.stderr and "switched to the ring" not in r.stderr, r.stderr
+    assert f"layout version {F.LAYOUT_VERSION - 1}" in r.stderr, r.stderr
+    assert os.stat(shm_path).st_ino == before
