@@ -54,7 +54,8 @@ static int ring_arm_producer(struct fivc_chan *c)
 	fivc_smp_mb(); /* SB: pairs with the fence in ring_producer_waiting() */
 	uint64_t head = fivc_load_acquire(&r->head), tail = c->tx_tail;
 	uint64_t base = before(head, c->txv.from) ? c->txv.from : head;
-	return tail - base < c->txv.size || tx_can_grow(c) || fivc_load_acquire(&r->rd_closed);
+	return tail - base < c->txv.size || tx_can_grow(c) ||
+	       (fivc_load_acquire(&r->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST));
 }
 
 static int ring_producer_waiting(struct fivc_ring_hdr *r)
@@ -376,7 +377,7 @@ static int ready_write(struct fivc_chan *c)
 {
 	if (is_broken(c))
 		return -ECONNRESET;
-	if (fivc_load_acquire(&c->tx->rd_closed))
+	if (fivc_load_acquire(&c->tx->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST))
 		return -EPIPE;
 	switch (fivc_load_relaxed(&c->peer_gone)) {
 	case 1:
@@ -638,7 +639,8 @@ int fivc_chan_peer_shut(struct fivc_chan *c)
 int fivc_chan_peer_closed(struct fivc_chan *c)
 {
 	return fivc_load_relaxed(&c->peer_gone) ||
-	       (fivc_load_acquire(&c->rx->wr_closed) && fivc_load_acquire(&c->tx->rd_closed));
+	       (fivc_load_acquire(&c->rx->wr_closed) &&
+		(fivc_load_acquire(&c->tx->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST)));
 }
 
 /* Shared: readiness from the ring's own indices (no lock: only a hint).
@@ -886,6 +888,60 @@ ssize_t fivc_chan_write(struct fivc_chan *c, const void *buf, size_t len, int fl
 	return chan_io(c, 1, (void *)buf, len, flags);
 }
 
+/* ---- TCP's reset (issue 11) ----
+ *
+ * The kernel resets a connection when an end closes with bytes unread, and
+ * when bytes reach an end that is closed or shut both ways (FIN_WAIT).  The
+ * end that resets marks its rings (FIVC_WR_RST, FIVC_RD_RST); a writer
+ * that finds its peer closed or shut both ways plays the peer's kernel: its
+ * bytes are taken, then the reset comes back.  Each end then keeps what
+ * tcp_reset() leaves: the CLOSE state (reads give what is queued, then 0;
+ * writes EPIPE; shutdown ENOTCONN; poll HUP) and one error to report
+ * (ECONNRESET, or EPIPE when the peer's FIN had come and ours had not),
+ * given by the next read that finds nothing, the next write, or SO_ERROR,
+ * and shown as POLLERR until then.  (Checked call by call against the
+ * kernel: tests/test_conformance.py.) */
+static void rst_update(struct fivc_chan *c)
+{
+	if (c->reset)
+		return;
+	uint32_t w = fivc_load_acquire(&c->rx->wr_closed), rd = fivc_load_acquire(&c->tx->rd_closed);
+	if (!(w & FIVC_WR_RST) && !(rd & FIVC_RD_RST))
+		return;
+	c->reset = 1;
+	c->sk_err = !(w & FIVC_WR_FIN) ? ECONNRESET : c->wr_shut ? 0 : EPIPE;
+}
+
+static int rst_take(struct fivc_chan *c)
+{
+	int e = c->sk_err;
+	c->sk_err = 0;
+	return e;
+}
+
+int fivc_chan_reset_state(struct fivc_chan *c, int *err, int take)
+{
+	if (!c->f) {
+		if (err)
+			*err = 0;
+		return 0;
+	}
+	rst_update(c);
+	if (err)
+		*err = take ? rst_take(c) : c->sk_err;
+	return c->reset;
+}
+
+/* A read that found nothing (EOF, or shut for reading): 0, or the reset's
+ * error once (tcp_recvmsg: the peer's FIN first, then sk_err). */
+static ssize_t read_end(struct fivc_chan *c)
+{
+	rst_update(c);
+	if (c->reset && !(fivc_load_acquire(&c->rx->wr_closed) & FIVC_WR_FIN) && c->sk_err)
+		return -rst_take(c);
+	return 0;
+}
+
 /* ---- data ---- */
 
 static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
@@ -900,8 +956,8 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 		uint64_t avail = c->rx_tail_seen - c->rx_head;
 		if (len == 0 && r == 0 && c->rd_shut)
 			r = 1; /* (as below: shut for reading, nothing there: 0) */
-		if (len == 0 && r != 0)
-			return r < 0 ? r : 0; /* as TCP: a read of 0 returns once one of more would */
+		if (len == 0 && r != 0) /* as TCP: a read of 0 returns once one of more would */
+			return r < 0 ? r : avail ? 0 : read_end(c);
 		if (r > 0 && avail && len) {
 			size_t n = (size_t)FIVC_MIN(avail, (uint64_t)(len - got));
 			if (!(flags & FIVC_DISCARD))
@@ -928,8 +984,8 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 		}
 		if (r < 0)
 			return got ? (ssize_t)got : r;
-		if ((r > 0 && eof) || c->rd_shut)
-			return (ssize_t)got; /* (shut for reading: what was there, then 0, as TCP) */
+		if ((r > 0 && eof) || c->rd_shut) /* (shut for reading: what was there, then 0, as TCP) */
+			return got ? (ssize_t)got : read_end(c);
 		if (flags & FIVC_NONBLOCK)
 			return got ? (ssize_t)got : -EAGAIN;
 		int w = wait_ready(c, 0);
@@ -944,11 +1000,28 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 	size_t done = 0;
 	if (is_broken(c))
 		return -ECONNRESET;
-	if (c->wr_shut)
-		return -EPIPE;
-	if (len == 0) { /* as TCP: the connection's error, else 0 */
-		int r = ready_write(c);
-		return r < 0 ? r : 0;
+	rst_update(c);
+	if (c->wr_shut || c->reset) { /* tcp_sendmsg: the pending error first, else EPIPE */
+		int e = rst_take(c);
+		return -(e ? e : EPIPE);
+	}
+	if (len == 0) /* as TCP: the connection's error, else 0 (no reset: no bytes go) */
+		return fivc_load_relaxed(&c->peer_gone) == 2 ? -ECONNRESET : 0;
+	uint32_t rd = fivc_load_acquire(&c->tx->rd_closed), w = fivc_load_acquire(&c->rx->wr_closed);
+	if (((rd & FIVC_RD_GONE) || ((rd & FIVC_RD_SHUT) && (w & FIVC_WR_FIN))) && !lease_held(c))
+		return broken(c); /* (those flags are not ours: the slot moved on) */
+	if ((rd & FIVC_RD_GONE) || ((rd & FIVC_RD_SHUT) && (w & FIVC_WR_FIN))) {
+		/* bytes to a closed end, or to one shut both ways: TCP takes them
+		 * and the peer's kernel answers with a reset (which resets an
+		 * open peer too) */
+		if (!(rd & FIVC_RD_GONE) && chan_enter(c)) {
+			__atomic_fetch_or(&c->tx->wr_closed, FIVC_WR_RST, __ATOMIC_RELEASE);
+			notify_consumer(c);
+			chan_leave(c);
+		}
+		c->reset = 1;
+		c->sk_err = (w & FIVC_WR_FIN) ? EPIPE : ECONNRESET;
+		return (ssize_t)len;
 	}
 	while (done < len) {
 		uint64_t space = tx_space(c);
@@ -961,7 +1034,7 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 				space = tx_space(c);
 			if (r == 0 && space)
 				r = 1;
-		} else if (fivc_load_relaxed(&c->tx->rd_closed)) {
+		} else if (fivc_load_relaxed(&c->tx->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST)) {
 			r = -EPIPE;
 		}
 		if (r < 0)
@@ -1012,16 +1085,33 @@ static int chan_shutdown(struct fivc_chan *c, int how, int closing)
 		c->wr_shut = c->rd_shut = 1;
 		return 0;
 	}
+	rst_update(c);
+	if (closing && !c->reset && fivc_load_acquire(&c->rx->tail) != c->rx_head) {
+		/* a close with bytes unread: TCP resets, with no FIN */
+		__atomic_fetch_or(&c->tx->wr_closed, FIVC_WR_RST, __ATOMIC_RELEASE);
+		__atomic_fetch_or(&c->rx->rd_closed, FIVC_RD_GONE | FIVC_RD_RST, __ATOMIC_RELEASE);
+		c->wr_shut = c->rd_shut = c->reset = 1;
+		notify_consumer(c);
+		notify_producer(c);
+		chan_leave(c);
+		return 0;
+	}
 	if ((how == SHUT_WR || how == SHUT_RDWR) && !c->wr_shut) {
 		c->wr_shut = 1;
-		/* SYNC POINT WRITE: after the last tail; pairs with ready_read. */
-		fivc_store_release(&c->tx->wr_closed, 1);
-		notify_consumer(c);
+		/* SYNC POINT WRITE: after the last tail; pairs with ready_read.
+		 * (A reset connection is CLOSEd: no FIN goes after the reset.) */
+		if (!c->reset) {
+			__atomic_fetch_or(&c->tx->wr_closed, FIVC_WR_FIN, __ATOMIC_RELEASE);
+			notify_consumer(c);
+		}
 	}
-	if (how == SHUT_RD || how == SHUT_RDWR)
+	if ((how == SHUT_RD || how == SHUT_RDWR) && !c->rd_shut) {
 		c->rd_shut = 1;
-	if (closing && !fivc_load_relaxed(&c->rx->rd_closed)) {
-		fivc_store_release(&c->rx->rd_closed, 1);
+		/* (a hint for the writer: bytes now reset us if we shut writing too) */
+		__atomic_fetch_or(&c->rx->rd_closed, FIVC_RD_SHUT, __ATOMIC_RELEASE);
+	}
+	if (closing && !(fivc_load_relaxed(&c->rx->rd_closed) & FIVC_RD_GONE)) {
+		__atomic_fetch_or(&c->rx->rd_closed, FIVC_RD_GONE, __ATOMIC_RELEASE);
 		notify_producer(c);
 	}
 	chan_leave(c);

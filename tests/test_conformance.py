@@ -16,8 +16,7 @@ results): how many bytes a full buffer takes (bytes in flight stay under
 24 KiB a direction) and when loopback's softirq delivers them (each read
 waits until the kernel has queued what was sent).  The scenarios that make
 TCP send a reset (a close with bytes unread, bytes to a closed end or to
-one shut both ways) are their own test, an expected failure: the ring's
-reset semantics are not kernel-exact yet (README, "Not there yet")."""
+one shut both ways) are their own test."""
 from __future__ import annotations
 
 import json
@@ -26,8 +25,6 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from fastivc.run import build_env
 
@@ -76,10 +73,10 @@ def test_socket_calls_match_the_kernel(shm_path):
     assert not diffs, f"{len(diffs)} of {SCENARIOS} scenarios differ; the first:\n{diffs[0]}"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known difference (README, Not there yet): what follows a TCP reset (a close with "
-    "bytes unread, bytes sent to a closed end or to one shut both ways): the kernel "
-    "gives ECONNRESET, ENOTCONN and POLLERR where the ring gives EOF, EPIPE or success"))
 def test_socket_calls_match_the_kernel_around_resets(shm_path):
+    """The same with what makes TCP send a reset: a close with bytes unread,
+    bytes to a closed end or to one shut both ways (FIN_WAIT).  The ring
+    plays the kernel's reset (channel.c): the error once, then the CLOSE
+    state's answers, and POLLERR until the error is reported."""
     diffs = _compare(shm_path, resets=True)
     assert not diffs, f"{len(diffs)} of {SCENARIOS} scenarios differ; the first:\n{diffs[0]}"

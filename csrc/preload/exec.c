@@ -54,7 +54,8 @@ static int put_record(char *out, size_t cap, size_t *len, struct fsock *fs, cons
 			 ":%d:%" PRIu32 ":%" PRIu64 ":%d:%d:%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ":%d;",
 			 fs->slot, fs->gen, fs->side, fs->state, fs->nonblock, fs->untracked,
 			 fs->tcp_sent, fs->tcp_recvd, fs->switch_n, fs->n_known, fs->offer_idx,
-			 fs->offer_word, fs->app_nodelay, fs->nodelay_forced, fs->reset,
+			 fs->offer_word, fs->app_nodelay, fs->nodelay_forced,
+			 fs->ch.reset | fs->ch.sk_err << 1, /* (the reset state: channel.c) */
 			 fs->ch.wr_shut, fs->ch.rd_shut, fs->tcp_eof, fs->ch.rd_timeout_ns,
 			 fs->ch.wr_timeout_ns, fs->pre_shared);
 	if (k < 0 || (size_t)k >= cap - n)
@@ -232,6 +233,8 @@ static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
 	fivc_chan_share(&fs->ch);
 	fs->ch.wr_shut = wr_shut;
 	fs->ch.rd_shut = rd_shut;
+	fs->ch.reset = fs->reset & 1;
+	fs->ch.sk_err = fs->reset >> 1;
 	fs->ch.rd_timeout_ns = rd_tmo;
 	fs->ch.wr_timeout_ns = wr_tmo;
 	fs->refs = 0;

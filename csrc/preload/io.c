@@ -779,10 +779,6 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 	}
 	r = fivc_chan_write(&fs->ch, buf, len, chan_flags(fs, flags));
 	fivc_janitor_watch(fs);
-	if (r == -EPIPE && !fs->reset && !fs->ch.wr_shut && fivc_chan_peer_closed(&fs->ch)) {
-		fs->reset = 1; /* as TCP: taken, then the peer's reset */
-		r = (ssize_t)len;
-	}
 	pthread_mutex_unlock(&fs->wr_lock);
 	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
 		pthread_kill(pthread_self(), SIGPIPE); /* as TCP would */
@@ -801,6 +797,10 @@ static ssize_t fs_vec(struct fsock *fs, int fd, const struct iovec *iov, int n, 
 	for (int i = 0; i < n; i++) {
 		if (!iov[i].iov_len)
 			continue;
+		/* after the first bytes a read takes only what is there, and
+		 * leaves an error or EOF to the next call, as one tcp_recvmsg */
+		if (!wr && done && !(later & MSG_WAITALL) && fivc_fs_nread(fs, fd) <= 0)
+			break;
 		int f = done ? later : flags;
 		ssize_t r = wr ? fivc_fs_send(fs, fd, iov[i].iov_base, iov[i].iov_len, f)
 			       : fivc_fs_recv(fs, fd, iov[i].iov_base, iov[i].iov_len, f);

@@ -169,8 +169,7 @@ struct fsock {
 	int nodelay_forced, app_nodelay;
 	int untracked;      /* we hold the slot side without a holder entry (fork) */
 	int child_untracked; /* during fork: so will the child */
-	/* A write to a peer that had closed: TCP takes it and the peer answers
-	 * with a reset, so the first one succeeds, then HUP|ERR, then EPIPE. */
+	/* (only to carry the channel's reset state through exec: exec.c) */
 	int reset;
 	int db_waiters;     /* threads asleep on this socket's TCP doorbell */
 	uint8_t pending_spun; /* the pending first read spun already (io.c) */

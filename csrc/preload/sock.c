@@ -127,7 +127,8 @@ int fivc_fs_shutdown(struct fsock *fs, int fd, int how)
 	 * both ways; it is shut down by the final close.  Once both ways were
 	 * shut (our FIN and the peer's) TCP's socket is CLOSEd: shutdown()
 	 * still takes effect and says ENOTCONN (inet_shutdown). */
-	int closed = fs->ch.wr_shut && fivc_chan_peer_shut(&fs->ch);
+	int closed = (fs->ch.wr_shut && fivc_chan_peer_shut(&fs->ch)) ||
+		     fivc_chan_reset_state(&fs->ch, NULL, 0);
 	int r = fivc_chan_shutdown(&fs->ch, how);
 	return r < 0 ? r : closed ? -ENOTCONN : 0;
 }
@@ -190,8 +191,13 @@ checked:
 		r |= POLLIN | POLLRDNORM | POLLRDHUP;
 	if (!pre && (shut || fs->ch.rd_shut) && fs->ch.wr_shut)
 		r |= POLLHUP;
-	if (fs->reset)
-		r |= POLLHUP | POLLERR;
+	int err;
+	if (!pre && fivc_chan_reset_state(&fs->ch, &err, 0)) {
+		/* a reset's CLOSE: shut both ways (tcp_poll), ERR until reported */
+		r |= POLLIN | POLLRDNORM | POLLRDHUP | POLLOUT | POLLWRNORM | POLLHUP;
+		if (err)
+			r |= POLLERR;
+	}
 	r &= (short)(events | POLLERR | POLLHUP);
 	if (!r && arm && !fs->ch.broken) {
 		/* pre: the client's first ring write must wake us too (io.c) */

@@ -184,15 +184,28 @@ static void test_eof_after_drain_and_epipe(void)
 	/* the other direction still works until the server stops reading */
 	CHECK_EQ(fivc_chan_write(&s, "back", 4, 0), 4);
 	CHECK_EQ(fivc_chan_read(&c, buf, sizeof(buf), 0), 4);
-	/* SHUT_RD tells the peer nothing (TCP sends nothing for it): its
-	 * writes go on; our reads take what is there, then give 0 at once */
+	/* c has shut both ways now (FIN_WAIT): bytes to it are taken, and
+	 * reset it, as TCP's (tcp_rcv_state_process); the writer, which had
+	 * c's FIN, gets EPIPE for its next write */
+	CHECK_EQ(fivc_chan_shutdown(&c, SHUT_RD), 0);
+	CHECK_EQ(fivc_chan_write(&s, "more", 4, 0), 4);
+	CHECK_EQ(fivc_chan_read(&c, buf, sizeof(buf), 0), -ECONNRESET);
+	CHECK_EQ(fivc_chan_read(&c, buf, sizeof(buf), 0), 0);
+	CHECK_EQ(fivc_chan_write(&s, "more", 4, 0), -EPIPE);
+	fivc_chan_close(&c);
+	fivc_chan_close(&s);
+	/* SHUT_RD alone tells the peer nothing (TCP sends nothing for it):
+	 * its writes go on; our reads take what is there, then 0 at once */
+	memfab_pair(&m, &c, &s);
 	CHECK_EQ(fivc_chan_shutdown(&c, SHUT_RD), 0);
 	CHECK_EQ(fivc_chan_write(&s, "more", 4, 0), 4);
 	CHECK_EQ(fivc_chan_read(&c, buf, sizeof(buf), 0), 4);
 	CHECK_EQ(fivc_chan_read(&c, buf, sizeof(buf), 0), 0);
 	CHECK_EQ(fivc_chan_read(&c, buf, 0, FIVC_NONBLOCK), 0);
-	/* only a close tells the writer that nobody reads */
+	/* a close with nothing unread tells the writer nobody reads: its
+	 * next bytes are taken and the reset comes back (EPIPE: c's FIN came) */
 	fivc_chan_close(&c);
+	CHECK_EQ(fivc_chan_write(&s, "more", 4, 0), 4);
 	CHECK_EQ(fivc_chan_write(&s, "more", 4, 0), -EPIPE);
 	fivc_chan_close(&s);
 	memfab_pair(&m, &c, &s); /* (a fresh pair for the rest) */

@@ -75,6 +75,11 @@ struct fivc_chan {
 	int broken;                    /* sticky -ECONNRESET after a peer violation (atomic:
 					  one reader and one writer thread may run at once) */
 	int wr_shut, rd_shut;
+	/* TCP's reset, as the kernel keeps it (issue 11): reset is the
+	 * CLOSE state a reset left; sk_err the error not yet reported
+	 * (ECONNRESET, or EPIPE when the peer's FIN had come), given once by
+	 * the next call that reports errors, SO_ERROR, or shown as POLLERR. */
+	int reset, sk_err;
 	int peer_gone;                 /* set by the doorbell: 1 the peer's socket
 					  closed (EOF after drain), 2 it was reset */
 	uint64_t rd_timeout_ns, wr_timeout_ns; /* 0: wait forever (SO_RCVTIMEO/SNDTIMEO) */
@@ -131,6 +136,10 @@ int fivc_chan_peer_check(struct fivc_chan *c);
  * io.c) go between these: 1 when the lease stands (a guest then counts as
  * inside the slot until fivc_chan_leave), 0 when the slot moved on. */
 int fivc_chan_enter(struct fivc_chan *c);
+/* The reset state (above), brought up to date from the rings: 1 when the
+ * connection was reset; *err (if given) the pending error, taken when
+ * `take`. */
+int fivc_chan_reset_state(struct fivc_chan *c, int *err, int take);
 void fivc_chan_leave(struct fivc_chan *c);
 /* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
 int fivc_chan_shutdown(struct fivc_chan *c, int how);

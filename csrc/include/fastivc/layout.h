@@ -237,6 +237,19 @@ struct fivc_waker {
 #define FIVC_BUF_WORD(c, i) ((((uint32_t)(c) + 1u) << 24) | (uint32_t)(i))
 #define FIVC_BUF_CLASS(w) ((int)((w) >> 24) - 1) /* -1: inline */
 #define FIVC_BUF_INDEX(w) ((uint32_t)(w) & 0xffffffu)
+/* A ring's closing flags.  wr_closed, by the producer: FIVC_WR_FIN (no more
+ * bytes: shutdown or close), FIVC_WR_RST (its end reset the connection, as
+ * TCP does on a close with bytes unread).  rd_closed, by the consumer:
+ * FIVC_RD_GONE (closed: nobody will read), FIVC_RD_RST (reset),
+ * FIVC_RD_SHUT (shut for reading but open: a write to it when it has shut
+ * writing too resets it, as TCP does in FIN_WAIT).  Reclaim sets FIN/GONE
+ * for a dead side. */
+#define FIVC_WR_FIN 1u
+#define FIVC_WR_RST 2u
+#define FIVC_RD_GONE 1u
+#define FIVC_RD_RST 2u
+#define FIVC_RD_SHUT 4u
+
 struct fivc_ring_hdr {
 	/* line 0: read-only after the slot's claimer initialised it */
 	uint32_t magic;
@@ -255,7 +268,7 @@ struct fivc_ring_hdr {
 	uint8_t guard0[FIVC_CACHELINE];
 	/* line 3: written by the consumer */
 	uint64_t head;         /* bytes consumed */
-	uint32_t rd_closed;    /* consumer gone: producer gets EPIPE */
+	uint32_t rd_closed;    /* FIVC_RD_*: consumer gone (producer gets EPIPE), reset, shut */
 	uint32_t prod_wake;    /* futex word the producer sleeps on; consumer bumps it */
 	uint32_t cons_waiting; /* consumer is (about to be) asleep for data: 1 or a wake code */
 	uint8_t c_pad[FIVC_CACHELINE - 20];
