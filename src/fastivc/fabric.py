@@ -384,7 +384,8 @@ class Fabric:
         elif fill > cap:
             problem = f"indices out of range (tail - head = {fill} > {cap})"
         return Ring(tail, head, fill if not problem else 0, size, bool(wr_closed),
-                    bool(rd_closed), bool(cons_waiting), bool(prod_waiting),
+                    bool(rd_closed & 3),  # (FIVC_RD_GONE | FIVC_RD_RST; 4 is a SHUT_RD hint)
+                    bool(cons_waiting), bool(prod_waiting),
                     not problem, problem, cur[0] if cur else "?")
 
     def used_slot_indexes(self) -> list[int]:
