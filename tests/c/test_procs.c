@@ -280,6 +280,33 @@ static void test_dead_member_id_reused_sweeps(void)
 	unlink(path);
 }
 
+/* A fresh 8-slot fabric at path (named after `name`), joined by two host
+ * members and by a guest member through a mapping of the file. */
+static void two_hosts_and_a_guest(char *path, size_t len, const char *name,
+				  struct fivc_fabric *host, struct fivc_fabric *host2,
+				  struct fivc_fabric *guest)
+{
+	char err[512];
+	path_for(path, len, name);
+	unlink(path);
+	struct fivc_geometry g = {.nslots = 8, .ring_size = 16384};
+	CHECK(fivc_fabric_open(path, &g, host, err, sizeof(err)) == 0);
+	CHECK(fivc_fabric_open(path, NULL, host2, err, sizeof(err)) == 0);
+	void *map = mmap(NULL, host->size, PROT_READ | PROT_WRITE, MAP_SHARED, host->fd, 0);
+	CHECK(map != MAP_FAILED);
+	CHECK(fivc_fabric_attach_guest(map, host->size, guest, err, sizeof(err)) == 0);
+}
+
+/* The guest connects to the host: a slot, both channel ends. */
+static void guest_connects(struct fivc_fabric *guest, struct fivc_fabric *host, struct fivc_chan *gc,
+			   struct fivc_chan *hs, uint32_t *slot, uint32_t *gen)
+{
+	CHECK_EQ(fivc_slot_claim(guest, NULL, 7, slot, gen), 0);
+	CHECK_EQ(fivc_slot_attach(host, *slot, *gen), 0);
+	CHECK_EQ(fivc_chan_open(gc, guest, *slot, *gen, FIVC_SIDE_CLIENT), 0);
+	CHECK_EQ(fivc_chan_open(hs, host, *slot, *gen, FIVC_SIDE_SERVER), 0);
+}
+
 /* Leases (issue 13): a guest paused past its heartbeat window is judged
  * dead, its side reclaimed and its slot reused by another connection.  On
  * resume its old channel must give ECONNRESET to reads, writes and
@@ -287,25 +314,15 @@ static void test_dead_member_id_reused_sweeps(void)
  * its next beat joins it again under a new id. */
 static void test_paused_guest_cannot_write_into_reused_slot(void)
 {
-	char path[300], err[512];
-	path_for(path, sizeof(path), "lease");
-	unlink(path);
+	char path[300];
 	struct fivc_fabric host, host2, guest;
-	struct fivc_geometry g = {.nslots = 8, .ring_size = 16384};
-	CHECK(fivc_fabric_open(path, &g, &host, err, sizeof(err)) == 0);
-	CHECK(fivc_fabric_open(path, NULL, &host2, err, sizeof(err)) == 0);
-	void *map = mmap(NULL, host.size, PROT_READ | PROT_WRITE, MAP_SHARED, host.fd, 0);
-	CHECK(map != MAP_FAILED);
-	CHECK(fivc_fabric_attach_guest(map, host.size, &guest, err, sizeof(err)) == 0);
+	two_hosts_and_a_guest(path, sizeof(path), "lease", &host, &host2, &guest);
 	uint32_t gid = guest.self;
 	CHECK(gid != 0 && gid != host.self && gid != host2.self);
 	/* the guest connects to the host, and they talk */
 	uint32_t slot, gen;
 	struct fivc_chan gc, hs;
-	CHECK_EQ(fivc_slot_claim(&guest, NULL, 7, &slot, &gen), 0);
-	CHECK_EQ(fivc_slot_attach(&host, slot, gen), 0);
-	CHECK_EQ(fivc_chan_open(&gc, &guest, slot, gen, FIVC_SIDE_CLIENT), 0);
-	CHECK_EQ(fivc_chan_open(&hs, &host, slot, gen, FIVC_SIDE_SERVER), 0);
+	guest_connects(&guest, &host, &gc, &hs, &slot, &gen);
 	char buf[64];
 	CHECK_EQ(fivc_chan_write(&gc, "hello", 5, 0), 5);
 	CHECK_EQ(fivc_chan_read(&hs, buf, sizeof(buf), 0), 5);
@@ -376,16 +393,9 @@ static void test_paused_guest_cannot_write_into_reused_slot(void)
  * FIVC_QUARANTINE_MAX_S, or by gc with FIVC_GC_LIFT_QUARANTINE. */
 static void test_guest_inside_slot_is_quarantined(void)
 {
-	char path[300], err[512];
-	path_for(path, sizeof(path), "quarantine");
-	unlink(path);
+	char path[300];
 	struct fivc_fabric host, host2, guest;
-	struct fivc_geometry g = {.nslots = 8, .ring_size = 16384};
-	CHECK(fivc_fabric_open(path, &g, &host, err, sizeof(err)) == 0);
-	CHECK(fivc_fabric_open(path, NULL, &host2, err, sizeof(err)) == 0);
-	void *map = mmap(NULL, host.size, PROT_READ | PROT_WRITE, MAP_SHARED, host.fd, 0);
-	CHECK(map != MAP_FAILED);
-	CHECK(fivc_fabric_attach_guest(map, host.size, &guest, err, sizeof(err)) == 0);
+	two_hosts_and_a_guest(path, sizeof(path), "quarantine", &host, &host2, &guest);
 	struct fivc_gc_report r;
 	char buf[64];
 	for (int round = 0; round < 3; round++) {
@@ -393,10 +403,7 @@ static void test_guest_inside_slot_is_quarantined(void)
 		 * ages out; 2: gc is told to lift it */
 		uint32_t slot, gen;
 		struct fivc_chan gc, hs;
-		CHECK_EQ(fivc_slot_claim(&guest, NULL, 7, &slot, &gen), 0);
-		CHECK_EQ(fivc_slot_attach(&host, slot, gen), 0);
-		CHECK_EQ(fivc_chan_open(&gc, &guest, slot, gen, FIVC_SIDE_CLIENT), 0);
-		CHECK_EQ(fivc_chan_open(&hs, &host, slot, gen, FIVC_SIDE_SERVER), 0);
+		guest_connects(&guest, &host, &gc, &hs, &slot, &gen);
 		CHECK_EQ(fivc_chan_write(&gc, "hello", 5, 0), 5);
 		CHECK_EQ(fivc_chan_read(&hs, buf, sizeof(buf), 0), 5);
 		struct fivc_slot *sl = fivc_slot_at(&host, slot);
