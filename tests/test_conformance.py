@@ -44,7 +44,7 @@ def _run(env: dict, seed: int, count: int, resets: bool) -> list[dict]:
 
 
 def _first_difference(plain: dict, fast: dict) -> str | None:
-    for k, (a, b) in enumerate(zip(plain["steps"], fast["steps"])):
+    for k, (a, b) in enumerate(zip(plain["steps"], fast["steps"], strict=False)):
         if a != b:
             ctx = "\n".join(f"    {s}" for s in plain["steps"][max(0, k - 6):k])
             return (f"seed {plain['seed']}, call {k}:\n{ctx}\n  kernel:  {a}\n"

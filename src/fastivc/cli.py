@@ -154,8 +154,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         if rep.get("slots_quarantined"):
             print(f"{rep['slots_quarantined']} slot sides stay in quarantine: a guest judged "
                   "dead (its heartbeat stopped) was writing into them and has not come back; "
-                  f"they are freed when it does, after {QUARANTINE_MAX_S // 60} minutes, or now with "
-                  "`fastivc gc --lift-quarantine` if that guest is gone for good")
+                  f"they are freed when it does, after {QUARANTINE_MAX_S // 60} minutes, "
+                  "or now with `fastivc gc --lift-quarantine` if that guest is gone for good")
     return 0
 
 

@@ -151,7 +151,7 @@ class Scenario:
             r = self.result(lambda: os.write(e.sock.fileno(), payload))
         else:
             cuts = sorted(self.rnd.randrange(n + 1) for _ in range(self.rnd.randrange(4)))
-            parts = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
+            parts = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
             if how == "writev":
                 flags = 0
                 r = self.result(lambda: os.writev(e.sock.fileno(), parts))
