@@ -1008,9 +1008,9 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 	if (len == 0) /* as TCP: the connection's error, else 0 (no reset: no bytes go) */
 		return fivc_load_relaxed(&c->peer_gone) == 2 ? -ECONNRESET : 0;
 	uint32_t rd = fivc_load_acquire(&c->tx->rd_closed), w = fivc_load_acquire(&c->rx->wr_closed);
-	if (((rd & FIVC_RD_GONE) || ((rd & FIVC_RD_SHUT) && (w & FIVC_WR_FIN))) && !lease_held(c))
-		return broken(c); /* (those flags are not ours: the slot moved on) */
 	if ((rd & FIVC_RD_GONE) || ((rd & FIVC_RD_SHUT) && (w & FIVC_WR_FIN))) {
+		if (!lease_held(c))
+			return broken(c); /* (those flags are not ours: the slot moved on) */
 		/* bytes to a closed end, or to one shut both ways: TCP takes them
 		 * and the peer's kernel answers with a reset (which resets an
 		 * open peer too) */

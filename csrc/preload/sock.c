@@ -187,10 +187,11 @@ checked:
 	/* tcp_poll: the receive side is shut by the peer's FIN or by our own
 	 * SHUT_RD (readable, RDHUP, even with data before it); both sides
 	 * shut is HUP */
-	if (!pre && (shut || fs->ch.rd_shut))
+	if (!pre && (shut || fs->ch.rd_shut)) {
 		r |= POLLIN | POLLRDNORM | POLLRDHUP;
-	if (!pre && (shut || fs->ch.rd_shut) && fs->ch.wr_shut)
-		r |= POLLHUP;
+		if (fs->ch.wr_shut)
+			r |= POLLHUP;
+	}
 	int err;
 	if (!pre && fivc_chan_reset_state(&fs->ch, &err, 0)) {
 		/* a reset's CLOSE: shut both ways (tcp_poll), ERR until reported */
