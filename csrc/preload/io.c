@@ -489,9 +489,16 @@ static unsigned pending_fails[2], pending_probe[2];
 
 static int peer_stepped(struct fsock *fs)
 {
+	/* A client: adopted, or, after a fork, switched by another holder of
+	 * our side, which removed the offer as it switched (regression: a
+	 * holder asleep in tcp_wait_live when the other switched and took
+	 * the doorbells never looked again, and read nothing once the other
+	 * died). */
 	if (fs->side == FIVC_SIDE_CLIENT)
 		return fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
-		       FIVC_OFFER_ADOPTED;
+			       FIVC_OFFER_ADOPTED ||
+		       (fs->pre_shared &&
+			fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state));
 	fivc_fs_server_check(fs);
 	return fs->n_known;
 }
