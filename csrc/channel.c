@@ -44,6 +44,7 @@ int fivc_ring_consumer_waiting(struct fivc_ring_hdr *r)
 static int before(uint64_t a, uint64_t b) { return (int64_t)(a - b) < 0; }
 static int tx_can_grow(struct fivc_chan *c);
 static uint64_t tx_space(const struct fivc_chan *c);
+static uint64_t tx_bound(const struct fivc_chan *c);
 
 /* The same pattern for a producer that waits for space.  (Poll and epoll
  * call it from threads that do not hold the writer's lock: it only looks.) */
@@ -54,7 +55,7 @@ static int ring_arm_producer(struct fivc_chan *c)
 	fivc_smp_mb(); /* SB: pairs with the fence in ring_producer_waiting() */
 	uint64_t head = fivc_load_acquire(&r->head), tail = c->tx_tail;
 	uint64_t base = before(head, c->txv.from) ? c->txv.from : head;
-	return tail - base < c->txv.size || tx_can_grow(c) ||
+	return ((tail - base < c->txv.size || tx_can_grow(c)) && tail - head < tx_bound(c)) ||
 	       (fivc_load_acquire(&r->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST));
 }
 
@@ -399,11 +400,60 @@ static int ready_write(struct fivc_chan *c)
 
 /* ---- growing and shrinking the producer's ring (layout.h) ---- */
 
-/* Free space in the buffer we write to now. */
+/* ---- buffer sizes (issue 11) ----
+ *
+ * A program that sets SO_SNDBUF or SO_RCVBUF asks for back-pressure: TCP
+ * then holds at most what the two buffers hold, and a writer to a peer that
+ * does not read blocks (or gets EAGAIN) after that much.  Measured on
+ * loopback, buffers set before connect (the kernel reports twice what was
+ * asked): in flight, sender's + receiver's figure times 0.75 (4 KiB each),
+ * 0.88 (16 KiB), 0.97 (64 KiB), 0.94 (256 KiB), 0.98 (1 MiB).  So a writer
+ * whose program set SO_SNDBUF keeps at most 3/4 of (its figure + the
+ * reader's) unread in the ring: the reader publishes its figure in the
+ * ring (rcvbuf, 0 when its program set none: then the kernel's default
+ * receive buffer, tcp_rmem's middle value, 128 KiB on Debian).  A writer
+ * whose program set no SO_SNDBUF has an autotuned send buffer (up to 4 MiB
+ * in flight on TCP whatever the reader set), so only the ring bounds it.
+ * The reader's figure is the peer's word: taken up to 64 MiB. */
+#define FIVC_DEFAULT_RCVBUF (128u << 10)
+#define FIVC_MAX_RCVBUF (64u << 20)
+
+/* UINT64_MAX: no bound.  (sndbuf: set by setsockopt in any thread) */
+static uint64_t tx_bound(const struct fivc_chan *c)
+{
+	uint64_t snd = fivc_load_relaxed(&c->sndbuf);
+	if (!snd)
+		return UINT64_MAX;
+	uint64_t rcv = fivc_load_relaxed(&c->tx->rcvbuf);
+	if (!rcv)
+		rcv = FIVC_DEFAULT_RCVBUF;
+	if (rcv > FIVC_MAX_RCVBUF)
+		rcv = FIVC_MAX_RCVBUF;
+	return (snd + rcv) / 4 * 3;
+}
+
+/* What the bound leaves of n bytes of space. */
+static uint64_t tx_within_bound(const struct fivc_chan *c, uint64_t n)
+{
+	uint64_t bound = tx_bound(c), inflight = c->tx_tail - c->tx_head_seen;
+	return inflight >= bound ? 0 : FIVC_MIN(n, bound - inflight);
+}
+
+void fivc_chan_set_rcvbuf(struct fivc_chan *c, uint32_t bytes)
+{
+	if (!chan_enter(c))
+		return; /* the slot moved on: nothing of ours to say */
+	fivc_store_relaxed(&c->rx->rcvbuf, bytes);
+	/* a bound that grew frees a writer that waits for space */
+	notify_producer(c);
+	chan_leave(c);
+}
+
+/* Free space in the buffer we write to now, within the bound above. */
 static uint64_t tx_space(const struct fivc_chan *c)
 {
 	uint64_t base = before(c->tx_head_seen, c->txv.from) ? c->txv.from : c->tx_head_seen;
-	return c->txv.size - (c->tx_tail - base);
+	return tx_within_bound(c, c->txv.size - (c->tx_tail - base));
 }
 
 /* The consumer is past `from`: the old buffer goes back to the pool. */
@@ -440,7 +490,8 @@ static void tx_switch(struct fivc_chan *c, uint32_t buf, uint8_t *data, uint64_t
  * now. */
 static int tx_can_grow(struct fivc_chan *c)
 {
-	if (c->txv.size >= c->max_size || before(c->tx_head_seen, c->txv.from))
+	if (c->txv.size >= c->max_size || before(c->tx_head_seen, c->txv.from) ||
+	    c->txv.size >= tx_bound(c))
 		return 0;
 	return !c->grow_failed_ns ||
 	       fivc_now_ns(CLOCK_MONOTONIC) - c->grow_failed_ns >= FIVC_GROW_RETRY_NS;
@@ -690,7 +741,7 @@ ssize_t fivc_chan_writable(struct fivc_chan *c)
 	/* a write would grow the ring: as much space as TCP's buffer would
 	 * promise (a full inline ring must not look full to a program that
 	 * needs its peer to read first) */
-	return (ssize_t)(tx_space(c) + (tx_can_grow(c) ? c->max_size : 0));
+	return (ssize_t)tx_within_bound(c, tx_space(c) + (tx_can_grow(c) ? c->max_size : 0));
 }
 
 /* (When it finds the ring ready it leaves the flags set: see

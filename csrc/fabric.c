@@ -1137,6 +1137,7 @@ static void ring_init(struct fivc_ring_hdr *r, uint32_t size)
 	r->head = 0;
 	r->rd_closed = 0;
 	r->cons_waiting = 0;
+	r->rcvbuf = 0;
 	/* cons_wake / prod_wake / desc_seq keep counting: a stale sleeper or
 	 * reader compares values. */
 	r->magic = FIVC_RING_MAGIC;

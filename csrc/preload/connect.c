@@ -182,7 +182,8 @@ static int tcp_stream(int fd)
 	tcp = tcp && fivc_real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 &&
 	      proto == IPPROTO_TCP;
 	if (tcp || type) /* (a failed look, e.g. EBADF, says nothing) */
-		fivc_fd_set_kind(fd, tcp ? FIVC_KIND_TCP : FIVC_KIND_OTHER);
+		fivc_fd_set_kind(fd, (fivc_fd_bits(fd) & FIVC_FD_OPTS) |
+					     (tcp ? FIVC_KIND_TCP : FIVC_KIND_OTHER));
 	errno = e;
 	return tcp;
 }
@@ -412,7 +413,44 @@ int fivc_fs_open_chan(struct fsock *fs)
 	fs->ch.spin_ns = fivc_cfg.spin_ns;
 	fs->ch.db = &tcp_doorbell;
 	fs->ch.db_ctx = fs;
+	fivc_fs_take_sockopts(fs, fs->fd, fivc_fd_bits(fs->fd) & FIVC_FD_OPTS);
 	return 0;
+}
+
+static uint64_t tv_ns(const struct timeval *tv)
+{
+	return (uint64_t)tv->tv_sec * 1000000000ull + (uint64_t)tv->tv_usec * 1000ull;
+}
+
+/* The options the program set (bits: FIVC_FD_SNDBUF, _RCVBUF, _TIMEO), as
+ * the kernel holds them, made the channel's: set before connect() or on a
+ * listener (which its connections inherit) they were the kernel's only
+ * (regression, issue 11: SO_RCVTIMEO set before connect, or inherited
+ * from the listener, was ignored after the switch). */
+void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
+{
+	if (!bits || fd < 0)
+		return;
+	int saved = errno, v;
+	struct timeval tv;
+	socklen_t l;
+	if (bits & FIVC_FD_TIMEO) {
+		l = sizeof(tv);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0)
+			fs->ch.rd_timeout_ns = tv_ns(&tv);
+		l = sizeof(tv);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &l) == 0)
+			fs->ch.wr_timeout_ns = tv_ns(&tv);
+	}
+	l = sizeof(v);
+	if ((bits & FIVC_FD_SNDBUF) && fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &l) == 0 &&
+	    v > 0)
+		__atomic_store_n(&fs->ch.sndbuf, (uint64_t)v, __ATOMIC_RELAXED);
+	l = sizeof(v);
+	if ((bits & FIVC_FD_RCVBUF) && fs->ch.f && fs->state != FS_PLAIN &&
+	    fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, &l) == 0 && v > 0)
+		fivc_chan_set_rcvbuf(&fs->ch, (uint32_t)v);
+	errno = saved;
 }
 
 /* Post an offer for fd's connection to addr; returns the new fsock or NULL
@@ -597,7 +635,8 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	if (fd >= 0)
 		accept_waited(spun);
 	if (fd >= 0)
-		fivc_fd_set_kind(fd, fivc_fd_kind(lfd) | FIVC_FD_NBKNOWN |
+		fivc_fd_set_kind(fd, fivc_fd_kind(lfd) | (fivc_fd_bits(lfd) & FIVC_FD_OPTS) |
+					     FIVC_FD_NBKNOWN |
 					     (flags & SOCK_NONBLOCK ? FIVC_FD_NB : 0));
 	if (fd < 0 || fivc_cfg.disabled || FIVC_GUARDED() ||
 	    ((flags & SOCK_NONBLOCK) && !fivc_cfg.nonblock_ok))

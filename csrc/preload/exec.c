@@ -27,7 +27,7 @@
 
 #define VAR "FASTIVC_INHERIT="
 #define REC_FMT "%" SCNu32 ":%" SCNu32 ":%d:%d:%d:%d:%" SCNu64 ":%" SCNu64 ":%" SCNu64 ":%d:%" \
-		SCNu32 ":%" SCNu64 ":%d:%d:%d:%d:%d:%d:%" SCNu64 ":%" SCNu64 ":%d"
+		SCNu32 ":%" SCNu64 ":%d:%d:%d:%d:%d:%d:%" SCNu64 ":%" SCNu64 ":%d:%" SCNu64
 
 extern char **environ;
 
@@ -51,13 +51,14 @@ static int put_record(char *out, size_t cap, size_t *len, struct fsock *fs, cons
 		return 0;
 	int k = snprintf(out + n, cap - n,
 			 "=%" PRIu32 ":%" PRIu32 ":%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ":%" PRIu64
-			 ":%d:%" PRIu32 ":%" PRIu64 ":%d:%d:%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ":%d;",
+			 ":%d:%" PRIu32 ":%" PRIu64 ":%d:%d:%d:%d:%d:%d:%" PRIu64 ":%" PRIu64 ":%d:%" PRIu64
+			 ";",
 			 fs->slot, fs->gen, fs->side, fs->state, fs->nonblock, fs->untracked,
 			 fs->tcp_sent, fs->tcp_recvd, fs->switch_n, fs->n_known, fs->offer_idx,
 			 fs->offer_word, fs->app_nodelay, fs->nodelay_forced,
 			 fs->ch.reset | fs->ch.sk_err << 1, /* (the reset state: channel.c) */
 			 fs->ch.wr_shut, fs->ch.rd_shut, fs->tcp_eof, fs->ch.rd_timeout_ns,
-			 fs->ch.wr_timeout_ns, fs->pre_shared);
+			 fs->ch.wr_timeout_ns, fs->pre_shared, fs->ch.sndbuf);
 	if (k < 0 || (size_t)k >= cap - n)
 		return -1;
 	*len = n + (size_t)k;
@@ -211,12 +212,12 @@ static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
 		return;
 	}
 	int wr_shut, rd_shut;
-	uint64_t rd_tmo, wr_tmo;
+	uint64_t rd_tmo, wr_tmo, sndbuf;
 	if (sscanf(fields, REC_FMT, &fs->slot, &fs->gen, &fs->side, &fs->state, &fs->nonblock,
 		   &fs->untracked, &fs->tcp_sent, &fs->tcp_recvd, &fs->switch_n, &fs->n_known,
 		   &fs->offer_idx, &fs->offer_word, &fs->app_nodelay, &fs->nodelay_forced,
 		   &fs->reset, &wr_shut, &rd_shut, &fs->tcp_eof, &rd_tmo, &wr_tmo,
-		   &fs->pre_shared) != 21 ||
+		   &fs->pre_shared, &sndbuf) != 22 ||
 	    (fs->side != 0 && fs->side != 1) ||
 	    (fs->state != FS_CLIENT_PENDING && fs->state != FS_SERVER_PRE && fs->state != FS_ACCEL)) {
 		free(fs);
@@ -237,6 +238,7 @@ static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
 	fs->ch.sk_err = fs->reset >> 1;
 	fs->ch.rd_timeout_ns = rd_tmo;
 	fs->ch.wr_timeout_ns = wr_tmo;
+	fs->ch.sndbuf = sndbuf; /* (the reader's figure is in the ring) */
 	fs->refs = 0;
 	record_fds(fds, fs);
 	FIVC_DEBUG("exec: fd(s) %s go on (slot %u)", fds, fs->slot);

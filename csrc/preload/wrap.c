@@ -523,6 +523,27 @@ FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)
 
 static int is_nodelay(int level, int name) { return level == IPPROTO_TCP && name == TCP_NODELAY; }
 
+/* SOL_SOCKET options the channel keeps a copy of (preload.h FIVC_FD_OPTS) */
+static int sockopt_bit(int name)
+{
+	switch (name) {
+	case SO_SNDBUF:
+	case SO_SNDBUFFORCE:
+		return FIVC_FD_SNDBUF;
+	case SO_RCVBUF:
+	case SO_RCVBUFFORCE:
+		return FIVC_FD_RCVBUF;
+	case SO_RCVTIMEO:
+	case SO_SNDTIMEO:
+#ifdef SO_RCVTIMEO_NEW
+	case SO_RCVTIMEO_NEW:
+	case SO_SNDTIMEO_NEW:
+#endif
+		return FIVC_FD_TIMEO;
+	}
+	return 0;
+}
+
 FIVC_EXPORT int setsockopt(int fd, int level, int name, const void *v, socklen_t l)
 {
 	FIVC_ENSURE_INIT();
@@ -535,14 +556,13 @@ FIVC_EXPORT int setsockopt(int fd, int level, int name, const void *v, socklen_t
 		return 0;
 	}
 	int r = fivc_real.setsockopt(fd, level, name, v, l);
-	if (r == 0 && fs && level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
-	    l >= sizeof(struct timeval)) {
-		const struct timeval *tv = v;
-		uint64_t ns = (uint64_t)tv->tv_sec * 1000000000ull + (uint64_t)tv->tv_usec * 1000ull;
-		if (name == SO_RCVTIMEO)
-			fs->ch.rd_timeout_ns = ns;
-		else
-			fs->ch.wr_timeout_ns = ns;
+	int bit = r != 0 || level != SOL_SOCKET ? 0 : sockopt_bit(name);
+	if (bit) {
+		/* the channel's copy, from the kernel's (which rounds and
+		 * doubles); a connection still to come asks at its start */
+		fivc_fd_add_bits(fd, bit);
+		if (fs)
+			fivc_fs_take_sockopts(fs, fd, bit);
 	}
 	return r;
 }

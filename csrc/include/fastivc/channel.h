@@ -83,6 +83,9 @@ struct fivc_chan {
 	int peer_gone;                 /* set by the doorbell: 1 the peer's socket
 					  closed (EOF after drain), 2 it was reset */
 	uint64_t rd_timeout_ns, wr_timeout_ns; /* 0: wait forever (SO_RCVTIMEO/SNDTIMEO) */
+	uint64_t sndbuf;               /* our SO_SNDBUF as the kernel reports it, when the
+					  program set one; 0: none (bytes in flight unbounded
+					  but by the ring) */
 	const struct fivc_doorbell *db;
 	void *db_ctx;
 	/* counters (private, for stats and tests); rx_* touched only by the
@@ -105,6 +108,9 @@ int fivc_chan_peer_closed(struct fivc_chan *c);
 /* Free ring space in bytes (counting the space a write would get by growing
  * the ring), or -ECONNRESET / -EPIPE. */
 ssize_t fivc_chan_writable(struct fivc_chan *c);
+/* Our program set SO_RCVBUF: the kernel's figure (0: none), for the writer's
+ * bound (channel.c "buffer sizes"). */
+void fivc_chan_set_rcvbuf(struct fivc_chan *c, uint32_t bytes);
 /* The janitor (about once a second, holding the writer's lock): a ring on
  * a pool buffer that stayed empty since the last call goes back to its
  * inline buffer and the pool buffer's pages go back to the system.  Returns

@@ -271,7 +271,9 @@ struct fivc_ring_hdr {
 	uint32_t rd_closed;    /* FIVC_RD_*: consumer gone (producer gets EPIPE), reset, shut */
 	uint32_t prod_wake;    /* futex word the producer sleeps on; consumer bumps it */
 	uint32_t cons_waiting; /* consumer is (about to be) asleep for data: 1 or a wake code */
-	uint8_t c_pad[FIVC_CACHELINE - 20];
+	uint32_t rcvbuf;       /* the consumer's SO_RCVBUF as the kernel reports it, when
+				* its program set one; else 0 (channel.c "buffer sizes") */
+	uint8_t c_pad[FIVC_CACHELINE - 24];
 	/* line 4: guard */
 	uint8_t guard1[FIVC_CACHELINE];
 };

@@ -1,0 +1,221 @@
+"""Socket options set before the connection exists or on it, and what
+they do to a connected loopback pair (tests/test_sockopts.py).  A plain
+socket program: it knows nothing of fastivc.  It prints one JSON line per
+case; under fastivc "accelerated" says how many of the case's two ends
+were on the ring (-1: not under fastivc).
+
+    sockopts.py inflight   one line per (SO_SNDBUF, SO_RCVBUF, when):
+        bytes a non-blocking writer gets in before EAGAIN holds for
+        0.2 s, to a peer that does not read; then, under fastivc, the
+        peer reads them all and checks every byte.  when: "before" (the writer's
+        before connect(), the reader's on the listener, which its
+        connections inherit) or "after" (both on the connected pair)
+    sockopts.py reset      4 KiB buffers; the writer's blocking sendall of
+        1 MiB meets a peer that reads 1 KiB and closes: the error
+    sockopts.py asyncio    the same through asyncio streams (an event loop,
+        non-blocking sockets): one write of 512 KiB, whose drain() must
+        fail
+    sockopts.py timeo      SO_RCVTIMEO (0.2 s) set on the listener and on
+        the client before connect(): a recv on each end with nothing
+        coming, after one byte each way
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+
+
+def on_fabric() -> int:
+    try:
+        st = ctypes.CDLL(None).fastivc_fork_stats
+    except AttributeError:
+        return -1
+    out = (ctypes.c_uint64 * 4)()
+    st(out)
+    return int(out[0])
+
+
+PERIOD = bytes((i * 131 + 7) & 0xFF for i in range(251))  # (a prime: a byte out of
+# place, lost or doubled shows)
+TILE = PERIOD * ((8 << 20) // 251 + 2)
+
+
+def pattern(off: int, n: int) -> bytes:
+    """Bytes off..off+n of the stream (up to 8 MiB at once)."""
+    return TILE[off % 251:off % 251 + n]
+
+
+def pair(snd: int = 0, rcv: int = 0, timeo: float = 0.0):
+    ls = socket.socket()
+    if rcv:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
+    if timeo:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv(timeo))
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    c = socket.socket()
+    if snd:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
+    if timeo:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv(timeo))
+    c.connect(ls.getsockname())
+    s, _ = ls.accept()
+    ls.close()
+    return c, s
+
+
+def tv(t: float) -> bytes:
+    return struct.pack("ll", int(t), int((t - int(t)) * 1e6))
+
+
+def inflight(snd: int, rcv: int, when: str) -> dict:
+    base = on_fabric()
+    c, s = pair(snd, rcv) if when == "before" else pair()
+    if when == "after":
+        if snd:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
+        if rcv:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
+    c.setblocking(False)
+    total, idle = 0, 0
+    while idle < 40:
+        try:
+            total += c.send(pattern(total, 1 << 16))
+            idle = 0
+        except BlockingIOError:
+            idle += 1
+            time.sleep(0.005)
+    acc = on_fabric() - base if base >= 0 else -1
+    c.shutdown(socket.SHUT_WR)
+    got, ok = 0, True
+    # (the kernel's bytes are right by definition, and draining megabytes
+    # through a 4 KiB window takes it a minute: only the ring's are read)
+    while base >= 0:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        ok = ok and b == pattern(got, len(b))
+        got += len(b)
+    ok = ok and (got == total or base < 0)
+    c.close()
+    s.close()
+    return {"case": "inflight", "snd": snd, "rcv": rcv, "when": when, "inflight": total,
+            "exact": ok, "accelerated": acc}
+
+
+def reset() -> dict:
+    base = on_fabric()
+    c, s = pair(4096, 4096)
+    c.sendall(b"x")  # the switch, then a reader that takes 1 KiB and goes
+    assert s.recv(1) == b"x"
+    acc = on_fabric() - base if base >= 0 else -1
+    out: dict = {}
+
+    def write() -> None:
+        try:
+            c.sendall(b"y" * (1 << 20))
+            out["err"] = None
+        except OSError as e:
+            out["err"] = errno.errorcode.get(e.errno, str(e.errno))
+
+    t = threading.Thread(target=write)
+    t.start()
+    time.sleep(0.2)
+    n = 0
+    while n < 1024:
+        n += len(s.recv(1024 - n))
+    s.close()
+    t.join(10)
+    c.close()
+    return {"case": "reset", "hung": t.is_alive(), "err": out.get("err"), "accelerated": acc}
+
+
+def asyncio_reset() -> dict:
+    import asyncio
+
+    async def run() -> dict:
+        base = on_fabric()
+        done = asyncio.get_running_loop().create_future()
+
+        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readexactly(1025)
+            w.close()
+            done.set_result(True)
+
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        srv = await asyncio.start_server(serve, sock=ls)
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        c.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(c, ls.getsockname())
+        r, w = await asyncio.open_connection(sock=c)
+        w.write(b"x")  # the switch: the reader then wants 1 KiB more
+        await w.drain()
+        acc = on_fabric() - base if base >= 0 else -1
+        err = None
+        try:
+            # a "file" that the ring would take whole, and TCP's 4 KiB
+            # buffers would not: drain() waits for the reader, which goes
+            w.write(b"z" * (512 << 10))
+            await asyncio.wait_for(w.drain(), 10)
+        except (ConnectionError, OSError) as e:
+            err = type(e).__name__
+        except asyncio.TimeoutError:
+            err = "hung"
+        await asyncio.wait_for(done, 10)
+        w.close()
+        srv.close()
+        return {"case": "asyncio", "err": err, "accelerated": acc}
+
+    return asyncio.run(run())
+
+
+def timeo() -> dict:
+    base = on_fabric()
+    c, s = pair(timeo=0.2)
+    c.sendall(b"a")
+    assert s.recv(1) == b"a"
+    s.sendall(b"b")
+    assert c.recv(1) == b"b"
+    acc = on_fabric() - base if base >= 0 else -1
+    res = {}
+    for name, x in (("client", c), ("server", s)):
+        t0 = time.monotonic()
+        try:
+            x.recv(1)
+            res[name] = "data"
+        except OSError as e:
+            res[name] = errno.errorcode.get(e.errno, str(e.errno))
+        res[name + "_waited"] = time.monotonic() - t0 >= 0.15
+    c.close()
+    s.close()
+    return {"case": "timeo", **res, "accelerated": acc}
+
+
+def main() -> None:
+    what = sys.argv[1]
+    if what == "inflight":
+        for when in ("before", "after"):
+            for snd, rcv in ((4096, 4096), (4096, 0), (0, 4096), (16384, 16384),
+                             (65536, 65536), (262144, 262144)):
+                print(json.dumps(inflight(snd, rcv, when)), flush=True)
+    elif what == "reset":
+        print(json.dumps(reset()), flush=True)
+    elif what == "asyncio":
+        print(json.dumps(asyncio_reset()), flush=True)
+    else:
+        print(json.dumps(timeo()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

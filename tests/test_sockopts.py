@@ -1,0 +1,70 @@
+"""Socket options against the kernel (issue 11): the same program
+(tests/programs/sockopts.py) on plain TCP and under fastivc, every case
+with both ends on the ring.
+
+- SO_SNDBUF / SO_RCVBUF bound the bytes in flight: a writer to a peer that
+  does not read gets EAGAIN after no more than the kernel takes with the
+  same buffers (before: the whole ring, 1 MiB and more, whatever was set),
+  and not absurdly less (an eighth); set before connect(), on the
+  listener (inherited) or on the connected pair.  Every byte is checked.
+- So a writer with small buffers to a reader that reads 1 KiB and closes
+  gets the kernel's error, blocking and through asyncio (before: a 512
+  KiB asyncio write "succeeded" into the ring).
+- SO_RCVTIMEO set on the listener (inherited) or before connect() holds
+  after the switch (before: ignored, the recv slept for ever)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastivc.run import build_env
+
+PROG = str(Path(__file__).with_name("programs") / "sockopts.py")
+
+
+def _run(case: str, env: dict) -> list[dict]:
+    r = subprocess.run([sys.executable, PROG, case], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads(ln) for ln in r.stdout.splitlines()]
+
+
+def _both(case: str, shm_path: str) -> tuple[list[dict], list[dict]]:
+    import os
+    plain = dict(os.environ)
+    plain.pop("LD_PRELOAD", None)
+    return _run(case, plain), _run(case, build_env(os.environ, fabric=shm_path))
+
+
+def test_buffer_sizes_bound_the_bytes_in_flight(shm_path):
+    plain, fast = _both("inflight", shm_path)
+    assert len(plain) == len(fast) == 12
+    for p, f in zip(plain, fast, strict=True):
+        what = f"SO_SNDBUF {p['snd']}, SO_RCVBUF {p['rcv']}, {p['when']}"
+        assert p["exact"] and f["exact"], what
+        assert f["accelerated"] == 2, (what, f)
+        assert 0 < f["inflight"] <= p["inflight"], (what, p["inflight"], f["inflight"])
+        assert f["inflight"] >= p["inflight"] // 8 or f["inflight"] >= 1 << 20, \
+            (what, p["inflight"], f["inflight"])
+
+
+@pytest.mark.parametrize("case", ["reset", "asyncio"])
+def test_small_buffers_writer_sees_the_readers_close(shm_path, case):
+    (p,), (f,) = _both(case, shm_path)
+    assert f["accelerated"] == 2, f
+    assert p["err"] not in (None, "hung"), p
+    assert {k: v for k, v in f.items() if k != "accelerated"} == \
+        {k: v for k, v in p.items() if k != "accelerated"}, (p, f)
+
+
+def test_rcvtimeo_inherited_and_set_before_connect(shm_path):
+    (p,), (f,) = _both("timeo", shm_path)
+    assert f["accelerated"] == 2, f
+    assert p["client"] == p["server"] == "EAGAIN", p
+    assert {k: v for k, v in f.items() if k != "accelerated"} == \
+        {k: v for k, v in p.items() if k != "accelerated"}, (p, f)
