@@ -656,7 +656,17 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		int r = armed ? (writing ? ready_write(c) : ready_read(c, &eof)) : 0;
 		if (r)
 			return r < 0 ? r : 0;
+		/* Shut meanwhile by another thread of ours (as TCP, whose
+		 * shutdown wakes a blocked recv with 0 and a blocked send with
+		 * EPIPE): the caller sees it.  The futex doorbell is rung by
+		 * the shutdown; the TCP doorbell's sleeper sees it after its
+		 * nap, FIVC_LIVENESS_MS at most (regression, issue 11: a recv
+		 * blocked in another thread stayed blocked until data came). */
+		if (__atomic_load_n(writing ? &c->wr_shut : &c->rd_shut, __ATOMIC_ACQUIRE))
+			return 0;
+		__atomic_add_fetch(&c->sleepers[writing], 1, __ATOMIC_ACQ_REL);
 		int w = c->db->wait(c->db_ctx, word, seq, tmo);
+		__atomic_sub_fetch(&c->sleepers[writing], 1, __ATOMIC_ACQ_REL);
 		(*(writing ? &c->tx_sleeps : &c->rx_sleeps))++;
 		if (w == -EINTR)
 			return -EINTR;
@@ -1116,6 +1126,8 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 		int w = wait_ready(c, 1);
 		if (w < 0)
 			return done ? (ssize_t)done : w;
+		if (__atomic_load_n(&c->wr_shut, __ATOMIC_ACQUIRE))
+			return done ? (ssize_t)done : -EPIPE; /* (sk_stream_wait_memory) */
 	}
 	return (ssize_t)done;
 }
@@ -1127,6 +1139,17 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 static int chan_shutdown(struct fivc_chan *c, int how, int closing);
 
 int fivc_chan_shutdown(struct fivc_chan *c, int how) { return chan_shutdown(c, how, 0); }
+
+/* Wake our own threads asleep on word (a shutdown of theirs): the futex
+ * doorbell only, whose sleepers compare the word (a TCP doorbell's wake
+ * would go to the peer). */
+static void wake_own(struct fivc_chan *c, uint32_t *word)
+{
+	if (c->db != &fivc_doorbell_futex)
+		return;
+	fivc_fetch_add(word, 1);
+	syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+}
 
 static int chan_shutdown(struct fivc_chan *c, int how, int closing)
 {
@@ -1148,7 +1171,8 @@ static int chan_shutdown(struct fivc_chan *c, int how, int closing)
 		return 0;
 	}
 	if ((how == SHUT_WR || how == SHUT_RDWR) && !c->wr_shut) {
-		c->wr_shut = 1;
+		__atomic_store_n(&c->wr_shut, 1, __ATOMIC_RELEASE);
+		wake_own(c, &c->tx->prod_wake);
 		/* SYNC POINT WRITE: after the last tail; pairs with ready_read.
 		 * (A reset connection is CLOSEd: no FIN goes after the reset.) */
 		if (!c->reset) {
@@ -1157,7 +1181,8 @@ static int chan_shutdown(struct fivc_chan *c, int how, int closing)
 		}
 	}
 	if ((how == SHUT_RD || how == SHUT_RDWR) && !c->rd_shut) {
-		c->rd_shut = 1;
+		__atomic_store_n(&c->rd_shut, 1, __ATOMIC_RELEASE);
+		wake_own(c, &c->rx->cons_wake);
 		/* (a hint for the writer: bytes now reset us if we shut writing too) */
 		__atomic_fetch_or(&c->rx->rd_closed, FIVC_RD_SHUT, __ATOMIC_RELEASE);
 	}

@@ -1,4 +1,5 @@
-"""Socket options against the kernel (issue 11): the same program
+"""Socket options, and calls from other threads, against the kernel
+(issue 11): the same program
 (tests/programs/sockopts.py) on plain TCP and under fastivc, every case
 with both ends on the ring.
 
@@ -66,5 +67,36 @@ def test_rcvtimeo_inherited_and_set_before_connect(shm_path):
     (p,), (f,) = _both("timeo", shm_path)
     assert f["accelerated"] == 2, f
     assert p["client"] == p["server"] == "EAGAIN", p
+    assert {k: v for k, v in f.items() if k != "accelerated"} == \
+        {k: v for k, v in p.items() if k != "accelerated"}, (p, f)
+
+
+def test_calls_from_another_thread_while_one_blocks(shm_path):
+    """A recv or send blocked in one thread, and in another: shutdown
+    (SHUT_RD ends the recv with 0, SHUT_WR the send with EPIPE, within 1 s:
+    before, the recv slept until data came), or the same direction with
+    MSG_DONTWAIT (EAGAIN at once: before, it waited for the blocked call's
+    lock, i.e. for its data).  Allowed difference: a 1-byte MSG_DONTWAIT
+    send while another send blocks may be taken by TCP (room left in its
+    last segment) where the full ring gives EAGAIN."""
+    plain, fast = _both("threads", shm_path)
+    assert [p["case"] for p in plain] == [f["case"] for f in fast]
+    for p, f in zip(plain, fast, strict=True):
+        assert f["accelerated"] == 2, f
+        assert not p["hung"] and p["within_1s"], p
+        if p["case"] == "dontwait_wr":
+            assert f["other"] in ("EAGAIN", "ok") and f["other_at_once"], (p, f)
+            p, f = ({k: v for k, v in x.items() if k != "other"} for x in (p, f))
+        assert {k: v for k, v in f.items() if k != "accelerated"} == \
+            {k: v for k, v in p.items() if k != "accelerated"}, (p, f)
+
+
+def test_sendfile_ends_and_errors_as_the_kernels(shm_path):
+    """sendfile() with an offset into a full non-blocking socket ends with
+    EAGAIN (before: 0, the caller's end of file), every byte exact; from a
+    pipe or a socket EINVAL (before: the pipe's unsent tail was lost)."""
+    (p,), (f,) = _both("sendfile", shm_path)
+    assert f["accelerated"] == 2, f
+    assert p["end"] == "EAGAIN" and p["pipe"] == p["socket"] == "EINVAL", p
     assert {k: v for k, v in f.items() if k != "accelerated"} == \
         {k: v for k, v in p.items() if k != "accelerated"}, (p, f)

@@ -69,6 +69,9 @@ static int tcp_db_poll(struct fsock *fs, uint32_t *word, uint32_t expected,
 		return e == EINTR ? -EINTR : 0;
 	if (r == 0) /* (a 1 ms look may find the word moved: woken meanwhile) */
 		return fivc_load_acquire(word) != expected ? 0 : -ETIMEDOUT;
+	if (p.revents & POLLNVAL)
+		return 0; /* closed by another thread while we slept (sock.c keeps
+			   * the socket for us): look again, on fs->fd */
 	fivc_fs_drain(fs, p.fd);
 	return 0;
 }
@@ -397,6 +400,7 @@ struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side)
 	if (!fs)
 		return NULL;
 	fs->refs = 1;
+	fs->kept_fd = -1;
 	fs->fd = fd;
 	fs->side = side;
 	fs->fab = fab;

@@ -298,7 +298,9 @@ static int tcp_wait_live(struct fsock *fs, int fd, uint64_t start)
 		if (tmo < 0)
 			return -EAGAIN;
 		struct pollfd p = {.fd = fd, .events = POLLIN};
+		__atomic_add_fetch(&fs->ch.sleepers[0], 1, __ATOMIC_ACQ_REL); /* (fs_lock) */
 		int r = fivc_real.poll(&p, 1, tmo);
+		__atomic_sub_fetch(&fs->ch.sleepers[0], 1, __ATOMIC_ACQ_REL);
 		if (r > 0)
 			return 0;
 		if (r < 0 && errno == EINTR) {
@@ -571,6 +573,32 @@ static int client_after_tcp_read_shared(struct fsock *fs, ssize_t r)
 	return doorbells;
 }
 
+/* A direction's lock for a call.  One that must not block (O_NONBLOCK,
+ * MSG_DONTWAIT) while another thread of ours sleeps in a blocking call on
+ * that direction, lock held: -EAGAIN, as the kernel's (that thread slept:
+ * nothing was there; regression, issue 11: it waited for the other's
+ * data).  A holder that is not asleep (copying, spinning) is waited for,
+ * and after a while (a blocking TCP write before the switch, which the
+ * kernel sleeps in, uncounted) the lock is simply taken. */
+static int fs_lock(struct fsock *fs, int wr, int nb)
+{
+	pthread_mutex_t *m = wr ? &fs->wr_lock : &fs->rd_lock;
+	if (!nb) {
+		pthread_mutex_lock(m);
+		return 0;
+	}
+	for (unsigned i = 0; pthread_mutex_trylock(m) != 0; i++) {
+		if (__atomic_load_n(&fs->ch.sleepers[wr], __ATOMIC_ACQUIRE))
+			return -EAGAIN;
+		if (i >= 1u << 14) {
+			pthread_mutex_lock(m);
+			return 0;
+		}
+		fivc_cpu_relax();
+	}
+	return 0;
+}
+
 /* One recv on an fsock; the body behind every read-family wrapper. */
 /* Urgent data and the error queue have no ring equivalent: the error
  * queue is the kernel's (nothing is queued for ring bytes), and MSG_OOB is
@@ -583,7 +611,17 @@ static int unsupported_flags(struct fsock *fs, int fd, int flags)
 	return 1;
 }
 
+static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags);
+
 ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
+{
+	fivc_fs_hold(fs);
+	ssize_t r = fs_recv(fs, fd, buf, len, flags);
+	fivc_fs_unhold(fs);
+	return r;
+}
+
+static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 {
 	if (flags & MSG_ERRQUEUE) {
 		ssize_t e = fivc_real.recv(fd, buf, len, flags);
@@ -599,7 +637,8 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 	 * so the peer is past its switch (or closed its ring) and what we still
 	 * wait for comes over TCP; arming again would only find it ready again. */
 	int arm_ok = 1;
-	pthread_mutex_lock(&fs->rd_lock);
+	if (fs_lock(fs, 0, fs->nonblock || (flags & MSG_DONTWAIT)) < 0)
+		return -EAGAIN;
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	for (;;) {
 		switch (fs->state) {
@@ -742,7 +781,17 @@ out:
 	return r;
 }
 
+static ssize_t fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags);
+
 ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
+{
+	fivc_fs_hold(fs);
+	ssize_t r = fs_send(fs, fd, buf, len, flags);
+	fivc_fs_unhold(fs);
+	return r;
+}
+
+static ssize_t fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
 {
 	if (unsupported_flags(fs, fd, flags))
 		return -EOPNOTSUPP;
@@ -759,7 +808,8 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 	ssize_t r;
 	if (fs->state == FS_CLIENT_PENDING && !fs->tcp_sent)
 		pending_spin_once(fs, fd, flags, PENDING_SPUN_WRITE);
-	pthread_mutex_lock(&fs->wr_lock);
+	if (fs_lock(fs, 1, fs->nonblock || (flags & MSG_DONTWAIT)) < 0)
+		return -EAGAIN;
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	fivc_fs_client_check(fs, 1);
 	size_t pre = 0; /* bytes TCP took before a switch midway (pre_shared) */
@@ -797,8 +847,20 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 /* Vectored forms: the ring piece by piece (a short count when a
  * non-blocking ring fills or empties, like a socket).  After the first bytes
  * a write must not raise SIGPIPE and a read takes only what is there. */
+static ssize_t fs_vec_in(struct fsock *fs, int fd, const struct iovec *iov, int n, int wr,
+			 int flags, int later);
+
 static ssize_t fs_vec(struct fsock *fs, int fd, const struct iovec *iov, int n, int wr,
 		      int flags, int later)
+{
+	fivc_fs_hold(fs); /* (across the pieces: see fivc_fs_hold) */
+	ssize_t r = fs_vec_in(fs, fd, iov, n, wr, flags, later);
+	fivc_fs_unhold(fs);
+	return r;
+}
+
+static ssize_t fs_vec_in(struct fsock *fs, int fd, const struct iovec *iov, int n, int wr,
+			 int flags, int later)
 {
 	size_t done = 0;
 	for (int i = 0; i < n; i++) {

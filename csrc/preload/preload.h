@@ -141,6 +141,10 @@ enum fsock_state {
 
 struct fsock {
 	int refs;          /* fds of this process that refer to it (dup) */
+	int hold;          /* 2 x calls of ours inside it | 1 once refs reached 0
+			    * (fivc_fs_hold: the last one out releases it) */
+	int kept_fd;       /* -1, or our duplicate of its TCP socket, closed by the
+			    * program while a call of another thread was inside */
 	int fd;            /* one of those fds: the TCP socket for doorbells */
 	int side;          /* FIVC_SIDE_CLIENT / FIVC_SIDE_SERVER */
 	int state;         /* enum fsock_state; changes under both locks */
@@ -264,6 +268,18 @@ int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len);
 int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4);
 
 /* I/O on an accelerated socket (io.c); -errno inside, errno at the wrappers */
+/* A call inside fs: closed meanwhile by another thread, fs stays until the
+ * call is done (as the kernel keeps a file for a call blocked in it: the
+ * call goes on, and gets the bytes that come).  One RMW each way; the
+ * transition to 1 (no call inside, no fd left) is the release's, whoever
+ * makes it. */
+void fivc_fs_release(struct fsock *fs);
+static inline void fivc_fs_hold(struct fsock *fs) { __atomic_add_fetch(&fs->hold, 2, __ATOMIC_ACQ_REL); }
+static inline void fivc_fs_unhold(struct fsock *fs)
+{
+	if (__atomic_sub_fetch(&fs->hold, 2, __ATOMIC_ACQ_REL) == 1)
+		fivc_fs_release(fs);
+}
 ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags);
 ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags);
 ssize_t fivc_fs_recvv(struct fsock *fs, int fd, const struct iovec *iov, int n, int flags);

@@ -8,11 +8,19 @@
 #include "fastivc/atomics.h"
 #include "preload.h"
 
+static void drain_doorbells(struct fsock *fs, int fd);
+
 /* This process lets go of fs.  When other processes still hold the same
  * side (fork), only our private state goes; the last holder closes. */
 void fivc_fs_release(struct fsock *fs)
 {
 	int last = 1;
+	if (fs->kept_fd >= 0) { /* closed while a call was inside: now TCP's close */
+		__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED);
+		drain_doorbells(fs, fs->kept_fd);
+		fivc_real.close(fs->kept_fd);
+		fs->kept_fd = -1;
+	}
 	if (fivc_fs_uses_fabric(fs))
 		last = fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
 					fs->untracked ? 0 : fs->fab->self) != 0;
@@ -82,14 +90,32 @@ static int fs_detach(int fd, int do_close)
 	int r = 0, e = errno;
 	if (fs)
 		__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED); /* the next call sets one */
-	if (do_close && fs && __atomic_load_n(&fs->refs, __ATOMIC_RELAXED) == 1)
-		drain_doorbells(fs, fd);
+	if (do_close && fs && __atomic_load_n(&fs->refs, __ATOMIC_RELAXED) == 1) {
+		if (__atomic_load_n(&fs->hold, __ATOMIC_ACQUIRE) >= 2 && fs->state == FS_ACCEL) {
+			/* Another thread is inside a call (blocked in recv,
+			 * say): the kernel keeps the file for that call, which
+			 * goes on and gets the bytes that come, and sends no
+			 * FIN before it is done.  So do we: the socket stays,
+			 * as a duplicate, until the last call is out; the fd
+			 * number is the program's again at once (regression,
+			 * issue 11: the recv slept on, and fs was freed under
+			 * it). */
+			int keep = fivc_real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+			if (keep >= 0) {
+				fs->kept_fd = keep;
+				__atomic_store_n(&fs->fd, keep, __ATOMIC_RELAXED);
+			}
+		} else {
+			drain_doorbells(fs, fd);
+		}
+	}
 	if (do_close) {
 		r = fivc_real.close(fd);
 		e = errno;
 	}
-	if (fs && __atomic_sub_fetch(&fs->refs, 1, __ATOMIC_ACQ_REL) == 0)
-		fivc_fs_release(fs);
+	if (fs && __atomic_sub_fetch(&fs->refs, 1, __ATOMIC_ACQ_REL) == 0 &&
+	    __atomic_or_fetch(&fs->hold, 1, __ATOMIC_ACQ_REL) == 1)
+		fivc_fs_release(fs); /* (else the last call out: fivc_fs_unhold) */
 	errno = e;
 	return r;
 }
@@ -364,6 +390,14 @@ static void hold_for_child(struct fsock *fs, int fd, struct fork_child *c)
  * connection). */
 static void fork_settle(struct fsock *fs, int child)
 {
+	if (child && __atomic_load_n(&fs->hold, __ATOMIC_RELAXED) >= 2) {
+		/* a thread of the parent was inside a call: none is in the
+		 * child, whose copies of the locks it held are held by nobody */
+		fs->hold &= 1;
+		fs->ch.sleepers[0] = fs->ch.sleepers[1] = 0;
+		pthread_mutex_init(&fs->rd_lock, NULL);
+		pthread_mutex_init(&fs->wr_lock, NULL);
+	}
 	if (!fs->child_untracked)
 		return;
 	if (child)

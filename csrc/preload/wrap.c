@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
@@ -189,14 +190,33 @@ FIVC_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 		  : fivc_real.sendmsg(fd, m, flags);
 }
 
-/* sendfile into an accelerated socket: copy through a buffer. */
+/* sendfile into an accelerated socket: copy through a buffer.  As the
+ * kernel's: a pipe or socket to read from is EINVAL (it needs a file it
+ * can splice from), and an error before any byte went is the error, with
+ * an offset too (regression, issue 11: a full non-blocking ring gave 0,
+ * which callers read as the end of the file).  Bytes read and not sent go
+ * back (lseek) where the file can seek; where it cannot (a character
+ * device), a non-blocking socket reads no more than the ring takes. */
 static ssize_t sendfile_fs(struct fsock *fs, int out, int in, off_t *off, size_t count)
 {
 	char buf[65536];
 	size_t done = 0;
 	off_t pos = off ? *off : 0;
+	struct stat st;
+	if (fstat(in, &st) < 0)
+		return -errno;
+	if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))
+		return -EINVAL;
+	int seekable = off || lseek(in, 0, SEEK_CUR) >= 0;
 	while (done < count) {
 		size_t want = count - done < sizeof(buf) ? count - done : sizeof(buf);
+		if (!seekable && fs->state == FS_ACCEL && fs->nonblock) {
+			ssize_t room = fivc_chan_writable(&fs->ch);
+			if (room == 0)
+				return done ? (ssize_t)done : -EAGAIN;
+			if (room > 0 && (size_t)room < want)
+				want = (size_t)room;
+		}
 		ssize_t r = off ? pread(in, buf, want, pos) : fivc_real.read(in, buf, want);
 		if (r < 0) {
 			if (done)
@@ -207,10 +227,10 @@ static ssize_t sendfile_fs(struct fsock *fs, int out, int in, off_t *off, size_t
 			break;
 		ssize_t w = fivc_fs_send(fs, out, buf, (size_t)r, 0);
 		if (w < 0) {
-			if (!off && done == 0)
-				return w;
-			if (!off) /* we consumed r bytes of the file we could not send */
+			if (!off && seekable) /* we consumed r bytes of the file we could not send */
 				lseek(in, -(off_t)r, SEEK_CUR);
+			if (done == 0)
+				return w;
 			break;
 		}
 		if (!off && w < r)
@@ -225,16 +245,24 @@ static ssize_t sendfile_fs(struct fsock *fs, int out, int in, off_t *off, size_t
 	return (ssize_t)done;
 }
 
+static ssize_t sendfile_held(struct fsock *fs, int out, int in, off_t *off, size_t count)
+{
+	fivc_fs_hold(fs); /* (across the pieces: see fivc_fs_hold) */
+	ssize_t r = sendfile_fs(fs, out, in, off, count);
+	fivc_fs_unhold(fs);
+	return fivc_ret(r);
+}
+
 FIVC_EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
 {
 	struct fsock *fs = managed(out);
-	return fs ? fivc_ret(sendfile_fs(fs, out, in, off, count)) : fivc_real.sendfile(out, in, off, count);
+	return fs ? sendfile_held(fs, out, in, off, count) : fivc_real.sendfile(out, in, off, count);
 }
 
 FIVC_EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t count)
 {
 	struct fsock *fs = managed(out);
-	return fs ? fivc_ret(sendfile_fs(fs, out, in, off, count))
+	return fs ? sendfile_held(fs, out, in, off, count)
 		  : fivc_real.sendfile64(out, in, off, count);
 }
 

@@ -15,6 +15,15 @@ were on the ring (-1: not under fastivc).
     sockopts.py asyncio    the same through asyncio streams (an event loop,
         non-blocking sockets): one write of 512 KiB, whose drain() must
         fail
+    sockopts.py threads    a call blocked in one thread, and in another:
+        shutdown(SHUT_RD) (the recv returns 0), shutdown(SHUT_WR) (the
+        send fails), recv/send with MSG_DONTWAIT (EAGAIN, not a wait for
+        the blocked call), close() (the recv goes on and gets the next
+        bytes; the peer sees EOF only after that)
+    sockopts.py sendfile   sendfile() into the socket: from a file with an
+        offset into a non-blocking socket until it is full (the end must
+        be EAGAIN, not 0, which says end of file); from a pipe and from a
+        socket (EINVAL)
     sockopts.py timeo      SO_RCVTIMEO (0.2 s) set on the listener and on
         the client before connect(): a recv on each end with nothing
         coming, after one byte each way
@@ -25,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import os
 import socket
 import struct
 import sys
@@ -180,6 +190,141 @@ def asyncio_reset() -> dict:
     return asyncio.run(run())
 
 
+def threads() -> list[dict]:
+    out = []
+    for case in ("shut_rd", "shut_wr", "dontwait_rd", "dontwait_wr", "close_rd"):
+        base = on_fabric()
+        c, s = pair()
+        c.sendall(b"a")
+        assert s.recv(1) == b"a"
+        s.sendall(b"b")
+        assert c.recv(1) == b"b"
+        acc = on_fabric() - base if base >= 0 else -1
+        res: dict = {}
+        writer = case.endswith("wr")
+        if writer:  # fill what the peer's buffers take, so that a send blocks
+            c.setblocking(False)
+            try:
+                while True:
+                    c.send(b"f" * 65536)
+            except BlockingIOError:
+                pass
+            c.setblocking(True)
+
+        def blocked(c: socket.socket = c, res: dict = res, writer: bool = writer) -> None:
+            try:
+                if writer:
+                    while True:
+                        c.send(b"g" * 65536)
+                else:
+                    res["blocked"] = repr(c.recv(10))
+            except OSError as e:
+                res["blocked"] = errno.errorcode.get(e.errno, str(e.errno))
+            res["t"] = time.monotonic()
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        if case == "close_rd":
+            # the kernel keeps the file for the blocked recv: it gets what
+            # comes next, and only then does the socket close (FIN)
+            os.close(c.detach())
+            s.settimeout(0.3)
+            try:
+                res["peer_before"] = repr(s.recv(1))
+            except TimeoutError:
+                res["peer_before"] = "nothing"
+            s.settimeout(None)
+            s.sendall(b"y")
+            t.join(5)
+            s.settimeout(5)
+            try:
+                res["peer_after"] = repr(s.recv(1))
+            except OSError as e:
+                res["peer_after"] = type(e).__name__
+        elif case == "shut_rd":
+            c.shutdown(socket.SHUT_RD)
+        elif case == "shut_wr":
+            c.shutdown(socket.SHUT_WR)
+        else:
+            try:
+                (c.send(b"h", socket.MSG_DONTWAIT) if writer else c.recv(1, socket.MSG_DONTWAIT))
+                res["other"] = "ok"
+            except OSError as e:
+                res["other"] = errno.errorcode.get(e.errno, str(e.errno))
+            res["other_at_once"] = time.monotonic() - t0 < 0.1
+            if writer:  # unblock: the peer reads it all
+                s.setblocking(False)
+                try:
+                    while s.recv(1 << 20):
+                        pass
+                except BlockingIOError:
+                    pass
+                c.shutdown(socket.SHUT_WR)
+            else:
+                s.sendall(b"z")
+        t.join(5)
+        res["hung"] = t.is_alive()
+        res["within_1s"] = not res["hung"] and res["t"] - t0 < 1.0
+        res.pop("t", None)
+        if writer and case == "dontwait_wr":
+            res.pop("blocked", None)  # (how the send ends is the unblocking's)
+        c.close()
+        s.close()
+        out.append({"case": case, **res, "accelerated": acc})
+        time.sleep(0.05)
+    return out
+
+
+def sendfile() -> dict:
+    import tempfile
+    base = on_fabric()
+    c, s = pair()
+    c.sendall(b"a")
+    assert s.recv(1) == b"a"
+    acc = on_fabric() - base if base >= 0 else -1
+    res: dict = {"case": "sendfile"}
+    with tempfile.TemporaryFile() as f:
+        f.write(pattern(0, 8 << 20))
+        f.flush()
+        c.setblocking(False)
+        off = 0
+        while True:
+            try:
+                n = os.sendfile(c.fileno(), f.fileno(), off, 1 << 20)
+            except OSError as e:
+                res["end"] = errno.errorcode.get(e.errno, str(e.errno))
+                break
+            if n == 0:
+                res["end"] = "0"
+                break
+            off += n
+        c.shutdown(socket.SHUT_WR)
+        got, ok = 0, True
+        while base >= 0:  # (as in inflight: only the ring's bytes are read)
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            ok = ok and b == pattern(got, len(b))
+            got += len(b)
+        res["exact"] = ok and (got == off or base < 0)
+    r, w = os.pipe()
+    os.write(w, b"p" * 100)
+    x, y = socket.socketpair()
+    y.send(b"q" * 100)
+    for name, fd in (("pipe", r), ("socket", x.fileno())):
+        try:
+            res[name] = os.sendfile(s.fileno(), fd, None, 100)
+        except OSError as e:
+            res[name] = errno.errorcode.get(e.errno, str(e.errno))
+    for fd in (r, w):
+        os.close(fd)
+    for x_ in (x, y, c, s):
+        x_.close()
+    return {**res, "accelerated": acc}
+
+
 def timeo() -> dict:
     base = on_fabric()
     c, s = pair(timeo=0.2)
@@ -211,6 +356,11 @@ def main() -> None:
                 print(json.dumps(inflight(snd, rcv, when)), flush=True)
     elif what == "reset":
         print(json.dumps(reset()), flush=True)
+    elif what == "sendfile":
+        print(json.dumps(sendfile()), flush=True)
+    elif what == "threads":
+        for r in threads():
+            print(json.dumps(r), flush=True)
     elif what == "asyncio":
         print(json.dumps(asyncio_reset()), flush=True)
     else:

@@ -83,6 +83,7 @@ struct fivc_chan {
 	int peer_gone;                 /* set by the doorbell: 1 the peer's socket
 					  closed (EOF after drain), 2 it was reset */
 	uint64_t rd_timeout_ns, wr_timeout_ns; /* 0: wait forever (SO_RCVTIMEO/SNDTIMEO) */
+	uint32_t sleepers[2];          /* our threads asleep in a read [0] / write [1] */
 	uint64_t sndbuf;               /* our SO_SNDBUF as the kernel reports it, when the
 					  program set one; 0: none (bytes in flight unbounded
 					  but by the ring) */
