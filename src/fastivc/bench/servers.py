@@ -525,9 +525,14 @@ def _drive(name: str, once: Callable[[Run], tuple[dict, list[str]]],
                          "rows (see raw)")
         partial = len(full) < len(ok)
         if partial:
-            notes.append(f"partial{at}: the fabric was full, at most "
+            runs = "; ".join(f"run {i + 1}: the server adopted {fast[i]['server_adopted']} "
+                             f"offers for {fast[i]['connections_expected']} connections, "
+                             f"{fast[i]['plain_fallbacks']} fell back to plain TCP"
+                             for i in ok if not fast[i]["accelerated"])
+            notes.append(f"partial{at}: at most "
                          f"{min(fast[i].get('accelerated_connections', 0) for i in ok)} "
-                         "connections were accelerated at once; the rest ran plain TCP")
+                         f"connections were accelerated at once ({runs}); the rest ran "
+                         "plain TCP or were not made yet")
         for field, title in metrics:
             row = compare(title.format(count=count), "req/s", "higher",
                           [plain[i][field] for i in ok], [fast[i][field] for i in ok])
