@@ -42,6 +42,7 @@ int fivc_ring_consumer_waiting(struct fivc_ring_hdr *r)
 }
 
 static int before(uint64_t a, uint64_t b) { return (int64_t)(a - b) < 0; }
+enum { URG_NONE, URG_PENDING, URG_VALID, URG_READ }; /* "urgent data" below */
 static int tx_can_grow(struct fivc_chan *c);
 static uint64_t tx_space(const struct fivc_chan *c);
 static uint64_t tx_bound(const struct fivc_chan *c);
@@ -737,7 +738,34 @@ ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof)
 	int r = ready_read(c, eof);
 	if (r < 0)
 		return r;
-	return (ssize_t)(c->rx_tail_seen - c->rx_head);
+	uint64_t n = c->rx_tail_seen - c->rx_head;
+	/* (tcp_poll: an urgent byte at the mark, not inline, is not data) */
+	uint32_t cnt = n && !c->oob_inline ? fivc_load_acquire(&c->rx->urg_count) : 0;
+	if (cnt && (__atomic_load_n(&c->urg_state, __ATOMIC_RELAXED) != URG_NONE ||
+		    cnt != __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED)) &&
+	    fivc_load_relaxed(&c->rx->urg_seq) == c->rx_head)
+		n--;
+	return (ssize_t)n;
+}
+
+/* FIONREAD (SIOCINQ): what is there, or, with an urgent mark ahead and
+ * not SO_OOBINLINE, the bytes before the mark (tcp_ioctl). */
+ssize_t fivc_chan_inq(struct fivc_chan *c)
+{
+	int eof;
+	refresh(c);
+	int r = ready_read(c, &eof);
+	if (r < 0)
+		return r;
+	uint64_t n = c->rx_tail_seen - c->rx_head;
+	uint32_t cnt = n && !c->oob_inline ? fivc_load_acquire(&c->rx->urg_count) : 0;
+	if (cnt && (__atomic_load_n(&c->urg_state, __ATOMIC_RELAXED) != URG_NONE ||
+		    cnt != __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED))) {
+		uint64_t pos = fivc_load_relaxed(&c->rx->urg_seq);
+		if (!before(pos, c->rx_head) && before(pos, c->rx_tail_seen))
+			n = pos - c->rx_head;
+	}
+	return (ssize_t)n;
 }
 
 ssize_t fivc_chan_writable(struct fivc_chan *c)
@@ -1005,6 +1033,107 @@ static ssize_t read_end(struct fivc_chan *c)
 
 /* ---- data ---- */
 
+/* ---- urgent data (issue 11) ----
+ *
+ * As TCP's urgent pointer: send(MSG_OOB) makes its last byte urgent.  The
+ * writer stores the byte's stream offset in its ring (urg_seq, then
+ * urg_count, before the tail that covers it).  The reader keeps the mark:
+ * - the byte, once it is in, is readable once with recv(MSG_OOB)
+ *   (tcp_recv_urg: EINVAL without one, once read, or with SO_OOBINLINE;
+ *   EAGAIN while it is not in yet), and POLLPRI says so;
+ * - a read stops at the mark (after bytes, it returns them); at the mark,
+ *   without SO_OOBINLINE, the urgent byte is not part of the stream and
+ *   is skipped, with it the byte is read in order;
+ * - SIOCATMARK: the next byte is the mark;
+ * - a read past the mark drops it (urg_data = 0), and a later urgent send
+ *   replaces an earlier mark, whose byte is then in-band.
+ * Left out: SIGURG (the kernel raises it for TCP's urgent pointer, which
+ * ring bytes do not carry) and, at a new mark, tcp_check_urg's skip of an
+ * old urgent byte the reader sits at.  The mark is the peer's word: one
+ * behind us is dropped, one ahead waits until the bytes reach it. */
+static void urg_set(struct fivc_chan *c, int st) { __atomic_store_n(&c->urg_state, st, __ATOMIC_RELAXED); }
+
+/* Reader: take a new mark, its byte once it is in, drop a mark read past.
+ * rx_tail_seen fresh (ready_read). */
+static void urg_look(struct fivc_chan *c)
+{
+	uint32_t n = fivc_load_acquire(&c->rx->urg_count);
+	if (n != c->urg_seen) {
+		uint64_t pos = fivc_load_relaxed(&c->rx->urg_seq);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (fivc_load_relaxed(&c->rx->urg_count) != n)
+			return; /* a newer one came meanwhile: the next look */
+		__atomic_store_n(&c->urg_seen, n, __ATOMIC_RELAXED);
+		c->urg_pos = pos;
+		urg_set(c, before(pos, c->rx_head) ? URG_NONE : URG_PENDING);
+	}
+	int st = c->urg_state;
+	if (st == URG_NONE)
+		return;
+	if (before(c->urg_pos, c->rx_head)) {
+		urg_set(c, URG_NONE);
+		return;
+	}
+	if (st == URG_PENDING && before(c->urg_pos, c->rx_tail_seen) &&
+	    view_holds(&c->rxv, c->rx_head, c->rx_tail_seen)) {
+		view_copy(&c->rxv, c->urg_pos, &c->urg_byte, 1, 0);
+		urg_set(c, URG_VALID);
+	}
+}
+
+static int urg_active(struct fivc_chan *c)
+{
+	return c->urg_state != URG_NONE ||
+	       fivc_load_relaxed(&c->rx->urg_count) != c->urg_seen;
+}
+
+ssize_t fivc_chan_recv_oob(struct fivc_chan *c, void *buf, size_t len, int peek, int *trunc)
+{
+	int eof;
+	int r = ready_read(c, &eof);
+	if (r < 0)
+		return r;
+	urg_look(c);
+	*trunc = 0;
+	if (c->oob_inline || c->urg_state == URG_NONE || c->urg_state == URG_READ)
+		return -EINVAL;
+	if (c->urg_state == URG_VALID) {
+		if (!len) {
+			*trunc = 1;
+			return 0;
+		}
+		if (!peek)
+			urg_set(c, URG_READ);
+		*(uint8_t *)buf = c->urg_byte;
+		return 1;
+	}
+	return (r > 0 && eof) || c->rd_shut ? 0 : -EAGAIN;
+}
+
+int fivc_chan_atmark(struct fivc_chan *c)
+{
+	int eof;
+	if (ready_read(c, &eof) < 0)
+		return 0;
+	urg_look(c);
+	return c->urg_state != URG_NONE && c->urg_pos == c->rx_head;
+}
+
+int fivc_chan_urgent(struct fivc_chan *c)
+{
+	/* (any thread: a look at the reader's state and the ring, no change) */
+	int st = __atomic_load_n(&c->urg_state, __ATOMIC_RELAXED);
+	if (st == URG_VALID)
+		return 1;
+	uint32_t n = fivc_load_acquire(&c->rx->urg_count);
+	if (st == URG_READ && n == __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED))
+		return 0;
+	if (n == __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED) && st != URG_PENDING)
+		return 0;
+	uint64_t pos = fivc_load_relaxed(&c->rx->urg_seq), head = fivc_load_relaxed(&c->rx_head);
+	return !before(pos, head) && before(pos, fivc_load_acquire(&c->rx->tail));
+}
+
 static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 {
 	uint8_t *dst = buf;
@@ -1014,15 +1143,44 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 	for (;;) {
 		int eof;
 		int r = ready_read(c, &eof);
-		uint64_t avail = c->rx_tail_seen - c->rx_head;
+		uint64_t avail = c->rx_tail_seen - c->rx_head, skip = 0;
+		if (r > 0 && avail && urg_active(c)) {
+			urg_look(c);
+			if (c->urg_state != URG_NONE) {
+				uint64_t at = c->urg_pos - c->rx_head;
+				if (at == 0 && got)
+					return (ssize_t)got; /* a read stops at the mark */
+				if (at == 0 && !c->oob_inline)
+					skip = 1; /* not in the stream */
+				else if (at > 0 && at < avail)
+					avail = at;
+			}
+			if (skip && avail == 1) {
+				if (flags & FIVC_PEEK) { /* only the urgent byte: nothing to peek */
+					if (flags & FIVC_NONBLOCK)
+						return -EAGAIN;
+					struct timespec ts = {0, 1000000};
+					nanosleep(&ts, NULL); /* (the ring is not empty: a nap, not a wait) */
+					continue;
+				}
+				if (!chan_enter(c))
+					return broken(c);
+				c->rx_head += 1; /* past the urgent byte: the mark goes */
+				fivc_store_release(&c->rx->head, c->rx_head);
+				notify_producer(c);
+				chan_leave(c);
+				urg_set(c, URG_NONE);
+				continue;
+			}
+		}
 		if (len == 0 && r == 0 && c->rd_shut)
 			r = 1; /* (as below: shut for reading, nothing there: 0) */
 		if (len == 0 && r != 0) /* as TCP: a read of 0 returns once one of more would */
 			return r < 0 ? r : avail ? 0 : read_end(c);
 		if (r > 0 && avail && len) {
-			size_t n = (size_t)FIVC_MIN(avail, (uint64_t)(len - got));
+			size_t n = (size_t)FIVC_MIN(avail - skip, (uint64_t)(len - got));
 			if (!(flags & FIVC_DISCARD))
-				view_copy(&c->rxv, c->rx_head, dst + got, n, 0);
+				view_copy(&c->rxv, c->rx_head + skip, dst + got, n, 0);
 			/* the copy's loads before the lease's: bytes copied from
 			 * a slot that moved on are not ours to return */
 			__atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -1034,7 +1192,7 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 			if (!chan_enter(c))
 				return broken(c);
 			got += n;
-			c->rx_head += n;
+			c->rx_head += n + skip;
 			/* SYNC POINT WRITE: pairs with the acquire of the head in ready_write. */
 			fivc_store_release(&c->rx->head, c->rx_head);
 			notify_producer(c);
@@ -1114,6 +1272,14 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 				return done ? (ssize_t)done : broken(c);
 			}
 			c->tx_tail += n;
+			if ((flags & FIVC_URGENT) && done + n == len) {
+				/* the last byte is urgent: the mark goes before the
+				 * tail that covers it (a reader that sees the byte
+				 * sees the mark) */
+				fivc_store_relaxed(&c->tx->urg_seq, c->tx_tail - 1);
+				fivc_store_release(&c->tx->urg_count,
+						   fivc_load_relaxed(&c->tx->urg_count) + 1);
+			}
 			/* SYNC POINT WRITE: pairs with the acquire of the tail in ready_read. */
 			fivc_store_release(&c->tx->tail, c->tx_tail);
 			notify_consumer(c);

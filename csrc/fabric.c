@@ -1138,6 +1138,8 @@ static void ring_init(struct fivc_ring_hdr *r, uint32_t size)
 	r->rd_closed = 0;
 	r->cons_waiting = 0;
 	r->rcvbuf = 0;
+	r->urg_seq = 0;
+	r->urg_count = 0;
 	/* cons_wake / prod_wake / desc_seq keep counting: a stale sleeper or
 	 * reader compares values. */
 	r->magic = FIVC_RING_MAGIC;

@@ -445,6 +445,9 @@ void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
 		l = sizeof(tv);
 		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &l) == 0)
 			fs->ch.wr_timeout_ns = tv_ns(&tv);
+		l = sizeof(v);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &v, &l) == 0)
+			fs->ch.oob_inline = v != 0;
 	}
 	l = sizeof(v);
 	if ((bits & FIVC_FD_SNDBUF) && fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &l) == 0 &&

@@ -772,7 +772,7 @@ static void entry_arm(struct ep_set *s, struct ep_entry *e, int coded)
 	}
 	if (!fivc_fs_uses_fabric(fs) || fs->ch.broken)
 		return;
-	int rd = (e->events & (EPOLLIN | EPOLLRDHUP)) != 0, wr = (e->events & EPOLLOUT) != 0;
+	int rd = (e->events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI)) != 0, wr = (e->events & EPOLLOUT) != 0;
 	if (fs->state == FS_CLIENT_PENDING)
 		wr = 0; /* TCP's space; the ring only for the switch (see the top) */
 	fivc_chan_arm_code(&fs->ch, rd, wr, coded ? entry_code(s, e, fs) : 1u);
@@ -1007,7 +1007,8 @@ static void sweep_dead(struct ep_set *s)
 		 * doorbell we never saw: the walk looks (fivc_fs_ready). */
 		else if (fivc_load_relaxed(&fs->ch.shared) &&
 			 (fs->state != FS_ACCEL ||
-			  fivc_chan_arm(&fs->ch, !!(e->events & EPOLLIN), !!(e->events & EPOLLOUT))))
+			  fivc_chan_arm(&fs->ch, !!(e->events & (EPOLLIN | EPOLLPRI)),
+					!!(e->events & EPOLLOUT))))
 			queue(s, e);
 	}
 	pthread_mutex_unlock(&s->lock);

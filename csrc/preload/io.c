@@ -44,13 +44,23 @@ static int chan_flags(struct fsock *fs, int msgflags)
 		f |= FIVC_WAITALL;
 	if (msgflags & MSG_TRUNC)
 		f |= FIVC_DISCARD; /* TCP's MSG_TRUNC: taken, not copied (the buffer may be NULL) */
+	if (msgflags & MSG_OOB)
+		f |= FIVC_URGENT; /* (a write's: its last byte is urgent) */
 	return f;
 }
 
-/* Client: give up on acceleration (the server is plain). */
-static void client_go_plain(struct fsock *fs)
+static void client_switch(struct fsock *fs);
+
+/* Client: give up on acceleration (the server is plain).  switch_ok: an
+ * offer adopted meanwhile is switched to instead (a client that gives up
+ * for its own reasons, not because it saw program data on TCP). */
+static void client_give_up(struct fsock *fs, int switch_ok)
 {
 	int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
+	if (r == -EALREADY && switch_ok) {
+		client_switch(fs);
+		return;
+	}
 	if (r == -EALREADY) {
 		/* Adopted after we saw program data: impossible for a correct
 		 * server (it adopts before the program sees the connection). */
@@ -67,8 +77,11 @@ static void client_go_plain(struct fsock *fs)
 	else
 		fs->ch.f = NULL;
 	fs->state = FS_PLAIN;
-	FIVC_DEBUG("fd %d: peer is not accelerated: plain TCP", fs->fd);
+	FIVC_DEBUG("fd %d: %s: plain TCP", fs->fd,
+		   switch_ok ? "urgent data before the switch" : "peer is not accelerated");
 }
+
+static void client_go_plain(struct fsock *fs) { client_give_up(fs, 0); }
 
 /* Client: the offer was adopted; switch to the ring.  Caller holds wr_lock
  * (tcp_sent must not move while N is published). */
@@ -599,17 +612,9 @@ static int fs_lock(struct fsock *fs, int wr, int nb)
 	return 0;
 }
 
-/* One recv on an fsock; the body behind every read-family wrapper. */
-/* Urgent data and the error queue have no ring equivalent: the error
- * queue is the kernel's (nothing is queued for ring bytes), and MSG_OOB is
- * refused rather than delivered in-band, where TCP would not have put it. */
-static int unsupported_flags(struct fsock *fs, int fd, int flags)
-{
-	if (fs->state != FS_ACCEL || !(flags & MSG_OOB))
-		return 0;
-	FIVC_INFO("fd %d: MSG_OOB on an accelerated connection: EOPNOTSUPP", fd);
-	return 1;
-}
+/* One recv on an fsock; the body behind every read-family wrapper.  The
+ * error queue stays the kernel's (nothing is queued for ring bytes); urgent
+ * data (MSG_OOB) is the ring's (channel.c "urgent data"). */
 
 static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags);
 
@@ -627,8 +632,6 @@ static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flag
 		ssize_t e = fivc_real.recv(fd, buf, len, flags);
 		return e < 0 ? -errno : e;
 	}
-	if (unsupported_flags(fs, fd, flags))
-		return -EOPNOTSUPP;
 	ssize_t r;
 	size_t got = 0;
 	int waitall = (flags & MSG_WAITALL) && !(flags & MSG_PEEK);
@@ -640,6 +643,12 @@ static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flag
 	if (fs_lock(fs, 0, fs->nonblock || (flags & MSG_DONTWAIT)) < 0)
 		return -EAGAIN;
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
+	if ((flags & MSG_OOB) && fs->state == FS_ACCEL) {
+		int trunc;
+		r = fivc_chan_recv_oob(&fs->ch, buf, len, (flags & MSG_PEEK) != 0, &trunc);
+		pthread_mutex_unlock(&fs->rd_lock);
+		return r;
+	}
 	for (;;) {
 		switch (fs->state) {
 		case FS_PLAIN:
@@ -793,8 +802,6 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 
 static ssize_t fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
 {
-	if (unsupported_flags(fs, fd, flags))
-		return -EOPNOTSUPP;
 	if ((flags & MSG_ZEROCOPY) && fs->state == FS_ACCEL) {
 		/* With SO_ZEROCOPY on, the program waits for completions on the
 		 * error queue, which ring bytes never produce: ENOBUFS, as when
@@ -812,6 +819,11 @@ static ssize_t fs_send(struct fsock *fs, int fd, const void *buf, size_t len, in
 		return -EAGAIN;
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	fivc_fs_client_check(fs, 1);
+	if ((flags & MSG_OOB) && fs->state == FS_CLIENT_PENDING && !fs->pre_shared)
+		/* An urgent byte over TCP before the switch would be counted in
+		 * N, which the server reads in-band, where the byte is not: the
+		 * connection stays TCP (or switches, if adopted meanwhile) */
+		client_give_up(fs, 1);
 	size_t pre = 0; /* bytes TCP took before a switch midway (pre_shared) */
 	if (fs->state == FS_CLIENT_PENDING && fs->pre_shared) {
 		r = client_pre_shared_send(fs, fd, buf, len, flags);
@@ -863,6 +875,9 @@ static ssize_t fs_vec_in(struct fsock *fs, int fd, const struct iovec *iov, int 
 			 int flags, int later)
 {
 	size_t done = 0;
+	int last = n - 1; /* a write's MSG_OOB: the urgent byte is the last buffer's */
+	while (last > 0 && !iov[last].iov_len)
+		last--;
 	for (int i = 0; i < n; i++) {
 		if (!iov[i].iov_len)
 			continue;
@@ -871,6 +886,8 @@ static ssize_t fs_vec_in(struct fsock *fs, int fd, const struct iovec *iov, int 
 		if (!wr && done && !(later & MSG_WAITALL) && fivc_fs_nread(fs, fd) <= 0)
 			break;
 		int f = done ? later : flags;
+		if (wr && i != last)
+			f &= ~MSG_OOB;
 		ssize_t r = wr ? fivc_fs_send(fs, fd, iov[i].iov_base, iov[i].iov_len, f)
 			       : fivc_fs_recv(fs, fd, iov[i].iov_base, iov[i].iov_len, f);
 		if (r < 0)
@@ -958,8 +975,7 @@ long fivc_fs_nread(struct fsock *fs, int fd)
 {
 	int n = 0;
 	if (fs->state == FS_ACCEL) {
-		int eof;
-		ssize_t r = fivc_chan_readable(&fs->ch, &eof);
+		ssize_t r = fivc_chan_inq(&fs->ch);
 		return r < 0 ? 0 : r;
 	}
 	if (fivc_real.ioctl(fd, FIONREAD, &n) < 0)

@@ -215,7 +215,8 @@ int fivc_fdlist_copy(int *out, int cap);
  * A dup shares the file and its state: both fds lose the bits.
  *
  * FIVC_FD_SNDBUF, _RCVBUF, _TIMEO: the program set SO_SNDBUF (or
- * SO_SNDBUFFORCE), SO_RCVBUF (SO_RCVBUFFORCE), SO_RCVTIMEO or SO_SNDTIMEO
+ * SO_SNDBUFFORCE), SO_RCVBUF (SO_RCVBUFFORCE), SO_RCVTIMEO, SO_SNDTIMEO or
+ * SO_OOBINLINE (_TIMEO)
  * on the socket (an accepted one inherits its listener's), so that the
  * connection's channel asks the kernel for them when it opens
  * (fivc_fs_take_sockopts).  A dup keeps these: they are the file's. */

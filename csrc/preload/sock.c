@@ -218,6 +218,8 @@ checked:
 		if (fs->ch.wr_shut)
 			r |= POLLHUP;
 	}
+	if (!pre && (events & POLLPRI) && fivc_chan_urgent(&fs->ch))
+		r |= POLLPRI; /* an urgent byte to read (MSG_OOB) */
 	int err;
 	if (!pre && fivc_chan_reset_state(&fs->ch, &err, 0)) {
 		/* a reset's CLOSE: shut both ways (tcp_poll), ERR until reported */
@@ -228,7 +230,7 @@ checked:
 	r &= (short)(events | POLLERR | POLLHUP);
 	if (!r && arm && !fs->ch.broken) {
 		/* pre: the client's first ring write must wake us too (io.c) */
-		if (fivc_chan_arm(&fs->ch, (events & (POLLIN | POLLRDNORM)) != 0,
+		if (fivc_chan_arm(&fs->ch, (events & (POLLIN | POLLRDNORM | POLLPRI)) != 0,
 				  (events & (POLLOUT | POLLWRNORM)) != 0))
 			return fivc_fs_ready(fs, fd, events, 0, kernel_events);
 	}

@@ -533,6 +533,12 @@ FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
 	struct fsock *fs = managed(fd);
+	if (fs && req == SIOCATMARK && fs->state == FS_ACCEL) {
+		pthread_mutex_lock(&fs->rd_lock); /* (the reader's mark) */
+		*(int *)arg = fivc_chan_atmark(&fs->ch);
+		pthread_mutex_unlock(&fs->rd_lock);
+		return 0;
+	}
 	if (fs && req == FIONREAD) {
 		long n = fivc_fs_nread(fs, fd);
 		if (n < 0)
@@ -563,6 +569,7 @@ static int sockopt_bit(int name)
 		return FIVC_FD_RCVBUF;
 	case SO_RCVTIMEO:
 	case SO_SNDTIMEO:
+	case SO_OOBINLINE:
 #ifdef SO_RCVTIMEO_NEW
 	case SO_RCVTIMEO_NEW:
 	case SO_SNDTIMEO_NEW:

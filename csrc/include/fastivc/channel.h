@@ -22,6 +22,7 @@ extern const struct fivc_doorbell fivc_doorbell_futex;
 #define FIVC_PEEK 0x2
 #define FIVC_WAITALL 0x4
 #define FIVC_DISCARD 0x8 /* MSG_TRUNC: the bytes are taken (or peeked) and not copied */
+#define FIVC_URGENT 0x10 /* write: MSG_OOB, the last byte is urgent (channel.c) */
 
 /* Spin adaptation: how far the budget shrinks, how often a full spin probes. */
 #define FIVC_SPIN_MAX_SHIFT 8
@@ -84,6 +85,14 @@ struct fivc_chan {
 					  closed (EOF after drain), 2 it was reset */
 	uint64_t rd_timeout_ns, wr_timeout_ns; /* 0: wait forever (SO_RCVTIMEO/SNDTIMEO) */
 	uint32_t sleepers[2];          /* our threads asleep in a read [0] / write [1] */
+	/* urgent data we receive (channel.c "urgent data"): the mark's stream
+	 * offset, the peer's urg_count it came with, its state, the byte;
+	 * oob_inline: SO_OOBINLINE (set by the preload) */
+	uint64_t urg_pos;
+	uint32_t urg_seen;
+	int urg_state;
+	uint8_t urg_byte;
+	int oob_inline;
 	uint64_t sndbuf;               /* our SO_SNDBUF as the kernel reports it, when the
 					  program set one; 0: none (bytes in flight unbounded
 					  but by the ring) */
@@ -109,6 +118,14 @@ int fivc_chan_peer_closed(struct fivc_chan *c);
 /* Free ring space in bytes (counting the space a write would get by growing
  * the ring), or -ECONNRESET / -EPIPE. */
 ssize_t fivc_chan_writable(struct fivc_chan *c);
+/* Urgent data (reader's lock held, but fivc_chan_urgent): recv(MSG_OOB)
+ * into buf (1 byte; *trunc set when len is 0), -EINVAL, -EAGAIN; whether
+ * the next byte is the mark (SIOCATMARK); whether an urgent byte waits
+ * (POLLPRI). */
+ssize_t fivc_chan_recv_oob(struct fivc_chan *c, void *buf, size_t len, int peek, int *trunc);
+int fivc_chan_atmark(struct fivc_chan *c);
+int fivc_chan_urgent(struct fivc_chan *c);
+ssize_t fivc_chan_inq(struct fivc_chan *c); /* FIONREAD */
 /* Our program set SO_RCVBUF: the kernel's figure (0: none), for the writer's
  * bound (channel.c "buffer sizes"). */
 void fivc_chan_set_rcvbuf(struct fivc_chan *c, uint32_t bytes);

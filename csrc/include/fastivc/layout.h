@@ -263,7 +263,10 @@ struct fivc_ring_hdr {
 	uint32_t desc_seq;     /* seqlock over buf, prev, from */
 	uint64_t from;         /* first byte in buf */
 	uint32_t buf, prev;    /* buffer words (see above) */
-	uint8_t p_pad[FIVC_CACHELINE - 40];
+	uint64_t urg_seq;      /* the last urgent byte's stream offset (MSG_OOB) ... */
+	uint32_t urg_count;    /* ... and how many urgent sends there were: stored
+				* (release) after urg_seq, before the tail covering it */
+	uint8_t p_pad[FIVC_CACHELINE - 52];
 	/* line 2: guard, written by nobody */
 	uint8_t guard0[FIVC_CACHELINE];
 	/* line 3: written by the consumer */
