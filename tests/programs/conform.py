@@ -21,7 +21,6 @@ the bytes in flight kept under IN_FLIGHT (so how much a full buffer takes,
 which the kernel's sizes decide, never enters a comparison)."""
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -33,22 +32,14 @@ import socket
 import sys
 import termios
 
+from onfabric import on_fabric
+
 IN_FLIGHT = 24 * 1024  # per direction: what TCP delivers at once here (at 48 KiB
 # the receive window held some back in the sender now and then)
 SIZES = [0, 1, 2, 7, 64, 100, 1000, 4096, 5000, 16384, 40000]
 POLL_BITS = [(select.POLLIN, "IN"), (select.POLLOUT, "OUT"), (select.POLLPRI, "PRI"),
              (select.POLLERR, "ERR"), (select.POLLHUP, "HUP"),
              (getattr(select, "POLLRDHUP", 0x2000), "RDHUP")]
-
-
-def on_fabric() -> int:
-    try:
-        st = ctypes.CDLL(None).fastivc_fork_stats
-    except AttributeError:
-        return -1
-    out = (ctypes.c_uint64 * 4)()
-    st(out)
-    return int(out[0])
 
 
 def digest(b: bytes | bytearray) -> list:

@@ -6,7 +6,6 @@ masks (poll, select's exceptional set, epoll), FIONREAD, SIOCATMARK."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import json
@@ -17,17 +16,9 @@ import sys
 import termios
 import time
 
+from onfabric import on_fabric
+
 SIOCATMARK = 0x8905
-
-
-def on_fabric() -> int:
-    try:
-        st = ctypes.CDLL(None).fastivc_fork_stats
-    except AttributeError:
-        return -1
-    out = (ctypes.c_uint64 * 4)()
-    st(out)
-    return int(out[0])
 
 
 class Pair:

@@ -31,7 +31,6 @@ were on the ring (-1: not under fastivc).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -41,16 +40,7 @@ import sys
 import threading
 import time
 
-
-def on_fabric() -> int:
-    try:
-        st = ctypes.CDLL(None).fastivc_fork_stats
-    except AttributeError:
-        return -1
-    out = (ctypes.c_uint64 * 4)()
-    st(out)
-    return int(out[0])
-
+from onfabric import on_fabric
 
 PERIOD = bytes((i * 131 + 7) & 0xFF for i in range(251))  # (a prime: a byte out of
 # place, lost or doubled shows)
