@@ -43,6 +43,7 @@ int fivc_ring_consumer_waiting(struct fivc_ring_hdr *r)
 
 static int before(uint64_t a, uint64_t b) { return (int64_t)(a - b) < 0; }
 enum { URG_NONE, URG_PENDING, URG_VALID, URG_READ }; /* "urgent data" below */
+static int urg_mark(struct fivc_chan *c, uint64_t *pos);
 static int tx_can_grow(struct fivc_chan *c);
 static uint64_t tx_space(const struct fivc_chan *c);
 static uint64_t tx_bound(const struct fivc_chan *c);
@@ -738,12 +739,9 @@ ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof)
 	int r = ready_read(c, eof);
 	if (r < 0)
 		return r;
-	uint64_t n = c->rx_tail_seen - c->rx_head;
+	uint64_t n = c->rx_tail_seen - c->rx_head, pos;
 	/* (tcp_poll: an urgent byte at the mark, not inline, is not data) */
-	uint32_t cnt = n && !c->oob_inline ? fivc_load_acquire(&c->rx->urg_count) : 0;
-	if (cnt && (__atomic_load_n(&c->urg_state, __ATOMIC_RELAXED) != URG_NONE ||
-		    cnt != __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED)) &&
-	    fivc_load_relaxed(&c->rx->urg_seq) == c->rx_head)
+	if (n && !c->oob_inline && urg_mark(c, &pos) && pos == c->rx_head)
 		n--;
 	return (ssize_t)n;
 }
@@ -757,14 +755,9 @@ ssize_t fivc_chan_inq(struct fivc_chan *c)
 	int r = ready_read(c, &eof);
 	if (r < 0)
 		return r;
-	uint64_t n = c->rx_tail_seen - c->rx_head;
-	uint32_t cnt = n && !c->oob_inline ? fivc_load_acquire(&c->rx->urg_count) : 0;
-	if (cnt && (__atomic_load_n(&c->urg_state, __ATOMIC_RELAXED) != URG_NONE ||
-		    cnt != __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED))) {
-		uint64_t pos = fivc_load_relaxed(&c->rx->urg_seq);
-		if (!before(pos, c->rx_head) && before(pos, c->rx_tail_seen))
-			n = pos - c->rx_head;
-	}
+	uint64_t n = c->rx_tail_seen - c->rx_head, pos;
+	if (n && !c->oob_inline && urg_mark(c, &pos) && before(pos, c->rx_tail_seen))
+		n = pos - c->rx_head;
 	return (ssize_t)n;
 }
 
@@ -1081,6 +1074,18 @@ static void urg_look(struct fivc_chan *c)
 	}
 }
 
+/* Any thread, a look (no change): whether a mark the reader has not read
+ * past is there (a new one, or the reader's), and where. */
+static int urg_mark(struct fivc_chan *c, uint64_t *pos)
+{
+	uint32_t n = fivc_load_acquire(&c->rx->urg_count);
+	if (!n || (__atomic_load_n(&c->urg_state, __ATOMIC_RELAXED) == URG_NONE &&
+		   n == __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED)))
+		return 0;
+	*pos = fivc_load_relaxed(&c->rx->urg_seq);
+	return !before(*pos, fivc_load_relaxed(&c->rx_head));
+}
+
 static int urg_active(struct fivc_chan *c)
 {
 	return c->urg_state != URG_NONE ||
@@ -1125,13 +1130,11 @@ int fivc_chan_urgent(struct fivc_chan *c)
 	int st = __atomic_load_n(&c->urg_state, __ATOMIC_RELAXED);
 	if (st == URG_VALID)
 		return 1;
-	uint32_t n = fivc_load_acquire(&c->rx->urg_count);
-	if (st == URG_READ && n == __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED))
+	uint64_t pos;
+	if (st == URG_READ &&
+	    fivc_load_acquire(&c->rx->urg_count) == __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED))
 		return 0;
-	if (n == __atomic_load_n(&c->urg_seen, __ATOMIC_RELAXED) && st != URG_PENDING)
-		return 0;
-	uint64_t pos = fivc_load_relaxed(&c->rx->urg_seq), head = fivc_load_relaxed(&c->rx_head);
-	return !before(pos, head) && before(pos, fivc_load_acquire(&c->rx->tail));
+	return urg_mark(c, &pos) && before(pos, fivc_load_acquire(&c->rx->tail));
 }
 
 static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)

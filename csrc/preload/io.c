@@ -612,12 +612,11 @@ static int fs_lock(struct fsock *fs, int wr, int nb)
 	return 0;
 }
 
+static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags);
+
 /* One recv on an fsock; the body behind every read-family wrapper.  The
  * error queue stays the kernel's (nothing is queued for ring bytes); urgent
  * data (MSG_OOB) is the ring's (channel.c "urgent data"). */
-
-static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags);
-
 ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 {
 	fivc_fs_hold(fs);
