@@ -587,6 +587,11 @@ static int peer_alive(struct fivc_chan *c)
 					   FIVC_LIVENESS_MS * 1000000ull / 2);
 }
 
+int fivc_chan_tx_consumed(struct fivc_chan *c)
+{
+	return fivc_load_acquire(&c->tx->head) == fivc_load_relaxed(&c->tx_tail);
+}
+
 int fivc_chan_peer_check(struct fivc_chan *c)
 {
 	if (!c->f || is_broken(c) || fivc_load_relaxed(&c->peer_gone))
@@ -597,9 +602,13 @@ int fivc_chan_peer_check(struct fivc_chan *c)
 	}
 	if (peer_alive(c))
 		return 0;
-	/* As a reset would: what the peer wrote is still read, then
-	 * ECONNRESET; a write gets ECONNRESET (ready_read, ready_write). */
-	fivc_store_relaxed(&c->peer_gone, 2);
+	/* As its kernel does when a process dies: a FIN when it had read
+	 * all we wrote (EOF after what it wrote; a write EPIPE), else a reset
+	 * (what it wrote is still read, then ECONNRESET; a write ECONNRESET)
+	 * (ready_read, ready_write).  (Regression, tornado's
+	 * test_multi_process: a server's os._exit after reading the request
+	 * gave its client ECONNRESET where TCP gives EOF.) */
+	fivc_store_relaxed(&c->peer_gone, fivc_chan_tx_consumed(c) ? 1 : 2);
 	return 1;
 }
 
@@ -1235,7 +1244,11 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 			return broken(c); /* (those flags are not ours: the slot moved on) */
 		/* bytes to a closed end, or to one shut both ways: TCP takes them
 		 * and the peer's kernel answers with a reset (which resets an
-		 * open peer too) */
+		 * open peer too).  It takes what its send buffer holds, not a
+		 * write of any length: as much as our ring could grow to (or
+		 * the SO_SNDBUF bound), and the reset is the next call's (regression, tornado's
+		 * test_write_bytearray_resizable_after_error: a 10 MB write to a
+		 * closed peer "succeeded" whole) */
 		if (!(rd & FIVC_RD_GONE) && chan_enter(c)) {
 			__atomic_fetch_or(&c->tx->wr_closed, FIVC_WR_RST, __ATOMIC_RELEASE);
 			notify_consumer(c);
@@ -1243,7 +1256,7 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 		}
 		c->reset = 1;
 		c->sk_err = (w & FIVC_WR_FIN) ? EPIPE : ECONNRESET;
-		return (ssize_t)len;
+		return (ssize_t)FIVC_MIN((uint64_t)len, FIVC_MIN(c->max_size, tx_bound(c)));
 	}
 	while (done < len) {
 		uint64_t space = tx_space(c);

@@ -33,8 +33,18 @@ void fivc_fs_drain(struct fsock *fs, int fd)
 			fs->tcp_eof = 1;
 			__atomic_store_n(&fs->ch.peer_gone, 1, __ATOMIC_RELAXED);
 		} else if (e != EAGAIN && e != EINTR) {
+			/* A reset.  A peer that died without closing (exit,
+			 * kill) left our doorbell bytes unread in its socket, so
+			 * its kernel reset where plain TCP, with nothing unread,
+			 * sends a FIN: when it had read all we wrote on the ring,
+			 * that is what it is (regression, tornado's
+			 * test_multi_process: a server's os._exit gave its client
+			 * ECONNRESET, on TCP EOF).  A close with ring bytes
+			 * unread resets on the ring itself (channel.c). */
 			fs->tcp_eof = 1;
-			__atomic_store_n(&fs->ch.peer_gone, 2, __ATOMIC_RELAXED);
+			__atomic_store_n(&fs->ch.peer_gone,
+					 e == ECONNRESET && fivc_chan_tx_consumed(&fs->ch) ? 1 : 2,
+					 __ATOMIC_RELAXED);
 		}
 		return;
 	}

@@ -126,6 +126,7 @@ ssize_t fivc_chan_recv_oob(struct fivc_chan *c, void *buf, size_t len, int peek,
 int fivc_chan_atmark(struct fivc_chan *c);
 int fivc_chan_urgent(struct fivc_chan *c);
 ssize_t fivc_chan_inq(struct fivc_chan *c); /* FIONREAD */
+int fivc_chan_tx_consumed(struct fivc_chan *c); /* the peer read all we wrote */
 /* Our program set SO_RCVBUF: the kernel's figure (0: none), for the writer's
  * bound (channel.c "buffer sizes"). */
 void fivc_chan_set_rcvbuf(struct fivc_chan *c, uint32_t bytes);
