@@ -592,6 +592,19 @@ int fivc_chan_tx_consumed(struct fivc_chan *c)
 	return fivc_load_acquire(&c->tx->head) == fivc_load_relaxed(&c->tx_tail);
 }
 
+/* The dead peer was a host process, whose kernel closed its socket (not a
+ * guest judged dead: a paused VM's TCP lives on, and its side may be in
+ * quarantine), and we are not a guest (which sees no host death). */
+static int peer_was_process(struct fivc_chan *c)
+{
+	if (c->f->guest)
+		return 0;
+	uint32_t m = FIVC_LEASE_SIDE(fivc_load_acquire(&c->slot->lease), 1 - c->side);
+	if (!m || m == FIVC_LEASE_QUARANTINE || m > c->f->g.nmembers)
+		return 0;
+	return fivc_load_acquire(&fivc_member_at(c->f, m - 1)->state) == FIVC_MEMBER_ALIVE;
+}
+
 int fivc_chan_peer_check(struct fivc_chan *c)
 {
 	if (!c->f || is_broken(c) || fivc_load_relaxed(&c->peer_gone))
@@ -608,7 +621,7 @@ int fivc_chan_peer_check(struct fivc_chan *c)
 	 * (ready_read, ready_write).  (Regression, tornado's
 	 * test_multi_process: a server's os._exit after reading the request
 	 * gave its client ECONNRESET where TCP gives EOF.) */
-	fivc_store_relaxed(&c->peer_gone, fivc_chan_tx_consumed(c) ? 1 : 2);
+	fivc_store_relaxed(&c->peer_gone, peer_was_process(c) && fivc_chan_tx_consumed(c) ? 1 : 2);
 	return 1;
 }
 
