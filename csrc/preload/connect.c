@@ -436,7 +436,7 @@ static uint64_t tv_ns(const struct timeval *tv)
 	return (uint64_t)tv->tv_sec * 1000000000ull + (uint64_t)tv->tv_usec * 1000ull;
 }
 
-/* The options the program set (bits: FIVC_FD_SNDBUF, _RCVBUF, _TIMEO), as
+/* The options the program set (bits: FIVC_FD_SNDBUF, _RCVBUF, _MISCOPT), as
  * the kernel holds them, made the channel's: set before connect() or on a
  * listener (which its connections inherit) they were the kernel's only
  * (regression, issue 11: SO_RCVTIMEO set before connect, or inherited
@@ -448,7 +448,7 @@ void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
 	int saved = errno, v;
 	struct timeval tv;
 	socklen_t l;
-	if (bits & FIVC_FD_TIMEO) {
+	if (bits & FIVC_FD_MISCOPT) {
 		l = sizeof(tv);
 		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0)
 			fs->ch.rd_timeout_ns = tv_ns(&tv);

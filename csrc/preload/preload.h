@@ -214,22 +214,23 @@ int fivc_fdlist_copy(int *out, int cap);
  * FIVC_FD_UNBOUND: made by socket() here, no bind, connect or listen since.
  * A dup shares the file and its state: both fds lose the bits.
  *
- * FIVC_FD_SNDBUF, _RCVBUF, _TIMEO: the program set SO_SNDBUF (or
- * SO_SNDBUFFORCE), SO_RCVBUF (SO_RCVBUFFORCE), SO_RCVTIMEO, SO_SNDTIMEO or
- * SO_OOBINLINE (_TIMEO)
+ * FIVC_FD_SNDBUF, _RCVBUF, _MISCOPT: the program set SO_SNDBUF (or
+ * SO_SNDBUFFORCE), SO_RCVBUF (SO_RCVBUFFORCE), or one of SO_RCVTIMEO,
+ * SO_SNDTIMEO and SO_OOBINLINE (_MISCOPT)
  * on the socket (an accepted one inherits its listener's), so that the
  * connection's channel asks the kernel for them when it opens
  * (fivc_fs_take_sockopts).  A dup keeps these: they are the file's. */
 enum { FIVC_KIND_UNKNOWN = 0, FIVC_KIND_TCP = 1, FIVC_KIND_OTHER = 2, FIVC_KIND_EPOLL = 3 };
 enum { FIVC_FD_SNDBUF = 0x04, FIVC_FD_RCVBUF = 0x08, FIVC_FD_NBKNOWN = 0x10, FIVC_FD_NB = 0x20,
-       FIVC_FD_UNBOUND = 0x40, FIVC_FD_TIMEO = 0x80 };
-#define FIVC_FD_OPTS (FIVC_FD_SNDBUF | FIVC_FD_RCVBUF | FIVC_FD_TIMEO)
+       FIVC_FD_UNBOUND = 0x40, FIVC_FD_MISCOPT = 0x80 };
+#define FIVC_FD_KIND 0x03 /* the kind's bits */
+#define FIVC_FD_OPTS (FIVC_FD_SNDBUF | FIVC_FD_RCVBUF | FIVC_FD_MISCOPT)
 extern uint8_t *fivc_kinds;
 static inline int fivc_fd_bits(int fd)
 {
 	return fd >= 0 && fd < fivc_nfds && fivc_kinds ? __atomic_load_n(&fivc_kinds[fd], __ATOMIC_RELAXED) : 0;
 }
-static inline int fivc_fd_kind(int fd) { return fivc_fd_bits(fd) & 0x03; }
+static inline int fivc_fd_kind(int fd) { return fivc_fd_bits(fd) & FIVC_FD_KIND; }
 static inline void fivc_fd_set_kind(int fd, int kind)
 {
 	if (fd >= 0 && fd < fivc_nfds && fivc_kinds)
@@ -256,7 +257,7 @@ static inline void fivc_fd_note_nb(int fd, int nb)
 static inline void fivc_fd_dup_kind(int oldfd, int newfd)
 {
 	fivc_fd_clear_bits(oldfd, FIVC_FD_NBKNOWN | FIVC_FD_NB | FIVC_FD_UNBOUND);
-	fivc_fd_set_kind(newfd, fivc_fd_bits(oldfd) & (0x03 | FIVC_FD_OPTS));
+	fivc_fd_set_kind(newfd, fivc_fd_bits(oldfd) & (FIVC_FD_KIND | FIVC_FD_OPTS));
 }
 /* fd's O_NONBLOCK: 0 or 1, from the bits or the kernel; -1 on error */
 int fivc_fd_nonblock(int fd);

@@ -574,7 +574,7 @@ static int sockopt_bit(int name)
 	case SO_RCVTIMEO_NEW:
 	case SO_SNDTIMEO_NEW:
 #endif
-		return FIVC_FD_TIMEO;
+		return FIVC_FD_MISCOPT;
 	}
 	return 0;
 }
