@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/epoll.h>
+#include <stdio.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -77,7 +78,13 @@
 	X(int, execve, (const char *, char *const[], char *const[]))                          \
 	X(int, execv, (const char *, char *const[]))                                          \
 	X(int, execvp, (const char *, char *const[]))                                         \
-	X(int, execvpe, (const char *, char *const[], char *const[]))
+	X(int, execvpe, (const char *, char *const[], char *const[]))                         \
+	X(int, fexecve, (int, char *const[], char *const[]))                                  \
+	X(int, recvmmsg, (int, struct mmsghdr *, unsigned int, int, struct timespec *))       \
+	X(int, sendmmsg, (int, struct mmsghdr *, unsigned int, int))                          \
+	X(ssize_t, preadv2, (int, const struct iovec *, int, off_t, int))                     \
+	X(ssize_t, pwritev2, (int, const struct iovec *, int, off_t, int))                    \
+	X(FILE *, fdopen, (int, const char *))
 
 struct fivc_real {
 #define X(ret, name, args) ret(*name) args;
@@ -353,6 +360,9 @@ void fivc_before_exec(void);
  * id) kept open; fivc_exec_env returns the environment to exec with (NULL:
  * use the program's), fivc_exec_failed undoes it. */
 char **fivc_exec_env(char *const envp[]);
+/* exec with the connections handed over (wrap.c): path (search: as
+ * execvpe) or, path NULL, the program in fd (fexecve) */
+int fivc_exec_with(const char *p, int fd, int search, char *const a[], char *const e[]);
 void fivc_exec_failed(char **env);
 void fivc_inherit(void);
 /* The fabric fd as it survives exec (init.c). */

@@ -651,8 +651,9 @@ FIVC_EXPORT pid_t fork(void)
 /* exec: close-on-exec connections are let go; the others are handed to the
  * new program (exec.c).  execv/execvp go through their e-forms with the
  * environment that carries them. */
-static int exec_with(int (*real)(const char *, char *const[], char *const[]), const char *p,
-		     char *const a[], char *const e[])
+/* The exec calls, one way: path with search (execvpe), path (execve), or
+ * the program in fd (fexecve: path NULL). */
+int fivc_exec_with(const char *p, int fd, int search, char *const a[], char *const e[])
 {
 	FIVC_ENSURE_INIT();
 	/* A vfork() child (or one of a raw clone) may share the parent's
@@ -663,7 +664,9 @@ static int exec_with(int (*real)(const char *, char *const[], char *const[]), co
 		fivc_before_exec();
 		env = fivc_exec_env(e);
 	}
-	int r = real(p, a, env ? env : e);
+	char *const *ev = env ? env : e;
+	int r = !p ? fivc_real.fexecve(fd, a, ev)
+		: search ? fivc_real.execvpe(p, a, ev) : fivc_real.execve(p, a, ev);
 	int err = errno;
 	fivc_exec_failed(env);
 	errno = err;
@@ -672,7 +675,7 @@ static int exec_with(int (*real)(const char *, char *const[], char *const[]), co
 
 FIVC_EXPORT int execve(const char *p, char *const a[], char *const e[])
 {
-	return exec_with(fivc_real.execve, p, a, e);
+	return fivc_exec_with(p, -1, 0, a, e);
 }
 
 FIVC_EXPORT int execv(const char *p, char *const a[])
@@ -682,7 +685,7 @@ FIVC_EXPORT int execv(const char *p, char *const a[])
 
 FIVC_EXPORT int execvpe(const char *p, char *const a[], char *const e[])
 {
-	return exec_with(fivc_real.execvpe, p, a, e);
+	return fivc_exec_with(p, -1, 1, a, e);
 }
 
 FIVC_EXPORT int execvp(const char *p, char *const a[])

@@ -1,0 +1,356 @@
+/* fastivc preload — the calls that reach a socket by another way than
+ * read/recv/write/send (issue 11): several messages in one call, the v2
+ * vectored calls, stdio on an fdopen'd socket, and glibc functions that
+ * call the kernel (or fork, or exec) through internal names the library
+ * cannot see.  Before, each went past the library: its bytes were the
+ * peer's doorbells, or a daemon()'s child held connections nobody counted.
+ *
+ * Each follows the kernel's (or glibc's) own code for the same call: the
+ * comments name it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <paths.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "preload.h"
+
+static inline struct fsock *managed(int fd)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? NULL : fivc_fs(fd);
+}
+
+#define MMSG_MAX 1024 /* UIO_MAXIOV: the kernel's bound on vlen */
+
+/* ---- recvmmsg / sendmmsg (net/socket.c: do_recvmmsg, __sys_sendmmsg) ---- */
+
+static void ts_now(struct timespec *t) { clock_gettime(CLOCK_MONOTONIC, t); }
+
+/* The kernel's recvmmsg on TCP: one recvmsg per entry until vlen; the
+ * first error ends it, and is the call's only when no entry was filled;
+ * MSG_WAITFORONE makes the entries after the first non-blocking; the
+ * timeout is looked at after each entry (it does not bound a wait: the
+ * kernel's, as its manual says) and gets what is left; urgent data ends
+ * the call.  An end of stream fills an entry with 0 bytes, as there. */
+FIVC_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags,
+			 struct timespec *tmo)
+{
+	if (!managed(fd) || (flags & MSG_ERRQUEUE))
+		return fivc_real.recvmmsg(fd, v, vlen, flags, tmo);
+	struct timespec end = {0, 0}, now;
+	if (tmo) {
+		if (tmo->tv_sec < 0 || tmo->tv_nsec < 0 || tmo->tv_nsec >= 1000000000L)
+			return (int)fivc_ret(-EINVAL);
+		ts_now(&now);
+		end.tv_sec = now.tv_sec + tmo->tv_sec;
+		end.tv_nsec = now.tv_nsec + tmo->tv_nsec;
+		if (end.tv_nsec >= 1000000000L) {
+			end.tv_sec++;
+			end.tv_nsec -= 1000000000L;
+		}
+	}
+	if (vlen > MMSG_MAX)
+		vlen = MMSG_MAX;
+	unsigned int got = 0;
+	int f = flags & ~MSG_WAITFORONE, err = 0;
+	while (got < vlen) {
+		ssize_t r = recvmsg(fd, &v[got].msg_hdr, f);
+		if (r < 0) {
+			err = errno;
+			break;
+		}
+		v[got].msg_len = (unsigned int)r;
+		got++;
+		if (flags & MSG_WAITFORONE)
+			f |= MSG_DONTWAIT;
+		if (tmo) {
+			ts_now(&now);
+			long s = end.tv_sec - now.tv_sec, ns = end.tv_nsec - now.tv_nsec;
+			if (ns < 0) {
+				s--;
+				ns += 1000000000L;
+			}
+			if (s < 0)
+				s = ns = 0;
+			tmo->tv_sec = s;
+			tmo->tv_nsec = ns;
+			if (!s && !ns)
+				break;
+		}
+		if (v[got - 1].msg_hdr.msg_flags & MSG_OOB)
+			break;
+	}
+	if (!got && err) {
+		errno = err;
+		return -1;
+	}
+	return (int)got;
+}
+
+/* The kernel's sendmmsg: one sendmsg per entry; the first error ends it
+ * (the call's only when nothing went), and so does a partial send (the
+ * rest of that message did not fit). */
+FIVC_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags)
+{
+	if (!managed(fd))
+		return fivc_real.sendmmsg(fd, v, vlen, flags);
+	if (vlen > MMSG_MAX)
+		vlen = MMSG_MAX;
+	unsigned int sent = 0;
+	int err = 0;
+	while (sent < vlen) {
+		const struct msghdr *m = &v[sent].msg_hdr;
+		ssize_t r = sendmsg(fd, m, flags);
+		if (r < 0) {
+			err = errno;
+			break;
+		}
+		v[sent].msg_len = (unsigned int)r;
+		sent++;
+		size_t want = 0;
+		for (size_t i = 0; i < m->msg_iovlen; i++)
+			want += m->msg_iov[i].iov_len;
+		if ((size_t)r < want)
+			break;
+	}
+	if (!sent && err) {
+		errno = err;
+		return -1;
+	}
+	return (int)sent;
+}
+
+/* ---- preadv2 / pwritev2 (fs/read_write.c: do_readv/do_preadv) ----
+ *
+ * On a socket an offset other than -1 is ESPIPE and a flag the kernel
+ * does not take is EOPNOTSUPP, both before any byte moves: the kernel says
+ * so itself.  With -1 the call is readv/writev, RWF_NOWAIT making it
+ * non-blocking (sock_read_iter: MSG_DONTWAIT); the other flags the kernel
+ * takes (HIPRI, DSYNC, SYNC, APPEND, NOAPPEND) change nothing on a socket.
+ * An empty vector reads and writes 0 before the socket is asked. */
+#define RWF_SOCKET_OK 0x3fu /* RWF_HIPRI..RWF_NOAPPEND */
+#define RWF_NOWAIT_ 0x08u
+
+static int v2_ours(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
+{
+	if (off != -1 || ((unsigned)flags & ~RWF_SOCKET_OK) || cnt <= 0 || cnt > MMSG_MAX || !iov)
+		return 0;
+	size_t n = 0;
+	for (int i = 0; i < cnt; i++)
+		n |= iov[i].iov_len;
+	return n && managed(fd);
+}
+
+FIVC_EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
+{
+	if (!v2_ours(fd, iov, cnt, off, flags))
+		return fivc_real.preadv2(fd, iov, cnt, off, flags);
+	struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
+	return recvmsg(fd, &m, (unsigned)flags & RWF_NOWAIT_ ? MSG_DONTWAIT : 0);
+}
+
+FIVC_EXPORT ssize_t pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
+{
+	if (!v2_ours(fd, iov, cnt, off, flags))
+		return fivc_real.pwritev2(fd, iov, cnt, off, flags);
+	if (!((unsigned)flags & RWF_NOWAIT_))
+		return writev(fd, iov, cnt);
+	struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
+	return sendmsg(fd, &m, MSG_DONTWAIT);
+}
+
+/* (glibc's 64-bit-offset names: the same functions on LP64) */
+FIVC_EXPORT ssize_t preadv64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
+{
+	return preadv2(fd, iov, cnt, off, flags);
+}
+
+FIVC_EXPORT ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
+{
+	return pwritev2(fd, iov, cnt, off, flags);
+}
+
+/* ---- stdio on an accelerated socket (fdopen) ----
+ *
+ * glibc's FILE reads and writes through internal names, past the library.
+ * A FILE on a managed socket is a cookie stream whose functions are the
+ * library's read and write; its fileno() is the socket's, as fdopen's.
+ * Writes loop until all is written or an error, as glibc's file write
+ * does (a short cookie write is an error to glibc).  A socket does not
+ * seek: ESPIPE, as lseek gives.  The mode is checked as glibc 2.36's fdopen
+ * checks it ('a' sets O_APPEND; 'e' is ignored there too); the buffer is
+ * BUFSIZ, not the socket's st_blksize (a size only: the bytes and their
+ * order are the same). */
+static ssize_t ck_read(void *c, char *b, size_t n) { return read((int)(intptr_t)c, b, n); }
+
+static ssize_t ck_write(void *c, const char *b, size_t n)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t r = write((int)(intptr_t)c, b + done, n - done);
+		if (r < 0)
+			break;
+		done += (size_t)r;
+	}
+	return (ssize_t)done;
+}
+
+static int ck_seek(void *c, off64_t *pos, int whence)
+{
+	(void)c, (void)pos, (void)whence;
+	errno = ESPIPE;
+	return -1;
+}
+
+static int ck_close(void *c) { return close((int)(intptr_t)c); }
+
+FIVC_EXPORT FILE *fdopen(int fd, const char *mode)
+{
+	if (!managed(fd) || !mode)
+		return fivc_real.fdopen(fd, mode);
+	char m[3] = {0};
+	switch (mode[0]) {
+	case 'r':
+	case 'w':
+	case 'a':
+		m[0] = mode[0];
+		break;
+	default:
+		errno = EINVAL;
+		return NULL;
+	}
+	for (int i = 1; i < 5 && mode[i]; i++) /* (as glibc: up to the first '+') */
+		if (mode[i] == '+') {
+			m[1] = '+';
+			break;
+		}
+	int fl = fivc_real.fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return NULL;
+	int acc = fl & O_ACCMODE;
+	if ((acc == O_RDONLY && (m[0] != 'r' || m[1])) || (acc == O_WRONLY && (m[0] == 'r' || m[1]))) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (m[0] == 'a' && !(fl & O_APPEND) && fivc_real.fcntl(fd, F_SETFL, fl | O_APPEND) < 0)
+		return NULL;
+	cookie_io_functions_t io = {ck_read, ck_write, ck_seek, ck_close};
+	FILE *f = fopencookie((void *)(intptr_t)fd, m, io);
+	if (f)
+		f->_fileno = fd; /* fileno(), as an fdopen'd FILE gives (the
+				  * cookie functions, not it, do the I/O) */
+	return f;
+}
+
+/* ---- glibc functions that fork or exec by internal names ---- */
+
+/* daemon(): glibc's (misc/daemon.c), with the library's fork.  glibc's
+ * forks by its internal name: the child's library took itself for its
+ * parent (a vfork child, to exec), so an exec after daemon() handed no
+ * connection over and the new program's bytes were lost
+ * (tests/test_calls.py). */
+FIVC_EXPORT int daemon(int nochdir, int noclose)
+{
+	FIVC_ENSURE_INIT();
+	switch (fork()) {
+	case -1:
+		return -1;
+	case 0:
+		break;
+	default:
+		_exit(0);
+	}
+	if (setsid() == -1)
+		return -1;
+	if (!nochdir)
+		(void)chdir("/");
+	if (!noclose) {
+		struct stat st;
+		int fd = open(_PATH_DEVNULL, O_RDWR, 0);
+		if (fd != -1 && fstat(fd, &st) == 0) {
+			if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)) {
+				(void)dup2(fd, STDIN_FILENO);
+				(void)dup2(fd, STDOUT_FILENO);
+				(void)dup2(fd, STDERR_FILENO);
+				if (fd > 2)
+					(void)close(fd);
+			} else {
+				close(fd); /* not /dev/null: glibc's answer */
+				errno = ENODEV;
+				return -1;
+			}
+		} else {
+			if (fd != -1)
+				close(fd);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* execl, execle, execlp: glibc's build the argument vector and call its
+ * internal execve; these build it and call the library's. */
+#define ARGV_FROM_VA(argv, arg0, ap, n)                                              \
+	do {                                                                         \
+		va_list cp;                                                          \
+		va_copy(cp, ap);                                                     \
+		for (n = 1; va_arg(cp, const char *); n++)                           \
+			if (n == INT_MAX) {                                          \
+				va_end(cp);                                          \
+				errno = E2BIG;                                       \
+				return -1;                                           \
+			}                                                            \
+		va_end(cp);                                                          \
+		argv = alloca(((size_t)n + 1) * sizeof(char *));                     \
+		argv[0] = (char *)(arg0);                                            \
+		for (int i_ = 1; i_ <= n; i_++)                                      \
+			argv[i_] = va_arg(ap, char *);                               \
+	} while (0)
+
+FIVC_EXPORT int execl(const char *path, const char *arg, ...)
+{
+	va_list ap;
+	char **argv;
+	int n;
+	va_start(ap, arg);
+	ARGV_FROM_VA(argv, arg, ap, n);
+	va_end(ap);
+	return execve(path, argv, environ);
+}
+
+FIVC_EXPORT int execlp(const char *file, const char *arg, ...)
+{
+	va_list ap;
+	char **argv;
+	int n;
+	va_start(ap, arg);
+	ARGV_FROM_VA(argv, arg, ap, n);
+	va_end(ap);
+	return execvp(file, argv);
+}
+
+FIVC_EXPORT int execle(const char *path, const char *arg, ...)
+{
+	va_list ap;
+	char **argv;
+	int n;
+	va_start(ap, arg);
+	ARGV_FROM_VA(argv, arg, ap, n);
+	char **envp = va_arg(ap, char **);
+	va_end(ap);
+	return execve(path, argv, envp);
+}
+
+FIVC_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
+{
+	return fivc_exec_with(NULL, fd, 0, argv, envp);
+}

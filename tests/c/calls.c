@@ -1,0 +1,404 @@
+/* The calls that reach a socket by another way than read/recv/write/send
+ * (tests/test_calls.py, issue 11): recvmmsg, sendmmsg, preadv2, pwritev2,
+ * stdio on fdopen'd sockets, daemon(), execl/execlp/execle/fexecve.  A
+ * plain socket program; one JSON line per scenario:
+ * {"name", "steps": [...], "accelerated"}, each step what a program sees
+ * (returns, errno names, lengths, bytes).  Run on plain TCP and under
+ * fastivc, the lines must be equal but for "accelerated".
+ *
+ *   calls            all scenarios
+ *   calls child FD WORD   (exec'd) write WORD on FD, then exit */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char steps[65536];
+static size_t at;
+
+static void step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void step(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	if (at)
+		at += (size_t)snprintf(steps + at, sizeof(steps) - at, ", ");
+	at += (size_t)snprintf(steps + at, sizeof(steps) - at, "\"");
+	size_t from = at;
+	at += (size_t)vsnprintf(steps + at, sizeof(steps) - at, fmt, ap);
+	for (size_t i = from; i < at && i < sizeof(steps); i++) /* (JSON: no escapes needed) */
+		if ((unsigned char)steps[i] < 0x20 || steps[i] == '"' || steps[i] == '\\')
+			steps[i] = '|';
+	at += (size_t)snprintf(steps + at, sizeof(steps) - at, "\"");
+	va_end(ap);
+}
+
+static const char *en(int e)
+{
+	static char b[32];
+	switch (e) {
+	case EAGAIN: return "EAGAIN";
+	case EPIPE: return "EPIPE";
+	case ESPIPE: return "ESPIPE";
+	case EOPNOTSUPP: return "EOPNOTSUPP";
+	case EINVAL: return "EINVAL";
+	case EBADF: return "EBADF";
+	case ECONNRESET: return "ECONNRESET";
+	case ENOTCONN: return "ENOTCONN";
+	default: snprintf(b, sizeof(b), "errno%d", e); return b;
+	}
+}
+
+/* a result: the count, or the errno's name */
+static void res(const char *what, long r)
+{
+	if (r < 0)
+		step("%s -1 %s", what, en(errno));
+	else
+		step("%s %ld", what, r);
+}
+
+static long on_fabric(void)
+{
+	void (*st)(uint64_t *) = (void (*)(uint64_t *))dlsym(RTLD_DEFAULT, "fastivc_fork_stats");
+	if (!st)
+		return -1;
+	uint64_t o[4];
+	st(o);
+	return (long)o[0];
+}
+
+static void settle(void) { usleep(50000); } /* loopback delivers (the ring needs none) */
+
+struct pair {
+	int w, r;
+	long acc; /* of the two ends, on the fabric after the switch (-1: no fastivc) */
+};
+
+static struct pair pair_open(void)
+{
+	long base = on_fabric();
+	struct pair p = {.acc = -1};
+	int ls = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t l = sizeof(a);
+	if (bind(ls, (struct sockaddr *)&a, l) || listen(ls, 1) ||
+	    getsockname(ls, (struct sockaddr *)&a, &l))
+		exit(2);
+	p.w = socket(AF_INET, SOCK_STREAM, 0);
+	if (connect(p.w, (struct sockaddr *)&a, l))
+		exit(2);
+	p.r = accept(ls, NULL, NULL);
+	close(ls);
+	int one = 1;
+	setsockopt(p.w, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	char c;
+	if (send(p.w, "!", 1, 0) != 1 || recv(p.r, &c, 1, 0) != 1 || /* the switch */
+	    send(p.r, "!", 1, 0) != 1 || recv(p.w, &c, 1, 0) != 1)
+		exit(2);
+	if (base >= 0)
+		p.acc = on_fabric() - base;
+	return p;
+}
+
+static void done(const char *name, struct pair *p)
+{
+	if (p->w >= 0)
+		close(p->w);
+	if (p->r >= 0)
+		close(p->r);
+	printf("{\"name\": \"%s\", \"accelerated\": %ld, \"steps\": [%s]}\n", name, p->acc, steps);
+	fflush(stdout);
+	at = 0;
+	steps[0] = 0;
+}
+
+/* what is there now, as text (non-blocking) */
+static void drain(int fd, const char *what)
+{
+	char b[256];
+	ssize_t n = recv(fd, b, sizeof(b) - 1, MSG_DONTWAIT);
+	if (n < 0) {
+		step("%s -1 %s", what, en(errno));
+		return;
+	}
+	b[n] = 0;
+	step("%s %zd '%s'", what, n, b);
+}
+
+static void mmsg_entries(struct mmsghdr *v, int n, int r)
+{
+	for (int i = 0; i < r && i < n; i++) {
+		struct iovec *io = v[i].msg_hdr.msg_iov;
+		step("entry %d len %u '%.*s' flags %d", i, v[i].msg_len, (int)v[i].msg_len,
+		     (char *)io[0].iov_base, v[i].msg_hdr.msg_flags);
+	}
+}
+
+static void t_recvmmsg(const char *name, size_t entry, int flags, int shut, int tmo)
+{
+	struct pair p = pair_open();
+	send(p.w, "hello", 5, 0);
+	send(p.w, "world", 5, 0);
+	if (shut)
+		shutdown(p.w, SHUT_WR);
+	settle();
+	enum { N = 4 };
+	char bufs[N][64];
+	struct iovec io[N];
+	struct mmsghdr v[N];
+	memset(v, 0, sizeof(v));
+	for (int i = 0; i < N; i++) {
+		io[i] = (struct iovec){bufs[i], entry};
+		v[i].msg_hdr.msg_iov = &io[i];
+		v[i].msg_hdr.msg_iovlen = 1;
+	}
+	struct timespec ts = {0, 0};
+	int r = recvmmsg(p.r, v, N, flags, tmo ? &ts : NULL);
+	res("recvmmsg", r);
+	mmsg_entries(v, N, r);
+	if (tmo)
+		step("timeout left %ld.%09ld", (long)ts.tv_sec, ts.tv_nsec);
+	drain(p.r, "then");
+	done(name, &p);
+}
+
+static void t_recvmmsg_errors(void)
+{
+	struct pair p = pair_open();
+	struct mmsghdr v[1];
+	char b[8];
+	struct iovec io = {b, sizeof(b)};
+	memset(v, 0, sizeof(v));
+	v[0].msg_hdr.msg_iov = &io;
+	v[0].msg_hdr.msg_iovlen = 1;
+	res("empty nonblocking", recvmmsg(p.r, v, 1, MSG_DONTWAIT, NULL));
+	struct timespec bad = {0, 2000000000L};
+	res("bad timeout", recvmmsg(p.r, v, 1, MSG_DONTWAIT, &bad));
+	res("vlen 0", recvmmsg(p.r, v, 0, MSG_DONTWAIT, NULL));
+	done("recvmmsg errors", &p);
+}
+
+static void t_sendmmsg(void)
+{
+	struct pair p = pair_open();
+	struct iovec io[3] = {{"ab", 2}, {"cd", 2}, {"efg", 3}};
+	struct mmsghdr v[3];
+	memset(v, 0, sizeof(v));
+	for (int i = 0; i < 3; i++) {
+		v[i].msg_hdr.msg_iov = &io[i];
+		v[i].msg_hdr.msg_iovlen = 1;
+	}
+	res("sendmmsg", sendmmsg(p.w, v, 3, 0));
+	for (int i = 0; i < 3; i++)
+		step("len %u", v[i].msg_len);
+	settle();
+	drain(p.r, "read");
+	res("vlen 0", sendmmsg(p.w, v, 0, 0));
+	shutdown(p.w, SHUT_WR);
+	res("after shutdown", sendmmsg(p.w, v, 3, MSG_NOSIGNAL));
+	done("sendmmsg", &p);
+}
+
+static void t_v2(void)
+{
+	struct pair p = pair_open();
+	char a[4], b[8];
+	struct iovec io[2] = {{a, sizeof(a)}, {b, sizeof(b)}};
+	struct iovec wio[2] = {{"0123", 4}, {"456789", 6}};
+	res("pwritev2 -1", pwritev2(p.w, wio, 2, -1, 0));
+	res("pwritev2 at 0", pwritev2(p.w, wio, 2, 0, 0));
+	res("pwritev2 bad flag", pwritev2(p.w, wio, 2, -1, 0x4000));
+	res("pwritev2 nowait", pwritev2(p.w, wio, 1, -1, RWF_NOWAIT));
+	settle();
+	res("preadv2 at 0", preadv2(p.r, io, 2, 0, 0));
+	res("preadv2 bad flag", preadv2(p.r, io, 2, -1, 0x4000));
+	memset(a, 0, sizeof(a));
+	memset(b, 0, sizeof(b));
+	long r = preadv2(p.r, io, 2, -1, 0);
+	res("preadv2 -1", r);
+	step("bytes '%.4s' '%.8s'", a, b);
+	r = preadv2(p.r, io, 2, -1, RWF_NOWAIT);
+	res("preadv2 nowait", r);
+	step("bytes '%.4s'", a);
+	res("preadv2 nowait empty", preadv2(p.r, io, 2, -1, RWF_NOWAIT));
+	struct iovec none = {a, 0};
+	res("preadv2 zero length", preadv2(p.r, &none, 1, -1, RWF_NOWAIT));
+	res("preadv64v2 -1 nowait", preadv64v2(p.r, io, 2, -1, RWF_NOWAIT));
+	shutdown(p.w, SHUT_WR);
+	settle();
+	res("preadv2 at eof", preadv2(p.r, io, 2, -1, 0));
+	done("preadv2 pwritev2", &p);
+}
+
+static const char *chomp(char *s)
+{
+	if (!s)
+		return "(null)";
+	s[strcspn(s, "\n")] = '|';
+	return s;
+}
+
+static void t_stdio(void)
+{
+	struct pair p = pair_open();
+	FILE *fw = fdopen(p.w, "w"), *fr = fdopen(p.r, "r");
+	step("fdopen %d %d", fw != NULL, fr != NULL);
+	step("fileno %d %d", fileno(fw) == p.w, fileno(fr) == p.r);
+	step("fprintf %d", fprintf(fw, "line one\nline %s\n", "two"));
+	drain(p.r, "before fflush"); /* (in the FILE's buffer) */
+	step("fflush %d", fflush(fw));
+	settle();
+	char line[64];
+	step("fgets '%s'", chomp(fgets(line, sizeof(line), fr)));
+	step("fgets '%s'", chomp(fgets(line, sizeof(line), fr)));
+	long t = ftell(fr);
+	step("ftell %ld %s", t, t < 0 ? en(errno) : "");
+	FILE *fb = fdopen(dup(p.r), "a+");
+	step("fputs %d fflush %d", fputs("back\n", fb), fflush(fb));
+	step("fclose %d", fclose(fb));
+	settle();
+	drain(p.w, "writer reads");
+	FILE *bad = fdopen(p.r, "q");
+	step("fdopen bad mode %d %s", bad != NULL, bad ? "" : en(errno));
+	step("fclose %d", fclose(fw));
+	res("fd after fclose", fcntl(p.w, F_GETFD));
+	p.w = -1;
+	settle();
+	step("fgets at eof %d feof %d", fgets(line, sizeof(line), fr) != NULL, feof(fr));
+	step("fclose %d", fclose(fr));
+	p.r = -1;
+	done("stdio", &p);
+}
+
+/* a daemon()'s child keeps the connection: it writes after its parent
+ * (the one that called daemon) is gone, and hands it to the program it
+ * execs */
+static void t_daemon(const char *self)
+{
+	struct pair p = pair_open();
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(p.r);
+		if (daemon(1, 1) < 0)
+			_exit(3);
+		usleep(1500000); /* past the library's liveness checks */
+		send(p.w, "from the daemon, ", 17, MSG_NOSIGNAL);
+		char fd[16];
+		snprintf(fd, sizeof(fd), "%d", p.w);
+		execl(self, "calls", "child", fd, "daemon", (char *)NULL); /* and its exec */
+		_exit(127);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	step("daemon's parent exit %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	close(p.w);
+	p.w = -1;
+	char b[64];
+	size_t got = 0;
+	for (;;) {
+		ssize_t n = recv(p.r, b + got, sizeof(b) - 1 - got, 0);
+		if (n <= 0) {
+			res("end", n);
+			break;
+		}
+		got += (size_t)n;
+	}
+	b[got] = 0;
+	step("read '%s'", b);
+	done("daemon", &p);
+}
+
+/* exec by execl, execlp, execle, fexecve: the new program writes on the
+ * inherited socket */
+static void t_exec(const char *self, int how)
+{
+	static const char *names[] = {"execl", "execlp", "execle", "fexecve"};
+	struct pair p = pair_open();
+	char fd[16];
+	snprintf(fd, sizeof(fd), "%d", p.w);
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(p.r);
+		switch (how) {
+		case 0:
+			execl(self, "calls", "child", fd, names[how], (char *)NULL);
+			break;
+		case 1:
+			execlp(self, "calls", "child", fd, names[how], (char *)NULL);
+			break;
+		case 2:
+			execle(self, "calls", "child", fd, names[how], (char *)NULL, environ);
+			break;
+		default: {
+			int pf = open(self, O_RDONLY | O_CLOEXEC);
+			char *av[] = {"calls", "child", fd, (char *)names[how], NULL};
+			fexecve(pf, av, environ);
+		}
+		}
+		_exit(127);
+	}
+	close(p.w);
+	p.w = -1;
+	char b[64];
+	size_t got = 0;
+	for (;;) {
+		ssize_t n = recv(p.r, b + got, sizeof(b) - 1 - got, 0);
+		if (n <= 0) {
+			res("end", n);
+			break;
+		}
+		got += (size_t)n;
+	}
+	b[got] = 0;
+	step("read '%s'", b);
+	int st;
+	waitpid(pid, &st, 0);
+	step("exit %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	char name[32];
+	snprintf(name, sizeof(name), "%s", names[how]);
+	done(name, &p);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && !strcmp(argv[1], "child")) {
+		int fd = atoi(argv[2]);
+		char b[64];
+		int n = snprintf(b, sizeof(b), "after %s", argv[3]);
+		return send(fd, b, (size_t)n, MSG_NOSIGNAL) == n ? 0 : 1;
+	}
+	char self[4096];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return 2;
+	self[n] = 0;
+	t_recvmmsg("recvmmsg small entries", 4, MSG_DONTWAIT, 0, 0);
+	t_recvmmsg("recvmmsg one entry takes all", 64, MSG_DONTWAIT, 0, 0);
+	t_recvmmsg("recvmmsg waitforone", 4, MSG_WAITFORONE, 0, 0);
+	t_recvmmsg("recvmmsg at eof", 64, 0, 1, 0);
+	t_recvmmsg("recvmmsg zero timeout", 4, 0, 0, 1);
+	t_recvmmsg_errors();
+	t_sendmmsg();
+	t_v2();
+	t_stdio();
+	t_daemon(self);
+	for (int how = 0; how < 4; how++)
+		t_exec(self, how);
+	return 0;
+}
