@@ -31,8 +31,10 @@
  *   - Spinning (as a blocking read does) walks the list without arming,
  *     bounded in time (adaptive) and only while the list is short; the
  *     kernel is asked with timeout 0 every 16 rounds.  With entries to
- *     report, the kernel is asked (timeout 0) every 8th call, and on every
- *     call while it had events the last time (then at most
+ *     report and room left, the kernel is asked (timeout 0) on every call
+ *     when the set has plain fds of the program (nplain: the kernel's
+ *     epoll_wait reports every ready fd at once), else every 8th call, and
+ *     on every call while it had events the last time (then at most
  *     KERNEL_BUSY_BATCH of ours per call, and a quarter of the array kept
  *     for it), so plain fds and armed entries are never starved by a busy
  *     list (report_fair).
@@ -148,6 +150,10 @@ struct ep_set {
 	struct ep_entry *rhead, *rtail;
 	uint8_t spin_fails, spin_probe; /* adaptive spinning, as in channel.c */
 	uint8_t kskip, kbusy;
+	/* the program's own fds in the kernel's set (listeners, pipes,
+	 * fallbacks), counted by epoll_ctl (relaxed; an fd closed without
+	 * EPOLL_CTL_DEL stays counted: more kernel calls, never fewer) */
+	int nplain;
 	/* counters (fastivc_epoll_stats), per set so that no thread writes a
 	 * line another set's thread reads: calls (relaxed atomic), the rest
 	 * under the lock */
@@ -373,6 +379,8 @@ void fivc_epoll_forget_set(int epfd)
 {
 	forget_entries(epfd);
 	struct ep_set *s = set_get(epfd, 0);
+	if (s)
+		__atomic_store_n(&s->nplain, 0, __ATOMIC_RELAXED);
 	if (!s || (!__atomic_load_n(&s->nentries, __ATOMIC_RELAXED) &&
 		   !__atomic_load_n(&s->rec_f, __ATOMIC_RELAXED)))
 		return;
@@ -416,13 +424,15 @@ static void hand_to_kernel(struct ep_set *s, struct ep_entry *e)
 	struct epoll_event kev = {.events = e->events & ~EPOLLEXCLUSIVE, .data = e->data};
 	fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, e->fd, &kev);
 	entry_free(s, e);
+	__atomic_add_fetch(&s->nplain, 1, __ATOMIC_RELAXED);
 }
 
 /* An fd we do not (or no longer) manage: the kernel's, after dropping an
  * entry it may have from when it was managed. */
 static int ctl_unmanaged(int epfd, int op, int fd, struct epoll_event *ev)
 {
-	struct ep_set *s = set_get(epfd, 0);
+	/* (the set is made for the count: managed entries may come later) */
+	struct ep_set *s = set_get(epfd, op == EPOLL_CTL_ADD && fd != epfd);
 	if (s && __atomic_load_n(&s->nentries, __ATOMIC_RELAXED)) {
 		pthread_mutex_lock(&s->lock);
 		struct ep_entry *e = lookup(s, fd);
@@ -435,7 +445,12 @@ static int ctl_unmanaged(int epfd, int op, int fd, struct epoll_event *ev)
 		if (ghost && op != EPOLL_CTL_ADD)
 			return (int)fivc_ret(-ENOENT);
 	}
-	return fivc_real.epoll_ctl(epfd, op, fd, ev);
+	int r = fivc_real.epoll_ctl(epfd, op, fd, ev);
+	if (r == 0 && s && op == EPOLL_CTL_ADD)
+		__atomic_add_fetch(&s->nplain, 1, __ATOMIC_RELAXED);
+	else if (r == 0 && s && op == EPOLL_CTL_DEL && __atomic_load_n(&s->nplain, __ATOMIC_RELAXED) > 0)
+		__atomic_sub_fetch(&s->nplain, 1, __ATOMIC_RELAXED);
+	return r;
 }
 
 /* EPOLL_CTL_DEL of a socket on the ring: its kernel registration (tagged,
@@ -1023,12 +1038,19 @@ static int report(struct ep_set *s, struct epoll_event *ev, int max, int arm)
 	return n;
 }
 
-/* We have n of ours to report: now and then the kernel's too (timeout 0),
- * so plain fds and armed entries are not starved by a busy list. */
+/* We have n of ours to report: the kernel's too (timeout 0), as its own
+ * epoll_wait reports every ready fd up to max.  In a set with plain fds of
+ * the program that is every call (regression, issue 11: twisted's
+ * TCP tests got a connect's completion a loop turn before the listener's
+ * readiness, which the kernel reports in the same call, and failed); in a
+ * set of ring sockets only, the kernel holds only their doorbells and TCP
+ * edges, and is asked now and then, so armed entries are not starved by a
+ * busy list. */
 static int with_kernel(struct ep_set *s, struct epoll_event *ev, int n, int max,
 		       const sigset_t *mask)
 {
-	if (n >= max || (!s->kbusy && ++s->kskip < KERNEL_EVERY))
+	if (n >= max || (!s->kbusy && !__atomic_load_n(&s->nplain, __ATOMIC_RELAXED) &&
+			 ++s->kskip < KERNEL_EVERY))
 		return n;
 	s->kskip = 0;
 	int k = kernel_take(s, ev + n, max - n, 0, mask);
