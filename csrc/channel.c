@@ -1355,8 +1355,9 @@ static int chan_shutdown(struct fivc_chan *c, int how, int closing)
 		return 0;
 	}
 	rst_update(c);
-	if (closing && !c->reset && fivc_load_acquire(&c->rx->tail) != c->rx_head) {
-		/* a close with bytes unread: TCP resets, with no FIN */
+	if (closing && !c->reset && (c->linger0 || fivc_load_acquire(&c->rx->tail) != c->rx_head)) {
+		/* a close with bytes unread, or with SO_LINGER 0: TCP resets,
+		 * with no FIN */
 		__atomic_fetch_or(&c->tx->wr_closed, FIVC_WR_RST, __ATOMIC_RELEASE);
 		__atomic_fetch_or(&c->rx->rd_closed, FIVC_RD_GONE | FIVC_RD_RST, __ATOMIC_RELEASE);
 		c->wr_shut = c->rd_shut = c->reset = 1;
@@ -1387,6 +1388,12 @@ static int chan_shutdown(struct fivc_chan *c, int how, int closing)
 	}
 	chan_leave(c);
 	return 0;
+}
+
+void fivc_chan_abort(struct fivc_chan *c)
+{
+	c->linger0 = 1;
+	chan_shutdown(c, SHUT_RDWR, 1);
 }
 
 void fivc_chan_close(struct fivc_chan *c)

@@ -71,6 +71,21 @@ def test_rcvtimeo_inherited_and_set_before_connect(shm_path):
         {k: v for k, v in p.items() if k != "accelerated"}, (p, f)
 
 
+def test_linger_zero_close_resets_as_the_kernels(shm_path):
+    """SO_LINGER on with 0 s (an abortive close, twisted's abortConnection):
+    the peer gets what the kernel gives after TCP's RST (ECONNRESET once,
+    then end of stream; POLLERR|POLLHUP), whether the option was set on the
+    connection, before connect() or on the listener, with bytes unread or
+    none (before: the ring closed with a FIN, and the peer saw EOF)."""
+    plain, fast = _both("linger", shm_path)
+    assert len(plain) == len(fast) == 6
+    for p, f in zip(plain, fast, strict=True):
+        assert f["accelerated"] == 2, f
+        assert "ECONNRESET" in p["recvs"], p
+        assert {k: v for k, v in f.items() if k != "accelerated"} == \
+            {k: v for k, v in p.items() if k != "accelerated"}, (p, f)
+
+
 def test_calls_from_another_thread_while_one_blocks(shm_path):
     """A recv or send blocked in one thread, and in another: shutdown
     (SHUT_RD ends the recv with 0, SHUT_WR the send with EPIPE, within 1 s:

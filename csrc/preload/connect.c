@@ -458,6 +458,10 @@ void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
 		l = sizeof(v);
 		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &v, &l) == 0)
 			fs->ch.oob_inline = v != 0;
+		struct linger lg;
+		l = sizeof(lg);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0)
+			fs->ch.linger0 = lg.l_onoff && !lg.l_linger;
 	}
 	l = sizeof(v);
 	if ((bits & FIVC_FD_SNDBUF) && fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &l) == 0 &&

@@ -105,6 +105,12 @@ static int fs_detach(int fd, int do_close)
 				fs->kept_fd = keep;
 				__atomic_store_n(&fs->fd, keep, __ATOMIC_RELAXED);
 			}
+		} else if (fs->state == FS_ACCEL && fs->ch.linger0 && fs->ch.f && !fs->ch.broken &&
+			   !__atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED)) {
+			/* SO_LINGER 0, our last copy: the ring's reset goes
+			 * before TCP's RST, which the peer would otherwise
+			 * take for the close of a peer that read everything */
+			fivc_chan_abort(&fs->ch);
 		} else {
 			drain_doorbells(fs, fd);
 		}

@@ -570,6 +570,7 @@ static int sockopt_bit(int name)
 	case SO_RCVTIMEO:
 	case SO_SNDTIMEO:
 	case SO_OOBINLINE:
+	case SO_LINGER:
 #ifdef SO_RCVTIMEO_NEW
 	case SO_RCVTIMEO_NEW:
 	case SO_SNDTIMEO_NEW:

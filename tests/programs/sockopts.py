@@ -27,6 +27,11 @@ were on the ring (-1: not under fastivc).
     sockopts.py timeo      SO_RCVTIMEO (0.2 s) set on the listener and on
         the client before connect(): a recv on each end with nothing
         coming, after one byte each way
+    sockopts.py linger     SO_LINGER on with 0 s (an abortive close: TCP
+        sends RST), set on the connected socket, before connect(), or on
+        the listener (inherited): the closing end wrote bytes the peer had
+        not read yet, or had read them all; what the peer's poll, recvs
+        and SO_ERROR give after the close
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -337,6 +343,61 @@ def timeo() -> dict:
     return {"case": "timeo", **res, "accelerated": acc}
 
 
+LINGER0 = struct.pack("ii", 1, 0)
+
+
+def linger(where: str, unread: bool) -> dict:
+    base = on_fabric()
+    ls = socket.socket()
+    if where == "listener":
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    c = socket.socket()
+    if where == "before":
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    c.connect(ls.getsockname())
+    s, _ = ls.accept()
+    ls.close()
+    closer, peer = (s, c) if where == "listener" else (c, s)
+    closer.sendall(b"a")
+    assert peer.recv(1) == b"a"
+    peer.sendall(b"b")
+    assert closer.recv(1) == b"b"
+    acc = on_fabric() - base if base >= 0 else -1
+    if where == "after":
+        closer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    res = {"case": "linger", "where": where, "unread": unread,
+           "getsockopt": list(struct.unpack("ii", closer.getsockopt(
+               socket.SOL_SOCKET, socket.SO_LINGER, 8)))}
+    closer.sendall(b"xyz")
+    if not unread:
+        time.sleep(0.05)
+        res["read_before"] = peer.recv(10).decode()
+    closer.close()
+    time.sleep(0.1)  # (loopback delivers the RST)
+    p = select.poll()
+    p.register(peer.fileno(), select.POLLIN | select.POLLOUT)
+    ev = p.poll(0)
+    res["poll"] = ev[0][1] if ev else 0
+    steps = []
+    for _ in range(3):
+        try:
+            steps.append(peer.recv(10, socket.MSG_DONTWAIT).decode())
+        except OSError as e:
+            steps.append(errno.errorcode.get(e.errno, str(e.errno)))
+    res["recvs"] = steps
+    res["so_error"] = peer.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    try:
+        peer.send(b"q", socket.MSG_NOSIGNAL)
+        res["send"] = "ok"
+    except OSError as e:
+        res["send"] = errno.errorcode.get(e.errno, str(e.errno))
+    peer.close()
+    res["accelerated"] = acc
+    return res
+
+
 def main() -> None:
     what = sys.argv[1]
     if what == "inflight":
@@ -353,6 +414,10 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     elif what == "asyncio":
         print(json.dumps(asyncio_reset()), flush=True)
+    elif what == "linger":
+        for where in ("after", "before", "listener"):
+            for unread in (False, True):
+                print(json.dumps(linger(where, unread)), flush=True)
     else:
         print(json.dumps(timeo()), flush=True)
 

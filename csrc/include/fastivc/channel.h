@@ -93,6 +93,8 @@ struct fivc_chan {
 	int urg_state;
 	uint8_t urg_byte;
 	int oob_inline;
+	int linger0;                   /* SO_LINGER on with 0 s (set by the preload): the
+					  last close resets, as TCP's abortive close */
 	uint64_t sndbuf;               /* our SO_SNDBUF as the kernel reports it, when the
 					  program set one; 0: none (bytes in flight unbounded
 					  but by the ring) */
@@ -168,6 +170,9 @@ int fivc_chan_reset_state(struct fivc_chan *c, int *err, int take);
 void fivc_chan_leave(struct fivc_chan *c);
 /* SHUT_RD / SHUT_WR / SHUT_RDWR semantics. */
 int fivc_chan_shutdown(struct fivc_chan *c, int how);
+/* TCP's abortive close (SO_LINGER 0): the peer's next call gets ECONNRESET
+ * once what was written is read, as after a close with bytes unread. */
+void fivc_chan_abort(struct fivc_chan *c);
 /* fork: both directions become shared (after the child's holder entry is
  * in).  unshared_count: how many times a direction went back to the
  * lock-free path in this process (for tests and stats). */
