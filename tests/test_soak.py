@@ -100,10 +100,10 @@ def test_soak_every_byte_checked_on_the_ring(cbuild, shm_path, where, request):
     _check(reports, GIB, CONNS, accelerated=True)
 
 
-@pytest.mark.xfail(strict=False, reason="known bug (2026-12-03): a connection handed to a "
-                   "fork child mid-stream, the parent closing its copy, was once read at a "
-                   "wrong offset by the child (29 MB of 30 MB corrupt); not yet found")
 def test_soak_connections_handed_to_children_mid_stream_on_the_ring(cbuild, shm_path):
+    """(Once, on 2026-12-03, a child read such a connection at a wrong
+    offset; not seen again in about 270 runs since, at that commit and
+    after: README, Reliability.)"""
     seed = int.from_bytes(os.urandom(4), "little")
     reports = _soak(cbuild, shm_path, "loopback", GIB, seed, handoffs=True)
     print(f"soak with hand-offs seed {seed}: 0 corrupt")
