@@ -1062,22 +1062,39 @@ static ssize_t read_end(struct fivc_chan *c)
  * - SIOCATMARK: the next byte is the mark;
  * - a read past the mark drops it (urg_data = 0), and a later urgent send
  *   replaces an earlier mark, whose byte is then in-band.
+ * - a new mark while the reader sits at the old urgent byte drops that
+ *   byte (tcp_check_urg).
  * Left out: SIGURG (the kernel raises it for TCP's urgent pointer, which
- * ring bytes do not carry) and, at a new mark, tcp_check_urg's skip of an
- * old urgent byte the reader sits at.  The mark is the peer's word: one
+ * ring bytes do not carry).  The mark is the peer's word: one
  * behind us is dropped, one ahead waits until the bytes reach it. */
 static void urg_set(struct fivc_chan *c, int st) { __atomic_store_n(&c->urg_state, st, __ATOMIC_RELAXED); }
 
 /* Reader: take a new mark, its byte once it is in, drop a mark read past.
- * rx_tail_seen fresh (ready_read). */
-static void urg_look(struct fivc_chan *c)
+ * rx_tail_seen fresh (ready_read).  can_move: we may move rx_head (the
+ * reading call, or a side no other process reads). */
+static void urg_look(struct fivc_chan *c, int can_move)
 {
 	uint32_t n = fivc_load_acquire(&c->rx->urg_count);
 	if (n != c->urg_seen) {
 		uint64_t pos = fivc_load_relaxed(&c->rx->urg_seq);
+		uint32_t gap = fivc_load_relaxed(&c->rx->urg_gap);
 		__atomic_thread_fence(__ATOMIC_ACQUIRE);
 		if (fivc_load_relaxed(&c->rx->urg_count) != n)
 			return; /* a newer one came meanwhile: the next look */
+		/* tcp_check_urg: a new mark while the reader sits at the old
+		 * one's byte, which is in, drops that byte.  The old mark is
+		 * the one we knew, or, when marks came unseen since our last
+		 * look, the one before the newest (urg_gap); a longer run of
+		 * unseen marks on consecutive bytes is judged by the last two. */
+		int at_known = c->urg_state != URG_NONE && c->urg_pos == c->rx_head;
+		int at_prev = n - c->urg_seen >= 2 && gap && pos - (gap - 1) == c->rx_head + at_known;
+		if (can_move && !c->oob_inline && (at_known || at_prev) &&
+		    before(c->rx_head + at_known + at_prev - 1, c->rx_tail_seen) && chan_enter(c)) {
+			c->rx_head += (uint64_t)(at_known + at_prev);
+			fivc_store_release(&c->rx->head, c->rx_head);
+			notify_producer(c);
+			chan_leave(c);
+		}
 		__atomic_store_n(&c->urg_seen, n, __ATOMIC_RELAXED);
 		c->urg_pos = pos;
 		urg_set(c, before(pos, c->rx_head) ? URG_NONE : URG_PENDING);
@@ -1120,7 +1137,7 @@ ssize_t fivc_chan_recv_oob(struct fivc_chan *c, void *buf, size_t len, int peek,
 	int r = ready_read(c, &eof);
 	if (r < 0)
 		return r;
-	urg_look(c);
+	urg_look(c, !(fivc_load_relaxed(&c->shared) & FIVC_SHARED_RD));
 	*trunc = 0;
 	if (c->oob_inline || c->urg_state == URG_NONE || c->urg_state == URG_READ)
 		return -EINVAL;
@@ -1142,7 +1159,7 @@ int fivc_chan_atmark(struct fivc_chan *c)
 	int eof;
 	if (ready_read(c, &eof) < 0)
 		return 0;
-	urg_look(c);
+	urg_look(c, !(fivc_load_relaxed(&c->shared) & FIVC_SHARED_RD));
 	return c->urg_state != URG_NONE && c->urg_pos == c->rx_head;
 }
 
@@ -1170,7 +1187,10 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 		int r = ready_read(c, &eof);
 		uint64_t avail = c->rx_tail_seen - c->rx_head, skip = 0;
 		if (r > 0 && avail && urg_active(c)) {
-			urg_look(c);
+			urg_look(c, 1);
+			avail = c->rx_tail_seen - c->rx_head; /* (it may drop a byte) */
+			if (!avail)
+				continue;
 			if (c->urg_state != URG_NONE) {
 				uint64_t at = c->urg_pos - c->rx_head;
 				if (at == 0 && got)
@@ -1305,6 +1325,10 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 				/* the last byte is urgent: the mark goes before the
 				 * tail that covers it (a reader that sees the byte
 				 * sees the mark) */
+				uint64_t gap = fivc_load_relaxed(&c->tx->urg_count)
+						       ? c->tx_tail - fivc_load_relaxed(&c->tx->urg_seq)
+						       : 0;
+				fivc_store_relaxed(&c->tx->urg_gap, gap > UINT32_MAX ? 0 : (uint32_t)gap);
 				fivc_store_relaxed(&c->tx->urg_seq, c->tx_tail - 1);
 				fivc_store_release(&c->tx->urg_count,
 						   fivc_load_relaxed(&c->tx->urg_count) + 1);

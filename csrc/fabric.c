@@ -1140,6 +1140,7 @@ static void ring_init(struct fivc_ring_hdr *r, uint32_t size)
 	r->rcvbuf = 0;
 	r->urg_seq = 0;
 	r->urg_count = 0;
+	r->urg_gap = 0;
 	/* cons_wake / prod_wake / desc_seq keep counting: a stale sleeper or
 	 * reader compares values. */
 	r->magic = FIVC_RING_MAGIC;

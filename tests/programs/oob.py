@@ -119,6 +119,13 @@ def scenarios():
         p.send(b"hiX", True), p.ready(), p.recv(1, socket.MSG_OOB), p.recv(), p.send(b"more")
         p.recv(), p.ready()
 
+    def mark_at_mark(p: Pair) -> None:  # a new mark while the reader sits at
+        # the old urgent byte: the kernel drops that byte (tcp_check_urg)
+        p.send(b"A", True), p.send(b"B", True), p.recv(1, socket.MSG_OOB), p.recv(), p.ready()
+        p.send(b"xC", True), p.atmark(), p.send(b"D", True), p.recv(1, socket.MSG_OOB)
+        p.recv(), p.send(b"E", True), p.recv(1, socket.MSG_OOB), p.send(b"F", True)
+        p.atmark(), p.recv(), p.ready()
+
     def early(p: Pair) -> None:  # (sent in Pair: before the accept)
         p.ready(), p.recv(1, socket.MSG_OOB), p.recv(), p.send(b"more"), p.recv(), p.ready()
 
@@ -126,7 +133,7 @@ def scenarios():
             ("inline", True, inline), ("two_marks", False, two_marks),
             ("multibyte", False, multibyte), ("none", False, none),
             ("only_urgent", False, only_urgent), ("first_byte", False, first_byte),
-            ("early", False, early)]
+            ("mark_at_mark", False, mark_at_mark), ("early", False, early)]
 
 
 def main() -> None:

@@ -266,7 +266,9 @@ struct fivc_ring_hdr {
 	uint64_t urg_seq;      /* the last urgent byte's stream offset (MSG_OOB) ... */
 	uint32_t urg_count;    /* ... and how many urgent sends there were: stored
 				* (release) after urg_seq, before the tail covering it */
-	uint8_t p_pad[FIVC_CACHELINE - 52];
+	uint32_t urg_gap;      /* 1 + urg_seq minus the mark before it (0: none, or
+				* further than 4 GiB), stored with urg_seq */
+	uint8_t p_pad[FIVC_CACHELINE - 56];
 	/* line 2: guard, written by nobody */
 	uint8_t guard0[FIVC_CACHELINE];
 	/* line 3: written by the consumer */
