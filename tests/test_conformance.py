@@ -33,14 +33,23 @@ SCENARIOS = int(os.environ.get("FIVC_CONFORM_SCENARIOS", "300"))
 STEPS = int(os.environ.get("FIVC_CONFORM_STEPS", "200"))
 
 
-def _run(env: dict, seed: int, count: int, resets: bool) -> list[dict]:
+def _start(env: dict, seed: int, count: int, resets: bool) -> subprocess.Popen:
     args = [sys.executable, PROG, str(seed), str(count), str(STEPS)]
     if resets:
         args.append("resets")
-    r = subprocess.run(args, env=env, capture_output=True, text=True,
-                       timeout=120 + count * 2)
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
-    return [json.loads(ln) for ln in r.stdout.splitlines()]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _lines(p: subprocess.Popen, count: int) -> list[dict]:
+    try:
+        out, err = p.communicate(timeout=120 + count * 2)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, f"exit {p.returncode}\n{err[-3000:]}"
+    return [json.loads(ln) for ln in out.splitlines()]
 
 
 def _first_difference(plain: dict, fast: dict) -> str | None:
@@ -59,8 +68,10 @@ def _compare(shm_path: str, resets: bool) -> list[str]:
     print(f"conformance seed {seed}: {SCENARIOS} scenarios x {STEPS} calls"
           f"{' (resets)' if resets else ''}")
     plain_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    plain = _run(plain_env, seed, SCENARIOS, resets)
-    fast = _run(build_env(dict(os.environ), fabric=shm_path), seed, SCENARIOS, resets)
+    # (both at once: each is one process, and the machine has two cores)
+    pp = _start(plain_env, seed, SCENARIOS, resets)
+    pf = _start(build_env(dict(os.environ), fabric=shm_path), seed, SCENARIOS, resets)
+    plain, fast = _lines(pp, SCENARIOS), _lines(pf, SCENARIOS)
     assert len(plain) == len(fast) == SCENARIOS
     assert all(p["accelerated"] == -1 for p in plain), "plain runs saw the library"
     off = [f["seed"] for f in fast if f["accelerated"] != 2]

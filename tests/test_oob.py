@@ -8,9 +8,9 @@ mark and skipping the urgent byte (or reading it in order, inline), a
 second mark replacing the first, SIOCATMARK, FIONREAD (the bytes before
 the mark), and readiness: poll's POLLPRI and POLLIN, select's exceptional
 set, epoll's EPOLLPRI, and a new mark while the reader sits at the old
-urgent byte, which the kernel drops (tcp_check_urg).  On the ring (before: EOPNOTSUPP) but for urgent
-data sent before the server accepted, which leaves the connection on TCP
-(the kernel's own)."""
+urgent byte, which the kernel drops (tcp_check_urg).  On the ring
+(before: EOPNOTSUPP) but for urgent data sent before the server accepted,
+which leaves the connection on TCP (the kernel's own)."""
 
 from __future__ import annotations
 
