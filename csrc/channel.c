@@ -768,6 +768,25 @@ ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof)
 	return (ssize_t)n;
 }
 
+/* SO_RCVLOWAT: poll reports the ring readable once this many bytes are
+ * there, as tcp_epollin_ready; and, as its small-window rule there, once
+ * the writer may be unable to add more: half of what the ring's buffer, or
+ * the writer's bound (3/4 of at least our receive figure: buffer sizes
+ * above), lets be in flight.  Without that a mark above what fits would
+ * never be reached. */
+uint64_t fivc_chan_lowat(const struct fivc_chan *c)
+{
+	uint32_t lo = __atomic_load_n(&c->rcvlowat, __ATOMIC_RELAXED);
+	if (lo <= 1)
+		return 1;
+	uint64_t rcv = fivc_load_relaxed(&c->rx->rcvbuf);
+	if (!rcv)
+		rcv = FIVC_DEFAULT_RCVBUF;
+	uint64_t fits = FIVC_MIN(c->rxv.size, rcv / 4 * 3) / 2;
+	uint64_t t = FIVC_MIN((uint64_t)lo, fits);
+	return t ? t : 1;
+}
+
 /* FIONREAD (SIOCINQ): what is there, or, with an urgent mark ahead and
  * not SO_OOBINLINE, the bytes before the mark (tcp_ioctl). */
 ssize_t fivc_chan_inq(struct fivc_chan *c)
@@ -1180,6 +1199,11 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 {
 	uint8_t *dst = buf;
 	size_t got = 0;
+	/* tcp_recvmsg's target: a blocking read returns once it has this
+	 * much (MSG_WAITALL: all; else SO_RCVLOWAT, at most len), an end, an
+	 * error, a signal or the timeout; a non-blocking one what is there */
+	uint32_t lo = __atomic_load_n(&c->rcvlowat, __ATOMIC_RELAXED);
+	size_t target = flags & FIVC_WAITALL ? len : FIVC_MIN((size_t)(lo > 1 ? lo : 1), len);
 	if (is_broken(c))
 		return -ECONNRESET;
 	for (;;) {
@@ -1242,7 +1266,7 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 			fivc_store_release(&c->rx->head, c->rx_head);
 			notify_producer(c);
 			chan_leave(c);
-			if (!(flags & FIVC_WAITALL) || got == len)
+			if (got >= target)
 				return (ssize_t)got;
 			continue;
 		}

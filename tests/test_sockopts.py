@@ -86,6 +86,20 @@ def test_linger_zero_close_resets_as_the_kernels(shm_path):
             {k: v for k, v in p.items() if k != "accelerated"}, (p, f)
 
 
+def test_rcvlowat_as_the_kernels(shm_path):
+    """SO_RCVLOWAT 10, set on the connection or inherited from the listener:
+    poll and select say not readable below it, a blocking recv waits for
+    the tenth byte, a non-blocking one takes what is there, and the end of
+    the stream is readable whatever is left (before: the ring was readable
+    with one byte, and the blocking recv returned the first four)."""
+    plain, fast = _both("lowat", shm_path)
+    assert len(plain) == len(fast) == 2
+    for p, f in zip(plain, fast, strict=True):
+        assert f["accelerated"] == 2, f
+        assert p["steps"][1] == ["poll", 0, False], p  # (the kernel: 4 < 10)
+        assert f["steps"] == p["steps"], (p, f)
+
+
 def test_calls_from_another_thread_while_one_blocks(shm_path):
     """A recv or send blocked in one thread, and in another: shutdown
     (SHUT_RD ends the recv with 0, SHUT_WR the send with EPIPE, within 1 s:

@@ -462,6 +462,9 @@ void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
 		l = sizeof(lg);
 		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0)
 			fs->ch.linger0 = lg.l_onoff && !lg.l_linger;
+		l = sizeof(v);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, &l) == 0)
+			__atomic_store_n(&fs->ch.rcvlowat, v > 0 ? (uint32_t)v : 1u, __ATOMIC_RELAXED);
 	}
 	l = sizeof(v);
 	if ((bits & FIVC_FD_SNDBUF) && fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &l) == 0 &&

@@ -223,7 +223,7 @@ int fivc_fdlist_copy(int *out, int cap);
  *
  * FIVC_FD_SNDBUF, _RCVBUF, _MISCOPT: the program set SO_SNDBUF (or
  * SO_SNDBUFFORCE), SO_RCVBUF (SO_RCVBUFFORCE), or one of SO_RCVTIMEO,
- * SO_SNDTIMEO, SO_OOBINLINE and SO_LINGER (_MISCOPT)
+ * SO_SNDTIMEO, SO_OOBINLINE, SO_LINGER and SO_RCVLOWAT (_MISCOPT)
  * on the socket (an accepted one inherits its listener's), so that the
  * connection's channel asks the kernel for them when it opens
  * (fivc_fs_take_sockopts).  A dup keeps these: they are the file's. */

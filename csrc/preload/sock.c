@@ -203,7 +203,7 @@ checked:
 		ssize_t n = fivc_chan_readable(&fs->ch, &eof);
 		if (n < 0)
 			r |= POLLIN | POLLRDNORM | POLLERR | POLLHUP;
-		else if (n > 0 || eof)
+		else if ((n > 0 && (uint64_t)n >= fivc_chan_lowat(&fs->ch)) || eof)
 			r |= events & (POLLIN | POLLRDNORM);
 		shut = n >= 0 && (eof || fivc_chan_peer_shut(&fs->ch));
 	}

@@ -571,6 +571,7 @@ static int sockopt_bit(int name)
 	case SO_SNDTIMEO:
 	case SO_OOBINLINE:
 	case SO_LINGER:
+	case SO_RCVLOWAT:
 #ifdef SO_RCVTIMEO_NEW
 	case SO_RCVTIMEO_NEW:
 	case SO_SNDTIMEO_NEW:

@@ -32,6 +32,10 @@ were on the ring (-1: not under fastivc).
         the listener (inherited): the closing end wrote bytes the peer had
         not read yet, or had read them all; what the peer's poll, recvs
         and SO_ERROR give after the close
+    sockopts.py lowat      SO_RCVLOWAT 10 on the reader (after connect, or
+        inherited from the listener): poll and select with fewer bytes
+        there, a non-blocking recv (what is there), a blocking recv that
+        waits for the tenth byte, MSG_WAITALL, and the end of the stream
 """
 
 from __future__ import annotations
@@ -398,6 +402,59 @@ def linger(where: str, unread: bool) -> dict:
     return res
 
 
+def lowat(where: str) -> dict:
+    base = on_fabric()
+    ls = socket.socket()
+    if where == "listener":
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 10)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    w = socket.create_connection(ls.getsockname())
+    r, _ = ls.accept()
+    ls.close()
+    w.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    w.sendall(b"!")
+    assert r.recv(1) == b"!"
+    r.sendall(b"!")
+    assert w.recv(1) == b"!"
+    acc = on_fabric() - base if base >= 0 else -1
+    if where == "after":
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 10)
+    steps: list = [r.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)]
+
+    def ready() -> None:
+        p = select.poll()
+        p.register(r.fileno(), select.POLLIN)
+        ev = p.poll(0)
+        steps.append(["poll", ev[0][1] if ev else 0, bool(select.select([r], [], [], 0)[0])])
+
+    w.sendall(b"abcd")
+    time.sleep(0.05)
+    ready()
+    steps.append(["dontwait", r.recv(100, socket.MSG_DONTWAIT).decode()])
+    w.sendall(b"efgh")
+    time.sleep(0.05)
+    ready()
+    # (10 more: the kernel wakes a reader for SO_RCVLOWAT new bytes, not
+    # for what it already took plus the new)
+    threading.Timer(0.1, lambda: w.sendall(b"ijklmnopqr")).start()
+    steps.append(["blocking", r.recv(100).decode()])
+    w.sendall(b"0123456789xy")
+    time.sleep(0.05)
+    ready()
+    steps.append(["recv 5", r.recv(5).decode()])
+    ready()
+    steps.append(["waitall 7", r.recv(7, socket.MSG_WAITALL).decode()])
+    w.sendall(b"tail")
+    w.shutdown(socket.SHUT_WR)
+    time.sleep(0.05)
+    ready()
+    steps.append(["at end", r.recv(100).decode(), r.recv(100).decode()])
+    w.close()
+    r.close()
+    return {"case": "lowat", "where": where, "steps": steps, "accelerated": acc}
+
+
 def main() -> None:
     what = sys.argv[1]
     if what == "inflight":
@@ -414,6 +471,9 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     elif what == "asyncio":
         print(json.dumps(asyncio_reset()), flush=True)
+    elif what == "lowat":
+        for where in ("after", "listener"):
+            print(json.dumps(lowat(where)), flush=True)
     elif what == "linger":
         for where in ("after", "before", "listener"):
             for unread in (False, True):

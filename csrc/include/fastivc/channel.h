@@ -93,6 +93,7 @@ struct fivc_chan {
 	int urg_state;
 	uint8_t urg_byte;
 	int oob_inline;
+	uint32_t rcvlowat;             /* SO_RCVLOWAT (set by the preload); 0 or 1: a byte */
 	int linger0;                   /* SO_LINGER on with 0 s (set by the preload): the
 					  last close resets, as TCP's abortive close */
 	uint64_t sndbuf;               /* our SO_SNDBUF as the kernel reports it, when the
@@ -112,6 +113,8 @@ ssize_t fivc_chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 /* Bytes ready to read (>0), 0 when none, -ECONNRESET on a broken peer;
  * *eof is set when the peer shut down writing and the ring is drained. */
 ssize_t fivc_chan_readable(struct fivc_chan *c, int *eof);
+/* The bytes that make the ring readable for poll (SO_RCVLOWAT; >= 1). */
+uint64_t fivc_chan_lowat(const struct fivc_chan *c);
 /* The peer shut down writing (or its socket went): TCP's RDHUP, even
  * while data is still to be read. */
 int fivc_chan_peer_shut(struct fivc_chan *c);
