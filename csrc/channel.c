@@ -87,10 +87,21 @@ static int bell_needed(struct fivc_chan *c, uint32_t v)
 	return v && (!FIVC_WAKE_IS_CODE(v) || fivc_waker_note(c->f, v));
 }
 
+/* No bell for a peer that closed its side (its consumer flag RD_GONE, in
+ * the ring we write): nobody there waits, and a TCP doorbell byte to a
+ * closed socket is answered with a reset, an error on our socket the
+ * program could see (regression, issue 11: SO_ERROR gave EPIPE after our
+ * shutdown, whose FIN rang for the arm the peer's last timed-out recv had
+ * left). */
+static int peer_closed_side(const struct fivc_chan *c)
+{
+	return (fivc_load_relaxed(&c->tx->rd_closed) & FIVC_RD_GONE) != 0;
+}
+
 static void notify_consumer(struct fivc_chan *c)
 {
 	if (fivc_ring_consumer_waiting(c->tx) &&
-	    bell_needed(c, fivc_exchange(&c->tx->cons_waiting, 0u)))
+	    bell_needed(c, fivc_exchange(&c->tx->cons_waiting, 0u)) && !peer_closed_side(c))
 		ring_bell(c, &c->tx->cons_wake, &c->tx_wakes_sent);
 }
 
@@ -98,7 +109,7 @@ static void notify_consumer(struct fivc_chan *c)
 static void notify_producer(struct fivc_chan *c)
 {
 	if (ring_producer_waiting(c->rx) &&
-	    bell_needed(c, fivc_exchange(&c->rx->prod_waiting, 0u)))
+	    bell_needed(c, fivc_exchange(&c->rx->prod_waiting, 0u)) && !peer_closed_side(c))
 		ring_bell(c, &c->rx->prod_wake, &c->rx_wakes_sent);
 }
 

@@ -613,12 +613,16 @@ FIVC_EXPORT int getsockopt(int fd, int level, int name, void *v, socklen_t *l)
 	    __atomic_load_n(&fs->nodelay_forced, __ATOMIC_ACQUIRE))
 		*(int *)v = fs->app_nodelay;
 	if (r == 0 && fs && fs->state == FS_ACCEL && level == SOL_SOCKET && name == SO_ERROR && v &&
-	    l && *l >= sizeof(int) && *(int *)v == 0) {
-		int e; /* the ring's reset error, reported (and cleared) as the kernel's */
+	    l && *l >= sizeof(int)) {
+		/* the ring's reset error, reported (and cleared) as the kernel's.
+		 * The doorbell socket's own error (now cleared) describes
+		 * doorbells, but for a peer that died and reset it */
+		int e;
 		pthread_mutex_lock(&fs->rd_lock);
 		fivc_chan_reset_state(&fs->ch, &e, 1);
 		pthread_mutex_unlock(&fs->rd_lock);
-		*(int *)v = e;
+		if (e || __atomic_load_n(&fs->ch.peer_gone, __ATOMIC_RELAXED) != 2)
+			*(int *)v = e;
 	}
 	return r;
 }
