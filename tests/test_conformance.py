@@ -2,7 +2,8 @@
 sequences of socket calls (tests/programs/conform.py: sends and reads of
 random sizes, iovec counts and flags, MSG_PEEK, MSG_TRUNC, MSG_WAITALL,
 zero-length calls, shutdown each way, close, poll, select, FIONREAD,
-SO_ERROR) run on a plain kernel TCP pair and on an accelerated pair, and
+SO_ERROR, getsockopt, a blocking recv under SO_RCVTIMEO, and one
+interrupted by a signal) run on a plain kernel TCP pair and on an accelerated pair, and
 every result must be the same: return values, errno, bytes read, bytes
 left in the caller's buffer, readiness masks.  Every accelerated scenario
 must have had both ends on the ring.

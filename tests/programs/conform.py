@@ -2,8 +2,10 @@
 socket calls on the two ends of one loopback TCP connection, made from a
 seed, with every result recorded: return values, errno names, the bytes
 read (length and digest), the bytes left in a caller's buffer, poll and
-select masks, FIONREAD.  tests/test_conformance.py runs the same seed on
-plain TCP and under fastivc and compares the two records call by call.
+select masks, FIONREAD, getsockopt values, a blocking recv's end under
+SO_RCVTIMEO (10 ms) and under a signal whose handler raises.
+tests/test_conformance.py runs the same seed on plain TCP and under
+fastivc and compares the two records call by call.
 
     conform.py SEED COUNT STEPS [resets]
 
@@ -28,7 +30,9 @@ import json
 import os
 import random
 import select
+import signal
 import socket
+import struct
 import sys
 import termios
 
@@ -241,6 +245,56 @@ class Scenario:
         r = self.result(lambda: e.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
         self.record("so_error", e.name, r)
 
+    GETOPTS = [(socket.SOL_SOCKET, socket.SO_TYPE), (socket.SOL_SOCKET, socket.SO_ACCEPTCONN),
+               (socket.SOL_SOCKET, socket.SO_KEEPALIVE), (socket.SOL_SOCKET, socket.SO_OOBINLINE),
+               (socket.SOL_SOCKET, socket.SO_DOMAIN), (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+               (socket.SOL_SOCKET, socket.SO_RCVLOWAT)]
+
+    def op_getsockopt(self, i: int) -> None:
+        e = self.ends[i]
+        level, name = self.rnd.choice(self.GETOPTS)
+        r = self.result(lambda: e.sock.getsockopt(level, name))
+        self.record("getsockopt", e.name, level, name, r)
+
+    def _blocking_recv(self, e: End) -> list:
+        buf = bytearray(64)
+        r = self.result(lambda: e.sock.recv_into(buf, 64))
+        if r[0] == "ok":
+            self.recvd[self.ends.index(e)] += r[1]
+            r = ["ok", r[1], digest(buf[:r[1]])]
+        return r
+
+    def op_timeout(self, i: int) -> None:
+        """SO_RCVTIMEO of 10 ms and a blocking recv: EAGAIN when nothing
+        comes, else what is there (or the end)."""
+        e = self.ends[i]
+        self.settle(i)
+        e.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 10000))
+        r = self._blocking_recv(e)
+        e.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bytes(16))
+        self.record("recv_timeout", e.name, r)
+
+    def op_signal(self, i: int) -> None:
+        """A blocking recv with nothing to read, interrupted by a signal
+        whose handler raises (EINTR reaches Python); one with bytes there
+        returns them before the signal."""
+        e = self.ends[i]
+        self.settle(i)
+
+        def handler(_sig, _frame):
+            raise InterruptedError
+
+        old = signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        try:
+            r = self._blocking_recv(e)
+        except InterruptedError:
+            r = ["interrupted"]
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        self.record("recv_signal", e.name, r)
+
     def op_shutdown(self, i: int) -> None:
         e = self.ends[i]
         how = self.rnd.choice([socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR])
@@ -261,7 +315,8 @@ class Scenario:
     def run(self, steps: int) -> None:
         ops = [(self.op_send, 30), (self.op_recv, 30), (self.op_recvmsg, 8),
                (self.op_poll, 8), (self.op_select, 4), (self.op_fionread, 5),
-               (self.op_sockerr, 2), (self.op_shutdown, 2), (self.op_close, 1)]
+               (self.op_sockerr, 2), (self.op_getsockopt, 2), (self.op_timeout, 1),
+               (self.op_signal, 1), (self.op_shutdown, 2), (self.op_close, 1)]
         fns, weights = zip(*ops, strict=True)
         for _ in range(steps):
             live = [k for k, e in enumerate(self.ends) if not e.closed]
