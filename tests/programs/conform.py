@@ -41,6 +41,7 @@ from onfabric import on_fabric
 IN_FLIGHT = 24 * 1024  # per direction: what TCP delivers at once here (at 48 KiB
 # the receive window held some back in the sender now and then)
 SIZES = [0, 1, 2, 7, 64, 100, 1000, 4096, 5000, 16384, 40000]
+RDHUP = getattr(select, "POLLRDHUP", 0x2000)
 POLL_BITS = [(select.POLLIN, "IN"), (select.POLLOUT, "OUT"), (select.POLLPRI, "PRI"),
              (select.POLLERR, "ERR"), (select.POLLHUP, "HUP"),
              (getattr(select, "POLLRDHUP", 0x2000), "RDHUP")]
@@ -117,17 +118,32 @@ class Scenario:
         want = self.in_flight(1 - i)
         buf = bytearray(4)
         p = select.poll()
-        p.register(self.ends[i].sock.fileno(), select.POLLIN)
+        p.register(self.ends[i].sock.fileno(), select.POLLIN | RDHUP)
+        o = self.ends[1 - i]
+        fin = o.shut_wr or o.closed  # (its FIN, too, must have come)
         for _ in range(200):
             try:
                 fcntl.ioctl(self.ends[i].sock.fileno(), termios.FIONREAD, buf)
             except OSError:
                 return
-            if int.from_bytes(buf, sys.byteorder) >= want:
+            ev = p.poll(0)
+            mask = ev[0][1] if ev else 0
+            if mask & (select.POLLERR | select.POLLHUP):
+                return  # (a reset: what was in flight is gone)
+            if int.from_bytes(buf, sys.byteorder) >= want and (not fin or mask & RDHUP):
                 return
+            select.select([], [], [], 0.005)
+
+    def settle_reset(self, i: int) -> None:
+        """After bytes from end i to a closed end or one shut both ways:
+        wait (briefly) for the peer kernel's reset to reach end i.  Not
+        recorded."""
+        p = select.poll()
+        p.register(self.ends[i].sock.fileno(), 0)
+        for _ in range(200):
             ev = p.poll(0)
             if ev and ev[0][1] & (select.POLLERR | select.POLLHUP):
-                return  # (a reset: what was in flight is gone)
+                return
             select.select([], [], [], 0.005)
 
     def op_send(self, i: int) -> None:
@@ -155,6 +171,8 @@ class Scenario:
         if r[0] == "ok":
             e.sent += r[1]
         self.record(how, e.name, n, flags, r)
+        if r[0] == "ok" and r[1] and self._resets(i):
+            self.settle_reset(i)
 
     def _readable(self, i: int) -> bool:
         """A blocking read on end i returns at once (bytes, or EOF)."""
