@@ -284,6 +284,23 @@ static void t_stdio(void)
 	done("stdio", &p);
 }
 
+/* what fd gives until its end, and how it ended */
+static void read_to_end(int fd)
+{
+	char b[64];
+	size_t got = 0;
+	for (;;) {
+		ssize_t n = recv(fd, b + got, sizeof(b) - 1 - got, 0);
+		if (n <= 0) {
+			res("end", n);
+			break;
+		}
+		got += (size_t)n;
+	}
+	b[got] = 0;
+	step("read '%s'", b);
+}
+
 /* a daemon()'s child keeps the connection: it writes after its parent
  * (the one that called daemon) is gone, and hands it to the program it
  * execs */
@@ -308,18 +325,7 @@ static void t_daemon(const char *self)
 	step("daemon's parent exit %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
 	close(p.w);
 	p.w = -1;
-	char b[64];
-	size_t got = 0;
-	for (;;) {
-		ssize_t n = recv(p.r, b + got, sizeof(b) - 1 - got, 0);
-		if (n <= 0) {
-			res("end", n);
-			break;
-		}
-		got += (size_t)n;
-	}
-	b[got] = 0;
-	step("read '%s'", b);
+	read_to_end(p.r);
 	done("daemon", &p);
 }
 
@@ -355,18 +361,7 @@ static void t_exec(const char *self, int how)
 	}
 	close(p.w);
 	p.w = -1;
-	char b[64];
-	size_t got = 0;
-	for (;;) {
-		ssize_t n = recv(p.r, b + got, sizeof(b) - 1 - got, 0);
-		if (n <= 0) {
-			res("end", n);
-			break;
-		}
-		got += (size_t)n;
-	}
-	b[got] = 0;
-	step("read '%s'", b);
+	read_to_end(p.r);
 	int st;
 	waitpid(pid, &st, 0);
 	step("exit %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);

@@ -350,25 +350,34 @@ def timeo() -> dict:
 LINGER0 = struct.pack("ii", 1, 0)
 
 
-def linger(where: str, unread: bool) -> dict:
+def warm_pair(on_listener=None, on_client=None):
+    """A connected pair (client, server) with an option (level, name,
+    value) set on the listener (inherited) and/or on the client before
+    connect(), one byte each way (the switch); and how many of its ends are
+    on the ring."""
     base = on_fabric()
     ls = socket.socket()
-    if where == "listener":
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    if on_listener:
+        ls.setsockopt(*on_listener)
     ls.bind(("127.0.0.1", 0))
     ls.listen(1)
     c = socket.socket()
-    if where == "before":
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    if on_client:
+        c.setsockopt(*on_client)
     c.connect(ls.getsockname())
     s, _ = ls.accept()
     ls.close()
+    c.sendall(b"a")
+    assert s.recv(1) == b"a"
+    s.sendall(b"b")
+    assert c.recv(1) == b"b"
+    return c, s, (on_fabric() - base if base >= 0 else -1)
+
+
+def linger(where: str, unread: bool) -> dict:
+    opt = (socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    c, s, acc = warm_pair(opt if where == "listener" else None, opt if where == "before" else None)
     closer, peer = (s, c) if where == "listener" else (c, s)
-    closer.sendall(b"a")
-    assert peer.recv(1) == b"a"
-    peer.sendall(b"b")
-    assert closer.recv(1) == b"b"
-    acc = on_fabric() - base if base >= 0 else -1
     if where == "after":
         closer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
     res = {"case": "linger", "where": where, "unread": unread,
@@ -403,21 +412,9 @@ def linger(where: str, unread: bool) -> dict:
 
 
 def lowat(where: str) -> dict:
-    base = on_fabric()
-    ls = socket.socket()
-    if where == "listener":
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 10)
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(1)
-    w = socket.create_connection(ls.getsockname())
-    r, _ = ls.accept()
-    ls.close()
+    w, r, acc = warm_pair((socket.SOL_SOCKET, socket.SO_RCVLOWAT, 10) if where == "listener"
+                          else None)
     w.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    w.sendall(b"!")
-    assert r.recv(1) == b"!"
-    r.sendall(b"!")
-    assert w.recv(1) == b"!"
-    acc = on_fabric() - base if base >= 0 else -1
     if where == "after":
         r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 10)
     steps: list = [r.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)]
