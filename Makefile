@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean results chaos sanitize fuzz soak conformance
+.PHONY: demo test deps install clean results chaos sanitize fuzz soak conformance foreign-load
 
 demo: install
 	$(VENV)/bin/fastivc demo
@@ -45,6 +45,12 @@ CONFORM_SCENARIOS ?= 100000
 conformance: install
 	FIVC_CONFORM_SCENARIOS=$(CONFORM_SCENARIOS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 		$(PY) -m pytest -q -rs -s tests/test_conformance.py
+
+# foreign-load: tornado's and twisted's suites at once under fastivc, next
+# to two busy loops, FOREIGN_ROUNDS times, every outcome against plain TCP.
+FOREIGN_ROUNDS ?= 3
+foreign-load: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) scripts/foreign-load.py $(FOREIGN_ROUNDS)
 
 # sanitize: the library built with ASan and UBSan under the real programs.
 sanitize: install
