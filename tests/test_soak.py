@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from netenv import ADDR, NS_CLIENT, NS_SERVER
@@ -76,6 +77,16 @@ def _soak(cbuild, fabric: str | None, where: str, gib: float, seed: int,
     port = str(PORT + 100 + seed % 50)
     srv = subprocess.Popen(in_ns(NS_SERVER, [prog, "server", server_host, port, *args]),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # The client starts once the server listens: a connect() racing the
+    # server's start may look for its listener entry just before listen()
+    # publishes it and then reach the open port, and that connection is
+    # (rightly) plain TCP, which the on-the-fabric count would not allow.
+    for _ in range(200):
+        ss = subprocess.run(in_ns(NS_SERVER, ["ss", "-Hltn", f"sport = :{port}"]),
+                            capture_output=True, text=True, timeout=10)
+        if ss.stdout.strip() or srv.poll() is not None:
+            break
+        time.sleep(0.05)
     try:
         cli = subprocess.run(in_ns(NS_CLIENT, [prog, "client", server_host, port, *args]),
                              capture_output=True, text=True, timeout=TIMEOUT, env=env)
