@@ -1099,6 +1099,20 @@ static ssize_t read_end(struct fivc_chan *c)
  * behind us is dropped, one ahead waits until the bytes reach it. */
 static void urg_set(struct fivc_chan *c, int st) { __atomic_store_n(&c->urg_state, st, __ATOMIC_RELAXED); }
 
+/* Reader: n bytes at our head are consumed, under the lease (0: it is
+ * lost, nothing moved). */
+static int rx_consume(struct fivc_chan *c, uint64_t n)
+{
+	if (!chan_enter(c))
+		return 0;
+	c->rx_head += n;
+	/* SYNC POINT WRITE: pairs with the acquire of the head in ready_write. */
+	fivc_store_release(&c->rx->head, c->rx_head);
+	notify_producer(c);
+	chan_leave(c);
+	return 1;
+}
+
 /* Reader: take a new mark, its byte once it is in, drop a mark read past.
  * rx_tail_seen fresh (ready_read).  can_move: we may move rx_head (the
  * reading call, or a side no other process reads). */
@@ -1119,12 +1133,8 @@ static void urg_look(struct fivc_chan *c, int can_move)
 		int at_known = c->urg_state != URG_NONE && c->urg_pos == c->rx_head;
 		int at_prev = n - c->urg_seen >= 2 && gap && pos - (gap - 1) == c->rx_head + at_known;
 		if (can_move && !c->oob_inline && (at_known || at_prev) &&
-		    before(c->rx_head + at_known + at_prev - 1, c->rx_tail_seen) && chan_enter(c)) {
-			c->rx_head += (uint64_t)(at_known + at_prev);
-			fivc_store_release(&c->rx->head, c->rx_head);
-			notify_producer(c);
-			chan_leave(c);
-		}
+		    before(c->rx_head + at_known + at_prev - 1, c->rx_tail_seen))
+			rx_consume(c, (uint64_t)(at_known + at_prev));
 		__atomic_store_n(&c->urg_seen, n, __ATOMIC_RELAXED);
 		c->urg_pos = pos;
 		urg_set(c, before(pos, c->rx_head) ? URG_NONE : URG_PENDING);
@@ -1243,12 +1253,8 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 					nanosleep(&ts, NULL); /* (the ring is not empty: a nap, not a wait) */
 					continue;
 				}
-				if (!chan_enter(c))
+				if (!rx_consume(c, 1)) /* past the urgent byte: the mark goes */
 					return broken(c);
-				c->rx_head += 1; /* past the urgent byte: the mark goes */
-				fivc_store_release(&c->rx->head, c->rx_head);
-				notify_producer(c);
-				chan_leave(c);
 				urg_set(c, URG_NONE);
 				continue;
 			}
@@ -1269,14 +1275,9 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 					return broken(c);
 				return (ssize_t)(got + n);
 			}
-			if (!chan_enter(c))
+			if (!rx_consume(c, n + skip))
 				return broken(c);
 			got += n;
-			c->rx_head += n + skip;
-			/* SYNC POINT WRITE: pairs with the acquire of the head in ready_write. */
-			fivc_store_release(&c->rx->head, c->rx_head);
-			notify_producer(c);
-			chan_leave(c);
 			if (got >= target)
 				return (ssize_t)got;
 			continue;
