@@ -23,12 +23,6 @@
 
 #include "preload.h"
 
-static inline struct fsock *managed(int fd)
-{
-	FIVC_ENSURE_INIT();
-	return FIVC_GUARDED() ? NULL : fivc_fs(fd);
-}
-
 #define MMSG_MAX 1024 /* UIO_MAXIOV: the kernel's bound on vlen */
 
 /* ---- recvmmsg / sendmmsg (net/socket.c: do_recvmmsg, __sys_sendmmsg) ---- */
@@ -44,7 +38,7 @@ static void ts_now(struct timespec *t) { clock_gettime(CLOCK_MONOTONIC, t); }
 FIVC_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags,
 			 struct timespec *tmo)
 {
-	if (!managed(fd) || (flags & MSG_ERRQUEUE))
+	if (!fivc_managed(fd) || (flags & MSG_ERRQUEUE))
 		return fivc_real.recvmmsg(fd, v, vlen, flags, tmo);
 	struct timespec end = {0, 0}, now;
 	if (tmo) {
@@ -101,7 +95,7 @@ FIVC_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags
  * rest of that message did not fit). */
 FIVC_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags)
 {
-	if (!managed(fd))
+	if (!fivc_managed(fd))
 		return fivc_real.sendmmsg(fd, v, vlen, flags);
 	if (vlen > MMSG_MAX)
 		vlen = MMSG_MAX;
@@ -144,10 +138,7 @@ static int v2_ours(int fd, const struct iovec *iov, int cnt, off_t off, int flag
 {
 	if (off != -1 || ((unsigned)flags & ~RWF_SOCKET_OK) || cnt <= 0 || cnt > MMSG_MAX || !iov)
 		return 0;
-	size_t n = 0;
-	for (int i = 0; i < cnt; i++)
-		n |= iov[i].iov_len;
-	return n && managed(fd);
+	return !fivc_iov_empty(iov, cnt) && fivc_managed(fd);
 }
 
 FIVC_EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
@@ -215,7 +206,7 @@ static int ck_close(void *c) { return close((int)(intptr_t)c); }
 
 FIVC_EXPORT FILE *fdopen(int fd, const char *mode)
 {
-	if (!managed(fd) || !mode)
+	if (!fivc_managed(fd) || !mode)
 		return fivc_real.fdopen(fd, mode);
 	char m[3] = {0};
 	switch (mode[0]) {
@@ -298,56 +289,53 @@ FIVC_EXPORT int daemon(int nochdir, int noclose)
 }
 
 /* execl, execle, execlp: glibc's build the argument vector and call its
- * internal execve; these build it and call the library's. */
-#define ARGV_FROM_VA(argv, arg0, ap, n)                                              \
-	do {                                                                         \
-		va_list cp;                                                          \
-		va_copy(cp, ap);                                                     \
-		for (n = 1; va_arg(cp, const char *); n++)                           \
-			if (n == INT_MAX) {                                          \
-				va_end(cp);                                          \
-				errno = E2BIG;                                       \
-				return -1;                                           \
-			}                                                            \
-		va_end(cp);                                                          \
-		argv = alloca(((size_t)n + 1) * sizeof(char *));                     \
-		argv[0] = (char *)(arg0);                                            \
-		for (int i_ = 1; i_ <= n; i_++)                                      \
-			argv[i_] = va_arg(ap, char *);                               \
-	} while (0)
+ * internal execve; this builds it and calls the library's exec.  After arg
+ * the list ends with NULL; with_env: the environment follows (execle). */
+static int exec_list(const char *p, int search, int with_env, const char *arg, va_list ap)
+{
+	va_list cp;
+	int n;
+	va_copy(cp, ap);
+	for (n = 1; va_arg(cp, const char *); n++)
+		if (n == INT_MAX) {
+			va_end(cp);
+			errno = E2BIG;
+			return -1;
+		}
+	va_end(cp);
+	char **argv = alloca(((size_t)n + 1) * sizeof(char *));
+	argv[0] = (char *)arg;
+	for (int i = 1; i <= n; i++)
+		argv[i] = va_arg(ap, char *);
+	char *const *envp = with_env ? va_arg(ap, char *const *) : environ;
+	return fivc_exec_with(p, -1, search, argv, envp);
+}
 
 FIVC_EXPORT int execl(const char *path, const char *arg, ...)
 {
 	va_list ap;
-	char **argv;
-	int n;
 	va_start(ap, arg);
-	ARGV_FROM_VA(argv, arg, ap, n);
+	int r = exec_list(path, 0, 0, arg, ap);
 	va_end(ap);
-	return execve(path, argv, environ);
+	return r;
 }
 
 FIVC_EXPORT int execlp(const char *file, const char *arg, ...)
 {
 	va_list ap;
-	char **argv;
-	int n;
 	va_start(ap, arg);
-	ARGV_FROM_VA(argv, arg, ap, n);
+	int r = exec_list(file, 1, 0, arg, ap);
 	va_end(ap);
-	return execvp(file, argv);
+	return r;
 }
 
 FIVC_EXPORT int execle(const char *path, const char *arg, ...)
 {
 	va_list ap;
-	char **argv;
-	int n;
 	va_start(ap, arg);
-	ARGV_FROM_VA(argv, arg, ap, n);
-	char **envp = va_arg(ap, char **);
+	int r = exec_list(path, 0, 1, arg, ap);
 	va_end(ap);
-	return execve(path, argv, envp);
+	return r;
 }
 
 FIVC_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])

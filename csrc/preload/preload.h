@@ -199,6 +199,21 @@ static inline struct fsock *fivc_fs(int fd)
 		return NULL;
 	return __atomic_load_n(&fivc_fds[fd], __ATOMIC_ACQUIRE);
 }
+/* For an interposed call: the managed socket behind fd, or NULL (then:
+ * the real call; also inside the library's own calls). */
+static inline struct fsock *fivc_managed(int fd)
+{
+	FIVC_ENSURE_INIT();
+	return FIVC_GUARDED() ? NULL : fivc_fs(fd);
+}
+/* No byte to move in iov[0..cnt) */
+static inline int fivc_iov_empty(const struct iovec *iov, int cnt)
+{
+	for (int i = 0; i < cnt; i++)
+		if (iov[i].iov_len)
+			return 0;
+	return 1;
+}
 void fivc_fd_set(int fd, struct fsock *fs);
 /* The fds whose entry is set, kept as a compact list beside the table, so
  * that fork, exec and the walks below cost the managed fds, never the

@@ -20,13 +20,6 @@ int fivc_do_select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *tv
 int fivc_do_pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *ts,
 		    const sigset_t *mask);
 
-/* The managed socket behind fd, or NULL (then: the real call). */
-static inline struct fsock *managed(int fd)
-{
-	FIVC_ENSURE_INIT();
-	return FIVC_GUARDED() ? NULL : fivc_fs(fd);
-}
-
 /* ---- socket / connect / accept ---- */
 
 FIVC_EXPORT int socket(int domain, int type, int proto)
@@ -105,29 +98,22 @@ FIVC_EXPORT int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags)
  * (sock_read_iter; do_iter_readv_writev), whatever its state; recv,
  * recvmsg, write, send and sendmsg of 0 bytes do ask it (EAGAIN,
  * ECONNRESET, EPIPE).  The kernel says so for the first three. */
-static int iov_empty(const struct iovec *iov, int cnt)
-{
-	for (int i = 0; i < cnt; i++)
-		if (iov[i].iov_len)
-			return 0;
-	return 1;
-}
 
 FIVC_EXPORT ssize_t read(int fd, void *b, size_t n)
 {
-	struct fsock *fs = n ? managed(fd) : NULL;
+	struct fsock *fs = n ? fivc_managed(fd) : NULL;
 	return fs ? fivc_ret(fivc_fs_recv(fs, fd, b, n, 0)) : fivc_real.read(fd, b, n);
 }
 
 FIVC_EXPORT ssize_t recv(int fd, void *b, size_t n, int flags)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	return fs ? fivc_ret(fivc_fs_recv(fs, fd, b, n, flags)) : fivc_real.recv(fd, b, n, flags);
 }
 
 FIVC_EXPORT ssize_t recvfrom(int fd, void *b, size_t n, int flags, struct sockaddr *a, socklen_t *l)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	if (!fs)
 		return fivc_real.recvfrom(fd, b, n, flags, a, l);
 	if (a && l)
@@ -137,13 +123,13 @@ FIVC_EXPORT ssize_t recvfrom(int fd, void *b, size_t n, int flags, struct sockad
 
 FIVC_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
-	struct fsock *fs = cnt > 0 && iov && !iov_empty(iov, cnt) ? managed(fd) : NULL;
+	struct fsock *fs = cnt > 0 && iov && !fivc_iov_empty(iov, cnt) ? fivc_managed(fd) : NULL;
 	return fs ? fivc_ret(fivc_fs_recvv(fs, fd, iov, cnt, 0)) : fivc_real.readv(fd, iov, cnt);
 }
 
 FIVC_EXPORT ssize_t recvmsg(int fd, struct msghdr *m, int flags)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	if (!fs || (flags & MSG_ERRQUEUE)) /* the error queue stays the kernel's */
 		return fivc_real.recvmsg(fd, m, flags);
 	ssize_t r = fivc_fs_recvv(fs, fd, m->msg_iov, (int)m->msg_iovlen, flags);
@@ -159,33 +145,33 @@ FIVC_EXPORT ssize_t recvmsg(int fd, struct msghdr *m, int flags)
 
 FIVC_EXPORT ssize_t write(int fd, const void *b, size_t n)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	return fs ? fivc_ret(fivc_fs_send(fs, fd, b, n, 0)) : fivc_real.write(fd, b, n);
 }
 
 FIVC_EXPORT ssize_t send(int fd, const void *b, size_t n, int flags)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	return fs ? fivc_ret(fivc_fs_send(fs, fd, b, n, flags)) : fivc_real.send(fd, b, n, flags);
 }
 
 FIVC_EXPORT ssize_t sendto(int fd, const void *b, size_t n, int flags, const struct sockaddr *a,
 			   socklen_t l)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	return fs ? fivc_ret(fivc_fs_send(fs, fd, b, n, flags))
 		  : fivc_real.sendto(fd, b, n, flags, a, l);
 }
 
 FIVC_EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
 {
-	struct fsock *fs = cnt > 0 && iov && !iov_empty(iov, cnt) ? managed(fd) : NULL;
+	struct fsock *fs = cnt > 0 && iov && !fivc_iov_empty(iov, cnt) ? fivc_managed(fd) : NULL;
 	return fs ? fivc_ret(fivc_fs_sendv(fs, fd, iov, cnt, 0)) : fivc_real.writev(fd, iov, cnt);
 }
 
 FIVC_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	return fs ? fivc_ret(fivc_fs_sendv(fs, fd, m->msg_iov, (int)m->msg_iovlen, flags))
 		  : fivc_real.sendmsg(fd, m, flags);
 }
@@ -255,13 +241,13 @@ static ssize_t sendfile_held(struct fsock *fs, int out, int in, off_t *off, size
 
 FIVC_EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
 {
-	struct fsock *fs = managed(out);
+	struct fsock *fs = fivc_managed(out);
 	return fs ? sendfile_held(fs, out, in, off, count) : fivc_real.sendfile(out, in, off, count);
 }
 
 FIVC_EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t count)
 {
-	struct fsock *fs = managed(out);
+	struct fsock *fs = fivc_managed(out);
 	return fs ? sendfile_held(fs, out, in, off, count)
 		  : fivc_real.sendfile64(out, in, off, count);
 }
@@ -444,7 +430,7 @@ FIVC_EXPORT void closefrom(int lowfd)
 
 FIVC_EXPORT int shutdown(int fd, int how)
 {
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	return fs ? (int)fivc_ret(fivc_fs_shutdown(fs, fd, how)) : fivc_real.shutdown(fd, how);
 }
 
@@ -532,7 +518,7 @@ FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)
 	va_start(ap, req);
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
-	struct fsock *fs = managed(fd);
+	struct fsock *fs = fivc_managed(fd);
 	if (fs && req == SIOCATMARK && fs->state == FS_ACCEL) {
 		pthread_mutex_lock(&fs->rd_lock); /* (the reader's mark) */
 		*(int *)arg = fivc_chan_atmark(&fs->ch);
