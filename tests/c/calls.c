@@ -10,7 +10,6 @@
  *   calls child FD WORD   (exec'd) write WORD on FD, then exit */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -25,6 +24,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "onfabric.h"
 
 static char steps[65536];
 static size_t at;
@@ -69,16 +70,6 @@ static void res(const char *what, long r)
 		step("%s -1 %s", what, en(errno));
 	else
 		step("%s %ld", what, r);
-}
-
-static long on_fabric(void)
-{
-	void (*st)(uint64_t *) = (void (*)(uint64_t *))dlsym(RTLD_DEFAULT, "fastivc_fork_stats");
-	if (!st)
-		return -1;
-	uint64_t o[4];
-	st(o);
-	return (long)o[0];
 }
 
 static void settle(void) { usleep(50000); } /* loopback delivers (the ring needs none) */

@@ -25,7 +25,6 @@
  * for 20 s (a hang). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -41,6 +40,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "onfabric.h"
 
 #define MAXCONN 4096
 #define BUF (1u << 20)
@@ -206,16 +207,6 @@ static ssize_t do_read(struct conn *c, int dir, int nonblock)
 		c->rd_done = 1;
 	}
 	return r;
-}
-
-static long on_fabric(void)
-{
-	void (*st)(uint64_t *) = (void (*)(uint64_t *))dlsym(RTLD_DEFAULT, "fastivc_fork_stats");
-	if (!st)
-		return -1;
-	uint64_t o[4];
-	st(o);
-	return (long)o[0];
 }
 
 static void report(const char *role, double secs, long fab)
