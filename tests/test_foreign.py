@@ -37,57 +37,53 @@ from fastivc.run import build_env
 RACY = {"test_stop_in_callback (tornado.test.tcpserver_test.TCPServerTest.test_stop_in_callback)"}
 
 
-def _outcomes(env: dict) -> tuple[dict, str]:
-    r = subprocess.run([sys.executable, "-m", "tornado.test.runtests", "--verbose"], env=env,
-                       capture_output=True, text=True, timeout=600, cwd="/tmp")
-    out = r.stdout + r.stderr
-    got = {m.group(1): m.group(2).split()[0]
-           for m in re.finditer(r"^(test\S* \([^)]*\)) \.\.\. (.+)$", out, re.M)}
-    assert got, out[-3000:]
-    return got, out
-
-
-def test_tornado_suite_same_as_on_plain_tcp(shm_path, tmp_path):
-    pytest.importorskip("tornado")
-    plain_env = dict(os.environ)
-    plain_env.pop("LD_PRELOAD", None)
-    plain, plain_out = _outcomes(plain_env)
-    log = tmp_path / "log"
-    fast, fast_out = _outcomes(build_env(os.environ, fabric=shm_path, log=f"debug:{log}"))
-    assert set(plain) == set(fast), set(plain) ^ set(fast)
-    differ = {t: (plain[t], fast[t]) for t in plain if plain[t] != fast[t] and t not in RACY}
-    assert not differ, (differ, fast_out[-3000:])
-    switched = log.read_text(errors="replace").count("switched to the ring")
-    assert switched > len(plain) // 2, f"only {switched} connections on the ring"
-
-
-def _trial(env: dict) -> tuple[dict, str]:
-    r = subprocess.run([sys.executable, "-m", "twisted.trial", "--reporter=bwverbose", *TWISTED],
-                       env=env, capture_output=True, text=True, timeout=600, cwd="/tmp")
-    out = r.stdout + r.stderr
-    got = {m.group(1): m.group(2) for m in re.finditer(r"^(\S+) \.\.\. \[(\w+)\]$", out, re.M)}
-    assert len(got) > 1000, out[-3000:]
-    return got, out
-
-
 TWISTED = ["twisted.internet.test.test_tcp", "twisted.test.test_tcp", "twisted.test.test_ftp",
            "twisted.web.test.test_webclient", "twisted.internet.test.test_endpoints",
            "twisted.test.test_protocols", "twisted.internet.test.test_socket",
            "twisted.test.test_loopback", "twisted.web.test.test_xmlrpc",
            "twisted.words.test.test_irc"]
+# a suite: its command, and a pattern giving (test, outcome) per line
+TORNADO_SUITE = ([sys.executable, "-m", "tornado.test.runtests", "--verbose"],
+                 r"^(test\S* \([^)]*\)) \.\.\. (\S+)")
+TWISTED_SUITE = ([sys.executable, "-m", "twisted.trial", "--reporter=bwverbose", *TWISTED],
+                 r"^(\S+) \.\.\. \[(\w+)\]$")
+
+
+def _outcomes(suite: tuple, env: dict) -> tuple[dict, str]:
+    cmd, pattern = suite
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd="/tmp")
+    out = r.stdout + r.stderr
+    return {m.group(1): m.group(2) for m in re.finditer(pattern, out, re.M)}, out
+
+
+def _plain_and_fast(suite: tuple, shm_path: str, tmp_path) -> tuple[dict, dict, str, int]:
+    """Outcomes on plain TCP, outcomes and output under fastivc, and how
+    many connections the library's log says went to the ring."""
+    plain_env = dict(os.environ)
+    plain_env.pop("LD_PRELOAD", None)
+    plain, _ = _outcomes(suite, plain_env)
+    log = tmp_path / "log"
+    fast, fast_out = _outcomes(suite, build_env(os.environ, fabric=shm_path, log=f"debug:{log}"))
+    return plain, fast, fast_out, log.read_text(errors="replace").count("switched to the ring")
+
+
+def test_tornado_suite_same_as_on_plain_tcp(shm_path, tmp_path):
+    pytest.importorskip("tornado")
+    plain, fast, fast_out, switched = _plain_and_fast(TORNADO_SUITE, shm_path, tmp_path)
+    assert plain and fast, fast_out[-3000:]
+    assert set(plain) == set(fast), set(plain) ^ set(fast)
+    differ = {t: (plain[t], fast[t]) for t in plain if plain[t] != fast[t] and t not in RACY}
+    assert not differ, (differ, fast_out[-3000:])
+    assert switched > len(plain) // 2, f"only {switched} connections on the ring"
 
 
 def test_twisted_tcp_suite_same_as_on_plain_tcp(shm_path, tmp_path):
     pytest.importorskip("twisted")
     pytest.importorskip("hamcrest")  # (twisted.test.test_tcp imports it)
-    plain_env = dict(os.environ)
-    plain_env.pop("LD_PRELOAD", None)
-    plain, plain_out = _trial(plain_env)
-    log = tmp_path / "log"
-    fast, fast_out = _trial(build_env(os.environ, fabric=shm_path, log=f"debug:{log}"))
+    plain, fast, fast_out, switched = _plain_and_fast(TWISTED_SUITE, shm_path, tmp_path)
+    assert len(plain) > 1000 and len(fast) > 1000, fast_out[-3000:]
     assert set(plain) == set(fast), set(plain) ^ set(fast)
     differ = {t: (plain[t], fast[t]) for t in plain if plain[t] != fast[t]}
     assert not differ, (differ, fast_out[-3000:])
     assert sum(v == "OK" for v in fast.values()) > 1000, fast_out[-3000:]
-    switched = log.read_text(errors="replace").count("switched to the ring")
     assert switched > 500, f"only {switched} connections on the ring"
