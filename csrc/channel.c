@@ -98,10 +98,24 @@ static int peer_closed_side(const struct fivc_chan *c)
 	return (fivc_load_relaxed(&c->tx->rd_closed) & FIVC_RD_GONE) != 0;
 }
 
+/* ---- signals (issue 11) ----
+ *
+ * The kernel raises SIGIO at a socket's owner (F_SETOWN) when data or a FIN
+ * arrives and the file has O_ASYNC, and SIGURG at the owner when urgent
+ * data arrives.  Ring bytes cross no kernel, so the consumer says in its
+ * ring line (rd_sig) what its program asked for, and its kernel raises the
+ * signals for our TCP doorbells: with FIVC_SIG_IO every write rings (the
+ * consumer drains them, io.c), with FIVC_SIG_URG an urgent write also
+ * sends an out-of-band doorbell byte.  A FIN, a reset and a writer's space
+ * (an EAGAIN arms the producer flag) come as they do without signals: TCP
+ * closes, doorbells.  Differences (README): SIGIO also while a thread of
+ * the reader blocks in recv (the kernel then raises none), and at a writer
+ * whose poll for POLLOUT had armed its flag. */
 static void notify_consumer(struct fivc_chan *c)
 {
-	if (fivc_ring_consumer_waiting(c->tx) &&
-	    bell_needed(c, fivc_exchange(&c->tx->cons_waiting, 0u)) && !peer_closed_side(c))
+	int want = fivc_ring_consumer_waiting(c->tx) &&
+		   bell_needed(c, fivc_exchange(&c->tx->cons_waiting, 0u));
+	if ((want || (fivc_load_relaxed(&c->tx->rd_sig) & FIVC_SIG_IO)) && !peer_closed_side(c))
 		ring_bell(c, &c->tx->cons_wake, &c->tx_wakes_sent);
 }
 
@@ -459,6 +473,16 @@ void fivc_chan_set_rcvbuf(struct fivc_chan *c, uint32_t bytes)
 	fivc_store_relaxed(&c->rx->rcvbuf, bytes);
 	/* a bound that grew frees a writer that waits for space */
 	notify_producer(c);
+	chan_leave(c);
+}
+
+/* ("signals" above) */
+void fivc_chan_set_signals(struct fivc_chan *c, uint32_t sig)
+{
+	if (!chan_enter(c))
+		return;
+	c->sig = sig;
+	fivc_store_relaxed(&c->rx->rd_sig, sig);
 	chan_leave(c);
 }
 
@@ -952,7 +976,6 @@ static int reload(struct fivc_chan *c, int wr)
 }
 
 static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
-static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags);
 static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int flags);
 
 /* ---- back to one process (issue 10) ----
@@ -995,6 +1018,25 @@ static void maybe_unshare(struct fivc_chan *c, int wr)
 		fivc_fetch_add(&unshared_count, 1);
 }
 
+int fivc_chan_unshare_now(struct fivc_chan *c)
+{
+	if (!fivc_load_relaxed(&c->shared))
+		return 1;
+	if (!c->f || fivc_slot_sole_holder(c->f, c->idx, c->gen, c->side) != 1)
+		return 0;
+	__atomic_fetch_and(&c->shared, ~(unsigned)(FIVC_SHARED_RD | FIVC_SHARED_WR), __ATOMIC_SEQ_CST);
+	fivc_smp_mb(); /* SYNC POINT: as in maybe_unshare */
+	if (fivc_slot_sole_holder(c->f, c->idx, c->gen, c->side) != 1) {
+		fivc_chan_share(c);
+		return 0;
+	}
+	/* the others' moves are the ring's: ours from it */
+	reload(c, 0);
+	reload(c, 1);
+	fivc_fetch_add(&unshared_count, 1);
+	return 1;
+}
+
 static ssize_t chan_io(struct fivc_chan *c, int wr, void *buf, size_t len, int flags)
 {
 	int shared = (fivc_load_relaxed(&c->shared) & (wr ? FIVC_SHARED_WR : FIVC_SHARED_RD)) != 0;
@@ -1035,21 +1077,37 @@ ssize_t fivc_chan_write(struct fivc_chan *c, const void *buf, size_t len, int fl
  * given by the next read that finds nothing, the next write, or SO_ERROR,
  * and shown as POLLERR until then.  (Checked call by call against the
  * kernel: tests/test_conformance.py.) */
+/* The error is the socket's, reported once by whichever holder of the
+ * side asks first (fork): FIVC_RD_ERRTAKEN in the ring we consume, a word
+ * only our side writes (regression, issue 11: a forked child's send took
+ * ECONNRESET, and its parent's recv then reported it again). */
+static int rst_err_taken(const struct fivc_chan *c)
+{
+	return (fivc_load_acquire(&c->rx->rd_closed) & FIVC_RD_ERRTAKEN) != 0;
+}
+
 static void rst_update(struct fivc_chan *c)
 {
-	if (c->reset)
+	if (c->reset) {
+		if (c->sk_err && rst_err_taken(c))
+			c->sk_err = 0;
 		return;
+	}
 	uint32_t w = fivc_load_acquire(&c->rx->wr_closed), rd = fivc_load_acquire(&c->tx->rd_closed);
 	if (!(w & FIVC_WR_RST) && !(rd & FIVC_RD_RST))
 		return;
 	c->reset = 1;
-	c->sk_err = !(w & FIVC_WR_FIN) ? ECONNRESET : c->wr_shut ? 0 : EPIPE;
+	c->sk_err = rst_err_taken(c) ? 0 : !(w & FIVC_WR_FIN) ? ECONNRESET : c->wr_shut ? 0 : EPIPE;
 }
 
 static int rst_take(struct fivc_chan *c)
 {
 	int e = c->sk_err;
 	c->sk_err = 0;
+	if (e && chan_enter(c)) {
+		__atomic_fetch_or(&c->rx->rd_closed, FIVC_RD_ERRTAKEN, __ATOMIC_RELEASE);
+		chan_leave(c);
+	}
 	return e;
 }
 
@@ -1318,9 +1376,16 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 		 * the SO_SNDBUF bound), and the reset is the next call's (regression, tornado's
 		 * test_write_bytearray_resizable_after_error: a 10 MB write to a
 		 * closed peer "succeeded" whole) */
-		if (!(rd & FIVC_RD_GONE) && chan_enter(c)) {
-			__atomic_fetch_or(&c->tx->wr_closed, FIVC_WR_RST, __ATOMIC_RELEASE);
-			notify_consumer(c);
+		if (chan_enter(c)) {
+			if (!(rd & FIVC_RD_GONE)) {
+				__atomic_fetch_or(&c->tx->wr_closed, FIVC_WR_RST, __ATOMIC_RELEASE);
+				notify_consumer(c);
+			}
+			/* the reset that comes back, where every holder of our
+			 * side sees it (fork: TCP's is the shared socket's;
+			 * regression, issue 11: a child's write to a closed
+			 * peer left its parent's next send unreset) */
+			__atomic_fetch_or(&c->tx->rd_closed, FIVC_RD_RST, __ATOMIC_RELEASE);
 			chan_leave(c);
 		}
 		c->reset = 1;
@@ -1372,12 +1437,18 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 			/* SYNC POINT WRITE: pairs with the acquire of the tail in ready_read. */
 			fivc_store_release(&c->tx->tail, c->tx_tail);
 			notify_consumer(c);
+			if ((flags & FIVC_URGENT) && done + n == len && c->db->wake_urgent &&
+			    (fivc_load_relaxed(&c->tx->rd_sig) & FIVC_SIG_URG) && !peer_closed_side(c))
+				c->db->wake_urgent(c->db_ctx); /* SIGURG there ("signals") */
 			chan_leave(c);
 			done += n;
 			continue;
 		}
-		if (flags & FIVC_NONBLOCK)
+		if (flags & FIVC_NONBLOCK) {
+			if (c->sig & FIVC_SIG_IO) /* SIGIO once there is room ("signals") */
+				ring_arm_producer(c);
 			return done ? (ssize_t)done : -EAGAIN;
+		}
 		int w = wait_ready(c, 1);
 		if (w < 0)
 			return done ? (ssize_t)done : w;
@@ -1460,6 +1531,8 @@ void fivc_chan_close(struct fivc_chan *c)
 {
 	if (!c->f)
 		return;
+	if (fivc_load_relaxed(&c->shared) & FIVC_SHARED_RD) /* the last holder: a child's */
+		c->rx_head = fivc_load_acquire(&c->rx->head); /* reads count (as reload) */
 	chan_shutdown(c, SHUT_RDWR, 1);
 	fivc_slot_release(c->f, c->idx, c->gen, c->side);
 	/* A peer that died cannot release its side; when we saw it go, do it

@@ -1138,6 +1138,7 @@ static void ring_init(struct fivc_ring_hdr *r, uint32_t size)
 	r->rd_closed = 0;
 	r->cons_waiting = 0;
 	r->rcvbuf = 0;
+	r->rd_sig = 0;
 	r->urg_seq = 0;
 	r->urg_count = 0;
 	r->urg_gap = 0;
@@ -1561,9 +1562,19 @@ int fivc_slot_unhold(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int sid
 	fivc_smp_mb();
 	if (fivc_load_acquire(&s->holders[side]))
 		return 0;
-	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++)
-		if (fivc_load_acquire(&s->holder_ids[side][k]))
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+		uint16_t id = fivc_load_acquire(&s->holder_ids[side][k]);
+		if (!id)
+			continue;
+		if (id == member1 || fivc_member_alive(f, id))
 			return 0;
+		/* A holder that died (a forked child's exit closes nothing of
+		 * ours): its hold went with it, so our close may be the last,
+		 * which resets a ring with bytes unread as TCP's last close
+		 * does (regression, issue 11: after a child's recv, the
+		 * parent's close with bytes unread sent no reset) */
+		fivc_cas(&s->holder_ids[side][k], &id, (uint16_t)0);
+	}
 	return 1;
 }
 

@@ -100,10 +100,8 @@ static int tcp_db_wait(void *ctx, uint32_t *word, uint32_t expected, uint32_t ti
 	return r;
 }
 
-static void tcp_db_wake(void *ctx, uint32_t *word)
+static void tcp_db_send(struct fsock *fs, int flags)
 {
-	(void)word;
-	struct fsock *fs = ctx;
 	int fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED);
 	if (fd < 0)
 		return; /* closing: the FIN wakes the peer */
@@ -120,11 +118,21 @@ static void tcp_db_wake(void *ctx, uint32_t *word)
 		}
 		__atomic_store_n(&fs->nodelay_forced, 1, __ATOMIC_RELEASE);
 	}
-	fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL | flags);
 	errno = saved; /* a full send buffer already holds a byte the peer will see */
 }
 
-static const struct fivc_doorbell tcp_doorbell = {tcp_db_wait, tcp_db_wake};
+static void tcp_db_wake(void *ctx, uint32_t *word)
+{
+	(void)word;
+	tcp_db_send(ctx, 0);
+}
+
+/* Out of band: the peer's kernel raises SIGURG at its owner.  The peer's
+ * drain reads past the byte (inline or not), as any doorbell's. */
+static void tcp_db_wake_urgent(void *ctx) { tcp_db_send(ctx, MSG_OOB); }
+
+static const struct fivc_doorbell tcp_doorbell = {tcp_db_wait, tcp_db_wake, tcp_db_wake_urgent};
 
 /* ---- 4-tuples ---- */
 
@@ -465,6 +473,7 @@ void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
 		l = sizeof(v);
 		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, &l) == 0)
 			__atomic_store_n(&fs->ch.rcvlowat, v > 0 ? (uint32_t)v : 1u, __ATOMIC_RELAXED);
+		fivc_fs_take_signals(fs, fd);
 	}
 	l = sizeof(v);
 	if ((bits & FIVC_FD_SNDBUF) && fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &l) == 0 &&
@@ -474,6 +483,24 @@ void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
 	if ((bits & FIVC_FD_RCVBUF) && fs->ch.f && fs->state != FS_PLAIN &&
 	    fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, &l) == 0 && v > 0)
 		fivc_chan_set_rcvbuf(&fs->ch, (uint32_t)v);
+	errno = saved;
+}
+
+/* The signals the program asked for on fd (O_ASYNC, F_SETOWN), as the
+ * kernel holds them, made the channel's (channel.c "signals"): the peer's
+ * writes then ring our doorbell, for which our kernel raises them. */
+void fivc_fs_take_signals(struct fsock *fs, int fd)
+{
+	if (!fs->ch.f || fs->state == FS_PLAIN || fd < 0)
+		return;
+	int saved = errno;
+	struct f_owner_ex o = {0};
+	int fl = fivc_real.fcntl(fd, F_GETFL);
+	if (fl >= 0 && fivc_real.fcntl(fd, F_GETOWN_EX, &o) == 0) {
+		uint32_t sig = o.pid ? FIVC_SIG_URG | ((fl & O_ASYNC) ? FIVC_SIG_IO : 0) : 0;
+		if (sig != fs->ch.sig)
+			fivc_chan_set_signals(&fs->ch, sig);
+	}
 	errno = saved;
 }
 

@@ -775,6 +775,8 @@ static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flag
 		}
 		case FS_ACCEL:
 			r = fivc_chan_read(&fs->ch, (char *)buf + got, len - got, chan_flags(fs, flags));
+			if (fs->ch.sig & FIVC_SIG_IO)
+				fivc_fs_drain(fs, fd); /* (every write rang: channel.c "signals") */
 			if (r > 0) {
 				got += (size_t)r;
 				r = 0;

@@ -238,8 +238,8 @@ int fivc_fdlist_copy(int *out, int cap);
  *
  * FIVC_FD_SNDBUF, _RCVBUF, _MISCOPT: the program set SO_SNDBUF (or
  * SO_SNDBUFFORCE), SO_RCVBUF (SO_RCVBUFFORCE), or one of SO_RCVTIMEO,
- * SO_SNDTIMEO, SO_OOBINLINE, SO_LINGER and SO_RCVLOWAT (_MISCOPT)
- * on the socket (an accepted one inherits its listener's), so that the
+ * SO_SNDTIMEO, SO_OOBINLINE, SO_LINGER and SO_RCVLOWAT, or asked for
+ * signals (O_ASYNC, F_SETOWN: _MISCOPT) on the socket (an accepted one inherits its listener's), so that the
  * connection's channel asks the kernel for them when it opens
  * (fivc_fs_take_sockopts).  A dup keeps these: they are the file's. */
 enum { FIVC_KIND_UNKNOWN = 0, FIVC_KIND_TCP = 1, FIVC_KIND_OTHER = 2, FIVC_KIND_EPOLL = 3 };
@@ -288,6 +288,7 @@ int fivc_fd_nonblock(int fd);
 struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side);
 int fivc_fs_open_chan(struct fsock *fs); /* slot, gen, side set: the ring + TCP doorbell */
 void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits);
+void fivc_fs_take_signals(struct fsock *fs, int fd); /* O_ASYNC, F_SETOWN */
 int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len);
 int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4);
 

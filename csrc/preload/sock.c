@@ -91,6 +91,8 @@ static int fs_detach(int fd, int do_close)
 	if (fs)
 		__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED); /* the next call sets one */
 	if (do_close && fs && __atomic_load_n(&fs->refs, __ATOMIC_RELAXED) == 1) {
+		if (fs->state == FS_ACCEL && fs->ch.f)
+			fivc_chan_unshare_now(&fs->ch); /* (children that exited: this is the last) */
 		if (__atomic_load_n(&fs->hold, __ATOMIC_ACQUIRE) >= 2 && fs->state == FS_ACCEL) {
 			/* Another thread is inside a call (blocked in recv,
 			 * say): the kernel keeps the file for that call, which

@@ -481,12 +481,18 @@ static int do_fcntl(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 	if (r >= 0 && cmd == F_SETFL)
 		fivc_fd_note_nb(fd, ((int)(intptr_t)arg & O_NONBLOCK) != 0);
 	struct fsock *fs = fivc_fs(fd);
+	int sig = (cmd == F_SETFL && ((int)(intptr_t)arg & O_ASYNC)) || cmd == F_SETOWN ||
+		  cmd == F_SETOWN_EX;
+	if (r >= 0 && sig)
+		fivc_fd_add_bits(fd, FIVC_FD_MISCOPT); /* (a connection to come asks) */
 	if (r < 0 || !fs)
 		return r;
 	if (cmd == F_SETFL)
 		fs->nonblock = ((int)(intptr_t)arg & O_NONBLOCK) != 0;
 	else if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
 		fivc_fs_dup(fd, r);
+	if (sig || (cmd == F_SETFL && fs->ch.sig))
+		fivc_fs_take_signals(fs, fd);
 	return r;
 }
 
@@ -537,6 +543,11 @@ FIVC_EXPORT int ioctl(int fd, unsigned long req, ...)
 		fivc_fd_note_nb(fd, *(int *)arg != 0);
 		if (fs)
 			fs->nonblock = *(int *)arg != 0;
+	}
+	if (r == 0 && (req == FIOASYNC || req == FIOSETOWN || req == SIOCSPGRP)) {
+		fivc_fd_add_bits(fd, FIVC_FD_MISCOPT); /* (as fcntl's O_ASYNC, F_SETOWN) */
+		if (fs)
+			fivc_fs_take_signals(fs, fd);
 	}
 	return r;
 }

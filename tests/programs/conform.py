@@ -3,7 +3,9 @@ socket calls on the two ends of one loopback TCP connection, made from a
 seed, with every result recorded: return values, errno names, the bytes
 read (length and digest), the bytes left in a caller's buffer, poll and
 select masks, FIONREAD, getsockopt values, a blocking recv's end under
-SO_RCVTIMEO (10 ms) and under a signal whose handler raises.
+SO_RCVTIMEO (10 ms) and under a signal whose handler raises, a recv blocked
+in a second thread and what wakes it, and a forked child's use of its copy
+of one end.
 tests/test_conformance.py runs the same seed on plain TCP and under
 fastivc and compares the two records call by call.
 
@@ -35,6 +37,8 @@ import socket
 import struct
 import sys
 import termios
+import threading
+import time
 
 from onfabric import on_fabric
 
@@ -313,6 +317,129 @@ class Scenario:
             signal.signal(signal.SIGALRM, old)
         self.record("recv_signal", e.name, r)
 
+    BLOCKED = {0, 7, 23, 45, 47, 202, 232, 270, 271, 281}  # read poll select recvfrom
+    # recvmsg futex epoll_wait pselect6 ppoll epoll_pwait (x86_64)
+
+    @staticmethod
+    def _wait_blocked(tid: int) -> None:
+        """Until thread tid sleeps in a system call (the kernel's recvfrom,
+        or the library's wait), so the call to wake it comes while it is
+        blocked.  Not recorded."""
+        for _ in range(1000):
+            try:
+                with open(f"/proc/self/task/{tid}/syscall") as f:
+                    nr = f.read().split()[0]
+            except OSError:
+                return
+            if nr.isdigit() and int(nr) in Scenario.BLOCKED:
+                return
+            time.sleep(0.002)
+
+    def op_thread(self, i: int) -> None:
+        """A recv blocked in a second thread on end i, nothing there, woken
+        from the main thread: bytes from the peer, a shutdown(SHUT_RD) of
+        end i, the peer's shutdown(SHUT_WR), or a close of end i (the
+        kernel keeps the file for the blocked call, which gets the bytes
+        sent next, then the close completes)."""
+        e, o = self.ends[i], self.ends[1 - i]
+        if e.shut_rd or o.closed or o.shut_wr or self.in_flight(1 - i) > 0:
+            return self.op_recv(i)
+        how = self.rnd.choice(["data", "data", "shut_rd", "peer_shut_wr", "close"])
+        n = self.rnd.choice([s for s in SIZES if s]) if how == "data" else self.rnd.randrange(1, 65)
+        if how == "data":
+            n = min(n, IN_FLIGHT - self.in_flight(1 - i))
+        out: list = []
+        started = threading.Event()
+        sock = e.sock
+
+        def blocked() -> None:
+            buf = bytearray(64)
+            started.set()
+            try:
+                got = sock.recv_into(buf, 64)
+                out.append(["ok", got, digest(buf[:got])])
+            except OSError as x:
+                out.append(["err", errno.errorcode.get(x.errno, str(x.errno))])
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        started.wait()
+        self._wait_blocked(t.native_id)
+        act: list = []
+        if how == "data" or how == "close":
+            if how == "close":
+                fd = sock.detach()  # (the fd, closed by os.close: the socket
+                os.close(fd)        # object would wait for its user)
+                e.closed = True
+            payload = self.data(1 - i, o.sent, n)
+            act = self.result(lambda: o.sock.send(payload))
+            if act[0] == "ok":
+                o.sent += act[1]
+        elif how == "shut_rd":
+            act = self.result(lambda: sock.shutdown(socket.SHUT_RD))
+            e.shut_rd = True
+        else:
+            act = self.result(lambda: o.sock.shutdown(socket.SHUT_WR))
+            o.shut_wr = True
+        t.join(10)
+        r = out[0] if out else ["blocked"]
+        if r[0] == "ok":
+            self.recvd[i] += r[1]
+        self.record("thread_recv", e.name, how, n, act, r)
+        if how == "close" and self.in_flight(1 - i) > 0:
+            self.settle_reset(1 - i)  # (bytes left in a closed socket: a reset)
+
+    def op_fork(self, i: int) -> None:
+        """A child process, forked, uses its copy of end i once and exits:
+        a send, a non-blocking recv, a poll, or a close (the parent's copy
+        keeps the connection).  What it saw comes back over a pipe."""
+        e = self.ends[i]
+        how = self.rnd.choice(["send", "recv", "poll", "close"])
+        n = self.rnd.choice(SIZES)
+        if how == "send":
+            if self._resets(i) and not self.resets:
+                how = "poll"
+            else:
+                n = min(n, max(IN_FLIGHT - self.in_flight(i), 0))
+        elif how == "recv":
+            self.settle(i)
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(rfd)
+            res: list = []
+            try:
+                if how == "send":
+                    res = self.result(lambda: e.sock.send(self.data(i, e.sent, n)))
+                elif how == "recv":
+                    buf = bytearray(n)
+                    res = self.result(lambda: e.sock.recv_into(buf, n, socket.MSG_DONTWAIT))
+                    if res[0] == "ok":
+                        res = ["ok", res[1], digest(buf[:res[1]])]
+                elif how == "poll":
+                    p = select.poll()
+                    p.register(e.sock.fileno(), select.POLLIN | select.POLLOUT | RDHUP)
+                    ev = p.poll(0)
+                    mask = ev[0][1] if ev else 0
+                    res = [name for bit, name in POLL_BITS if mask & bit]
+                else:
+                    e.sock.close()
+                    res = ["closed"]
+                os.write(wfd, json.dumps(res).encode())
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as f:
+            res = json.loads(f.read() or b'["none"]')
+        os.waitpid(pid, 0)
+        if how == "send" and res[0] == "ok":
+            e.sent += res[1]
+        elif how == "recv" and res[0] == "ok":
+            self.recvd[i] += res[1]
+        self.record("fork", e.name, how, n, res)
+        if how == "send" and res[0] == "ok" and res[1] and self._resets(i):
+            self.settle_reset(i)
+
     def op_shutdown(self, i: int) -> None:
         e = self.ends[i]
         how = self.rnd.choice([socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR])
@@ -334,7 +461,8 @@ class Scenario:
         ops = [(self.op_send, 30), (self.op_recv, 30), (self.op_recvmsg, 8),
                (self.op_poll, 8), (self.op_select, 4), (self.op_fionread, 5),
                (self.op_sockerr, 2), (self.op_getsockopt, 2), (self.op_timeout, 1),
-               (self.op_signal, 1), (self.op_shutdown, 2), (self.op_close, 1)]
+               (self.op_signal, 1), (self.op_thread, 2), (self.op_fork, 1),
+               (self.op_shutdown, 2), (self.op_close, 1)]
         fns, weights = zip(*ops, strict=True)
         for _ in range(steps):
             live = [k for k, e in enumerate(self.ends) if not e.closed]
@@ -348,6 +476,8 @@ class Scenario:
 
 
 def main() -> int:
+    # a thread gives up the GIL only to block (op_thread's wait for it)
+    sys.setswitchinterval(1.0)
     seed, count, steps = (int(a) for a in sys.argv[1:4])
     resets = len(sys.argv) > 4 and sys.argv[4] == "resets"
     for k in range(count):

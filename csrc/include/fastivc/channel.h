@@ -14,6 +14,9 @@
 struct fivc_doorbell {
 	int (*wait)(void *ctx, uint32_t *word, uint32_t expected, uint32_t timeout_ms);
 	void (*wake)(void *ctx, uint32_t *word);
+	/* An urgent write's doorbell, out of band (its kernel raises SIGURG
+	 * at the peer's owner); NULL: none (channel.c "signals") */
+	void (*wake_urgent)(void *ctx);
 };
 extern const struct fivc_doorbell fivc_doorbell_futex;
 
@@ -96,6 +99,8 @@ struct fivc_chan {
 	uint32_t rcvlowat;             /* SO_RCVLOWAT (set by the preload); 0 or 1: a byte */
 	int linger0;                   /* SO_LINGER on with 0 s (set by the preload): the
 					  last close resets, as TCP's abortive close */
+	uint32_t sig;                  /* FIVC_SIG_*: what our program asked for (set by the
+					  preload through fivc_chan_set_signals) */
 	uint64_t sndbuf;               /* our SO_SNDBUF as the kernel reports it, when the
 					  program set one; 0: none (bytes in flight unbounded
 					  but by the ring) */
@@ -135,6 +140,12 @@ int fivc_chan_tx_consumed(struct fivc_chan *c); /* the peer read all we wrote */
 /* Our program set SO_RCVBUF: the kernel's figure (0: none), for the writer's
  * bound (channel.c "buffer sizes"). */
 void fivc_chan_set_rcvbuf(struct fivc_chan *c, uint32_t bytes);
+/* Our program asked for signals (FIVC_SIG_*: O_ASYNC with an owner, an
+ * owner for SIGURG): the peer's writes ring our doorbell for them. */
+void fivc_chan_set_signals(struct fivc_chan *c, uint32_t sig);
+/* Our side's other holders (fork) are gone: back to one process now (1),
+ * else 0 (as the check shared reads and writes make now and then). */
+int fivc_chan_unshare_now(struct fivc_chan *c);
 /* The janitor (about once a second, holding the writer's lock): a ring on
  * a pool buffer that stayed empty since the last call goes back to its
  * inline buffer and the pool buffer's pages go back to the system.  Returns

@@ -249,6 +249,11 @@ struct fivc_waker {
 #define FIVC_RD_GONE 1u
 #define FIVC_RD_RST 2u
 #define FIVC_RD_SHUT 4u
+#define FIVC_RD_ERRTAKEN 8u /* the reset's error was reported, by some holder of the side */
+/* rd_sig: SIGIO wanted (O_ASYNC with an owner: every write rings);
+ * SIGURG wanted (an owner: an urgent write rings out of band) */
+#define FIVC_SIG_IO 1u
+#define FIVC_SIG_URG 2u
 
 struct fivc_ring_hdr {
 	/* line 0: read-only after the slot's claimer initialised it */
@@ -278,7 +283,10 @@ struct fivc_ring_hdr {
 	uint32_t cons_waiting; /* consumer is (about to be) asleep for data: 1 or a wake code */
 	uint32_t rcvbuf;       /* the consumer's SO_RCVBUF as the kernel reports it, when
 				* its program set one; else 0 (channel.c "buffer sizes") */
-	uint8_t c_pad[FIVC_CACHELINE - 24];
+	uint32_t rd_sig;       /* FIVC_SIG_*: the signals the consumer's program asked
+				* for (O_ASYNC, F_SETOWN), raised by its kernel for the
+				* TCP doorbells (channel.c "signals"); 0 at claim */
+	uint8_t c_pad[FIVC_CACHELINE - 28];
 	/* line 4: guard */
 	uint8_t guard1[FIVC_CACHELINE];
 };
