@@ -14,31 +14,9 @@ which leaves the connection on TCP (the kernel's own)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from fastivc.run import build_env
-
-PROG = str(Path(__file__).with_name("programs") / "oob.py")
-
-
-def _run(env: dict) -> list[dict]:
-    r = subprocess.run([sys.executable, PROG], env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return [json.loads(ln) for ln in r.stdout.splitlines()]
+from stepwise import plain_and_fast
 
 
 def test_urgent_data_as_the_kernels(shm_path):
-    plain_env = dict(os.environ)
-    plain_env.pop("LD_PRELOAD", None)
-    plain, fast = _run(plain_env), _run(build_env(os.environ, fabric=shm_path))
-    assert [p["name"] for p in plain] == [f["name"] for f in fast]
-    assert len(plain) == 10
-    for p, f in zip(plain, fast, strict=True):
+    for p, f in plain_and_fast("oob.py", shm_path, 10):
         assert f["accelerated"] == (0 if p["name"] == "early" else 2), f
-        for k, (a, b) in enumerate(zip(p["steps"], f["steps"], strict=True)):
-            assert a == b, f"{p['name']}, step {k}: kernel {a}, fastivc {b}"

@@ -9,32 +9,9 @@ ring (before: no signal ever came for ring data)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from fastivc.run import build_env
-
-PROG = str(Path(__file__).with_name("programs") / "signals.py")
-
-
-def _run(env: dict) -> list[dict]:
-    r = subprocess.run([sys.executable, PROG], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return [json.loads(ln) for ln in r.stdout.splitlines()]
+from stepwise import plain_and_fast
 
 
 def test_signals_as_the_kernels(shm_path):
-    plain_env = dict(os.environ)
-    plain_env.pop("LD_PRELOAD", None)
-    plain, fast = _run(plain_env), _run(build_env(os.environ, fabric=shm_path))
-    assert [p["name"] for p in plain] == [f["name"] for f in fast]
-    assert len(plain) == 8
-    for p, f in zip(plain, fast, strict=True):
-        assert p["accelerated"] == -1
+    for _p, f in plain_and_fast("signals.py", shm_path, 8, timeout=300):
         assert f["accelerated"] == 2, f
-        for k, (a, b) in enumerate(zip(p["steps"], f["steps"], strict=True)):
-            assert a == b, f"{p['name']}, step {k}: kernel {a}, fastivc {b}"
