@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 from fastivc.run import build_env
@@ -36,23 +39,20 @@ SCENARIOS = int(os.environ.get("FIVC_CONFORM_SCENARIOS", "300"))
 STEPS = int(os.environ.get("FIVC_CONFORM_STEPS", "200"))
 
 
-def _start(env: dict, seed: int, count: int, resets: bool) -> subprocess.Popen:
+STALL_S = 180  # no scenario of either run for this long: a hang
+
+
+def _start(env: dict, seed: int, count: int, resets: bool, err) -> subprocess.Popen:
     args = [sys.executable, PROG, str(seed), str(count), str(STEPS)]
     if resets:
         args.append("resets")
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
-def _lines(p: subprocess.Popen, count: int) -> list[dict]:
-    try:
-        out, err = p.communicate(timeout=120 + count * 2)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert p.returncode == 0, f"exit {p.returncode}\n{err[-3000:]}"
-    return [json.loads(ln) for ln in out.splitlines()]
+def _feed(p: subprocess.Popen, q: queue.Queue) -> None:
+    for ln in p.stdout:
+        q.put(ln)
+    q.put(None)
 
 
 def _first_difference(plain: dict, fast: dict) -> str | None:
@@ -73,15 +73,44 @@ def _compare(shm_path: str, resets: bool, seed: int | None = None,
         print(f"conformance seed {seed}: {count} scenarios x {STEPS} calls"
               f"{' (resets)' if resets else ''}")
     plain_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    # (both at once: each is one process, and the machine has two cores)
-    pp = _start(plain_env, seed, count, resets)
-    pf = _start(build_env(dict(os.environ), fabric=shm_path), seed, count, resets)
-    plain, fast = _lines(pp, count), _lines(pf, count)
-    assert len(plain) == len(fast) == count
-    assert all(p["accelerated"] == -1 for p in plain), "plain runs saw the library"
-    off = [f["seed"] for f in fast if f["accelerated"] != 2]
+    fast_env = build_env(dict(os.environ), fabric=shm_path)
+    # Both at once (each is one process, and the machine has two cores),
+    # compared scenario by scenario as they come: the long mode's records
+    # would not fit in memory.  A bounded queue each keeps them in step.
+    with tempfile.TemporaryFile("w+") as ep, tempfile.TemporaryFile("w+") as ef:
+        procs = [_start(plain_env, seed, count, resets, ep),
+                 _start(fast_env, seed, count, resets, ef)]
+        queues = [queue.Queue(256), queue.Queue(256)]
+        for p, q in zip(procs, queues, strict=True):
+            threading.Thread(target=_feed, args=(p, q), daemon=True).start()
+        diffs: list[str] = []
+        off: list[int] = []
+        done = 0
+        try:
+            while done < count:
+                plain, fast = (q.get(timeout=STALL_S) for q in queues)
+                if plain is None or fast is None:
+                    break
+                plain, fast = json.loads(plain), json.loads(fast)
+                assert plain["accelerated"] == -1, "the plain run saw the library"
+                if fast["accelerated"] != 2:
+                    off.append(fast["seed"])
+                if d := _first_difference(plain, fast):
+                    diffs.append(d)
+                done += 1
+        except queue.Empty:
+            raise AssertionError(f"no scenario for {STALL_S} s after {done}: a hang") from None
+        finally:
+            for p in procs:
+                if p.poll() is None and done < count:
+                    p.kill()
+                p.wait()
+        for p, e in zip(procs, (ep, ef), strict=True):
+            e.seek(0)
+            assert p.returncode == 0, f"exit {p.returncode}\n{e.read()[-3000:]}"
+    assert done == count, f"{done} of {count} scenarios came"
     assert not off, f"scenarios whose two ends were not both on the ring: {off[:10]}"
-    return [d for p, f in zip(plain, fast, strict=True) if (d := _first_difference(p, f))]
+    return diffs
 
 
 def test_socket_calls_match_the_kernel(shm_path):
