@@ -4,7 +4,8 @@ equal.  SIGIO for a reader with O_ASYNC and an owner (fcntl or ioctl,
 set after the switch or before connect) on each message and on the FIN,
 none when nothing comes or once O_ASYNC is cleared; SIGURG at an owner
 for urgent data; SIGIO at a writer that met EAGAIN once there is room;
-and 5,000 messages each announced by its signal.  Every scenario on the
+5,000 messages each announced by its signal, and all of it (with
+SO_OOBINLINE) in a program the socket was handed to by exec.  Every scenario on the
 ring (before: no signal ever came for ring data)."""
 
 from __future__ import annotations
@@ -13,5 +14,5 @@ from stepwise import plain_and_fast
 
 
 def test_signals_as_the_kernels(shm_path):
-    for _p, f in plain_and_fast("signals.py", shm_path, 8, timeout=300):
+    for _p, f in plain_and_fast("signals.py", shm_path, 9, timeout=300):
         assert f["accelerated"] == 2, f

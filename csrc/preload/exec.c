@@ -190,7 +190,7 @@ static int record_fds(const char *fds, struct fsock *fs)
 		if (fs) {
 			fs->refs++;
 			fivc_fd_set(fd, fs);
-			fivc_fd_set_kind(fd, FIVC_KIND_TCP);
+			fivc_fd_set_kind(fd, FIVC_KIND_TCP | FIVC_FD_MISCOPT); /* (inherit_one) */
 		} else if (first < 0) {
 			first = fd;
 		}
@@ -241,6 +241,11 @@ static void inherit_one(struct fivc_fabric *fab, char *fds, const char *fields)
 	fs->ch.sndbuf = sndbuf; /* (the reader's figure is in the ring) */
 	fs->refs = 0;
 	record_fds(fds, fs);
+	/* The options and signals the file carries across exec (SO_OOBINLINE,
+	 * SO_LINGER, SO_RCVLOWAT, O_ASYNC, F_SETOWN), from the kernel: this
+	 * program's fd bits know nothing of what the last one set (regression,
+	 * issue 11: they were lost at exec); record_fds marked the fds so */
+	fivc_fs_take_sockopts(fs, first, FIVC_FD_MISCOPT);
 	FIVC_DEBUG("exec: fd(s) %s go on (slot %u)", fds, fs->slot);
 }
 

@@ -3,8 +3,8 @@
 fastivc.  One JSON line per scenario: {"name", "steps", "accelerated"}.
 
 SIGIO (O_ASYNC with F_SETOWN, by fcntl or by ioctl FIOASYNC/FIOSETOWN,
-set before connect or after the switch) is raised when data or a FIN
-arrives, and at a writer that met EAGAIN once there is room; SIGURG (an
+set before connect or after the switch, or before an exec) is raised when
+data or a FIN arrives, and at a writer that met EAGAIN once there is room; SIGURG (an
 owner, with or without O_ASYNC) when urgent data arrives.  A step records
 whether a signal came within a wait: up to WAIT_YES for one the kernel
 raises, WAIT_NO for one it does not."""
@@ -202,14 +202,47 @@ def many(n: int = 5000) -> dict:
     return p.close("many")
 
 
+def exec_self() -> None:
+    """O_ASYNC, an owner and SO_OOBINLINE set, then exec with both ends:
+    the new program (exec_child) gets the signals and the inline urgent
+    byte, as the file and the socket keep them across exec."""
+    p = Pair()
+    async_on(p.s)
+    p.s.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+    p.reset()
+    for x in (p.c, p.s):
+        os.set_inheritable(x.fileno(), True)
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, __file__, "exec", str(p.s.fileno()),
+                              str(p.c.fileno()), str(p.acc)])
+
+
+def exec_child(rfd: int, wfd: int, acc: int) -> int:
+    base = on_fabric()
+    p = Pair.__new__(Pair)
+    p.s, p.c = socket.socket(fileno=rfd), socket.socket(fileno=wfd)
+    p.steps = []
+    p.acc = acc if base < 0 else min(acc, base)  # (both ends still on the ring)
+    p.reset()
+    p.c.send(b"after exec")
+    p.step("send", p.came(signal.SIGIO, True), p.drain(p.s))
+    p.c.send(b"ab!", socket.MSG_OOB)
+    p.step("urgent", p.came(signal.SIGURG, True), p.drain(p.s))
+    print(json.dumps(p.close("exec")), flush=True)
+    return 0
+
+
 def main() -> int:
     signal.signal(signal.SIGIO, _count)
     signal.signal(signal.SIGURG, _count)
+    if sys.argv[1:2] == ["exec"]:
+        return exec_child(*(int(a) for a in sys.argv[2:5]))
     out = [reader("reader"), reader("ioctl", by_ioctl=True),
            reader("before_connect", before_connect=True), turned_off(),
            urgent(False), urgent(True), writer_space(), many()]
     for o in out:
         print(json.dumps(o), flush=True)
+    exec_self()  # (last: the program goes on as another)
     return 0
 
 
