@@ -369,7 +369,9 @@ static int rx_check(struct fivc_chan *c, uint64_t tail)
 }
 
 /* >0 data or EOF ready, 0 nothing yet, <0 error.  Refreshes rx_tail_seen. */
-static int ready_read(struct fivc_chan *c, int *eof)
+/* >0 readable: more than `have` bytes there (a blocking peek waits past
+ * what it saw), or the end; 0 not; <0 error. */
+static int ready_read_past(struct fivc_chan *c, int *eof, uint64_t have)
 {
 	*eof = 0;
 	if (is_broken(c))
@@ -379,7 +381,7 @@ static int ready_read(struct fivc_chan *c, int *eof)
 	if (rx_check(c, tail) < 0)
 		return broken(c);
 	c->rx_tail_seen = tail;
-	if (tail != c->rx_head)
+	if (tail - c->rx_head > have)
 		return 1;
 	/* wr_closed is stored (release) after the last tail: re-read it. */
 	if (fivc_load_acquire(&c->rx->wr_closed)) {
@@ -399,6 +401,8 @@ static int ready_read(struct fivc_chan *c, int *eof)
 	}
 	return 0;
 }
+
+static int ready_read(struct fivc_chan *c, int *eof) { return ready_read_past(c, eof, 0); }
 
 /* >0 space ready, 0 full, <0 error.  Refreshes tx_head_seen. */
 static int ready_write(struct fivc_chan *c)
@@ -660,9 +664,10 @@ int fivc_chan_peer_check(struct fivc_chan *c)
 	return 1;
 }
 
-/* Spin for spin_ns, then sleep on the doorbell until ready.  0 = ready
- * (re-check), <0 = error (-ECONNRESET on a dead peer, -EINTR). */
-static int wait_ready(struct fivc_chan *c, int writing)
+/* Spin for spin_ns, then sleep on the doorbell until ready (a reader:
+ * more than `have` bytes there).  0 = ready (re-check), <0 = error
+ * (-ECONNRESET on a dead peer, -EINTR). */
+static int wait_ready_past(struct fivc_chan *c, int writing, uint64_t have)
 {
 	int eof;
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
@@ -678,7 +683,7 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		 * needed and cost 25% against plain TCP; spinning only while it
 		 * pays keeps the ping-pong latency and gives that back. */
 		for (unsigned i = 1;; i++) {
-			int r = writing ? ready_write(c) : ready_read(c, &eof);
+			int r = writing ? ready_write(c) : ready_read_past(c, &eof, have);
 			if (r) {
 				*fails = budget == c->spin_ns ? 0 : (uint8_t)(*fails >> 1);
 				return r < 0 ? r : 0;
@@ -711,8 +716,8 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		 * another waiter on this ring (epoll, poll) just before the peer
 		 * looks.  The cost is at most one spare doorbell. */
 		int armed = writing ? ring_arm_producer(c)
-				    : fivc_ring_arm_consumer(c->rx, c->rx_head);
-		int r = armed ? (writing ? ready_write(c) : ready_read(c, &eof)) : 0;
+				    : fivc_ring_arm_consumer(c->rx, c->rx_head + have);
+		int r = armed ? (writing ? ready_write(c) : ready_read_past(c, &eof, have)) : 0;
 		if (r)
 			return r < 0 ? r : 0;
 		/* Shut meanwhile by another thread of ours (as TCP, whose
@@ -742,7 +747,7 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		    now - checked >= FIVC_LIVENESS_MS * 1000000ull) {
 			checked = now;
 			if (fivc_chan_peer_check(c)) {
-				r = writing ? ready_write(c) : ready_read(c, &eof);
+				r = writing ? ready_write(c) : ready_read_past(c, &eof, have);
 				if (r)
 					return r < 0 ? r : 0;
 				return broken(c);
@@ -750,6 +755,8 @@ static int wait_ready(struct fivc_chan *c, int writing)
 		}
 	}
 }
+
+static int wait_ready(struct fivc_chan *c, int writing) { return wait_ready_past(c, writing, 0); }
 
 int fivc_chan_peer_shut(struct fivc_chan *c)
 {
@@ -1286,7 +1293,7 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 	if (is_broken(c))
 		return -ECONNRESET;
 	for (;;) {
-		int eof;
+		int eof, at_mark = 0;
 		int r = ready_read(c, &eof);
 		uint64_t avail = c->rx_tail_seen - c->rx_head, skip = 0;
 		if (r > 0 && avail && urg_active(c)) {
@@ -1301,7 +1308,7 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 				if (at == 0 && !c->oob_inline)
 					skip = 1; /* not in the stream */
 				else if (at > 0 && at < avail)
-					avail = at;
+					avail = at, at_mark = 1;
 			}
 			if (skip && avail == 1) {
 				if (flags & FIVC_PEEK) { /* only the urgent byte: nothing to peek */
@@ -1331,6 +1338,15 @@ static ssize_t chan_read(struct fivc_chan *c, void *buf, size_t len, int flags)
 			if (flags & FIVC_PEEK) {
 				if (!lease_held(c))
 					return broken(c);
+				if (n < target && n < len && !at_mark && !(flags & FIVC_NONBLOCK) &&
+				    !c->rd_shut && !fivc_chan_peer_shut(c)) {
+					/* tcp_recvmsg: a blocking peek, too, waits for its
+					 * target (SO_RCVLOWAT), then peeks from the start;
+					 * a timeout or a signal returns what it saw */
+					int w = wait_ready_past(c, 0, avail);
+					if (w == 0)
+						continue;
+				}
 				return (ssize_t)(got + n);
 			}
 			if (!rx_consume(c, n + skip))

@@ -91,7 +91,8 @@ def test_rcvlowat_as_the_kernels(shm_path):
     poll and select say not readable below it, a blocking recv waits for
     the tenth byte, a non-blocking one takes what is there, and the end of
     the stream is readable whatever is left (before: the ring was readable
-    with one byte, and the blocking recv returned the first four)."""
+    with one byte, and the blocking recv returned the first four); a
+    blocking MSG_PEEK waits for the tenth byte too (before: it peeked two)."""
     plain, fast = _both("lowat", shm_path)
     assert len(plain) == len(fast) == 2
     for p, f in zip(plain, fast, strict=True):

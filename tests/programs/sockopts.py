@@ -35,7 +35,8 @@ were on the ring (-1: not under fastivc).
     sockopts.py lowat      SO_RCVLOWAT 10 on the reader (after connect, or
         inherited from the listener): poll and select with fewer bytes
         there, a non-blocking recv (what is there), a blocking recv that
-        waits for the tenth byte, MSG_WAITALL, and the end of the stream
+        waits for the tenth byte, MSG_WAITALL, a blocking MSG_PEEK (which
+        waits too), and the end of the stream
 """
 
 from __future__ import annotations
@@ -442,6 +443,11 @@ def lowat(where: str) -> dict:
     steps.append(["recv 5", r.recv(5).decode()])
     ready()
     steps.append(["waitall 7", r.recv(7, socket.MSG_WAITALL).decode()])
+    # a blocking MSG_PEEK, too, waits for SO_RCVLOWAT bytes
+    w.sendall(b"ab")
+    threading.Timer(0.1, lambda: w.sendall(b"cdefghijkl")).start()
+    steps.append(["peek", r.recv(100, socket.MSG_PEEK).decode()])
+    steps.append(["after peek", r.recv(100).decode()])
     w.sendall(b"tail")
     w.shutdown(socket.SHUT_WR)
     time.sleep(0.05)
