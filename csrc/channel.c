@@ -1118,6 +1118,16 @@ static int rst_take(struct fivc_chan *c)
 	return e;
 }
 
+void fivc_chan_store_error(struct fivc_chan *c, int err)
+{
+	rst_update(c);
+	if (!c->reset || !chan_enter(c))
+		return;
+	c->sk_err = err;
+	__atomic_fetch_and(&c->rx->rd_closed, ~FIVC_RD_ERRTAKEN, __ATOMIC_RELEASE);
+	chan_leave(c);
+}
+
 int fivc_chan_reset_state(struct fivc_chan *c, int *err, int take)
 {
 	if (!c->f) {

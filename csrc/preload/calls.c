@@ -29,8 +29,9 @@
 
 static void ts_now(struct timespec *t) { clock_gettime(CLOCK_MONOTONIC, t); }
 
-/* The kernel's recvmmsg on TCP: one recvmsg per entry until vlen; the
- * first error ends it, and is the call's only when no entry was filled;
+/* The kernel's recvmmsg on TCP: a pending error first; then one recvmsg
+ * per entry until vlen; the first error ends it, and is the call's only
+ * when no entry was filled (else the next call's);
  * MSG_WAITFORONE makes the entries after the first non-blocking; the
  * timeout is looked at after each entry (it does not bound a wait: the
  * kernel's, as its manual says) and gets what is left; urgent data ends
@@ -38,8 +39,9 @@ static void ts_now(struct timespec *t) { clock_gettime(CLOCK_MONOTONIC, t); }
 FIVC_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags,
 			 struct timespec *tmo)
 {
-	if (!fivc_managed(fd) || (flags & MSG_ERRQUEUE))
-		return fivc_real.recvmmsg(fd, v, vlen, flags, tmo);
+	struct fsock *mfs = fivc_managed(fd);
+	if (!mfs || mfs->state == FS_PLAIN || (flags & MSG_ERRQUEUE))
+		return fivc_real.recvmmsg(fd, v, vlen, flags, tmo); /* (the kernel's, all of it) */
 	struct timespec end = {0, 0}, now;
 	if (tmo) {
 		if (tmo->tv_sec < 0 || tmo->tv_nsec < 0 || tmo->tv_nsec >= 1000000000L)
@@ -54,6 +56,16 @@ FIVC_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags
 	}
 	if (vlen > MMSG_MAX)
 		vlen = MMSG_MAX;
+	if (mfs->state == FS_ACCEL) {
+		/* do_recvmmsg reports a pending error first, before the bytes
+		 * still queued (sock_error) */
+		int e;
+		pthread_mutex_lock(&mfs->rd_lock);
+		fivc_chan_reset_state(&mfs->ch, &e, 1);
+		pthread_mutex_unlock(&mfs->rd_lock);
+		if (e)
+			return (int)fivc_ret(-e);
+	}
 	unsigned int got = 0;
 	int f = flags & ~MSG_WAITFORONE, err = 0;
 	while (got < vlen) {
@@ -87,6 +99,10 @@ FIVC_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags
 		errno = err;
 		return -1;
 	}
+	if (got && mfs->state == FS_ACCEL && (err == ECONNRESET || err == EPIPE))
+		/* an error after entries: the next call's (do_recvmmsg puts it
+		 * back into sk_err); that of a reset, which the ring keeps */
+		fivc_chan_store_error(&mfs->ch, err);
 	return (int)got;
 }
 

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -181,6 +182,69 @@ static void t_recvmmsg_errors(void)
 	res("bad timeout", recvmmsg(p.r, v, 1, MSG_DONTWAIT, &bad));
 	res("vlen 0", recvmmsg(p.r, v, 0, MSG_DONTWAIT, NULL));
 	done("recvmmsg errors", &p);
+}
+
+/* A reset after bytes: the entry after them meets the error, which the
+ * kernel keeps for the next call (do_recvmmsg: sk_err) */
+static void t_recvmmsg_reset(void)
+{
+	struct pair p = pair_open();
+	send(p.w, "hello", 5, 0);
+	send(p.r, "x", 1, 0);
+	settle();
+	close(p.w); /* with "x" unread: a reset */
+	p.w = -1;
+	settle();
+	char bufs[2][64];
+	struct iovec io[2] = {{bufs[0], 64}, {bufs[1], 64}};
+	struct mmsghdr v[2];
+	memset(v, 0, sizeof(v));
+	for (int i = 0; i < 2; i++) {
+		v[i].msg_hdr.msg_iov = &io[i];
+		v[i].msg_hdr.msg_iovlen = 1;
+	}
+	int r = recvmmsg(p.r, v, 2, 0, NULL);
+	res("recvmmsg", r);
+	mmsg_entries(v, 2, r);
+	drain(p.r, "next");
+	drain(p.r, "then");
+	done("recvmmsg reset after bytes", &p);
+}
+
+/* The reset while the second entry waits: the call returns the first, and
+ * the error is the next call's (do_recvmmsg puts it back into sk_err) */
+static void *close_later(void *arg)
+{
+	usleep(100000);
+	close(*(int *)arg); /* with "x" unread: a reset */
+	return NULL;
+}
+
+static void t_recvmmsg_reset_later(void)
+{
+	struct pair p = pair_open();
+	send(p.w, "hello", 5, 0);
+	send(p.r, "x", 1, 0);
+	settle();
+	char bufs[2][64];
+	struct iovec io[2] = {{bufs[0], 64}, {bufs[1], 64}};
+	struct mmsghdr v[2];
+	memset(v, 0, sizeof(v));
+	for (int i = 0; i < 2; i++) {
+		v[i].msg_hdr.msg_iov = &io[i];
+		v[i].msg_hdr.msg_iovlen = 1;
+	}
+	pthread_t t;
+	int wfd = p.w;
+	p.w = -1;
+	pthread_create(&t, NULL, close_later, &wfd);
+	int r = recvmmsg(p.r, v, 2, 0, NULL);
+	pthread_join(t, NULL);
+	res("recvmmsg", r);
+	mmsg_entries(v, 2, r);
+	drain(p.r, "next");
+	drain(p.r, "then");
+	done("recvmmsg reset while waiting", &p);
 }
 
 static void t_sendmmsg(void)
@@ -380,6 +444,8 @@ int main(int argc, char **argv)
 	t_recvmmsg("recvmmsg at eof", 64, 0, 1, 0);
 	t_recvmmsg("recvmmsg zero timeout", 4, 0, 0, 1);
 	t_recvmmsg_errors();
+	t_recvmmsg_reset();
+	t_recvmmsg_reset_later();
 	t_sendmmsg();
 	t_v2();
 	t_stdio();

@@ -146,6 +146,9 @@ void fivc_chan_set_signals(struct fivc_chan *c, uint32_t sig);
 /* Our side's other holders (fork) are gone: back to one process now (1),
  * else 0 (as the check shared reads and writes make now and then). */
 int fivc_chan_unshare_now(struct fivc_chan *c);
+/* A reset's error, taken by a call that returns success anyway (recvmmsg
+ * after entries), given back for the next call (the kernel's sk_err). */
+void fivc_chan_store_error(struct fivc_chan *c, int err);
 /* The janitor (about once a second, holding the writer's lock): a ring on
  * a pool buffer that stayed empty since the last call goes back to its
  * inline buffer and the pool buffer's pages go back to the system.  Returns
