@@ -444,6 +444,48 @@ static uint64_t tv_ns(const struct timeval *tv)
 	return (uint64_t)tv->tv_sec * 1000000000ull + (uint64_t)tv->tv_usec * 1000ull;
 }
 
+/* One option, as the kernel holds it now, into the channel. */
+static void take_opt(struct fsock *fs, int fd, int name)
+{
+	int v;
+	struct timeval tv;
+	struct linger lg;
+	socklen_t l = sizeof(v);
+	switch (name) {
+	case SO_RCVTIMEO:
+	case SO_SNDTIMEO:
+		l = sizeof(tv);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, name, &tv, &l) == 0)
+			*(name == SO_RCVTIMEO ? &fs->ch.rd_timeout_ns : &fs->ch.wr_timeout_ns) =
+				tv_ns(&tv);
+		break;
+	case SO_OOBINLINE:
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &v, &l) == 0)
+			fs->ch.oob_inline = v != 0;
+		break;
+	case SO_LINGER:
+		l = sizeof(lg);
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0)
+			fs->ch.linger0 = lg.l_onoff && !lg.l_linger;
+		break;
+	case SO_RCVLOWAT:
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, &l) == 0)
+			__atomic_store_n(&fs->ch.rcvlowat, v > 0 ? (uint32_t)v : 1u, __ATOMIC_RELAXED);
+		break;
+	case SO_SNDBUF:
+		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &l) == 0 && v > 0)
+			__atomic_store_n(&fs->ch.sndbuf, (uint64_t)v, __ATOMIC_RELAXED);
+		break;
+	case SO_RCVBUF:
+		if (fs->ch.f && fs->state != FS_PLAIN &&
+		    fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, &l) == 0 && v > 0)
+			fivc_chan_set_rcvbuf(&fs->ch, (uint32_t)v);
+		break;
+	}
+}
+
+static const int misc_opts[] = {SO_RCVTIMEO, SO_SNDTIMEO, SO_OOBINLINE, SO_LINGER, SO_RCVLOWAT};
+
 /* The options the program set (bits: FIVC_FD_SNDBUF, _RCVBUF, _MISCOPT), as
  * the kernel holds them, made the channel's: set before connect() or on a
  * listener (which its connections inherit) they were the kernel's only
@@ -453,36 +495,41 @@ void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits)
 {
 	if (!bits || fd < 0)
 		return;
-	int saved = errno, v;
-	struct timeval tv;
-	socklen_t l;
+	int saved = errno;
 	if (bits & FIVC_FD_MISCOPT) {
-		l = sizeof(tv);
-		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0)
-			fs->ch.rd_timeout_ns = tv_ns(&tv);
-		l = sizeof(tv);
-		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &l) == 0)
-			fs->ch.wr_timeout_ns = tv_ns(&tv);
-		l = sizeof(v);
-		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &v, &l) == 0)
-			fs->ch.oob_inline = v != 0;
-		struct linger lg;
-		l = sizeof(lg);
-		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0)
-			fs->ch.linger0 = lg.l_onoff && !lg.l_linger;
-		l = sizeof(v);
-		if (fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, &l) == 0)
-			__atomic_store_n(&fs->ch.rcvlowat, v > 0 ? (uint32_t)v : 1u, __ATOMIC_RELAXED);
+		for (size_t i = 0; i < sizeof(misc_opts) / sizeof(misc_opts[0]); i++)
+			take_opt(fs, fd, misc_opts[i]);
 		fivc_fs_take_signals(fs, fd);
 	}
-	l = sizeof(v);
-	if ((bits & FIVC_FD_SNDBUF) && fivc_real.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &l) == 0 &&
-	    v > 0)
-		__atomic_store_n(&fs->ch.sndbuf, (uint64_t)v, __ATOMIC_RELAXED);
-	l = sizeof(v);
-	if ((bits & FIVC_FD_RCVBUF) && fs->ch.f && fs->state != FS_PLAIN &&
-	    fivc_real.getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, &l) == 0 && v > 0)
-		fivc_chan_set_rcvbuf(&fs->ch, (uint32_t)v);
+	if (bits & FIVC_FD_SNDBUF)
+		take_opt(fs, fd, SO_SNDBUF);
+	if (bits & FIVC_FD_RCVBUF)
+		take_opt(fs, fd, SO_RCVBUF);
+	errno = saved;
+}
+
+/* The program just set SOL_SOCKET option name on an fsock's fd: that one
+ * (the kernel rounds and doubles), not every option of its kind. */
+void fivc_fs_take_sockopt(struct fsock *fs, int fd, int name)
+{
+	int saved = errno;
+	switch (name) {
+	case SO_SNDBUFFORCE:
+		name = SO_SNDBUF;
+		break;
+	case SO_RCVBUFFORCE:
+		name = SO_RCVBUF;
+		break;
+#ifdef SO_RCVTIMEO_NEW
+	case SO_RCVTIMEO_NEW:
+		name = SO_RCVTIMEO; /* (read back as a timeval either way) */
+		break;
+	case SO_SNDTIMEO_NEW:
+		name = SO_SNDTIMEO;
+		break;
+#endif
+	}
+	take_opt(fs, fd, name);
 	errno = saved;
 }
 

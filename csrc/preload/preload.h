@@ -288,6 +288,7 @@ int fivc_fd_nonblock(int fd);
 struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side);
 int fivc_fs_open_chan(struct fsock *fs); /* slot, gen, side set: the ring + TCP doorbell */
 void fivc_fs_take_sockopts(struct fsock *fs, int fd, int bits);
+void fivc_fs_take_sockopt(struct fsock *fs, int fd, int name); /* one just set */
 void fivc_fs_take_signals(struct fsock *fs, int fd); /* O_ASYNC, F_SETOWN */
 int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len);
 int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, int use4);

@@ -596,7 +596,7 @@ FIVC_EXPORT int setsockopt(int fd, int level, int name, const void *v, socklen_t
 		 * doubles); a connection still to come asks at its start */
 		fivc_fd_add_bits(fd, bit);
 		if (fs)
-			fivc_fs_take_sockopts(fs, fd, bit);
+			fivc_fs_take_sockopt(fs, fd, name);
 	}
 	return r;
 }
