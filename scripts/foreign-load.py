@@ -14,31 +14,24 @@ under fastivc they do).  Exit 1 on any other difference.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from fastivc.run import build_env
 
-TWISTED = ["twisted.internet.test.test_tcp", "twisted.test.test_tcp", "twisted.test.test_ftp",
-           "twisted.web.test.test_webclient", "twisted.internet.test.test_endpoints",
-           "twisted.test.test_protocols", "twisted.internet.test.test_socket",
-           "twisted.test.test_loopback", "twisted.web.test.test_xmlrpc",
-           "twisted.words.test.test_irc"]
-RACY = {"test_stop_in_callback (tornado.test.tcpserver_test.TCPServerTest.test_stop_in_callback)"}
-TORNADO = [sys.executable, "-m", "tornado.test.runtests", "--verbose"]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from foreign_suites import (  # noqa: E402
+    RACY,
+    TORNADO_SUITE,
+    TWISTED,
+    TWISTED_SUITE,
+    outcomes,
+    twisted_suite,
+)
 
-
-def trial(mods: list[str]) -> list[str]:
-    return [sys.executable, "-m", "twisted.trial", "--reporter=bwverbose", *mods]
-
-
-def outcomes(out: str, tornado: bool) -> dict:
-    if tornado:
-        return {m.group(1): m.group(2).split()[0]
-                for m in re.finditer(r"^(test\S* \([^)]*\)) \.\.\. (.+)$", out, re.M)}
-    return {m.group(1): m.group(2) for m in re.finditer(r"^(\S+) \.\.\. \[(\w+)\]$", out, re.M)}
+TWISTED_TCP = twisted_suite(TWISTED[:2])  # the second copy: the two TCP modules
 
 
 def run_all(cmds: list[list[str]], env: dict) -> list[str]:
@@ -50,8 +43,8 @@ def run_all(cmds: list[list[str]], env: dict) -> list[str]:
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     plain = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    base_t = outcomes(run_all([TORNADO], plain)[0], True)
-    base_w = outcomes(run_all([trial(TWISTED)], plain)[0], False)
+    base_t = outcomes(TORNADO_SUITE, run_all([TORNADO_SUITE[0]], plain)[0])
+    base_w = outcomes(TWISTED_SUITE, run_all([TWISTED_SUITE[0]], plain)[0])
     print(f"plain: tornado {len(base_t)} tests, twisted {len(base_w)}", flush=True)
     bad = 0
     for k in range(rounds):
@@ -59,15 +52,15 @@ def main() -> int:
         hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
         t0 = time.monotonic()
         try:
-            outs = run_all([TORNADO, trial(TWISTED), trial(TWISTED[:2])],
+            outs = run_all([TORNADO_SUITE[0], TWISTED_SUITE[0], TWISTED_TCP[0]],
                            build_env(os.environ, fabric=fab))
         finally:
             for h in hogs:
                 h.kill()
             if os.path.exists(fab):
                 os.unlink(fab)
-        got = [(base_t, outcomes(outs[0], True)), (base_w, outcomes(outs[1], False)),
-               (base_w, outcomes(outs[2], False))]
+        got = [(base_t, outcomes(TORNADO_SUITE, outs[0])),
+               (base_w, outcomes(TWISTED_SUITE, outs[1])), (base_w, outcomes(TWISTED_TCP, outs[2]))]
         diffs = {}
         for base, fast in got:
             if not fast:

@@ -26,34 +26,18 @@ five reactors)."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
 
 import pytest
+from foreign_suites import RACY, TORNADO_SUITE, TWISTED_SUITE, outcomes
 
 from fastivc.run import build_env
 
-RACY = {"test_stop_in_callback (tornado.test.tcpserver_test.TCPServerTest.test_stop_in_callback)"}
-
-
-TWISTED = ["twisted.internet.test.test_tcp", "twisted.test.test_tcp", "twisted.test.test_ftp",
-           "twisted.web.test.test_webclient", "twisted.internet.test.test_endpoints",
-           "twisted.test.test_protocols", "twisted.internet.test.test_socket",
-           "twisted.test.test_loopback", "twisted.web.test.test_xmlrpc",
-           "twisted.words.test.test_irc"]
-# a suite: its command, and a pattern giving (test, outcome) per line
-TORNADO_SUITE = ([sys.executable, "-m", "tornado.test.runtests", "--verbose"],
-                 r"^(test\S* \([^)]*\)) \.\.\. (\S+)")
-TWISTED_SUITE = ([sys.executable, "-m", "twisted.trial", "--reporter=bwverbose", *TWISTED],
-                 r"^(\S+) \.\.\. \[(\w+)\]$")
-
 
 def _outcomes(suite: tuple, env: dict) -> tuple[dict, str]:
-    cmd, pattern = suite
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd="/tmp")
+    r = subprocess.run(suite[0], env=env, capture_output=True, text=True, timeout=600, cwd="/tmp")
     out = r.stdout + r.stderr
-    return {m.group(1): m.group(2) for m in re.finditer(pattern, out, re.M)}, out
+    return outcomes(suite, out), out
 
 
 def _plain_and_fast(suite: tuple, shm_path: str, tmp_path) -> tuple[dict, dict, str, int]:
