@@ -184,6 +184,16 @@ static void t_recvmmsg_errors(void)
 	done("recvmmsg errors", &p);
 }
 
+static void two_entries(struct mmsghdr v[2], struct iovec io[2], char bufs[2][64])
+{
+	memset(v, 0, 2 * sizeof(*v));
+	for (int i = 0; i < 2; i++) {
+		io[i] = (struct iovec){bufs[i], 64};
+		v[i].msg_hdr.msg_iov = &io[i];
+		v[i].msg_hdr.msg_iovlen = 1;
+	}
+}
+
 /* A reset after bytes: the entry after them meets the error, which the
  * kernel keeps for the next call (do_recvmmsg: sk_err) */
 static void t_recvmmsg_reset(void)
@@ -196,13 +206,9 @@ static void t_recvmmsg_reset(void)
 	p.w = -1;
 	settle();
 	char bufs[2][64];
-	struct iovec io[2] = {{bufs[0], 64}, {bufs[1], 64}};
+	struct iovec io[2];
 	struct mmsghdr v[2];
-	memset(v, 0, sizeof(v));
-	for (int i = 0; i < 2; i++) {
-		v[i].msg_hdr.msg_iov = &io[i];
-		v[i].msg_hdr.msg_iovlen = 1;
-	}
+	two_entries(v, io, bufs);
 	int r = recvmmsg(p.r, v, 2, 0, NULL);
 	res("recvmmsg", r);
 	mmsg_entries(v, 2, r);
@@ -227,13 +233,9 @@ static void t_recvmmsg_reset_later(void)
 	send(p.r, "x", 1, 0);
 	settle();
 	char bufs[2][64];
-	struct iovec io[2] = {{bufs[0], 64}, {bufs[1], 64}};
+	struct iovec io[2];
 	struct mmsghdr v[2];
-	memset(v, 0, sizeof(v));
-	for (int i = 0; i < 2; i++) {
-		v[i].msg_hdr.msg_iov = &io[i];
-		v[i].msg_hdr.msg_iovlen = 1;
-	}
+	two_entries(v, io, bufs);
 	pthread_t t;
 	int wfd = p.w;
 	p.w = -1;
