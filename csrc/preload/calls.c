@@ -7,16 +7,21 @@
  *
  * Each follows the kernel's (or glibc's) own code for the same call: the
  * comments name it. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <paths.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
@@ -358,3 +363,104 @@ FIVC_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
 	return fivc_exec_with(NULL, fd, 0, argv, envp);
 }
+
+/* ---- syscall(): the libc function a program calls for a raw system call
+ *
+ * A program that makes socket calls through syscall(SYS_read, ...) (to
+ * reach a call its libc lacks, or out of habit) went past the library: its
+ * reads found doorbells, its writes went to TCP beside the ring.  The
+ * calls that take or make descriptors go to our wrappers, which end in
+ * the same system call for a descriptor that is not ours; every other
+ * number goes straight on.  Not covered: the syscall instruction itself
+ * (static and Go binaries, inline assembly).
+ *
+ * Nothing here may run before init is done: init's own calls (dlsym, the
+ * allocator) may come through syscall(), and would wait for init's lock. */
+static long (*real_syscall)(long, ...);
+
+static long raw(long nr, const long *a)
+{
+	long (*f)(long, ...) = __atomic_load_n(&real_syscall, __ATOMIC_ACQUIRE);
+	if (!f) {
+		f = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+		if (!f) {
+			errno = ENOSYS;
+			return -1;
+		}
+		__atomic_store_n(&real_syscall, f, __ATOMIC_RELEASE);
+	}
+	return f(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+#define I(k) ((int)a[k])
+#define P(k) ((void *)a[k])
+#define U(k) ((size_t)a[k])
+
+FIVC_EXPORT long syscall(long nr, ...)
+{
+	long a[6];
+	va_list ap;
+	va_start(ap, nr);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long); /* (as glibc's: six registers, whatever was passed) */
+	va_end(ap);
+	if (!__atomic_load_n(&fivc_ready, __ATOMIC_ACQUIRE) || FIVC_GUARDED())
+		return raw(nr, a);
+	switch (nr) {
+	case SYS_read: return read(I(0), P(1), U(2));
+	case SYS_write: return write(I(0), P(1), U(2));
+	case SYS_readv: return readv(I(0), P(1), I(2));
+	case SYS_writev: return writev(I(0), P(1), I(2));
+	case SYS_recvfrom: return recvfrom(I(0), P(1), U(2), I(3), P(4), P(5));
+	case SYS_sendto: return sendto(I(0), P(1), U(2), I(3), P(4), (socklen_t)a[5]);
+	case SYS_recvmsg: return recvmsg(I(0), P(1), I(2));
+	case SYS_sendmsg: return sendmsg(I(0), P(1), I(2));
+	case SYS_recvmmsg: return recvmmsg(I(0), P(1), (unsigned)a[2], I(3), P(4));
+	case SYS_sendmmsg: return sendmmsg(I(0), P(1), (unsigned)a[2], I(3));
+	case SYS_sendfile: return sendfile(I(0), I(1), P(2), U(3));
+	case SYS_shutdown: return shutdown(I(0), I(1));
+	case SYS_close: return close(I(0));
+	case SYS_close_range: return close_range((unsigned)a[0], (unsigned)a[1], I(2));
+	case SYS_dup: return dup(I(0));
+#ifdef SYS_dup2
+	case SYS_dup2: return dup2(I(0), I(1));
+#endif
+	case SYS_dup3: return dup3(I(0), I(1), I(2));
+	case SYS_fcntl: return fcntl(I(0), I(1), P(2));
+	case SYS_ioctl: return ioctl(I(0), (unsigned long)a[1], P(2));
+	case SYS_getsockopt: return getsockopt(I(0), I(1), I(2), P(3), P(4));
+	case SYS_setsockopt: return setsockopt(I(0), I(1), I(2), P(3), (socklen_t)a[4]);
+	case SYS_socket: return socket(I(0), I(1), I(2));
+	case SYS_bind: return bind(I(0), P(1), (socklen_t)a[2]);
+	case SYS_listen: return listen(I(0), I(1));
+	case SYS_connect: return connect(I(0), P(1), (socklen_t)a[2]);
+	case SYS_accept: return accept(I(0), P(1), P(2));
+	case SYS_accept4: return accept4(I(0), P(1), P(2), I(3));
+#ifdef SYS_poll
+	case SYS_poll: return poll(P(0), (nfds_t)a[1], I(2));
+#endif
+	case SYS_ppoll: /* (the kernel's ppoll takes the sigset's size too) */
+		return a[4] == sizeof(sigset_t) || !a[3] ? ppoll(P(0), (nfds_t)a[1], P(2), P(3))
+							: raw(nr, a);
+#ifdef SYS_select
+	case SYS_select: return select(I(0), P(1), P(2), P(3), P(4));
+#endif
+	case SYS_epoll_ctl: return epoll_ctl(I(0), I(1), I(2), P(3));
+#ifdef SYS_epoll_wait
+	case SYS_epoll_wait: return epoll_wait(I(0), P(1), I(2), I(3));
+#endif
+	case SYS_epoll_create1: return epoll_create1(I(0));
+#ifdef SYS_epoll_create
+	case SYS_epoll_create: return epoll_create(I(0));
+#endif
+#ifdef SYS_fork
+	case SYS_fork: return fork();
+#endif
+	case SYS_execve: return execve(P(0), P(1), P(2));
+	}
+	return raw(nr, a);
+}
+
+#undef I
+#undef P
+#undef U

@@ -14,13 +14,16 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -427,6 +430,82 @@ static void t_exec(const char *self, int how)
 	done(name, &p);
 }
 
+/* syscall(): the calls made raw on one end of an accelerated pair and
+ * through libc on the other (non-blocking: a raw call that went past the
+ * ring would find or leave the bytes on TCP, and the other end nothing):
+ * read/write, recvfrom/sendto, readv/writev, recvmsg/sendmsg, FIONREAD,
+ * fcntl, poll, a dup that reads on, shutdown and the EOF, close */
+static void got(const char *what, long n, const char *b)
+{
+	res(what, n);
+	if (n > 0)
+		step("got '%.*s'", (int)n, b);
+}
+
+static void t_raw(void)
+{
+	struct pair p = pair_open();
+	char b[64];
+	long fl = syscall(SYS_fcntl, p.r, F_GETFL);
+	res("fcntl O_NONBLOCK", syscall(SYS_fcntl, p.r, F_SETFL, fl | O_NONBLOCK));
+	fcntl(p.w, F_SETFL, fcntl(p.w, F_GETFL) | O_NONBLOCK);
+	res("read empty", syscall(SYS_read, p.r, b, sizeof(b)));
+	res("write", syscall(SYS_write, p.w, "raw one", 7));
+	settle();
+	got("recv", recv(p.r, b, sizeof(b), 0), b);
+	res("send", send(p.w, "raw two", 7, 0));
+	settle();
+	int avail = -1;
+	res("ioctl FIONREAD", syscall(SYS_ioctl, p.r, FIONREAD, &avail));
+	step("avail %d", avail);
+	got("read", syscall(SYS_read, p.r, b, sizeof(b)), b);
+	res("sendto", syscall(SYS_sendto, p.r, "three", 5, 0, NULL, 0));
+	settle();
+	got("recv", recv(p.w, b, sizeof(b), 0), b);
+	res("send", send(p.r, "four", 4, 0));
+	settle();
+	got("recvfrom", syscall(SYS_recvfrom, p.w, b, sizeof(b), 0, NULL, NULL), b);
+	struct iovec wv[2] = {{"ab", 2}, {"cde", 3}};
+	res("writev", syscall(SYS_writev, p.w, wv, 2));
+	settle();
+	got("recv", recv(p.r, b, sizeof(b), 0), b);
+	res("send", send(p.w, "fghij", 5, 0));
+	settle();
+	char x[2], y[8];
+	struct iovec rv[2] = {{x, 2}, {y, 8}};
+	long n = syscall(SYS_readv, p.r, rv, 2);
+	res("readv", n);
+	if (n > 2)
+		step("got '%.2s' '%.*s'", x, (int)(n - 2), y);
+	struct iovec mv = {"msg", 3};
+	struct msghdr m = {.msg_iov = &mv, .msg_iovlen = 1};
+	res("sendmsg", syscall(SYS_sendmsg, p.r, &m, 0));
+	settle();
+	got("recv", recv(p.w, b, sizeof(b), 0), b);
+	res("send", send(p.r, "msg2", 4, 0));
+	settle();
+	struct iovec mr = {b, sizeof(b)};
+	struct msghdr mm = {.msg_iov = &mr, .msg_iovlen = 1};
+	got("recvmsg", syscall(SYS_recvmsg, p.w, &mm, 0), b);
+	struct pollfd pf = {.fd = p.r, .events = POLLIN | POLLOUT};
+	res("poll", syscall(SYS_poll, &pf, 1, 0));
+	step("revents %d", pf.revents);
+	res("send", send(p.w, "dup", 3, 0));
+	settle();
+	long d = syscall(SYS_dup, p.r);
+	res("dup", d >= 0 ? 0 : -1);
+	got("read dup", syscall(SYS_read, (int)d, b, sizeof(b)), b);
+	res("close dup", syscall(SYS_close, (int)d));
+	res("shutdown", syscall(SYS_shutdown, p.w, SHUT_WR));
+	settle();
+	res("recv at end", recv(p.r, b, sizeof(b), 0));
+	res("close", syscall(SYS_close, p.w));
+	p.w = -1;
+	settle();
+	res("send to the closed end", send(p.r, "x", 1, MSG_NOSIGNAL));
+	done("raw syscall()", &p);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "child")) {
@@ -449,6 +528,7 @@ int main(int argc, char **argv)
 	t_recvmmsg_reset();
 	t_recvmmsg_reset_later();
 	t_sendmmsg();
+	t_raw();
 	t_v2();
 	t_stdio();
 	t_daemon(self);
