@@ -92,10 +92,12 @@ def _compare(shm_path: str, resets: bool, seed: int | None = None,
         diffs: list[str] = []
         off: list[int] = []
         done = held = 0
+        eof = [False, False]  # whose output ended
         try:
             while done < count:
                 plain, fast = (q.get(timeout=STALL_S) for q in queues)
                 if plain is None or fast is None:
+                    eof = [plain is None, fast is None]
                     break
                 plain, fast = json.loads(plain), json.loads(fast)
                 assert plain["accelerated"] == -1, "the plain run saw the library"
@@ -108,13 +110,20 @@ def _compare(shm_path: str, resets: bool, seed: int | None = None,
         except queue.Empty:
             raise AssertionError(f"no scenario for {STALL_S} s after {done}: a hang") from None
         finally:
+            # which ended by itself, before the other is stopped
+            ended = [p.wait(30) if gone else p.poll() for p, gone in zip(procs, eof, strict=True)]
             for p in procs:
                 if p.poll() is None and done < count:
                     p.kill()
                 p.wait()
-        for p, e in zip(procs, (ep, ef), strict=True):
+        report = []
+        for name, p, e, rc in zip(("kernel", "fastivc"), procs, (ep, ef), ended, strict=True):
             e.seek(0)
-            assert p.returncode == 0, f"exit {p.returncode}\n{e.read()[-3000:]}"
+            if p.returncode != 0:
+                how = "ended by itself" if rc is not None else "stopped by the test"
+                report.append(f"{name} run: exit {p.returncode} ({how})\n{e.read()[-3000:]}")
+        assert not report, (f"after {done} scenarios (the next seed {seed + done}):\n"
+                            + "\n".join(report))
     assert done == count, f"{done} of {count} scenarios came"
     print(f"  {count} compared, {held} of them up to bytes the kernel held back")
     assert not off, f"scenarios whose two ends were not both on the ring: {off[:10]}"

@@ -335,14 +335,20 @@ class Scenario:
         """A blocking recv with nothing to read, interrupted by a signal
         whose handler raises (EINTR reaches Python); one with bytes there
         returns them before the signal."""
-        e = self.ends[i]
+        e, o = self.ends[i], self.ends[1 - i]
         self.settle(i)
+        # Where the recv must return at once (bytes there, the end of the
+        # stream, a reset), the signal comes late, so that a process
+        # descheduled past 10 ms on a loaded machine does not take it
+        # after the recv returned; a recv that blocks there still gets it
+        ready = (self.in_flight(1 - i) > 0 or e.shut_rd or e.reset
+                 or o.shut_wr or o.closed)
 
         def handler(_sig, _frame):
             raise InterruptedError
 
         old = signal.signal(signal.SIGALRM, handler)
-        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        signal.setitimer(signal.ITIMER_REAL, 2.0 if ready else 0.01)
         try:
             r = self._blocking_recv(e)
         except InterruptedError:
