@@ -32,7 +32,8 @@ int fivc_ring_arm_consumer(struct fivc_ring_hdr *r, uint64_t head)
 {
 	fivc_store_relaxed(&r->cons_waiting, 1);
 	fivc_smp_mb(); /* SB: pairs with the fence in fivc_ring_consumer_waiting() */
-	return fivc_load_acquire(&r->tail) != head || fivc_load_acquire(&r->wr_closed);
+	return fivc_load_acquire(&r->tail) != head || fivc_load_acquire(&r->wr_closed) ||
+	       (fivc_load_acquire(&r->down_at) & FIVC_DOWN_LEFT);
 }
 
 int fivc_ring_consumer_waiting(struct fivc_ring_hdr *r)
@@ -58,7 +59,7 @@ static int ring_arm_producer(struct fivc_chan *c)
 	uint64_t head = fivc_load_acquire(&r->head), tail = c->tx_tail;
 	uint64_t base = before(head, c->txv.from) ? c->txv.from : head;
 	return ((tail - base < c->txv.size || tx_can_grow(c)) && tail - head < tx_bound(c)) ||
-	       (fivc_load_acquire(&r->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST));
+	       (fivc_load_acquire(&r->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST | FIVC_RD_DOWN));
 }
 
 static int ring_producer_waiting(struct fivc_ring_hdr *r)
@@ -383,6 +384,15 @@ static int ready_read_past(struct fivc_chan *c, int *eof, uint64_t have)
 	c->rx_tail_seen = tail;
 	if (tail - c->rx_head > have)
 		return 1;
+	/* The producer left the ring (downgrade), after its last tail: what
+	 * is there, then TCP (down_at is stored with a release after it) */
+	if (fivc_load_acquire(&c->rx->down_at) & FIVC_DOWN_LEFT) {
+		tail = fivc_load_acquire(&c->rx->tail);
+		if (rx_check(c, tail) < 0)
+			return broken(c);
+		c->rx_tail_seen = tail;
+		return tail - c->rx_head > have ? 1 : -FIVC_EDOWN;
+	}
 	/* wr_closed is stored (release) after the last tail: re-read it. */
 	if (fivc_load_acquire(&c->rx->wr_closed)) {
 		tail = fivc_load_acquire(&c->rx->tail);
@@ -409,7 +419,10 @@ static int ready_write(struct fivc_chan *c)
 {
 	if (is_broken(c))
 		return -ECONNRESET;
-	if (fivc_load_acquire(&c->tx->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST))
+	uint32_t rd = fivc_load_acquire(&c->tx->rd_closed);
+	if (rd & FIVC_RD_DOWN)
+		return -FIVC_EDOWN; /* the consumer left the ring: TCP (downgrade) */
+	if (rd & (FIVC_RD_GONE | FIVC_RD_RST))
 		return -EPIPE;
 	switch (fivc_load_relaxed(&c->peer_gone)) {
 	case 1:
@@ -1392,6 +1405,8 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 	if (len == 0) /* as TCP: the connection's error, else 0 (no reset: no bytes go) */
 		return fivc_load_relaxed(&c->peer_gone) == 2 ? -ECONNRESET : 0;
 	uint32_t rd = fivc_load_acquire(&c->tx->rd_closed), w = fivc_load_acquire(&c->rx->wr_closed);
+	if (rd & FIVC_RD_DOWN)
+		return -FIVC_EDOWN; /* the consumer left the ring: TCP (downgrade) */
 	if ((rd & FIVC_RD_GONE) || ((rd & FIVC_RD_SHUT) && (w & FIVC_WR_FIN))) {
 		if (!lease_held(c))
 			return broken(c); /* (those flags are not ours: the slot moved on) */
@@ -1429,8 +1444,8 @@ static ssize_t chan_write(struct fivc_chan *c, const void *buf, size_t len, int 
 				space = tx_space(c);
 			if (r == 0 && space)
 				r = 1;
-		} else if (fivc_load_relaxed(&c->tx->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST)) {
-			r = -EPIPE;
+		} else if (fivc_load_relaxed(&c->tx->rd_closed) & (FIVC_RD_GONE | FIVC_RD_RST | FIVC_RD_DOWN)) {
+			r = (fivc_load_relaxed(&c->tx->rd_closed) & FIVC_RD_DOWN) ? -FIVC_EDOWN : -EPIPE;
 		}
 		if (r < 0)
 			return done ? (ssize_t)done : r;
@@ -1566,5 +1581,81 @@ void fivc_chan_close(struct fivc_chan *c)
 	 * close: asking the kernel costs a syscall per connection.) */
 	if (is_broken(c) || fivc_load_relaxed(&c->peer_gone))
 		fivc_slot_reap(c->f, c->idx);
+	c->f = NULL;
+}
+
+/* ---- the way back to TCP (issue 12; README "Downgrade") ----
+ *
+ * Either side may leave the rings; the TCP byte counts the preload
+ * publishes (down_at) tell the other where the doorbells end in the TCP
+ * stream.  These only move the ring words: no doorbell is rung here (the
+ * preload sends and counts its own). */
+void fivc_chan_down_leave_rx(struct fivc_chan *c)
+{
+	/* our head is final: the producer sends what is past it over TCP */
+	fivc_store_release(&c->rx->head, c->rx_head);
+	__atomic_fetch_or(&c->rx->rd_closed, FIVC_RD_DOWN, __ATOMIC_RELEASE);
+}
+
+void fivc_chan_down_leave_tx(struct fivc_chan *c)
+{
+	/* after our last tail (release); the consumer reads the ring dry */
+	__atomic_store_n(&c->tx->down_at, FIVC_DOWN_LEFT, __ATOMIC_RELEASE);
+}
+
+void fivc_chan_down_publish(struct fivc_chan *c, uint64_t sent)
+{
+	__atomic_store_n(&c->tx->down_at, FIVC_DOWN_LEFT | FIVC_DOWN_AT | FIVC_DOWN_COUNT(sent),
+			 __ATOMIC_RELEASE);
+}
+
+int fivc_chan_down_peer(struct fivc_chan *c, uint64_t *at)
+{
+	if (!c->f)
+		return 0;
+	int r = 0;
+	if (fivc_load_acquire(&c->tx->rd_closed) & FIVC_RD_DOWN)
+		r |= FIVC_PEER_RD_DOWN;
+	uint64_t w = fivc_load_acquire(&c->rx->down_at);
+	if (w & FIVC_DOWN_LEFT)
+		r |= FIVC_PEER_LEFT;
+	if ((w & FIVC_DOWN_LEFT) && (w & FIVC_DOWN_AT)) {
+		r |= FIVC_PEER_AT;
+		if (at)
+			*at = FIVC_DOWN_COUNT(w);
+	}
+	return r;
+}
+
+int fivc_chan_backlog_start(struct fivc_chan *c)
+{
+	uint64_t head = fivc_load_acquire(&c->tx->head);
+	if (before(head, c->tx_head_seen) || !view_holds(&c->txv, head, c->tx_tail))
+		return broken(c); /* a head that went back, or past what we wrote */
+	c->down_pos = head;
+	c->backlog_on = 1;
+	return 0;
+}
+
+size_t fivc_chan_backlog_peek(struct fivc_chan *c, void *buf, size_t len)
+{
+	uint64_t left = c->tx_tail - c->down_pos;
+	size_t n = (size_t)FIVC_MIN(left, (uint64_t)len);
+	view_copy(&c->txv, c->down_pos, buf, n, 0);
+	return n;
+}
+
+void fivc_chan_backlog_sent(struct fivc_chan *c, size_t n) { c->down_pos += n; }
+
+uint64_t fivc_chan_backlog_left(const struct fivc_chan *c)
+{
+	return c->backlog_on ? c->tx_tail - c->down_pos : 0;
+}
+
+void fivc_chan_down_release(struct fivc_chan *c)
+{
+	if (!c->f)
+		return;
+	fivc_slot_release(c->f, c->idx, c->gen, c->side);
 	c->f = NULL;
 }

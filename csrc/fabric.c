@@ -1142,6 +1142,7 @@ static void ring_init(struct fivc_ring_hdr *r, uint32_t size)
 	r->urg_seq = 0;
 	r->urg_count = 0;
 	r->urg_gap = 0;
+	r->down_at = 0;
 	/* cons_wake / prod_wake / desc_seq keep counting: a stale sleeper or
 	 * reader compares values. */
 	r->magic = FIVC_RING_MAGIC;

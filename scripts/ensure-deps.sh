@@ -31,6 +31,8 @@ have node || need+=(nodejs)
 # PostgreSQL server, pgbench and psql (test_eventloops.py)
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
 have ss || need+=(iproute2)
+# io_uring programs the downgrade tests build (test_downgrade.py)
+[ -e /usr/include/liburing.h ] || need+=(liburing-dev)
 # fastivc vm: QEMU, and a static busybox for the guest's initramfs (the dynamic
 # busybox package also installs /bin/busybox, so ask dpkg which one is there)
 have qemu-system-x86_64 || need+=(qemu-system-x86)

@@ -457,6 +457,7 @@ FIVC_EXPORT long syscall(long nr, ...)
 	case SYS_fork: return fork();
 #endif
 	case SYS_execve: return execve(P(0), P(1), P(2));
+	case SYS_io_uring_setup: fivc_uring_seen("syscall(SYS_io_uring_setup)"); break;
 	}
 	return raw(nr, a);
 }

@@ -16,11 +16,35 @@
 
 /* ---- the TCP doorbell: the socket itself wakes a sleeping peer ---- */
 
+/* Doorbell sends and drains count themselves while they run, and none
+ * starts once the socket is leaving the ring (down.c "quiet"): the bytes
+ * after its count are program data. */
+static int db_enter(struct fsock *fs)
+{
+	__atomic_add_fetch(&fs->db_busy, 1, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&fs->down_quiet, __ATOMIC_SEQ_CST))
+		return 1;
+	__atomic_sub_fetch(&fs->db_busy, 1, __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+static void db_leave(struct fsock *fs) { __atomic_sub_fetch(&fs->db_busy, 1, __ATOMIC_SEQ_CST); }
+
+static void drain(struct fsock *fs, int fd);
+
 void fivc_fs_drain(struct fsock *fs, int fd)
 {
-	char buf[256];
 	if (fs->state != FS_ACCEL || fs->tcp_eof)
 		return; /* before the switch TCP bytes may be program data */
+	if (!db_enter(fs))
+		return;
+	drain(fs, fd);
+	db_leave(fs);
+}
+
+static void drain(struct fsock *fs, int fd)
+{
+	char buf[256];
 	for (;;) {
 		ssize_t r = fivc_real.recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
 		if (r > 0 && (size_t)r < sizeof(buf))
@@ -118,7 +142,10 @@ static void tcp_db_send(struct fsock *fs, int flags)
 		}
 		__atomic_store_n(&fs->nodelay_forced, 1, __ATOMIC_RELEASE);
 	}
-	fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL | flags);
+	if (db_enter(fs)) {
+		fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL | flags);
+		db_leave(fs);
+	}
 	errno = saved; /* a full send buffer already holds a byte the peer will see */
 }
 
@@ -344,6 +371,18 @@ void fivc_listen_forget(int fd)
 			fivc_listener_remove(fab, idx, word);
 	}
 	pthread_mutex_unlock(&lreg_lock);
+}
+
+void fivc_listen_forget_all(void)
+{
+	for (;;) {
+		pthread_mutex_lock(&lreg_lock);
+		int fd = nlregs ? lregs[0].fd : -1;
+		pthread_mutex_unlock(&lreg_lock);
+		if (fd < 0)
+			return;
+		fivc_listen_forget(fd);
+	}
 }
 
 static int route_lookup(int family, const struct sockaddr *dst, socklen_t len,

@@ -599,6 +599,10 @@ static uint32_t entry_eval(struct ep_entry *e, int peek, int *gone)
 	}
 	short kev;
 	short r = fivc_fs_ready(fs, e->fd, to_poll(e->events), 0, &kev);
+	if (fs->state == FS_PLAIN) { /* left the ring just now (down.c) */
+		*gone = GONE_PLAIN;
+		return 0;
+	}
 	if (fs->state != FS_ACCEL && fs->state != FS_PLAIN && kev) {
 		/* still on TCP for these events: the kernel's answer, now */
 		struct pollfd p = {.fd = e->fd, .events = kev};

@@ -11,10 +11,16 @@
  * that does not check out has its TCP connection shut down, so the peer sees
  * the connection end instead of writing into a ring nobody reads.
  *
- * Not covered: a program exec'd without the library (LD_PRELOAD removed, a
- * static binary) gets a TCP socket that carries only doorbells; nor exec in
- * a vfork() child or through posix_spawn (not interposed).
+ * A program that will not load the library (an environment without it in
+ * LD_PRELOAD, a static binary, a set-user-ID one) gets its connections back
+ * on plain TCP instead, byte-exact (down.c), before the exec.
+ *
+ * Not covered: exec in a vfork() child or through posix_spawn (not
+ * interposed): the connection stays the parent's.
  */
+#include <dlfcn.h>
+#include <elf.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -276,3 +282,142 @@ void fivc_inherit(void)
 	}
 	free(all);
 }
+
+/* ---- exec of a program that will not load the library ---- */
+
+/* The ELF file at path has an interpreter (dynamic); 1 yes, 0 no (static),
+ * -1 unknown (not ELF, unreadable).  A script: its interpreter's answer. */
+static int elf_dynamic(const char *path, int depth)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	unsigned char h[256];
+	ssize_t n = pread(fd, h, sizeof(h), 0);
+	int r = -1;
+	if (n >= 4 && h[0] == '#' && h[1] == '!' && depth == 0) {
+		char interp[256];
+		size_t i = 2, k = 0;
+		while (i < (size_t)n && (h[i] == ' ' || h[i] == '\t'))
+			i++;
+		while (i < (size_t)n && h[i] != ' ' && h[i] != '\t' && h[i] != '\n' &&
+		       k < sizeof(interp) - 1)
+			interp[k++] = (char)h[i++];
+		interp[k] = 0;
+		close(fd);
+		return k ? elf_dynamic(interp, 1) : -1;
+	}
+	uint64_t phoff = 0;
+	unsigned phnum = 0, phentsize = 0;
+	if (n >= (ssize_t)sizeof(Elf64_Ehdr) && !memcmp(h, ELFMAG, SELFMAG) && h[EI_CLASS] == ELFCLASS64) {
+		Elf64_Ehdr eh;
+		memcpy(&eh, h, sizeof(eh));
+		phoff = eh.e_phoff, phnum = eh.e_phnum, phentsize = eh.e_phentsize;
+		r = 0;
+	} else if (n >= (ssize_t)sizeof(Elf32_Ehdr) && !memcmp(h, ELFMAG, SELFMAG) &&
+		   h[EI_CLASS] == ELFCLASS32) {
+		Elf32_Ehdr eh;
+		memcpy(&eh, h, sizeof(eh));
+		phoff = eh.e_phoff, phnum = eh.e_phnum, phentsize = eh.e_phentsize;
+		r = 0;
+	}
+	/* p_type is the first word of a program header in both classes */
+	for (unsigned i = 0; r == 0 && i < phnum && i < 256; i++) {
+		uint32_t type;
+		if (pread(fd, &type, sizeof(type), (off_t)(phoff + (uint64_t)i * phentsize)) !=
+		    (ssize_t)sizeof(type))
+			r = -1;
+		else if (type == PT_INTERP)
+			r = 1;
+	}
+	close(fd);
+	return r;
+}
+
+/* execvpe's search, with the caller's PATH as glibc takes it. */
+static int find_in_path(const char *p, char *out, size_t cap)
+{
+	if (strchr(p, '/')) {
+		snprintf(out, cap, "%s", p);
+		return 0;
+	}
+	const char *path = getenv("PATH");
+	if (!path || !*path)
+		path = "/bin:/usr/bin";
+	for (const char *d = path; d;) {
+		const char *end = strchr(d, ':');
+		size_t len = end ? (size_t)(end - d) : strlen(d);
+		snprintf(out, cap, "%.*s%s%s", (int)len, d, len ? "/" : "", p);
+		if (access(out, X_OK) == 0)
+			return 0;
+		d = end ? end + 1 : NULL;
+	}
+	return -1;
+}
+
+static int mentions_library(const char *list)
+{
+	Dl_info di;
+	const char *self = dladdr((void *)fivc_exec_env, &di) && di.dli_fname ? di.dli_fname : NULL;
+	const char *base = self && strrchr(self, '/') ? strrchr(self, '/') + 1 : "libfastivc.so";
+	return list && (strstr(list, base) || (self && strstr(list, self)));
+}
+
+static int preload_file_mentions(void)
+{
+	int fd = open("/etc/ld.so.preload", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	char b[4096];
+	ssize_t n = read(fd, b, sizeof(b) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	b[n] = 0;
+	return mentions_library(b);
+}
+
+int fivc_exec_loads_library(const char *p, int fd, int search, char *const envp[])
+{
+	const char *pre = NULL;
+	for (size_t i = 0; envp && envp[i]; i++)
+		if (!strncmp(envp[i], "LD_PRELOAD=", 11))
+			pre = envp[i] + 11;
+	if (!mentions_library(pre) && !preload_file_mentions())
+		return 0; /* an environment without it */
+	char path[4096];
+	if (!p)
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	else if (!search)
+		snprintf(path, sizeof(path), "%s", p);
+	else if (find_in_path(p, path, sizeof(path)) < 0)
+		return 1; /* (not found: the exec fails, nothing changes) */
+	struct stat st;
+	if (stat(path, &st) == 0 &&
+	    (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) ||
+	     ((st.st_mode & S_ISGID) && st.st_gid != getegid())))
+		return 0; /* secure execution: ld.so ignores LD_PRELOAD */
+	return elf_dynamic(path, 0) != 0; /* a static binary loads nothing */
+}
+
+static void downgrade_one(struct fsock *fs, const int *fds, int nfds, void *arg)
+{
+	(void)arg;
+	if (!fivc_fs_uses_fabric(fs))
+		return;
+	int fd = -1;
+	for (int i = 0; i < nfds && fd < 0; i++) {
+		int fl = fivc_real.fcntl(fds[i], F_GETFD);
+		if (fl >= 0 && !(fl & FD_CLOEXEC))
+			fd = fds[i];
+	}
+	if (fd < 0)
+		return;
+	int r = fivc_fs_downgrade(fs, fd, FIVC_DOWN_EXEC);
+	if (r < 0) {
+		FIVC_INFO("exec: fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
+		fivc_real.shutdown(fd, SHUT_RDWR);
+	}
+}
+
+void fivc_exec_downgrade(void) { fivc_for_each_fsock(downgrade_one, NULL); }

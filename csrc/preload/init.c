@@ -393,6 +393,7 @@ struct fivc_fabric *fivc_fabric_get(void)
 	if (st < 0 && fivc_now_ns(CLOCK_MONOTONIC) - __atomic_load_n(&fabric_failed_ns, __ATOMIC_RELAXED) <
 			      FABRIC_RETRY_NS)
 		return NULL;
+	int opened = 0;
 	pthread_mutex_lock(&fabric_lock);
 	if (fabric_state < 0 &&
 	    fivc_now_ns(CLOCK_MONOTONIC) - fabric_failed_ns >= FABRIC_RETRY_NS)
@@ -429,9 +430,16 @@ struct fivc_fabric *fivc_fabric_get(void)
 				fivc_fabric_fd_move(-1);
 			FIVC_DEBUG("fabric %s open, member %u", fivc_cfg.fabric, fabric.self);
 			__atomic_store_n(&fabric_state, 1, __ATOMIC_RELEASE);
+			opened = 1;
 		}
 	}
 	pthread_mutex_unlock(&fabric_lock);
+	if (opened) {
+		/* an io_uring made before we could see it (uring.c) */
+		fivc_uring_scan();
+		if (__atomic_load_n(&fivc_cfg.disabled, __ATOMIC_ACQUIRE))
+			return NULL;
+	}
 	return fabric_state > 0 ? &fabric : NULL;
 }
 

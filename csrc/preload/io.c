@@ -78,10 +78,18 @@ static void client_give_up(struct fsock *fs, int switch_ok)
 		fs->ch.f = NULL;
 	fs->state = FS_PLAIN;
 	FIVC_DEBUG("fd %d: %s: plain TCP", fs->fd,
-		   switch_ok ? "urgent data before the switch" : "peer is not accelerated");
+		   switch_ok ? "it leaves before the switch (urgent data, exec)"
+			     : "peer is not accelerated");
 }
 
 static void client_go_plain(struct fsock *fs) { client_give_up(fs, 0); }
+
+/* See preload.h. */
+void fivc_fs_client_decide(struct fsock *fs)
+{
+	if (fs->state == FS_CLIENT_PENDING && !fs->pre_shared)
+		client_give_up(fs, 1);
+}
 
 /* Client: the offer was adopted; switch to the ring.  Caller holds wr_lock
  * (tcp_sent must not move while N is published). */
@@ -203,7 +211,7 @@ static int tcp_info_rx(int fd, uint64_t *bytes, int *fin)
 	return 0;
 }
 
-static int tcp_taken(int fd, uint64_t *out)
+int fivc_tcp_taken(int fd, uint64_t *out)
 {
 	for (;;) {
 		uint64_t a, b;
@@ -226,7 +234,7 @@ static int tcp_taken(int fd, uint64_t *out)
 uint64_t fivc_fs_pre_taken(struct fsock *fs, int fd)
 {
 	uint64_t t;
-	if (fs->pre_shared && fs->state == FS_SERVER_PRE && tcp_taken(fd, &t) == 0 &&
+	if (fs->pre_shared && fs->state == FS_SERVER_PRE && fivc_tcp_taken(fd, &t) == 0 &&
 	    t > fs->tcp_recvd)
 		return t; /* (it only ever grows) */
 	return fs->tcp_recvd;
@@ -385,7 +393,7 @@ static ssize_t server_pre_shared_read(struct fsock *fs, int fd, void *buf, size_
 		if (r < 0)
 			return r;
 		uint64_t taken;
-		r = tcp_taken(fd, &taken);
+		r = fivc_tcp_taken(fd, &taken);
 		if (r == 0) {
 			if (taken > fs->tcp_recvd)
 				fs->tcp_recvd = taken;
@@ -621,6 +629,7 @@ ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 {
 	fivc_fs_hold(fs);
 	ssize_t r = fs_recv(fs, fd, buf, len, flags);
+	fivc_fs_down_due(fs, fd);
 	fivc_fs_unhold(fs);
 	return r;
 }
@@ -642,7 +651,7 @@ static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flag
 	if (fs_lock(fs, 0, fs->nonblock || (flags & MSG_DONTWAIT)) < 0)
 		return -EAGAIN;
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
-	if ((flags & MSG_OOB) && fs->state == FS_ACCEL) {
+	if ((flags & MSG_OOB) && fs->state == FS_ACCEL && !(fs->down & FIVC_DOWN_R)) {
 		int trunc;
 		r = fivc_chan_recv_oob(&fs->ch, buf, len, (flags & MSG_PEEK) != 0, &trunc);
 		pthread_mutex_unlock(&fs->rd_lock);
@@ -774,7 +783,28 @@ static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flag
 			goto out;
 		}
 		case FS_ACCEL:
+			if (fs->down & FIVC_DOWN_R) { /* leaving the ring: TCP now (down.c) */
+				r = fivc_real.recv(fd, (char *)buf + got, len - got, flags);
+				r = r < 0 ? -errno : r;
+				goto out;
+			}
 			r = fivc_chan_read(&fs->ch, (char *)buf + got, len - got, chan_flags(fs, flags));
+			if (r == -FIVC_EDOWN) {
+				/* the peer left the ring and it is dry: TCP from its count */
+				if (got)
+					goto out;
+				int nb = fs->nonblock || (flags & MSG_DONTWAIT);
+				fivc_fs_follow(fs, fd, 1, nb);
+				if (fs->state == FS_PLAIN || (fs->down & FIVC_DOWN_R))
+					continue;
+				if (nb) {
+					r = -EAGAIN;
+					goto out;
+				}
+				struct timespec ts = {0, 10000000};
+				nanosleep(&ts, NULL);
+				continue;
+			}
 			if (fs->ch.sig & FIVC_SIG_IO)
 				fivc_fs_drain(fs, fd); /* (every write rang: channel.c "signals") */
 			if (r > 0) {
@@ -797,6 +827,7 @@ ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int 
 {
 	fivc_fs_hold(fs);
 	ssize_t r = fs_send(fs, fd, buf, len, flags);
+	fivc_fs_down_due(fs, fd);
 	fivc_fs_unhold(fs);
 	return r;
 }
@@ -847,7 +878,22 @@ static ssize_t fs_send(struct fsock *fs, int fd, const void *buf, size_t len, in
 		pthread_mutex_unlock(&fs->wr_lock);
 		return r;
 	}
+	if (fs->down & FIVC_DOWN_W) { /* leaving the ring: TCP, after the backlog (down.c) */
+		r = fivc_fs_down_send(fs, fd, buf, len, flags);
+		pthread_mutex_unlock(&fs->wr_lock);
+		return r;
+	}
 	r = fivc_chan_write(&fs->ch, buf, len, chan_flags(fs, flags));
+	if (r == -FIVC_EDOWN) {
+		/* the peer left the ring (down.c); our side follows, then TCP */
+		pthread_mutex_unlock(&fs->wr_lock);
+		if (pre)
+			return (ssize_t)pre;
+		fivc_fs_follow(fs, fd, 0, 0);
+		if (!(fs->down & FIVC_DOWN_W) && fs->state != FS_PLAIN)
+			return -ECONNRESET; /* a broken peer */
+		return fs_send(fs, fd, buf, len, flags);
+	}
 	fivc_janitor_watch(fs);
 	pthread_mutex_unlock(&fs->wr_lock);
 	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
@@ -975,7 +1021,7 @@ ssize_t fivc_fs_recvv(struct fsock *fs, int fd, const struct iovec *iov, int n, 
 long fivc_fs_nread(struct fsock *fs, int fd)
 {
 	int n = 0;
-	if (fs->state == FS_ACCEL) {
+	if (fs->state == FS_ACCEL && !(fs->down & FIVC_DOWN_R)) {
 		ssize_t r = fivc_chan_inq(&fs->ch);
 		return r < 0 ? 0 : r;
 	}

@@ -48,7 +48,8 @@ static void *janitor(void *arg)
 			next = fs->jnext;
 			if (pthread_mutex_trylock(&fs->wr_lock) != 0)
 				continue;
-			int still = fs->state == FS_ACCEL && fs->ch.f && fivc_chan_tx_idle(&fs->ch);
+			int still = fs->state == FS_ACCEL && fs->ch.f && !fs->down &&
+				    fivc_chan_tx_idle(&fs->ch);
 			pthread_mutex_unlock(&fs->wr_lock);
 			if (!still)
 				unlink_fs(fs);

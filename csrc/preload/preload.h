@@ -184,6 +184,14 @@ struct fsock {
 	int reset;
 	int db_waiters;     /* threads asleep on this socket's TCP doorbell */
 	uint8_t pending_spun; /* the pending first read spun already (io.c) */
+	/* The way back to TCP (down.c): FIVC_DOWN_W our writes go to TCP
+	 * (after the backlog), FIVC_DOWN_R our reads do (the ring read dry,
+	 * the peer's doorbells dropped); both and the backlog sent: FS_PLAIN.
+	 * down_quiet: no doorbell sent and no drain from now on; db_busy:
+	 * doorbell sends and drains under way (connect.c). */
+	int down, down_quiet, db_busy, down_reason;
+	int down_due; /* a reason to downgrade once the call in progress returns (uring.c) */
+	uint64_t down_t0;   /* when the follower first waited for the peer's doorbells (ms) */
 	int on_janitor;     /* on the janitor's list (janitor.c), jnext/jprev */
 	struct fsock *jnext, *jprev;
 	struct fivc_chan ch;
@@ -326,6 +334,7 @@ long fivc_fs_nread(struct fsock *fs, int fd);
 /* The listener entry for fd (bound to a port): 1 when it is in. */
 int fivc_listen_note(int fd);
 void fivc_listen_forget(int fd);
+void fivc_listen_forget_all(void); /* every registration of ours goes */
 void fivc_listen_forked(void); /* parent, after a fork: children may hold our listeners */
 
 /* close / dup / shutdown (sock.c) */
@@ -358,6 +367,42 @@ static inline int fivc_fs_uses_fabric(const struct fsock *fs)
 	return fs->state != FS_PLAIN && fs->ch.f;
 }
 pid_t fivc_do_fork(void);
+/* The way back to TCP (down.c, issue 12). */
+#define FIVC_DOWN_W 1
+#define FIVC_DOWN_R 2
+enum { FIVC_DOWN_PEER = 1, FIVC_DOWN_EXEC = 2, FIVC_DOWN_URING = 3, FIVC_DOWN_REASONS = 8 };
+/* The initiator: 0 once the connection is plain TCP, else -errno (a thread
+ * of ours inside a call: -EBUSY; the peer did not follow: -ETIMEDOUT). */
+int fivc_fs_downgrade(struct fsock *fs, int fd, int reason);
+/* The follower, where a ring said -FIVC_EDOWN or the peer left: with
+ * rd_lock held already or not, and trylock in poll paths (then no wait). */
+void fivc_fs_follow(struct fsock *fs, int fd, int have_rd, int trylock);
+/* Client, offer still pending, under wr_lock: withdrawn (FS_PLAIN), or
+ * switched if the server adopted it meanwhile (FS_ACCEL) (io.c). */
+void fivc_fs_client_decide(struct fsock *fs);
+ssize_t fivc_fs_down_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags);
+void fivc_down_push_later(struct fsock *fs);
+void fivc_down_fork_prepare(void);
+void fivc_down_fork_parent(void);
+void fivc_down_fork_child(void);
+void fivc_stat_downgraded(int reason);
+/* exec (exec.c): whether the new program will load the library; if not,
+ * its connections go back to TCP first. */
+int fivc_exec_loads_library(const char *p, int fd, int search, char *const envp[]);
+void fivc_exec_downgrade(void);
+/* io_uring (uring.c): the process has one; the connections go back. */
+void fivc_uring_seen(const char *how);
+void fivc_uring_scan(void);
+/* The downgrade a busy connection was due (fs->down_due), at the end of a
+ * call on it, before its hold is let go. */
+void fivc_fs_down_due_slow(struct fsock *fs, int fd);
+static inline void fivc_fs_down_due(struct fsock *fs, int fd)
+{
+	if (__builtin_expect(__atomic_load_n(&fs->down_due, __ATOMIC_RELAXED) != 0, 0))
+		fivc_fs_down_due_slow(fs, fd);
+}
+/* TCP bytes this socket's readers took: received less queued (io.c). */
+int fivc_tcp_taken(int fd, uint64_t *out);
 /* epoll (epoll.c) */
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
 int fivc_do_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,

@@ -9,6 +9,7 @@
 #include "preload.h"
 
 static void drain_doorbells(struct fsock *fs, int fd);
+static int down_shutdown(struct fsock *fs, int fd, int how);
 
 /* This process lets go of fs.  When other processes still hold the same
  * side (fork), only our private state goes; the last holder closes. */
@@ -56,15 +57,21 @@ void fivc_fs_release(struct fsock *fs)
  * theirs. */
 static void drain_doorbells(struct fsock *fs, int fd)
 {
-	if (fs->state != FS_ACCEL || !fs->ch.f || fs->ch.broken ||
+	if (fs->state != FS_ACCEL || !fs->ch.f || fs->ch.broken || fs->down_quiet ||
 	    __atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED))
-		return;
+		return; /* (leaving the ring: the bytes past the peer's count are data) */
 	int eof;
 	if (fivc_chan_readable(&fs->ch, &eof) != 0)
 		return;
 	char b[256];
 	while (fivc_real.recv(fd, b, sizeof(b), MSG_DONTWAIT) > 0)
 		;
+}
+
+static int unread(struct fsock *fs)
+{
+	int eof;
+	return fivc_chan_readable(&fs->ch, &eof) > 0;
 }
 
 /* fd stops referring to its socket: closed by us (do_close), or already by
@@ -107,11 +114,15 @@ static int fs_detach(int fd, int do_close)
 				fs->kept_fd = keep;
 				__atomic_store_n(&fs->fd, keep, __ATOMIC_RELAXED);
 			}
-		} else if (fs->state == FS_ACCEL && fs->ch.linger0 && fs->ch.f && !fs->ch.broken &&
-			   !__atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED)) {
-			/* SO_LINGER 0, our last copy: the ring's reset goes
-			 * before TCP's RST, which the peer would otherwise
-			 * take for the close of a peer that read everything */
+		} else if (fs->state == FS_ACCEL && fs->ch.f && !fs->ch.broken && !fs->down &&
+			   !__atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED) &&
+			   (fs->ch.linger0 || unread(fs))) {
+			/* SO_LINGER 0, or ring bytes unread, our last copy: the
+			 * ring's reset goes before TCP's close, which the peer
+			 * would otherwise take for the close of a peer that read
+			 * everything (regression: under load a recvmmsg waiting
+			 * for its second entry got the end of the stream, where
+			 * the kernel gives the reset) */
 			fivc_chan_abort(&fs->ch);
 		} else {
 			drain_doorbells(fs, fd);
@@ -157,6 +168,8 @@ int fivc_fs_shutdown(struct fsock *fs, int fd, int how)
 		if (fs->state == FS_PLAIN)
 			return 0;
 	}
+	if (fs->down)
+		return down_shutdown(fs, fd, how);
 	/* On the ring only: the TCP socket must stay able to carry doorbells
 	 * both ways; it is shut down by the final close.  Once both ways were
 	 * shut (our FIN and the peer's) TCP's socket is CLOSEd: shutdown()
@@ -165,6 +178,57 @@ int fivc_fs_shutdown(struct fsock *fs, int fd, int how)
 		     fivc_chan_reset_state(&fs->ch, NULL, 0);
 	int r = fivc_chan_shutdown(&fs->ch, how);
 	return r < 0 ? r : closed ? -ENOTCONN : 0;
+}
+
+/* Leaving the ring (down.c): a direction already on TCP is TCP's to shut;
+ * our FIN waits for the backlog (down.c finish sends it). */
+static int down_shutdown(struct fsock *fs, int fd, int how)
+{
+	pthread_mutex_lock(&fs->wr_lock);
+	int r = 0;
+	if (how != SHUT_RD) {
+		if (fivc_chan_backlog_left(&fs->ch))
+			fs->ch.wr_shut = 1;
+		else if (fivc_real.shutdown(fd, SHUT_WR) < 0)
+			r = -errno;
+	}
+	if (how != SHUT_WR && r == 0) {
+		if (!(fs->down & FIVC_DOWN_R))
+			fs->ch.rd_shut = 1;
+		else if (fivc_real.shutdown(fd, SHUT_RD) < 0)
+			r = -errno;
+	}
+	pthread_mutex_unlock(&fs->wr_lock);
+	return r;
+}
+
+/* Readiness while leaving the ring (down.c): a direction on TCP is the
+ * kernel's; the ring's otherwise (a backlog not all sent: not writable). */
+static short down_ready(struct fsock *fs, int fd, short events, short *kernel_events)
+{
+	short r = 0, ask = 0;
+	if (fs->down & FIVC_DOWN_R) {
+		ask |= events & (POLLIN | POLLRDNORM | POLLRDHUP | POLLPRI);
+	} else if (events & (POLLIN | POLLRDNORM)) {
+		int eof;
+		ssize_t n = fivc_chan_readable(&fs->ch, &eof);
+		if (n > 0 && (uint64_t)n >= fivc_chan_lowat(&fs->ch))
+			r |= events & (POLLIN | POLLRDNORM);
+		else if (n < 0 && n != -FIVC_EDOWN)
+			r |= POLLIN | POLLRDNORM | POLLERR | POLLHUP;
+	}
+	uint64_t left = fivc_chan_backlog_left(&fs->ch);
+	if (!left)
+		ask |= events & (POLLOUT | POLLWRNORM);
+	if (ask) {
+		struct pollfd p = {.fd = fd, .events = ask};
+		int saved = errno;
+		if (fivc_real.poll(&p, 1, 0) > 0)
+			r |= p.revents;
+		errno = saved;
+	}
+	*kernel_events = (short)(POLLIN | (left ? POLLOUT : 0) | ask);
+	return (short)(r & (events | POLLERR | POLLHUP));
 }
 
 /* See preload.h.  *kernel_events: what to ask the kernel for on the TCP fd;
@@ -185,6 +249,12 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 		pthread_mutex_unlock(&fs->rd_lock);
 	}
 checked:
+	if (fs->state == FS_ACCEL && fs->ch.f &&
+	    (fs->down || fivc_chan_down_peer(&fs->ch, NULL))) {
+		fivc_fs_follow(fs, fd, 0, 1); /* (trylock: a call of ours may be inside) */
+		if (fs->state == FS_ACCEL && fs->down)
+			return down_ready(fs, fd, events, kernel_events);
+	}
 	switch (fs->state) {
 	case FS_CLIENT_PENDING:
 		/* TCP decides while pending; arm the ring as well so a switch
@@ -447,11 +517,13 @@ pid_t fivc_do_fork(void)
 	for (int k = 0; held && k < w.n; k++)
 		hold_for_child(w.ent[k].fs, w.fds[w.ent[k].first], &c);
 	fivc_janitor_fork_prepare();
+	fivc_down_fork_prepare();
 	pid_t pid = fivc_real.fork();
 	int e = errno;
 	if (pid == 0) {
 		fivc_fdlist_fork_child();
 		fivc_janitor_fork_child();
+		fivc_down_fork_child();
 		fivc_pid = getpid();
 		for (int k = 0; k < w.n; k++)
 			fork_settle(w.ent[k].fs, 1);
@@ -461,6 +533,7 @@ pid_t fivc_do_fork(void)
 		return 0;
 	}
 	fivc_janitor_fork_parent();
+	fivc_down_fork_parent();
 	if (pid < 0 && held) {
 		c.undo = 1;
 		for (int k = 0; k < w.n; k++)

@@ -665,6 +665,8 @@ int fivc_exec_with(const char *p, int fd, int search, char *const a[], char *con
 	char **env = NULL;
 	if (getpid() == fivc_pid) {
 		fivc_before_exec();
+		if (!fivc_exec_loads_library(p, fd, search, e))
+			fivc_exec_downgrade(); /* back to TCP (exec.c) */
 		env = fivc_exec_env(e);
 	}
 	char *const *ev = env ? env : e;

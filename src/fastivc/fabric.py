@@ -44,6 +44,8 @@ WAKERS, WAKER_SIZE = 2048, 1024  # layout.h: wake records (one per sleeping epol
 # struct layouts (checked against the C structs by tests/test_layout.py)
 HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQQIIQII")
 POOL_ENT = struct.Struct("<QII")
+DOWNGRADES, DOWNGRADES_OFF = struct.Struct("<8Q"), 192  # after HDR, in its reserved page
+DOWNGRADE_REASONS = {1: "peer_left", 2: "exec", 3: "io_uring"}  # (FIVC_DOWN_* in preload.h)
 HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
 MEMBER = struct.Struct("<IIQQQ16sI")  # ... comm, touched
 TUPLE = struct.Struct("<16s16sHHI")
@@ -177,6 +179,8 @@ class Snapshot:
     slots: list[Slot] = field(default_factory=list)
     offers: list[Offer] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
+    # connections that went back to TCP (issue 12), by reason (DOWNGRADE_REASONS)
+    downgrades: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -470,9 +474,16 @@ class Fabric:
                                 "*" if a in ("::", "0.0.0.0") else a, port, netns))
         return out
 
+    def downgrades(self) -> dict[str, int]:
+        """The header's counts of connections that went back to TCP, by
+        reason (layout.h fivc_fabric_hdr.downgrades; 0 on fabrics made
+        before they existed: reserved bytes)."""
+        vals = DOWNGRADES.unpack_from(self._map, DOWNGRADES_OFF)
+        return {name: vals[i] for i, name in DOWNGRADE_REASONS.items()}
+
     def snapshot(self) -> Snapshot:
         return Snapshot(self.header, self.members(), self.slots(), self.offers(),
-                        self.listeners())
+                        self.listeners(), self.downgrades())
 
     def resident_bytes(self) -> int:
         """Bytes of the fabric file that hold memory (st_blocks * 512): a

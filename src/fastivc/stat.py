@@ -162,6 +162,7 @@ def summary(snap: Snapshot, rows: list[dict] | None = None) -> dict:
         "pending": offers.get("pending", 0) + offers.get("writing", 0),
         "offers": offers,
         "listeners": len(snap.listeners),
+        "downgraded": dict(snap.downgrades),
         "corrupt": sum(1 for r in rows if not r["valid"]),
         "members": {"total": len(snap.members),
                     "alive": sum(1 for m in snap.members if m.alive is True),
@@ -272,6 +273,9 @@ def summary_lines(s: dict) -> list[str]:
              f"  members: {m['total']} ({m['alive']} alive" + (f", {m['dead']} dead" if m["dead"]
                                                               else "") + ")"
              + f"; accelerated listeners {s['listeners']}"]
+    if any(s["downgraded"].values()):
+        lines.append("  back to TCP (downgraded): " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in s["downgraded"].items()))
     if s["largest_in_flight"]:
         lines.append("  largest in flight: " + "; ".join(
             f"slot {r['slot']} {r['local']} -> {r['peer']} {human(r['in_flight'])}"

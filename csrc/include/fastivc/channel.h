@@ -109,6 +109,8 @@ struct fivc_chan {
 	/* counters (private, for stats and tests); rx_* touched only by the
 	 * reading thread, tx_* only by the writing thread */
 	uint64_t rx_sleeps, tx_sleeps, rx_wakes_sent, tx_wakes_sent;
+	uint64_t down_pos;             /* the next backlog byte to send (downgrade) */
+	int backlog_on;                /* ... once fivc_chan_backlog_start set it */
 };
 
 int fivc_chan_open(struct fivc_chan *c, struct fivc_fabric *f, uint32_t slot,
@@ -203,6 +205,27 @@ int fivc_chan_xlock(struct fivc_chan *c, int wr);
 void fivc_chan_xunlock(struct fivc_chan *c, int wr);
 /* Shut down both directions and give up our side of the slot. */
 void fivc_chan_close(struct fivc_chan *c);
+
+/* The way back to TCP (issue 12; channel.c, README "Downgrade").  A read
+ * or write returns -FIVC_EDOWN (not an errno) where the peer left the
+ * ring: a reader once the ring is dry, a writer at once. */
+#define FIVC_EDOWN 4096
+#define FIVC_PEER_RD_DOWN 1 /* the peer stopped reading our ring: we resend */
+#define FIVC_PEER_LEFT 2    /* the peer stopped writing its ring */
+#define FIVC_PEER_AT 4      /* ... and *at says where its doorbells end on TCP */
+void fivc_chan_down_leave_rx(struct fivc_chan *c);
+void fivc_chan_down_leave_tx(struct fivc_chan *c);
+void fivc_chan_down_publish(struct fivc_chan *c, uint64_t sent);
+int fivc_chan_down_peer(struct fivc_chan *c, uint64_t *at);
+/* The producer's bytes its consumer left unread (FIVC_PEER_RD_DOWN), to be
+ * sent over TCP: start (-ECONNRESET for a head outside what we wrote),
+ * copy the next ones out, count them sent, how many are left. */
+int fivc_chan_backlog_start(struct fivc_chan *c);
+size_t fivc_chan_backlog_peek(struct fivc_chan *c, void *buf, size_t len);
+void fivc_chan_backlog_sent(struct fivc_chan *c, size_t n);
+uint64_t fivc_chan_backlog_left(const struct fivc_chan *c);
+/* Let go of our side without a flag or a doorbell (both sides are on TCP). */
+void fivc_chan_down_release(struct fivc_chan *c);
 
 /* The two halves of the SB pattern, exposed for the litmus test.
  * Consumer: announce "waiting", full fence, then report whether data (or EOF)

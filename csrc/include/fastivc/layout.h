@@ -97,7 +97,12 @@ struct fivc_fabric_hdr {
 	uint64_t wakers_off;
 	uint32_t nwakers;
 	uint32_t waker_size;
-	uint8_t reserved[FIVC_PAGE - 192];
+	/* connections that went back to TCP (issue 12), by reason: [1] the
+	 * peer left, [2] exec of a program without the library, [3] io_uring
+	 * set up in the process (FIVC_DOWN_* in the preload); added by every
+	 * member, read by `fastivc stat` */
+	uint64_t downgrades[8];
+	uint8_t reserved[FIVC_PAGE - 256];
 };
 
 /* ---- member: one per process (more exactly: per open file description of
@@ -250,6 +255,18 @@ struct fivc_waker {
 #define FIVC_RD_RST 2u
 #define FIVC_RD_SHUT 4u
 #define FIVC_RD_ERRTAKEN 8u /* the reset's error was reported, by some holder of the side */
+/* The way back to TCP (issue 12, README "Downgrade").  down_at, by the
+ * producer (0 at claim): FIVC_DOWN_LEFT once it left the ring (what it
+ * sends after its tail comes over TCP), then also FIVC_DOWN_AT with the
+ * count of bytes its TCP socket had sent by then (pre-switch bytes and
+ * every doorbell), so that the consumer drops exactly those doorbells
+ * before it reads TCP.  FIVC_RD_DOWN in rd_closed, by the consumer: it left
+ * the ring at its head; the producer sends what is past the head, and all
+ * it writes later, over TCP after its own down_at. */
+#define FIVC_DOWN_LEFT (1ull << 63)
+#define FIVC_DOWN_AT (1ull << 62)
+#define FIVC_DOWN_COUNT(w) ((w) & ((1ull << 62) - 1))
+#define FIVC_RD_DOWN 16u
 /* rd_sig: SIGIO wanted (O_ASYNC with an owner: every write rings);
  * SIGURG wanted (an owner: an urgent write rings out of band) */
 #define FIVC_SIG_IO 1u
@@ -273,7 +290,7 @@ struct fivc_ring_hdr {
 				* (release) after urg_seq, before the tail covering it */
 	uint32_t urg_gap;      /* 1 + urg_seq minus the mark before it (0: none, or
 				* further than 4 GiB), stored with urg_seq */
-	uint8_t p_pad[FIVC_CACHELINE - 56];
+	uint64_t down_at;      /* FIVC_DOWN_*: the producer left the ring (downgrade) */
 	/* line 2: guard, written by nobody */
 	uint8_t guard0[FIVC_CACHELINE];
 	/* line 3: written by the consumer */

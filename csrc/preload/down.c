@@ -1,0 +1,516 @@
+/* fastivc preload — the way back to TCP: a connection leaves its rings
+ * mid-stream, byte-exact (issue 12; README "Downgrade").
+ *
+ * After the switch the TCP stream of each direction carries only doorbell
+ * bytes.  The leaving side (the initiator: a program about to exec one
+ * that will not load the library) and its peer (the follower) each stop
+ * ringing, count what their TCP socket has sent so far (the kernel's
+ * count: bytes acked plus SIOCOUTQ, so pre-switch bytes and doorbells of
+ * every holder) and publish it in the ring they produce (down_at).  The
+ * reader of a direction takes the ring's bytes first, then drops TCP bytes
+ * up to the writer's count (all doorbells) and reads TCP from there: the
+ * first TCP byte it hands out is the first the writer sent after leaving.
+ *
+ * The initiator cannot read its ring any more (its program is gone), so it
+ * leaves it at its head (FIVC_RD_DOWN): the follower sends what is past
+ * the head over TCP (its backlog), before anything it writes later.  The
+ * backlog goes as TCP takes it: by the follower's writes, reads and polls,
+ * and by the pusher thread below while the program does none of those.
+ *
+ * Order of the initiator (no thread of it inside a call on the socket):
+ *   1. RD_DOWN on the ring it reads (head final), LEFT on the ring it
+ *      writes (after its last tail), quiet (no doorbell any more);
+ *   2. one doorbell byte (the follower wakes and sees 1), then its count,
+ *      published (AT);
+ *   3. waits for the follower's count (bounded: FOLLOW_WAIT_MS), drops its
+ *      TCP bytes up to it, lets go of the slot: plain TCP.
+ * The follower, at its next call on the socket (read, write, poll, epoll)
+ * once it sees the initiator left: quiet, LEFT, a doorbell byte, its
+ * count (AT); its backlog starts at the initiator's head; then, once its
+ * program read the ring dry, it drops TCP bytes up to the initiator's
+ * count.  When that is done and the backlog is sent it lets go of the
+ * slot: plain TCP.
+ *
+ * Quiet: no doorbell may follow the count, and no drain may read past the
+ * count (the bytes after it are program data).  Doorbell sends and drains
+ * (connect.c) count themselves in db_busy and look at down_quiet; the
+ * leaving side sets down_quiet and waits until db_busy is 0 (Dekker, both
+ * sequentially consistent) before its count.
+ */
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fastivc/atomics.h"
+#include "fastivc/util.h"
+#include "preload.h"
+
+#define FOLLOW_WAIT_MS 5000 /* how long an initiator waits for its peer */
+#define PUSH_CHUNK 16384
+
+static uint64_t now_ms(void) { return fivc_now_ns(CLOCK_MONOTONIC) / 1000000u; }
+
+static void nap_ms(int fd, short events, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = events};
+	int saved = errno;
+	fivc_real.poll(&p, 1, ms);
+	errno = saved;
+}
+
+/* What our TCP socket sent so far (program bytes before the switch and
+ * every doorbell): bytes acked plus those queued (SIOCOUTQ), read again
+ * until no ack came in between.  The connecting side's count of acked
+ * bytes has its SYN in it (tcp_ack's snd_una update for the SYN-ACK), the
+ * accepting side's not (measured, Linux 6.1).  0 or -errno. */
+static int tcp_sent(int fd, int connected, uint64_t *out)
+{
+	for (int i = 0; i < 1000; i++) {
+		struct tcp_info a, b;
+		socklen_t la = sizeof(a), lb = sizeof(b);
+		int q;
+		memset(&a, 0, sizeof(a));
+		memset(&b, 0, sizeof(b));
+		if (fivc_real.getsockopt(fd, IPPROTO_TCP, TCP_INFO, &a, &la) < 0)
+			return -errno;
+		if (la < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(a.tcpi_bytes_acked))
+			return -EOPNOTSUPP;
+		if (fivc_real.ioctl(fd, TIOCOUTQ, &q) < 0)
+			return -errno;
+		if (fivc_real.getsockopt(fd, IPPROTO_TCP, TCP_INFO, &b, &lb) < 0)
+			return -errno;
+		if (a.tcpi_bytes_acked == b.tcpi_bytes_acked) {
+			uint64_t syn = connected && a.tcpi_bytes_acked ? 1 : 0;
+			*out = a.tcpi_bytes_acked - syn + (uint64_t)q;
+			return 0;
+		}
+	}
+	return -EAGAIN;
+}
+
+/* No doorbell send or drain of ours is under way, nor starts (see top). */
+static void go_quiet(struct fsock *fs)
+{
+	__atomic_store_n(&fs->down_quiet, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&fs->db_busy, __ATOMIC_SEQ_CST))
+		sched_yield();
+}
+
+/* One byte the peer wakes for, counted in what we then publish. */
+static void last_doorbell(int fd)
+{
+	for (uint64_t t0 = now_ms(); now_ms() - t0 < 1000;) {
+		ssize_t r = fivc_real.send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (r == 1 || (r < 0 && errno != EAGAIN && errno != EINTR))
+			return;
+		nap_ms(fd, POLLOUT, 10); /* (a buffer full of doorbells the peer drains) */
+	}
+}
+
+/* Stop writing our ring: LEFT, the doorbell, our count.  Under both locks. */
+static int leave_tx(struct fsock *fs, int fd)
+{
+	go_quiet(fs);
+	fivc_chan_down_leave_tx(&fs->ch);
+	last_doorbell(fd);
+	uint64_t sent;
+	int r = tcp_sent(fd, fs->side == FIVC_SIDE_CLIENT, &sent);
+	if (r < 0)
+		return r;
+	fivc_chan_down_publish(&fs->ch, sent);
+	FIVC_DEBUG("fd %d: left the ring, %llu TCP bytes sent", fd, (unsigned long long)sent);
+	return 0;
+}
+
+/* Drop the peer's TCP bytes up to its count `at` (all doorbells).  wait_ms
+ * 0: only what is there.  1 done, 0 not yet, <0 error; EOF or a reset
+ * before it: done (the peer went; what it wrote later never came). */
+static int drop_to(int fd, uint64_t at, int wait_ms)
+{
+	char buf[512];
+	uint64_t t0 = now_ms();
+	for (;;) {
+		uint64_t taken;
+		int r = fivc_tcp_taken(fd, &taken);
+		if (r < 0)
+			return r;
+		if (taken >= at) {
+			FIVC_DEBUG("fd %d: TCP taken %llu, the peer's count %llu", fd,
+				   (unsigned long long)taken, (unsigned long long)at);
+			return taken == at ? 1 : -EPROTO; /* past it: a broken count */
+		}
+		uint64_t want = at - taken;
+		ssize_t n = fivc_real.recv(fd, buf, want < sizeof(buf) ? (size_t)want : sizeof(buf),
+					   MSG_DONTWAIT);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+			FIVC_DEBUG("fd %d: TCP %s at %llu, before the peer's count %llu", fd,
+				   n ? "error" : "EOF", (unsigned long long)taken,
+				   (unsigned long long)at);
+			return 1;
+		}
+		if (n > 0)
+			continue;
+		if (!wait_ms || now_ms() - t0 >= (uint64_t)wait_ms)
+			return 0;
+		nap_ms(fd, POLLIN, 10);
+	}
+}
+
+/* The peer's TCP count (AT), waiting up to wait_ms for it: 1 with *at, 0
+ * not yet.  A peer gone before it published: all it sent were doorbells,
+ * up to its end.  A peer that published, finished and let its slot go
+ * looks gone too, so its ring is read again after the check: it published
+ * before it let go (release), which the check saw (acquire).  (Regression:
+ * under load a follower read no count, was descheduled while the
+ * initiator finished, judged it dead and dropped the new program's bytes
+ * as doorbells.) */
+static int peer_count(struct fsock *fs, int fd, uint64_t *at, int wait_ms)
+{
+	for (uint64_t t0 = now_ms();;) {
+		if (fivc_chan_down_peer(&fs->ch, at) & FIVC_PEER_AT)
+			return 1;
+		if (fivc_chan_peer_check(&fs->ch)) {
+			if (!(fivc_chan_down_peer(&fs->ch, at) & FIVC_PEER_AT)) {
+				FIVC_DEBUG("fd %d: the peer went before its count", fd);
+				*at = UINT64_MAX >> 2;
+			}
+			return 1;
+		}
+		if (!wait_ms || now_ms() - t0 >= (uint64_t)wait_ms)
+			return 0;
+		nap_ms(fd, 0, 1); /* (POLLIN: the doorbells there wake at once) */
+	}
+}
+
+/* Our backlog over TCP, as TCP takes it; blocking: until sent (or the
+ * timeout, -EAGAIN).  0 all sent, -EAGAIN some left, <0 error.  Under
+ * wr_lock. */
+static int push(struct fsock *fs, int fd, int blocking, uint64_t timeout_ns)
+{
+	char buf[PUSH_CHUNK];
+	uint64_t t0 = fivc_now_ns(CLOCK_MONOTONIC);
+	while (fivc_chan_backlog_left(&fs->ch)) {
+		size_t n = fivc_chan_backlog_peek(&fs->ch, buf, sizeof(buf));
+		ssize_t r = fivc_real.send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (r > 0) {
+			fivc_chan_backlog_sent(&fs->ch, (size_t)r);
+			continue;
+		}
+		if (r < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		if (!blocking)
+			return -EAGAIN;
+		if (timeout_ns && fivc_now_ns(CLOCK_MONOTONIC) - t0 >= timeout_ns)
+			return -EAGAIN;
+		nap_ms(fd, POLLOUT, (int)FIVC_LIVENESS_MS);
+	}
+	return 0;
+}
+
+/* Both ways on TCP and the backlog sent: the slot goes, with no flag and
+ * no doorbell; the socket is plain from now on.  Under both locks. */
+static void finish(struct fsock *fs, int fd)
+{
+	if (fs->down != (FIVC_DOWN_W | FIVC_DOWN_R) || fivc_chan_backlog_left(&fs->ch))
+		return;
+	if (fs->nodelay_forced && !fs->app_nodelay) {
+		int zero = 0;
+		fivc_real.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &zero, sizeof(zero));
+	}
+	/* the ring's shutdowns are TCP's now */
+	if (fs->ch.wr_shut || fs->ch.rd_shut)
+		fivc_real.shutdown(fd, fs->ch.wr_shut && fs->ch.rd_shut ? SHUT_RDWR
+					: fs->ch.wr_shut ? SHUT_WR : SHUT_RD);
+	fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side, fs->untracked ? 0 : fs->fab->self);
+	fivc_chan_down_release(&fs->ch);
+	fivc_janitor_forget(fs);
+	__atomic_store_n(&fs->state, FS_PLAIN, __ATOMIC_RELEASE);
+	FIVC_DEBUG("fd %d: downgraded: plain TCP", fd);
+	fivc_stat_downgraded(fs->down_reason);
+}
+
+static int eligible(struct fsock *fs)
+{
+	return fs->state == FS_ACCEL && fs->ch.f && !fs->ch.broken &&
+	       !__atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED);
+}
+
+/* The follower's part, under both locks; wait_ms: how long the read side
+ * may wait for the peer's doorbells (0 in poll). */
+static void follow_locked(struct fsock *fs, int fd, int wait_ms)
+{
+	uint64_t at = 0;
+	int peer = fivc_chan_down_peer(&fs->ch, &at);
+	if (!(fs->down & FIVC_DOWN_W) && (peer & (FIVC_PEER_RD_DOWN | FIVC_PEER_LEFT))) {
+		if (peer & FIVC_PEER_RD_DOWN) {
+			if (fivc_chan_backlog_start(&fs->ch) < 0)
+				return; /* a broken peer: the channel says ECONNRESET */
+		}
+		if (leave_tx(fs, fd) < 0)
+			return;
+		if (!fs->down_reason)
+			fs->down_reason = FIVC_DOWN_PEER;
+		fs->down |= FIVC_DOWN_W;
+		if (fivc_chan_backlog_left(&fs->ch))
+			fivc_down_push_later(fs);
+	}
+	/* (a server still reading the client's pre-switch bytes reads them
+	 * first, as on TCP; its writes are the ring's, so they may leave) */
+	if ((fs->down & FIVC_DOWN_W) && !(fs->down & FIVC_DOWN_R) && (peer & FIVC_PEER_LEFT) &&
+	    fs->state == FS_ACCEL) {
+		int eof;
+		if (fivc_chan_readable(&fs->ch, &eof) != -FIVC_EDOWN)
+			goto tail; /* ring bytes first */
+		if (!fs->down_t0)
+			fs->down_t0 = now_ms();
+		/* the initiator publishes right after its doorbell */
+		if (!peer_count(fs, fd, &at, wait_ms))
+			goto late;
+		int r = drop_to(fd, at, wait_ms);
+		if (r < 0) {
+			/* a count behind what came: a broken peer */
+			__atomic_store_n(&fs->ch.broken, 1, __ATOMIC_RELAXED);
+			return;
+		}
+		if (r == 0)
+			goto late;
+		fs->down |= FIVC_DOWN_R;
+	}
+tail:
+	push(fs, fd, 0, 0);
+	finish(fs, fd);
+	return;
+late:
+	/* Its doorbells were sent before its count: on any link they are here
+	 * long before this.  A count that never comes, or is never reached,
+	 * is a broken peer's (ECONNRESET), not a wait for ever. */
+	if (now_ms() - fs->down_t0 >= 2 * FOLLOW_WAIT_MS)
+		__atomic_store_n(&fs->ch.broken, 1, __ATOMIC_RELAXED);
+}
+
+/* See preload.h. */
+void fivc_fs_follow(struct fsock *fs, int fd, int have_rd, int trylock)
+{
+	if (!have_rd) {
+		if (trylock ? pthread_mutex_trylock(&fs->rd_lock) != 0
+			    : pthread_mutex_lock(&fs->rd_lock) != 0)
+			return;
+	}
+	if (trylock ? pthread_mutex_trylock(&fs->wr_lock) == 0
+		    : pthread_mutex_lock(&fs->wr_lock) == 0) {
+		if ((fs->state == FS_ACCEL || fs->state == FS_SERVER_PRE) && fs->ch.f &&
+		    !fs->ch.broken && !__atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED))
+			follow_locked(fs, fd, trylock ? 0 : FOLLOW_WAIT_MS);
+		pthread_mutex_unlock(&fs->wr_lock);
+	}
+	if (!have_rd)
+		pthread_mutex_unlock(&fs->rd_lock);
+}
+
+/* The initiator's part (see top).  0: plain TCP now; <0: the connection
+ * could not go back (the caller ends it). */
+int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
+{
+	if (pthread_mutex_trylock(&fs->rd_lock) != 0)
+		return -EBUSY; /* a thread of ours inside a read */
+	if (pthread_mutex_trylock(&fs->wr_lock) != 0) {
+		pthread_mutex_unlock(&fs->rd_lock);
+		return -EBUSY;
+	}
+	int r = 0;
+	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
+	fivc_fs_client_decide(fs); /* (an offer not adopted yet is withdrawn) */
+	if (fs->state == FS_PLAIN)
+		goto out;
+	if (!eligible(fs) || fs->ch.reset) {
+		r = -EOPNOTSUPP;
+		goto out;
+	}
+	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
+	fs->down_reason = reason;
+	uint64_t at = 0;
+	int peer = fivc_chan_down_peer(&fs->ch, &at);
+	if (peer & FIVC_PEER_RD_DOWN) {
+		/* the peer leaves too: both send their backlog */
+		if (fivc_chan_backlog_start(&fs->ch) < 0) {
+			r = -ECONNRESET;
+			goto out;
+		}
+	}
+	fivc_chan_down_leave_rx(&fs->ch);
+	if ((r = leave_tx(fs, fd)) < 0)
+		goto out;
+	fs->down = FIVC_DOWN_W;
+	if (!peer_count(fs, fd, &at, FOLLOW_WAIT_MS)) {
+		r = -ETIMEDOUT;
+		goto out;
+	}
+	if ((r = drop_to(fd, at, FOLLOW_WAIT_MS)) <= 0) {
+		r = r < 0 ? r : -ETIMEDOUT;
+		goto out;
+	}
+	r = 0;
+	fs->down |= FIVC_DOWN_R;
+	if (push(fs, fd, 1, (uint64_t)FOLLOW_WAIT_MS * 1000000u) < 0) {
+		r = -ETIMEDOUT;
+		goto out;
+	}
+	finish(fs, fd);
+out:
+	pthread_mutex_unlock(&fs->wr_lock);
+	pthread_mutex_unlock(&fs->rd_lock);
+	return r;
+}
+
+/* See preload.h: io_uring's downgrade (uring.c) met a thread inside a call. */
+void fivc_fs_down_due_slow(struct fsock *fs, int fd)
+{
+	int why = __atomic_exchange_n(&fs->down_due, 0, __ATOMIC_ACQ_REL);
+	if (!why || !fivc_fs_uses_fabric(fs))
+		return;
+	int e = errno;
+	int r = fivc_fs_downgrade(fs, fd, why);
+	if (r == -EBUSY) {
+		__atomic_store_n(&fs->down_due, why, __ATOMIC_RELEASE); /* another thread's call */
+	} else if (r < 0) {
+		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
+		fivc_real.shutdown(fd, SHUT_RDWR);
+	}
+	errno = e;
+}
+
+/* A write while our backlog is not all sent: it first, as TCP keeps the
+ * order.  Under wr_lock; fs->down has FIVC_DOWN_W. */
+ssize_t fivc_fs_down_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
+{
+	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
+	int r = push(fs, fd, !nb, fs->ch.wr_timeout_ns);
+	if (r < 0)
+		return r;
+	ssize_t n = fivc_real.send(fd, buf, len, flags);
+	return n < 0 ? -errno : n;
+}
+
+/* ---- the pusher: backlogs sent while the program makes no call ---- */
+
+static pthread_mutex_t plock = PTHREAD_MUTEX_INITIALIZER;
+static struct fsock **pushing;
+static int npushing, cappushing, pstarted;
+
+static void *pusher(void *arg)
+{
+	(void)arg;
+	fivc_guard++;
+	for (;;) {
+		pthread_mutex_lock(&plock);
+		int n = npushing;
+		struct pollfd p[64];
+		int k = 0;
+		for (int i = 0; i < n;) {
+			struct fsock *fs = pushing[i];
+			int done = 1;
+			if (pthread_mutex_trylock(&fs->wr_lock) == 0) {
+				int fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED);
+				if (fs->state != FS_PLAIN && fd >= 0 && fivc_chan_backlog_left(&fs->ch)) {
+					done = push(fs, fd, 0, 0) != -EAGAIN;
+					if (done && pthread_mutex_trylock(&fs->rd_lock) == 0) {
+						finish(fs, fd);
+						pthread_mutex_unlock(&fs->rd_lock);
+					}
+				}
+				pthread_mutex_unlock(&fs->wr_lock);
+			} else {
+				done = 0; /* its writer is at it */
+			}
+			if (done) {
+				pushing[i] = pushing[--npushing];
+				n--;
+				fivc_fs_unhold(fs);
+				continue;
+			}
+			if (k < 64)
+				p[k++] = (struct pollfd){.fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED),
+							 .events = POLLOUT};
+			i++;
+		}
+		pthread_mutex_unlock(&plock);
+		fivc_real.poll(p, (nfds_t)k, (int)FIVC_LIVENESS_MS);
+		if (!k) {
+			struct timespec ts = {0, (long)FIVC_LIVENESS_MS * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+	}
+	return NULL;
+}
+
+void fivc_down_push_later(struct fsock *fs)
+{
+	pthread_mutex_lock(&plock);
+	for (int i = 0; i < npushing; i++)
+		if (pushing[i] == fs)
+			goto out;
+	if (npushing == cappushing) {
+		int cap = cappushing ? cappushing * 2 : 16;
+		struct fsock **m = realloc(pushing, (size_t)cap * sizeof(*m));
+		if (!m)
+			goto out; /* its own calls push it */
+		pushing = m;
+		cappushing = cap;
+	}
+	fivc_fs_hold(fs); /* (a close keeps the socket for us: sock.c) */
+	pushing[npushing++] = fs;
+	if (!pstarted) {
+		pstarted = fivc_start_thread(pusher) == 0;
+		if (!pstarted)
+			FIVC_INFO("no pusher thread: a backlog goes with the program's calls");
+	}
+out:
+	pthread_mutex_unlock(&plock);
+}
+
+/* At exit: the kernel sends what a socket's buffer holds after the process
+ * is gone; a backlog has only us.  So exit waits for the backlogs' peers to
+ * take them, as long as they read (FOLLOW_WAIT_MS without progress ends
+ * it).  Not after _exit(), which runs no destructor. */
+__attribute__((destructor)) static void push_at_exit(void)
+{
+	pthread_mutex_lock(&plock);
+	for (int i = 0; i < npushing; i++) {
+		struct fsock *fs = pushing[i];
+		pthread_mutex_lock(&fs->wr_lock);
+		for (;;) {
+			int fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED);
+			uint64_t before = fivc_chan_backlog_left(&fs->ch);
+			if (fs->state == FS_PLAIN || fd < 0 || !before ||
+			    push(fs, fd, 1, (uint64_t)FOLLOW_WAIT_MS * 1000000u) != -EAGAIN ||
+			    fivc_chan_backlog_left(&fs->ch) == before)
+				break;
+		}
+		pthread_mutex_unlock(&fs->wr_lock);
+	}
+	pthread_mutex_unlock(&plock);
+}
+
+/* fork: the child has no pusher; the backlogs are the parent's to send. */
+void fivc_down_fork_prepare(void) { pthread_mutex_lock(&plock); }
+void fivc_down_fork_parent(void) { pthread_mutex_unlock(&plock); }
+void fivc_down_fork_child(void)
+{
+	pthread_mutex_init(&plock, NULL);
+	npushing = 0;
+	pstarted = 0;
+}
+
+void fivc_stat_downgraded(int reason)
+{
+	struct fivc_fabric *f = fivc_fabric_get();
+	if (f && f->base && reason > 0 && reason < FIVC_DOWN_REASONS)
+		__atomic_fetch_add(&((struct fivc_fabric_hdr *)f->base)->downgrades[reason], 1,
+				   __ATOMIC_RELAXED);
+}

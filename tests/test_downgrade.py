@@ -1,0 +1,147 @@
+"""The way back to TCP (issue 12): an accelerated connection handed by exec
+to a program that will not load the library goes on over plain TCP,
+byte-exact, with bytes in flight in both rings at the moment of the exec
+(tests/programs/downgrade.py).
+
+The client writes part of stream A (on the ring, unread by the server) and
+reads part of stream B (the server wrote more, unread on the ring), then
+execs a program without the library: with LD_PRELOAD removed from its
+environment, or through a static helper (busybox).  The new program goes on
+with both streams on the inherited fd; the server, still under the library,
+is blocked in a read and a write (threads), asleep in epoll, or busy for a
+while (idle: no call until after the exec).  Every byte of both streams is
+checked, both ends were on the ring before, and the fabric's counters say
+the two sides went back to TCP (one by exec, one following its peer)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastivc.fabric import Fabric
+from fastivc.run import build_env
+
+PROG = str(Path(__file__).with_name("programs") / "downgrade.py")
+
+CASES = [
+    # mode, how, total A, total B, A before the exec, B read before the exec
+    ("threads", "env", 300_000, 400_000, 100_000, 50_000),
+    ("epoll", "env", 300_000, 400_000, 100_000, 50_000),
+    ("idle", "env", 300_000, 400_000, 100_000, 50_000),
+    # more than the ring and TCP's buffers hold: the server blocked in a
+    # write, its backlog sent as the new program reads
+    ("threads", "env", 3_000_000, 5_000_000, 2_000_000, 1_000),
+    ("epoll", "env", 3_000_000, 5_000_000, 2_000_000, 1_000),
+    # the new program writes all it has before it reads: the server reads
+    # its end and exits with its backlog not yet taken
+    ("epoll", "env-seq", 300_000, 900_000, 100_000, 0),
+    ("threads", "static", 2_000_000, 3_000_000, 500_000, 0),
+    ("idle", "static-seq", 300_000, 900_000, 100_000, 1_000),
+    # nothing sent before the exec: the offer not yet switched
+    ("threads", "env", 100, 100, 0, 0),
+    ("epoll", "static", 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("mode,how,ta,tb,pre_a,read_b", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+def test_exec_without_the_library_goes_on_over_tcp(shm_path, mode, how, ta, tb, pre_a, read_b):
+    if how.startswith("static") and not shutil.which("busybox"):
+        pytest.skip("busybox (a static binary) is not installed")
+    env = build_env(dict(os.environ), fabric=shm_path)
+    srv = subprocess.Popen([sys.executable, PROG, "server", mode, str(ta), str(tb)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    cli = subprocess.Popen([sys.executable, PROG, "client", port, str(ta), str(tb), str(pre_a),
+                            str(read_b), how], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        cout, cerr = cli.communicate(timeout=120)
+        sout, serr = srv.communicate(timeout=120)
+    finally:
+        for p in (cli, srv):
+            if p.poll() is None:
+                p.kill()
+    assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])
+    assert "ok client accelerated 1" in cout, cout  # on the ring before the exec
+    assert f"ok child read {tb - read_b}" in cout, cout
+    assert f"ok server read {ta} accelerated 1" in sout, sout
+    with Fabric(shm_path) as fab:
+        assert fab.downgrades() == {"peer_left": 1, "exec": 1, "io_uring": 0}
+
+
+# ---- io_uring: the process's connections go back to TCP at its set-up ----
+
+URING_CASES = [
+    # server mode, order, total A, total B, A before, B read before
+    ("threads", "after", 300_000, 400_000, 100_000, 50_000),
+    ("epoll", "after", 3_000_000, 5_000_000, 2_000_000, 1_000),
+    ("idle", "after", 300_000, 400_000, 100_000, 50_000),
+    ("threads", "before", 300_000, 400_000, 0, 0),
+    ("epoll", "first", 300_000, 400_000, 100_000, 50_000),
+]
+
+
+@pytest.fixture(scope="module")
+def uring_client(tmp_path_factory):
+    """tests/c/uring_client.c, built here against Debian's liburing-dev."""
+    if not Path("/usr/include/liburing.h").exists():
+        pytest.skip("liburing-dev is not installed (scripts/ensure-deps.sh installs it)")
+    d = tmp_path_factory.mktemp("uring")
+    exe = d / "uring_client"
+    src = Path(__file__).with_name("c") / "uring_client.c"
+    subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-I", str(src.parent), "-o", str(exe),
+                    str(src), "-luring", "-ldl"], check=True)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("downgrade_prog", PROG)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for k in ("A", "B"):
+        (d / f"table{k}").write_bytes(mod.TABLES[k])
+    return exe, d / "tableA", d / "tableB"
+
+
+@pytest.mark.parametrize("mode,order,ta,tb,pre_a,read_b", URING_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in URING_CASES])
+def test_io_uring_goes_back_to_tcp(shm_path, uring_client, mode, order, ta, tb, pre_a,
+                                   read_b):
+    """A liburing client: libc bytes on the ring first (with more in flight
+    both ways), then an io_uring send and recv to the end of both streams;
+    or the io_uring set up before the first byte, or before connect."""
+    exe, tab_a, tab_b = uring_client
+    env = build_env(dict(os.environ), fabric=shm_path)
+    srv = subprocess.Popen([sys.executable, PROG, "server", mode, str(ta), str(tb)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    cli = subprocess.Popen([str(exe), port, str(ta), str(tb), str(pre_a), str(read_b), order,
+                            str(tab_a), str(tab_b)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        cout, cerr = cli.communicate(timeout=120)
+        sout, serr = srv.communicate(timeout=120)
+    finally:
+        for p in (cli, srv):
+            if p.poll() is None:
+                p.kill()
+    assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])
+    assert f"ok client read {tb} through io_uring {tb - read_b}" in cout, cout
+    assert "ok after setup accelerated 0" in cout, cout
+    with Fabric(shm_path) as fab:
+        counts = fab.downgrades()
+    if order == "after":  # on the ring before, then back
+        assert "ok client accelerated 1" in cout, cout
+        assert f"ok server read {ta} accelerated 1" in sout, sout
+        assert counts == {"peer_left": 1, "exec": 0, "io_uring": 1}, counts
+    elif order == "first":  # never offered
+        assert "ok client accelerated 0" in cout, cout
+        assert f"ok server read {ta} accelerated 0" in sout, sout
+        assert not any(counts.values()), counts
+    else:  # the offer withdrawn, or switched meanwhile and then back
+        assert counts in ({"peer_left": 0, "exec": 0, "io_uring": 0},
+                          {"peer_left": 1, "exec": 0, "io_uring": 1}), counts
