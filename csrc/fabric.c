@@ -15,6 +15,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "fastivc/atomics.h"
@@ -2023,4 +2026,36 @@ int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flag
 			fivc_cas(&me->state, &st, FIVC_MEMBER_FREE);
 	}
 	return 0;
+}
+
+/* ---- `fastivc downgrade` (issue 12) ---- */
+
+uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain)
+{
+	struct fivc_fabric_hdr *h = (struct fivc_fabric_hdr *)f->base;
+	if (drain)
+		__atomic_store_n(&h->drain, 1u, __ATOMIC_SEQ_CST);
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < f->g.nmembers; i++) {
+		if (member && i + 1 != member)
+			continue;
+		struct fivc_member *m = fivc_member_at(f, i);
+		uint32_t st = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
+		if (st != FIVC_MEMBER_ALIVE && st != FIVC_MEMBER_GUEST)
+			continue;
+		if (i + 1 == f->self)
+			continue; /* (the asker itself) */
+		__atomic_fetch_add(&m->down_req, 1u, __ATOMIC_SEQ_CST);
+		/* a member's watcher sleeps on the word (a process-shared futex:
+		 * the mapping is MAP_SHARED); a guest's looks every heartbeat */
+		syscall(SYS_futex, &m->down_req, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+		n++;
+	}
+	return n;
+}
+
+void fivc_drain_set(struct fivc_fabric *f, int on)
+{
+	__atomic_store_n(&((struct fivc_fabric_hdr *)f->base)->drain, on ? 1u : 0u,
+			 __ATOMIC_SEQ_CST);
 }

@@ -14,6 +14,7 @@ checked, both ends were on the ring before, and the fabric's counters say
 the two sides went back to TCP (one by exec, one following its peer)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +42,12 @@ CASES = [
     ("epoll", "env-seq", 300_000, 900_000, 100_000, 0),
     ("threads", "static", 2_000_000, 3_000_000, 500_000, 0),
     ("idle", "static-seq", 300_000, 900_000, 100_000, 1_000),
+    # the exec in a vfork child (subprocess) and through posix_spawn: the
+    # connection is the parent's too, which goes on with it on TCP
+    ("threads", "vfork", 2_000_000, 3_000_000, 500_000, 1_000),
+    ("epoll", "vfork", 300_000, 400_000, 100_000, 50_000),
+    ("threads", "spawn", 300_000, 400_000, 100_000, 50_000),
+    ("epoll", "spawn-seq", 300_000, 900_000, 100_000, 0),
     # nothing sent before the exec: the offer not yet switched
     ("threads", "env", 100, 100, 0, 0),
     ("epoll", "static", 1, 1, 1, 1),
@@ -72,7 +79,7 @@ def test_exec_without_the_library_goes_on_over_tcp(shm_path, mode, how, ta, tb, 
     assert f"ok child read {tb - read_b}" in cout, cout
     assert f"ok server read {ta} accelerated 1" in sout, sout
     with Fabric(shm_path) as fab:
-        assert fab.downgrades() == {"peer_left": 1, "exec": 1, "io_uring": 0}
+        assert fab.downgrades() == {"peer_left": 1, "exec": 1, "io_uring": 0, "operator": 0}
 
 
 # ---- io_uring: the process's connections go back to TCP at its set-up ----
@@ -137,11 +144,99 @@ def test_io_uring_goes_back_to_tcp(shm_path, uring_client, mode, order, ta, tb, 
     if order == "after":  # on the ring before, then back
         assert "ok client accelerated 1" in cout, cout
         assert f"ok server read {ta} accelerated 1" in sout, sout
-        assert counts == {"peer_left": 1, "exec": 0, "io_uring": 1}, counts
+        assert counts == {"peer_left": 1, "exec": 0, "io_uring": 1, "operator": 0}, counts
     elif order == "first":  # never offered
         assert "ok client accelerated 0" in cout, cout
         assert f"ok server read {ta} accelerated 0" in sout, sout
         assert not any(counts.values()), counts
     else:  # the offer withdrawn, or switched meanwhile and then back
-        assert counts in ({"peer_left": 0, "exec": 0, "io_uring": 0},
-                          {"peer_left": 1, "exec": 0, "io_uring": 1}), counts
+        assert counts in ({"peer_left": 0, "exec": 0, "io_uring": 0, "operator": 0},
+                          {"peer_left": 1, "exec": 0, "io_uring": 1, "operator": 0}), counts
+
+
+# ---- `fastivc downgrade`: an operator takes connections back to TCP ----
+
+OP_CASES = [
+    # server mode, whom, total A, total B, A before, B read before
+    ("threads", "pid", 300_000, 400_000, 100_000, 50_000),
+    ("epoll", "pid", 3_000_000, 5_000_000, 2_000_000, 1_000),
+    ("idle", "all", 300_000, 400_000, 100_000, 50_000),
+    ("epoll", "all", 300_000, 400_000, 100_000, 50_000),
+    # both ends start it at once, a full ring unread each way
+    ("epoll", "all", 6_000_000, 6_000_000, 4_000_000, 1_000),
+    ("threads", "all", 3_000_000, 5_000_000, 2_000_000, 1_000),
+]
+
+
+@pytest.mark.parametrize("mode,whom,ta,tb,pre_a,read_b", OP_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in OP_CASES])
+def test_operator_downgrade_goes_on_over_tcp(shm_path, mode, whom, ta, tb, pre_a, read_b):
+    """Both ends on the ring with bytes in flight both ways; `fastivc
+    downgrade --pid CLIENT` (or --all) while the client waits and the server
+    is blocked, in epoll or idle; then both streams go on to their ends."""
+    env = build_env(dict(os.environ), fabric=shm_path)
+    srv = subprocess.Popen([sys.executable, PROG, "server", mode, str(ta), str(tb)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    cli = subprocess.Popen([sys.executable, PROG, "client-op", port, str(ta), str(tb),
+                            str(pre_a), str(read_b)], env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [cli.stdout.readline() for _ in range(2)]
+        assert lines[-1].strip() == "ready", (lines, cli.stderr.read() if cli.poll() else "")
+        assert "ok client accelerated 1" in lines[0], lines
+        op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
+                             shm_path, "--json", "--wait", "20",
+                             *(["--all"] if whom == "all" else ["--pid", str(cli.pid)])],
+                            capture_output=True, text=True, timeout=60)
+        cli.stdin.write("go\n")
+        cli.stdin.flush()
+        cout, cerr = cli.communicate(timeout=120)
+        sout, serr = srv.communicate(timeout=120)
+    finally:
+        for p in (cli, srv):
+            if p.poll() is None:
+                p.kill()
+    assert op.returncode == 0, (op.stdout, op.stderr)
+    rep = json.loads(op.stdout)
+    assert rep["sides_before"] >= 1 and rep["sides_left"] == 0, rep
+    assert len(rep["asked"]) == (2 if whom == "all" else 1), rep
+    assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])
+    assert "ok after accelerated 0" in cout, cout
+    assert f"ok child read {tb - read_b}" in cout, cout
+    assert f"ok server read {ta} accelerated 1" in sout, sout
+    with Fabric(shm_path) as fab:
+        counts = fab.downgrades()
+    assert counts["exec"] == counts["io_uring"] == 0, counts
+    if whom == "pid":
+        assert counts["operator"] == 1 and counts["peer_left"] == 1, counts
+    else:  # both asked: both may start it, or one follows the other
+        assert counts["operator"] + counts["peer_left"] == 2 and counts["operator"] >= 1, counts
+        # the fabric drains: a new connection stays plain, until --resume
+        assert _pair_accelerated(env) == "0"
+        assert subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
+                               shm_path, "--resume"], capture_output=True,
+                              timeout=60).returncode == 0
+        assert _pair_accelerated(env) == "1"
+
+
+PAIR = """
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+from onfabric import on_fabric
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+c.sendall(b"x" * 1000); n = 0
+while n < 1000:
+    n += len(s.recv(1000))
+print(1 if on_fabric() >= 1 else 0)
+"""
+
+
+def _pair_accelerated(env: dict) -> str:
+    """A new connection of a new process: on a ring ("1") or not ("0")."""
+    r = subprocess.run([sys.executable, "-c", PAIR, str(Path(PROG).parent)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()

@@ -310,7 +310,7 @@ static int lreg_find(int fd)
 int fivc_listen_note(int fd)
 {
 	struct fivc_fabric *fab;
-	if (fivc_cfg.disabled || FIVC_GUARDED() || !tcp_stream(fd) || !(fab = fivc_fabric_get()))
+	if (fivc_cfg.disabled || FIVC_GUARDED() || !tcp_stream(fd) || !(fab = fivc_fabric_new_conn()))
 		return 0;
 	int e = errno;
 	pthread_mutex_lock(&lreg_lock);
@@ -463,6 +463,7 @@ struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side)
 	fs->fab = fab;
 	pthread_mutex_init(&fs->rd_lock, NULL);
 	pthread_mutex_init(&fs->wr_lock, NULL);
+	fivc_down_watch(fab);
 	return fs;
 }
 
@@ -601,7 +602,7 @@ static struct fsock *client_offer(int fd, const struct sockaddr *addr, socklen_t
 	int nb = fivc_fd_nonblock(fd);
 	if (nb < 0 || (nb && !fivc_cfg.nonblock_ok))
 		return NULL; /* non-blocking sockets stay plain unless enabled */
-	struct fivc_fabric *fab = fivc_fabric_get();
+	struct fivc_fabric *fab = fivc_fabric_new_conn();
 	if (!fab)
 		return NULL;
 	struct sockaddr_storage src, dst;
@@ -756,7 +757,7 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	struct sockaddr_storage local;
 	socklen_t l1 = 0;
 	if (!fivc_cfg.disabled && !FIVC_GUARDED() && tcp_stream(lfd) &&
-	    (lfab = fivc_fabric_get())) {
+	    (lfab = fivc_fabric_new_conn())) {
 		int e = errno;
 		l1 = listener_ensure(lfab, lfd, &local);
 		errno = e;
@@ -785,7 +786,7 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	struct fivc_fabric *fab;
 	if (fivc_cfg.disabled || FIVC_GUARDED() ||
 	    (lfl < 0 && (lfl = fivc_fd_nonblock(lfd)) < 0) || (lfl && !fivc_cfg.nonblock_ok) ||
-	    !(fab = fivc_fabric_get()))
+	    !(fab = fivc_fabric_new_conn()))
 		goto plain;
 	struct sockaddr_storage peer;
 	socklen_t l2 = sizeof(peer);

@@ -43,7 +43,9 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,13 +58,16 @@
 
 static uint64_t now_ms(void) { return fivc_now_ns(CLOCK_MONOTONIC) / 1000000u; }
 
-static void nap_ms(int fd, short events, int ms)
+static void nap_us(int fd, short events, long us)
 {
 	struct pollfd p = {.fd = fd, .events = events};
+	struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
 	int saved = errno;
-	fivc_real.poll(&p, 1, ms);
+	fivc_real.ppoll(&p, 1, &ts, NULL);
 	errno = saved;
 }
+
+static void nap_ms(int fd, short events, int ms) { nap_us(fd, events, (long)ms * 1000); }
 
 /* What our TCP socket sent so far (program bytes before the switch and
  * every doorbell): bytes acked plus those queued (SIOCOUTQ), read again
@@ -172,6 +177,7 @@ static int drop_to(int fd, uint64_t at, int wait_ms)
  * as doorbells.) */
 static int peer_count(struct fsock *fs, int fd, uint64_t *at, int wait_ms)
 {
+	long us = 10; /* a follower that is awake answers in tens of us: look again soon */
 	for (uint64_t t0 = now_ms();;) {
 		if (fivc_chan_down_peer(&fs->ch, at) & FIVC_PEER_AT)
 			return 1;
@@ -184,7 +190,9 @@ static int peer_count(struct fsock *fs, int fd, uint64_t *at, int wait_ms)
 		}
 		if (!wait_ms || now_ms() - t0 >= (uint64_t)wait_ms)
 			return 0;
-		nap_ms(fd, 0, 1); /* (POLLIN: the doorbells there wake at once) */
+		nap_us(fd, 0, us); /* (not POLLIN: the doorbells there would wake at once) */
+		if (us < 1000)
+			us *= 2;
 	}
 }
 
@@ -231,7 +239,8 @@ static void finish(struct fsock *fs, int fd)
 	fivc_chan_down_release(&fs->ch);
 	fivc_janitor_forget(fs);
 	__atomic_store_n(&fs->state, FS_PLAIN, __ATOMIC_RELEASE);
-	FIVC_DEBUG("fd %d: downgraded: plain TCP", fd);
+	FIVC_DEBUG("fd %d: downgraded: plain TCP (%.0f us after it began)", fd,
+		   (double)(fivc_now_ns(CLOCK_MONOTONIC) - fs->down_ns0) / 1e3);
 	fivc_stat_downgraded(fs->down_reason);
 }
 
@@ -252,6 +261,7 @@ static void follow_locked(struct fsock *fs, int fd, int wait_ms)
 			if (fivc_chan_backlog_start(&fs->ch) < 0)
 				return; /* a broken peer: the channel says ECONNRESET */
 		}
+		fs->down_ns0 = fivc_now_ns(CLOCK_MONOTONIC);
 		if (leave_tx(fs, fd) < 0)
 			return;
 		if (!fs->down_reason)
@@ -334,6 +344,7 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 	}
 	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	fs->down_reason = reason;
+	fs->down_ns0 = fivc_now_ns(CLOCK_MONOTONIC);
 	uint64_t at = 0;
 	int peer = fivc_chan_down_peer(&fs->ch, &at);
 	if (peer & FIVC_PEER_RD_DOWN) {
@@ -347,17 +358,39 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 	if ((r = leave_tx(fs, fd)) < 0)
 		goto out;
 	fs->down = FIVC_DOWN_W;
+	FIVC_DEBUG("fd %d: left, %.0f us", fd,
+		   (double)(fivc_now_ns(CLOCK_MONOTONIC) - fs->down_ns0) / 1e3);
 	if (!peer_count(fs, fd, &at, FOLLOW_WAIT_MS)) {
 		r = -ETIMEDOUT;
 		goto out;
 	}
+	/* Both ends may start at once (`fastivc downgrade --all`): neither saw
+	 * the other's RD_DOWN when it began.  The peer set it before its count,
+	 * so it shows now; what we wrote past its head goes over TCP first. */
+	if (!fs->ch.backlog_on && (fivc_chan_down_peer(&fs->ch, NULL) & FIVC_PEER_RD_DOWN) &&
+	    fivc_chan_backlog_start(&fs->ch) < 0) {
+		r = -ECONNRESET;
+		goto out;
+	}
+	FIVC_DEBUG("fd %d: the peer's count, %.0f us", fd,
+		   (double)(fivc_now_ns(CLOCK_MONOTONIC) - fs->down_ns0) / 1e3);
 	if ((r = drop_to(fd, at, FOLLOW_WAIT_MS)) <= 0) {
 		r = r < 0 ? r : -ETIMEDOUT;
 		goto out;
 	}
 	r = 0;
 	fs->down |= FIVC_DOWN_R;
-	if (push(fs, fd, 1, (uint64_t)FOLLOW_WAIT_MS * 1000000u) < 0) {
+	if (reason == FIVC_DOWN_OPERATOR) {
+		/* the program goes on through our calls, which keep the order:
+		 * the pusher sends what TCP does not take now (the peer may be
+		 * pushing its own backlog, and neither may wait for the other) */
+		int p = push(fs, fd, 0, 0);
+		if (p == -EAGAIN)
+			fivc_down_push_later(fs);
+		else if (p < 0)
+			r = p;
+	} else if (push(fs, fd, 1, (uint64_t)FOLLOW_WAIT_MS * 1000000u) < 0) {
+		/* (exec, io_uring: what the program does next goes past us) */
 		r = -ETIMEDOUT;
 		goto out;
 	}
@@ -383,6 +416,71 @@ void fivc_fs_down_due_slow(struct fsock *fs, int fd)
 		fivc_real.shutdown(fd, SHUT_RDWR);
 	}
 	errno = e;
+}
+
+/* ---- the whole process (io_uring, `fastivc downgrade`) ---- */
+
+static int process_down; /* the reason, once the process went back */
+
+static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
+{
+	int reason = *(const int *)arg;
+	if (!fivc_fs_uses_fabric(fs) || !nfds)
+		return;
+	int r = fivc_fs_downgrade(fs, fds[0], reason);
+	if (r == -EBUSY) {
+		__atomic_store_n(&fs->down_due, reason, __ATOMIC_RELEASE);
+		FIVC_DEBUG("fd %d: in use by a thread: goes back when its call returns", fds[0]);
+	} else if (r < 0) {
+		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fds[0], strerror(-r));
+		fivc_real.shutdown(fds[0], SHUT_RDWR);
+	}
+}
+
+void fivc_down_process(int reason, const char *how)
+{
+	int none = 0;
+	if (!__atomic_compare_exchange_n(&process_down, &none, reason, 0, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return;
+	int e = errno;
+	__atomic_store_n(&fivc_cfg.disabled, 1, __ATOMIC_RELEASE);
+	FIVC_INFO("%s: this process's connections go back to TCP, new ones stay plain", how);
+	fivc_listen_forget_all();
+	fivc_for_each_fsock(down_one, &reason);
+	errno = e;
+}
+
+/* The watcher: asleep on our member's down_req (a process-shared futex);
+ * a guest's fabric is memory another kernel writes, so a guest looks
+ * every heartbeat instead. */
+static int wstarted;
+static pthread_mutex_t wlock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *watcher(void *arg)
+{
+	struct fivc_fabric *f = arg;
+	fivc_guard++;
+	struct fivc_member *me = fivc_member_at(f, f->self - 1);
+	struct timespec beat = {0, (long)FIVC_HEARTBEAT_MS * 1000000L};
+	while (!__atomic_load_n(&me->down_req, __ATOMIC_ACQUIRE))
+		syscall(SYS_futex, &me->down_req, FUTEX_WAIT, 0u, f->guest ? &beat : NULL, NULL, 0);
+	fivc_down_process(FIVC_DOWN_OPERATOR, "fastivc downgrade");
+	return NULL;
+}
+
+void fivc_down_watch(struct fivc_fabric *fab)
+{
+	if (__builtin_expect(__atomic_load_n(&wstarted, __ATOMIC_RELAXED), 1) || !fab->self)
+		return;
+	pthread_mutex_lock(&wlock);
+	if (!wstarted) {
+		wstarted = 1;
+		if (fivc_start_thread_arg(watcher, fab) != 0)
+			FIVC_INFO("no watcher thread: `fastivc downgrade` reaches this process at "
+				  "its next connection");
+	}
+	pthread_mutex_unlock(&wlock);
 }
 
 /* A write while our backlog is not all sent: it first, as TCP keeps the
@@ -505,6 +603,8 @@ void fivc_down_fork_child(void)
 	pthread_mutex_init(&plock, NULL);
 	npushing = 0;
 	pstarted = 0;
+	pthread_mutex_init(&wlock, NULL);
+	wstarted = 0; /* (the child is a new member: its watcher starts with its next connection) */
 }
 
 void fivc_stat_downgraded(int reason)

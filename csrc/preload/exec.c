@@ -15,11 +15,14 @@
  * LD_PRELOAD, a static binary, a set-user-ID one) gets its connections back
  * on plain TCP instead, byte-exact (down.c), before the exec.
  *
- * Not covered: exec in a vfork() child or through posix_spawn (not
- * interposed): the connection stays the parent's.
+ * In a vfork() child (memory shared with the parent) and before
+ * posix_spawn (whose child execs past us), a program that will not load
+ * the library gets the connections back on plain TCP in the same way; one
+ * that loads it is not handed them (the connection stays the parent's).
  */
 #include <dlfcn.h>
 #include <elf.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -400,24 +403,132 @@ int fivc_exec_loads_library(const char *p, int fd, int search, char *const envp[
 	return elf_dynamic(path, 0) != 0; /* a static binary loads nothing */
 }
 
+/* ---- posix_spawn_file_actions: the fds a spawn's dup2 actions name,
+ * which the child holds even when they are close-on-exec here ---- */
+#define SPAWN_DUPS 64
+static struct {
+	const void *fa;
+	int fd;
+} dups[SPAWN_DUPS];
+static int ndups;
+static pthread_mutex_t dups_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct down_what {
+	int shared;   /* a vfork child: the parent's threads may be in calls */
+	const void *fa; /* a spawn's file actions, or NULL */
+};
+
+static int named_by(const void *fa, int fd)
+{
+	int r = 0;
+	pthread_mutex_lock(&dups_lock);
+	for (int i = 0; i < ndups && !r; i++)
+		r = fa && dups[i].fa == fa && dups[i].fd == fd;
+	pthread_mutex_unlock(&dups_lock);
+	return r;
+}
+
 static void downgrade_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
-	(void)arg;
+	const struct down_what *w = arg;
 	if (!fivc_fs_uses_fabric(fs))
 		return;
 	int fd = -1;
 	for (int i = 0; i < nfds && fd < 0; i++) {
 		int fl = fivc_real.fcntl(fds[i], F_GETFD);
-		if (fl >= 0 && !(fl & FD_CLOEXEC))
+		if (fl >= 0 && (!(fl & FD_CLOEXEC) || named_by(w->fa, fds[i])))
 			fd = fds[i];
 	}
 	if (fd < 0)
 		return;
 	int r = fivc_fs_downgrade(fs, fd, FIVC_DOWN_EXEC);
-	if (r < 0) {
+	if (r == -EBUSY && w->shared) {
+		/* the parent's thread is inside a call on it: it stays as it was */
+		FIVC_INFO("exec in a vfork child: fd %d is in use by the parent: stays on the ring",
+			  fd);
+	} else if (r < 0) {
 		FIVC_INFO("exec: fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
 		fivc_real.shutdown(fd, SHUT_RDWR);
 	}
 }
 
-void fivc_exec_downgrade(void) { fivc_for_each_fsock(downgrade_one, NULL); }
+void fivc_exec_downgrade(int shared)
+{
+	struct down_what w = {shared, NULL};
+	fivc_for_each_fsock(downgrade_one, &w);
+}
+
+/* posix_spawn and posix_spawnp: glibc's child execs with no call through
+ * us, so the parent decides before it: a program that will not load the
+ * library gets the connections it will hold back on plain TCP, which the
+ * parent then goes on with too (one socket).  A program that loads the
+ * library gets them as fds it does not know (README, "Not there yet"). */
+static int spawn_with(int search, pid_t *pid, const char *path, const void *fa,
+		      const void *attr, char *const argv[], char *const envp[])
+{
+	typedef int (*spawn_fn)(pid_t *, const char *, const void *, const void *,
+				char *const[], char *const[]);
+	static spawn_fn real[2];
+	spawn_fn f = __atomic_load_n(&real[search], __ATOMIC_ACQUIRE);
+	if (!f) {
+		f = (spawn_fn)dlsym(RTLD_NEXT, search ? "posix_spawnp" : "posix_spawn");
+		if (!f)
+			return ENOSYS;
+		__atomic_store_n(&real[search], f, __ATOMIC_RELEASE);
+	}
+	if (__atomic_load_n(&fivc_ready, __ATOMIC_ACQUIRE) && !FIVC_GUARDED() && path &&
+	    !fivc_exec_loads_library(path, -1, search && !strchr(path, '/'),
+				     envp ? envp : environ)) {
+		int e = errno;
+		struct down_what w = {0, fa};
+		fivc_for_each_fsock(downgrade_one, &w);
+		errno = e;
+	}
+	return f(pid, path, fa, attr, argv, envp);
+}
+
+FIVC_EXPORT int posix_spawn(pid_t *pid, const char *path, const void *fa, const void *attr,
+			    char *const argv[], char *const envp[])
+{
+	return spawn_with(0, pid, path, fa, attr, argv, envp);
+}
+
+FIVC_EXPORT int posix_spawnp(pid_t *pid, const char *file, const void *fa, const void *attr,
+			     char *const argv[], char *const envp[])
+{
+	return spawn_with(1, pid, file, fa, attr, argv, envp);
+}
+
+FIVC_EXPORT int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)
+{
+	static int (*f)(void *, int, int);
+	if (!f && !(f = (int (*)(void *, int, int))dlsym(RTLD_NEXT,
+							  "posix_spawn_file_actions_adddup2")))
+		return ENOSYS;
+	int r = f(fa, fd, newfd);
+	if (r == 0 && fivc_fs(fd)) {
+		pthread_mutex_lock(&dups_lock);
+		if (ndups < SPAWN_DUPS)
+			dups[ndups++] = (typeof(dups[0])){fa, fd};
+		else
+			FIVC_INFO("posix_spawn: more than %d dup2 actions on connections: fd %d "
+				  "is not followed", SPAWN_DUPS, fd);
+		pthread_mutex_unlock(&dups_lock);
+	}
+	return r;
+}
+
+FIVC_EXPORT int posix_spawn_file_actions_destroy(void *fa)
+{
+	static int (*f)(void *);
+	if (!f && !(f = (int (*)(void *))dlsym(RTLD_NEXT, "posix_spawn_file_actions_destroy")))
+		return ENOSYS;
+	pthread_mutex_lock(&dups_lock);
+	for (int i = 0; i < ndups;)
+		if (dups[i].fa == fa)
+			dups[i] = dups[--ndups];
+		else
+			i++;
+	pthread_mutex_unlock(&dups_lock);
+	return f(fa);
+}

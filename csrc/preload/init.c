@@ -443,6 +443,23 @@ struct fivc_fabric *fivc_fabric_get(void)
 	return fabric_state > 0 ? &fabric : NULL;
 }
 
+/* See preload.h. */
+struct fivc_fabric *fivc_fabric_new_conn(void)
+{
+	struct fivc_fabric *f = fivc_fabric_get();
+	if (!f)
+		return NULL;
+	const struct fivc_fabric_hdr *h = (const struct fivc_fabric_hdr *)f->base;
+	if (__builtin_expect(__atomic_load_n(&h->drain, __ATOMIC_RELAXED) ||
+				     (f->self && __atomic_load_n(&fivc_member_at(f, f->self - 1)->down_req,
+								 __ATOMIC_RELAXED)),
+			     0)) {
+		fivc_down_process(FIVC_DOWN_OPERATOR, "fastivc downgrade");
+		return NULL;
+	}
+	return f;
+}
+
 void fivc_fabric_fork_prepare(int eager, int *fd, uint32_t *member1)
 {
 	*fd = -1;

@@ -64,7 +64,9 @@ static void *janitor(void *arg)
 
 /* A detached thread with every signal blocked, so that none of the
  * program's lands on it. */
-int fivc_start_thread(void *(*fn)(void *))
+int fivc_start_thread(void *(*fn)(void *)) { return fivc_start_thread_arg(fn, NULL); }
+
+int fivc_start_thread_arg(void *(*fn)(void *), void *arg)
 {
 	sigset_t all, old;
 	sigfillset(&all);
@@ -73,7 +75,7 @@ int fivc_start_thread(void *(*fn)(void *))
 	pthread_t t;
 	pthread_attr_init(&a);
 	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-	int r = pthread_create(&t, &a, fn, NULL);
+	int r = pthread_create(&t, &a, fn, arg);
 	pthread_attr_destroy(&a);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return -r;

@@ -192,6 +192,7 @@ struct fsock {
 	int down, down_quiet, db_busy, down_reason;
 	int down_due; /* a reason to downgrade once the call in progress returns (uring.c) */
 	uint64_t down_t0;   /* when the follower first waited for the peer's doorbells (ms) */
+	uint64_t down_ns0;  /* when this side began to leave (for the debug log) */
 	int on_janitor;     /* on the janitor's list (janitor.c), jnext/jprev */
 	struct fsock *jnext, *jprev;
 	struct fivc_chan ch;
@@ -370,7 +371,13 @@ pid_t fivc_do_fork(void);
 /* The way back to TCP (down.c, issue 12). */
 #define FIVC_DOWN_W 1
 #define FIVC_DOWN_R 2
-enum { FIVC_DOWN_PEER = 1, FIVC_DOWN_EXEC = 2, FIVC_DOWN_URING = 3, FIVC_DOWN_REASONS = 8 };
+enum {
+	FIVC_DOWN_PEER = 1,
+	FIVC_DOWN_EXEC = 2,
+	FIVC_DOWN_URING = 3,
+	FIVC_DOWN_OPERATOR = 4,
+	FIVC_DOWN_REASONS = 8
+};
 /* The initiator: 0 once the connection is plain TCP, else -errno (a thread
  * of ours inside a call: -EBUSY; the peer did not follow: -ETIMEDOUT). */
 int fivc_fs_downgrade(struct fsock *fs, int fd, int reason);
@@ -389,7 +396,17 @@ void fivc_stat_downgraded(int reason);
 /* exec (exec.c): whether the new program will load the library; if not,
  * its connections go back to TCP first. */
 int fivc_exec_loads_library(const char *p, int fd, int search, char *const envp[]);
-void fivc_exec_downgrade(void);
+void fivc_exec_downgrade(int shared); /* shared: in a vfork child */
+/* The whole process goes back to TCP, once (down.c): its connections
+ * downgrade (reason FIVC_DOWN_*), its listeners leave the fabric, and no
+ * new connection is accelerated. */
+void fivc_down_process(int reason, const char *how);
+/* `fastivc downgrade` (down.c): a thread that sleeps on our member's
+ * down_req, started with the first connection; and the fabric for a new
+ * connection: NULL when there is none, or the fabric drains, or we were
+ * asked to go back (init.c). */
+void fivc_down_watch(struct fivc_fabric *fab);
+struct fivc_fabric *fivc_fabric_new_conn(void);
 /* io_uring (uring.c): the process has one; the connections go back. */
 void fivc_uring_seen(const char *how);
 void fivc_uring_scan(void);
@@ -439,6 +456,7 @@ void fivc_janitor_fork_parent(void);
 void fivc_janitor_fork_child(void);
 /* A detached library thread with every signal blocked; 0 or -errno. */
 int fivc_start_thread(void *(*fn)(void *));
+int fivc_start_thread_arg(void *(*fn)(void *), void *arg);
 
 /* errno at the libc boundary only (STYLE.md 6) */
 static inline long fivc_ret(long r)

@@ -33,44 +33,16 @@
 
 #include "preload.h"
 
-static int seen; /* 1 once the process has an io_uring */
-
-static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
-{
-	(void)arg;
-	if (!fivc_fs_uses_fabric(fs) || !nfds)
-		return;
-	int r = fivc_fs_downgrade(fs, fds[0], FIVC_DOWN_URING);
-	if (r == -EBUSY) {
-		__atomic_store_n(&fs->down_due, FIVC_DOWN_URING, __ATOMIC_RELEASE);
-		FIVC_DEBUG("fd %d: io_uring: in use by a thread, goes back when its call returns",
-			   fds[0]);
-	} else if (r < 0) {
-		FIVC_INFO("io_uring: fd %d cannot go back to TCP (%s): shut down", fds[0],
-			  strerror(-r));
-		fivc_real.shutdown(fds[0], SHUT_RDWR);
-	}
-}
-
 void fivc_uring_seen(const char *how)
 {
-	if (__atomic_exchange_n(&seen, 1, __ATOMIC_ACQ_REL))
-		return;
-	int e = errno;
-	__atomic_store_n(&fivc_cfg.disabled, 1, __ATOMIC_RELEASE);
-	FIVC_INFO("io_uring in this process (%s): its connections go back to TCP, new ones "
-		  "stay plain",
-		  how);
-	fivc_listen_forget_all();
-	fivc_for_each_fsock(down_one, NULL);
-	errno = e;
+	char why[96];
+	snprintf(why, sizeof(why), "io_uring (%s)", how);
+	fivc_down_process(FIVC_DOWN_URING, why);
 }
 
 /* When the process first opens the fabric: an io_uring it made before. */
 void fivc_uring_scan(void)
 {
-	if (__atomic_load_n(&seen, __ATOMIC_ACQUIRE))
-		return;
 	DIR *d = opendir("/proc/self/fd");
 	if (!d)
 		return;

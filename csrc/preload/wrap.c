@@ -666,8 +666,12 @@ int fivc_exec_with(const char *p, int fd, int search, char *const a[], char *con
 	if (getpid() == fivc_pid) {
 		fivc_before_exec();
 		if (!fivc_exec_loads_library(p, fd, search, e))
-			fivc_exec_downgrade(); /* back to TCP (exec.c) */
+			fivc_exec_downgrade(0); /* back to TCP (exec.c) */
 		env = fivc_exec_env(e);
+	} else if (!fivc_exec_loads_library(p, fd, search, e)) {
+		/* ... but a program without the library must not get a ring's
+		 * socket: back to TCP, for the parent too (one socket) */
+		fivc_exec_downgrade(1);
 	}
 	char *const *ev = env ? env : e;
 	int r = !p ? fivc_real.fexecve(fd, a, ev)

@@ -130,6 +130,29 @@ def _cmd_bench_scale(args: argparse.Namespace) -> int:
                          "plain TCP", scale.format_extra)
 
 
+def _cmd_bench_downgrade(args: argparse.Namespace) -> int:
+    from .bench import downgrade
+    from .bench.progress import progress_bar, wanted
+
+    try:
+        with progress_bar("bench downgrade", wanted(args.quiet)) as progress:
+            doc = downgrade.run(args.rounds, args.idle or downgrade.DEFAULT_IDLE,
+                                args.loopback, progress)
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+        print(f"fastivc bench downgrade: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nfastivc bench downgrade: interrupted", file=sys.stderr)
+        return 130
+    doc.setdefault("commands", {})["invocation"] = shlex.join(["fastivc", *args.argv])
+    print(downgrade.format_table(doc))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"results written to {args.json}")
+    return 0
+
+
 def _cmd_gc(args: argparse.Namespace) -> int:
     from .fabric import QUARANTINE_MAX_S
 
@@ -157,6 +180,44 @@ def _cmd_gc(args: argparse.Namespace) -> int:
                   f"they are freed when it does, after {QUARANTINE_MAX_S // 60} minutes, "
                   "or now with `fastivc gc --lift-quarantine` if that guest is gone for good")
     return 0
+
+
+def _cmd_downgrade(args: argparse.Namespace) -> int:
+    path = args.fabric or default_fabric()
+    if args.pid is not None and args.pid <= 0:
+        print(f"fastivc downgrade: --pid {args.pid}: not a process id", file=sys.stderr)
+        return 2
+    if args.wait < 0:
+        print(f"fastivc downgrade: --wait {args.wait}: must be >= 0", file=sys.stderr)
+        return 2
+    how = (["resume"] if args.resume else
+           ["all" if args.all else "pid", *([] if args.all else [str(args.pid)]),
+            str(int(args.wait * 1000))])
+    r = subprocess.run([str(helper_path("fastivc-downgrade")), path, *how],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"fastivc downgrade: {r.stderr.strip() or f'exit {r.returncode}'}",
+              file=sys.stderr)
+        return 1
+    rep = {"fabric": path, **json.loads(r.stdout), "draining": bool(args.all)}
+    if args.json:
+        print(json.dumps(rep))
+    elif args.resume:
+        print(f"fabric {path}: new connections are accelerated again")
+    else:
+        who = "every process" if args.all else f"pid {args.pid}"
+        if not rep["asked"]:
+            print(f"fabric {path}: no process of the fabric is {who}")
+        else:
+            left, before = rep["sides_left"], rep["sides_before"]
+            print(f"fabric {path}: asked {len(rep['asked'])} process(es) ({who}): "
+                  f"{before - left} of {before} connection sides back to TCP in "
+                  f"{rep['us'] / 1000:.1f} ms"
+                  + (f", {left} still on rings after {args.wait:g} s" if left else ""))
+        if args.all:
+            print("the fabric drains: new connections stay plain until "
+                  "`fastivc downgrade --resume`")
+    return 1 if rep.get("sides_left") else 0
 
 
 def _cmd_stat(args: argparse.Namespace) -> int:
@@ -288,6 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
         _bench_output_options(sp)
         sp.set_defaults(func=_cmd_bench_redis if name == "redis" else _cmd_bench_nginx)
 
+    dn = bsub.add_parser("downgrade", help="how long the way back to TCP takes: from "
+                         "`fastivc downgrade --pid` to the process's last connection side let "
+                         "go (p50, p99; loopback or two network namespaces, as rr); no "
+                         "baseline")
+    dn.add_argument("--rounds", type=int, default=20, help="rounds per count (default 20)")
+    dn.add_argument("--idle", type=int, nargs="+", metavar="N", default=None,
+                    help="idle connections beside the busy one (default 0 100)")
+    dn.add_argument("--loopback", action="store_true",
+                    help="client and server on loopback even as root")
+    dn.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    dn.add_argument("--quiet", action="store_true", help="no progress bar")
+    dn.set_defaults(func=_cmd_bench_downgrade)
+
     sc = bsub.add_parser("scale", help="a busy connection's 64 B round trip (p50, p99) with N "
                          "idle connections open, plain and under fastivc run, and fastivc's "
                          "shared memory per idle connection (loopback or two network "
@@ -376,6 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "writing into them (only when those guests will never resume: "
                          "a paused VM that resumes would write into the next connection)")
     gc.set_defaults(func=_cmd_gc)
+
+    dg = sub.add_parser("downgrade", help="take accelerated connections back to plain TCP, "
+                        "byte-exact, and accelerate no new ones (e.g. to drain a fabric "
+                        "before upgrading the library)")
+    g = dg.add_mutually_exclusive_group(required=True)
+    g.add_argument("--pid", type=int, metavar="PID",
+                   help="the process with this pid (as it sees itself: in a container, its "
+                        "pid there)")
+    g.add_argument("--all", action="store_true",
+                   help="every process of the fabric; the fabric then drains (no new "
+                        "connection is accelerated) until --resume")
+    g.add_argument("--resume", action="store_true",
+                   help="end a drain: new connections are accelerated again")
+    dg.add_argument("--fabric", metavar="PATH",
+                    help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
+    dg.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                    help="how long to wait for the processes to go back (default 10)")
+    dg.add_argument("--json", action="store_true", help="print the report as JSON")
+    dg.set_defaults(func=_cmd_downgrade)
 
     dr = sub.add_parser(
         "doctor", help="check that fastivc can work here, and say how to fix what cannot",

@@ -24,7 +24,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-LAYOUT_VERSION = 7
+LAYOUT_VERSION = 8
 FABRIC_MAGIC = 0x3143564954534146  # "FASTIVC1"
 RING_MAGIC = 0x474E4952  # "RING"
 LOCK_BASE = 1 << 40
@@ -45,7 +45,8 @@ WAKERS, WAKER_SIZE = 2048, 1024  # layout.h: wake records (one per sleeping epol
 HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQQIIQII")
 POOL_ENT = struct.Struct("<QII")
 DOWNGRADES, DOWNGRADES_OFF = struct.Struct("<8Q"), 192  # after HDR, in its reserved page
-DOWNGRADE_REASONS = {1: "peer_left", 2: "exec", 3: "io_uring"}  # (FIVC_DOWN_* in preload.h)
+# (FIVC_DOWN_* in preload.h)
+DOWNGRADE_REASONS = {1: "peer_left", 2: "exec", 3: "io_uring", 4: "operator"}
 HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
 MEMBER = struct.Struct("<IIQQQ16sI")  # ... comm, touched
 TUPLE = struct.Struct("<16s16sHHI")

@@ -12,8 +12,13 @@
       READ_B of stream B (both on the ring, with more in flight both ways),
       then execs this file's child role without the library: HOW "env"
       (LD_PRELOAD removed from the environment), "static" (through a static
-      helper: busybox), with the socket's fd; "-seq" after either: the
-      child writes all of A before it reads B.
+      helper: busybox), "vfork" (subprocess: vfork, execve in the child)
+      or "spawn" (posix_spawn, the fd given by a dup2 action), with the
+      socket's fd; "-seq" after any: the child writes all of A before it
+      reads B.
+  downgrade.py client-op PORT TOTAL_A TOTAL_B PRE_A READ_B
+      as client, but it stays: prints "ready", waits for a line on stdin
+      (the test runs `fastivc downgrade` meanwhile), then goes on itself.
   downgrade.py child FD OFF_A TOTAL_A OFF_B TOTAL_B SEQ
       (no library) goes on: stream A from OFF_A to TOTAL_A, stream B from
       OFF_B to its end, every byte checked.
@@ -26,6 +31,7 @@ import os
 import random
 import selectors
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -153,11 +159,43 @@ def client(port: int, total_a: int, total_b: int, pre_a: int, read_b: int, how: 
     if how.startswith("static"):
         env = dict(os.environ)  # the library is there: the helper is what cannot load it
         args = ["/bin/busybox", "env", "-u", "LD_PRELOAD", *args]
+    if how.startswith("vfork"):  # subprocess: vfork, then execve in the child
+        os.set_inheritable(fd, False)
+        p = subprocess.Popen(args, env=env, pass_fds=(fd,))
+        s.detach()
+        os.close(fd)  # (the child holds it now)
+        raise SystemExit(p.wait())
+    if how.startswith("spawn"):  # posix_spawn, the fd given by a dup2 action
+        os.set_inheritable(fd, False)
+        pid = os.posix_spawn(args[0], args, env, file_actions=[(os.POSIX_SPAWN_DUP2, fd, fd)])
+        s.detach()
+        os.close(fd)
+        raise SystemExit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     os.execve(args[0], args, env)
 
 
+def client_op(port: int, total_a: int, total_b: int, pre_a: int, read_b: int) -> None:
+    """As client, but stays: prints "ready" and waits for a line on stdin
+    (meanwhile the test runs `fastivc downgrade`), then goes on in-process."""
+    from onfabric import on_fabric
+    s = socket.create_connection(("127.0.0.1", port))
+    send_stream(s, "A", 0, pre_a)
+    cb = Checker("B")
+    read_stream(s, cb, read_b)
+    time.sleep(0.3)
+    print(f"ok client accelerated {on_fabric()}", flush=True)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    print(f"ok after accelerated {on_fabric()}", flush=True)
+    go_on(s, pre_a, total_a, cb.off, total_b, 0)
+
+
 def child(fd: int, off_a: int, total_a: int, off_b: int, total_b: int, seq: int) -> None:
-    s = socket.socket(fileno=fd)
+    go_on(socket.socket(fileno=fd), off_a, total_a, off_b, total_b, seq)
+
+
+def go_on(s: socket.socket, off_a: int, total_a: int, off_b: int, total_b: int,
+          seq: int) -> None:
     w = threading.Thread(target=lambda: (send_stream(s, "A", off_a, total_a),
                                          s.shutdown(socket.SHUT_WR)))
     w.start()
@@ -177,5 +215,7 @@ if __name__ == "__main__":
         server(rest[0], int(rest[1]), int(rest[2]))
     elif role == "client":
         client(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]), rest[5])
+    elif role == "client-op":
+        client_op(*(int(x) for x in rest))
     else:
         child(*(int(x) for x in rest))

@@ -287,6 +287,12 @@ int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r);
  * or not (the operator knows the guest is gone for good). */
 #define FIVC_GC_LIFT_QUARANTINE 1u
 int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flags);
+/* `fastivc downgrade`: ask members to take their connections back to TCP
+ * and accelerate no new one: the member with id+1 == member, else every
+ * live one, then (drain) no member accelerates a new connection until
+ * fivc_drain_set(f, 0).  Returns how many were asked. */
+uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain);
+void fivc_drain_set(struct fivc_fabric *f, int on);
 /* A guest member's last thread left the slot (busy 0): lift its side's
  * quarantine if there is one; 1 when lifted. */
 int fivc_slot_quarantine_lift(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);

@@ -46,7 +46,7 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 7u
+#define FIVC_LAYOUT_VERSION 8u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
 #define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
@@ -99,10 +99,15 @@ struct fivc_fabric_hdr {
 	uint32_t waker_size;
 	/* connections that went back to TCP (issue 12), by reason: [1] the
 	 * peer left, [2] exec of a program without the library, [3] io_uring
-	 * set up in the process (FIVC_DOWN_* in the preload); added by every
+	 * set up in the process, [4] `fastivc downgrade` (FIVC_DOWN_* in the
+	 * preload); added by every
 	 * member, read by `fastivc stat` */
 	uint64_t downgrades[8];
-	uint8_t reserved[FIVC_PAGE - 256];
+	/* set by `fastivc downgrade --all` (cleared by --resume): no member
+	 * puts a new connection on a ring (the one other field written after
+	 * creation, with downgrades) */
+	uint32_t drain;
+	uint8_t reserved[FIVC_PAGE - 260];
 };
 
 /* ---- member: one per process (more exactly: per open file description of
@@ -129,7 +134,11 @@ struct fivc_member {
 	 * 65,536 entries, at every fork); slots are always swept (their index
 	 * of used slots is small to scan). */
 	uint32_t touched;
-	uint8_t pad[12];
+	/* bumped by `fastivc downgrade` (the one field another process writes,
+	 * then a futex wake on it): the member's connections go back to TCP
+	 * and it accelerates no new one (preload down.c) */
+	uint32_t down_req;
+	uint8_t pad[8];
 };
 enum { FIVC_TOUCHED_OFFERS = 1, FIVC_TOUCHED_LISTENERS = 2, FIVC_TOUCHED_WAKERS = 4,
        FIVC_TOUCHED_ALL = 7 };
