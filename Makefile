@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean results chaos sanitize fuzz soak conformance foreign-load
+.PHONY: demo test deps install clean results chaos sanitize fuzz soak soak-downgrade conformance foreign-load
 
 demo: install
 	$(VENV)/bin/fastivc demo
@@ -37,6 +37,14 @@ SOAK_CONNS ?= 64
 soak: install
 	FIVC_SOAK_GIB=$(SOAK_GIB) FIVC_SOAK_CONNS=$(SOAK_CONNS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 		$(PY) -m pytest -q -rs -s tests/test_soak.py -k ring
+
+# soak-downgrade: `fastivc downgrade --keep-accelerating` at random moments
+# during bidirectional random streams (tests/test_downgrade.py), every byte
+# checked: SOAK_DOWN_BYTES per run, 6 runs (the default: 10 GiB in all).
+SOAK_DOWN_BYTES ?= 1789569707
+soak-downgrade: install
+	FASTIVC_SOAK_DOWNGRADE=$(SOAK_DOWN_BYTES) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		$(PY) -m pytest -q -rs -s tests/test_downgrade.py -k random_moments
 
 # conformance: the differential harness against the kernel, long mode
 # (tests/test_conformance.py: CONFORM_SCENARIOS random call sequences in each

@@ -657,6 +657,12 @@ static int peer_was_process(struct fivc_chan *c)
 	return fivc_load_acquire(&fivc_member_at(c->f, m - 1)->state) == FIVC_MEMBER_ALIVE;
 }
 
+int fivc_chan_peer_released(struct fivc_chan *c)
+{
+	uint64_t w = fivc_load_acquire(&c->slot->lease);
+	return FIVC_LEASE_GEN(w) != c->gen || !FIVC_LEASE_SIDE(w, 1 - c->side);
+}
+
 int fivc_chan_peer_check(struct fivc_chan *c)
 {
 	if (!c->f || is_broken(c) || fivc_load_relaxed(&c->peer_gone))

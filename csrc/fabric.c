@@ -2030,7 +2030,7 @@ int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flag
 
 /* ---- `fastivc downgrade` (issue 12) ---- */
 
-uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain)
+uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, int keep)
 {
 	struct fivc_fabric_hdr *h = (struct fivc_fabric_hdr *)f->base;
 	if (drain)
@@ -2045,7 +2045,15 @@ uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain)
 			continue;
 		if (i + 1 == f->self)
 			continue; /* (the asker itself) */
-		__atomic_fetch_add(&m->down_req, 1u, __ATOMIC_SEQ_CST);
+		if (keep) {
+			__atomic_fetch_add(&m->down_req, FIVC_DOWN_REQ_NOW, __ATOMIC_SEQ_CST);
+		} else { /* (saturates: never wraps back to "not asked") */
+			uint32_t v = __atomic_load_n(&m->down_req, __ATOMIC_RELAXED);
+			while ((v & FIVC_DOWN_REQ_PLAIN) != FIVC_DOWN_REQ_PLAIN &&
+			       !__atomic_compare_exchange_n(&m->down_req, &v, v + 1, 0,
+							    __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+				;
+		}
 		/* a member's watcher sleeps on the word (a process-shared futex:
 		 * the mapping is MAP_SHARED); a guest's looks every heartbeat */
 		syscall(SYS_futex, &m->down_req, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -240,3 +242,84 @@ def _pair_accelerated(env: dict) -> str:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
+
+
+# ---- downgrades at random moments during a bidirectional random stream ----
+
+SOAK = str(Path(__file__).with_name("programs") / "downsoak.py")
+
+
+def soak(fabric: str, mode: str, total: int, seed: int, env: dict, asks: bool = True) -> dict:
+    """tests/programs/downsoak.py's client and server under the library,
+    and `fastivc downgrade --pid --keep-accelerating` against one end or
+    the other at random moments until the client is done (also `make
+    soak-downgrade`).  Returns the client's report and the asks that found
+    connections on rings."""
+    from fastivc._paths import helper_path
+    rng = random.Random(seed)
+    srv = subprocess.Popen([sys.executable, SOAK, "server", mode], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    cli = subprocess.Popen([sys.executable, SOAK, "client", port, str(total), str(seed)],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hits = asks = 0
+    try:
+        while cli.poll() is None:
+            time.sleep(rng.uniform(0.002, 0.02))
+            who = rng.choice((srv, cli))
+            if not asks:  # (the same streams, no ask)
+                continue
+            r = subprocess.run([str(helper_path("fastivc-downgrade")), fabric, "pid",
+                                str(who.pid), "20000", "keep"], capture_output=True,
+                               text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            rep = json.loads(r.stdout)
+            assert rep["sides_left"] == 0, rep  # each went back within 20 s
+            asks += 1
+            hits += rep["sides_before"] > 0
+        cout, cerr = cli.communicate(timeout=60)
+    finally:
+        for p in (cli, srv):
+            if p.poll() is None:
+                p.kill()
+        _, serr = srv.communicate(timeout=30)
+    assert cli.returncode == 0, (cout, cerr[-3000:], serr[-3000:])
+    out = json.loads(cout)
+    out.update(asks=asks, hits=hits)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["threads", "epoll", "busy"])
+def test_soak_streams_without_asks(shm_path, mode):
+    """The soak's streams with no downgrade (SOAK_NO_ASKS): connection after
+    connection whose client writes from a thread while it reads, and shuts
+    down its writing side, often before its switch.  (Regression: that
+    shutdown's TCP FIN reached a server that had switched, whose drain took
+    it for the client's death, so its writes got EPIPE: 1 run in 2 lost the
+    end of a stream.)"""
+    env = build_env(dict(os.environ), fabric=shm_path)
+    out = soak(shm_path, mode, 200 << 20, 7 + len(mode), env, asks=False)
+    assert out["bytes"] >= 200 << 20 and out["on_ring"] >= out["connections"] - 1, out
+
+
+SOAK_TOTAL = int(os.environ.get("FASTIVC_SOAK_DOWNGRADE", "0") or 0)
+
+
+@pytest.mark.skipif(not SOAK_TOTAL, reason="long mode: make soak-downgrade "
+                    "(FASTIVC_SOAK_DOWNGRADE=BYTES); it finds two open problems (README)")
+@pytest.mark.parametrize("mode,seed", [(m, s) for m in ("threads", "epoll", "busy")
+                                       for s in (1, 2)])
+def test_downgrades_at_random_moments(shm_path, mode, seed):
+    """`fastivc downgrade --keep-accelerating` at random moments against
+    either end, FASTIVC_SOAK_DOWNGRADE bytes a run (make soak-downgrade:
+    10 GiB in all)."""
+    env = build_env(dict(os.environ), fabric=shm_path)
+    out = soak(shm_path, mode, SOAK_TOTAL, seed * 1000 + len(mode), env)
+    assert out["bytes"] >= SOAK_TOTAL and out["on_ring"] >= 1, out
+    assert out["hits"] >= 1, out  # the asks found connections on rings
+    with Fabric(shm_path) as fab:
+        counts = fab.downgrades()
+    # (an ask may find an offer not switched yet, withdrawn instead, or a
+    # peer that closed with ring bytes unread, which stays on the ring)
+    assert counts["operator"] >= 1 and counts["peer_left"] >= 1, (counts, out)

@@ -54,8 +54,15 @@ static void drain(struct fsock *fs, int fd)
 			continue;
 		int e = errno;
 		if (r == 0) {
+			/* A FIN: the peer's kernel closed its socket (it died or
+			 * closed), or, with its ring shut for writing too, a client
+			 * that shut down before it switched (TCP's FIN went then,
+			 * after its N bytes): it is alive and reads on.
+			 * (Regression, the downgrade soak: a client's SHUT_WR
+			 * before its switch made the server's writes EPIPE.) */
 			fs->tcp_eof = 1;
-			__atomic_store_n(&fs->ch.peer_gone, 1, __ATOMIC_RELAXED);
+			if (!fivc_chan_peer_shut(&fs->ch))
+				__atomic_store_n(&fs->ch.peer_gone, 1, __ATOMIC_RELAXED);
 		} else if (e != EAGAIN && e != EINTR) {
 			/* A reset.  A peer that died without closing (exit,
 			 * kill) left our doorbell bytes unread in its socket, so

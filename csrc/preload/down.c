@@ -168,8 +168,8 @@ static int drop_to(int fd, uint64_t at, int wait_ms)
 }
 
 /* The peer's TCP count (AT), waiting up to wait_ms for it: 1 with *at, 0
- * not yet.  A peer gone before it published: all it sent were doorbells,
- * up to its end.  A peer that published, finished and let its slot go
+ * not yet, 2 the peer went without one (*at: all it sent).  A peer gone before it published (dead, or closed its socket
+ * on the ring): all it sent were doorbells, up to its end.  A peer that published, finished and let its slot go
  * looks gone too, so its ring is read again after the check: it published
  * before it let go (release), which the check saw (acquire).  (Regression:
  * under load a follower read no count, was descheduled while the
@@ -181,10 +181,14 @@ static int peer_count(struct fsock *fs, int fd, uint64_t *at, int wait_ms)
 	for (uint64_t t0 = now_ms();;) {
 		if (fivc_chan_down_peer(&fs->ch, at) & FIVC_PEER_AT)
 			return 1;
-		if (fivc_chan_peer_check(&fs->ch)) {
+		/* (a switched peer whose side is let go closed the socket, or
+		 * finished: it never publishes now) */
+		if (fivc_chan_peer_check(&fs->ch) ||
+		    (fs->state == FS_ACCEL && fivc_chan_peer_released(&fs->ch))) {
 			if (!(fivc_chan_down_peer(&fs->ch, at) & FIVC_PEER_AT)) {
 				FIVC_DEBUG("fd %d: the peer went before its count", fd);
 				*at = UINT64_MAX >> 2;
+				return 2;
 			}
 			return 1;
 		}
@@ -323,13 +327,42 @@ void fivc_fs_follow(struct fsock *fs, int fd, int have_rd, int trylock)
 		pthread_mutex_unlock(&fs->rd_lock);
 }
 
+static int ring_unread(struct fsock *fs)
+{
+	int eof;
+	return fivc_chan_readable(&fs->ch, &eof) > 0;
+}
+
 /* The initiator's part (see top).  0: plain TCP now; <0: the connection
  * could not go back (the caller ends it). */
+/* A lock that a thread of ours holds inside a call: waited for up to
+ * LOCK_WAIT_MS where the caller holds none (a reader and a writer thread,
+ * each always in some call, are never out at once), never for ever (a
+ * writer waiting for room that our read would make). */
+#define LOCK_WAIT_MS 50
+
+static int lock_within(pthread_mutex_t *m, int wait)
+{
+	if (!wait)
+		return pthread_mutex_trylock(m);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += LOCK_WAIT_MS * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return pthread_mutex_timedlock(m, &ts);
+}
+
 int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 {
-	if (pthread_mutex_trylock(&fs->rd_lock) != 0)
+	/* (exec: the other threads are about to go; io_uring and operator
+	 * callers hold no lock of fs) */
+	int wait = reason != FIVC_DOWN_EXEC;
+	if (lock_within(&fs->rd_lock, wait) != 0)
 		return -EBUSY; /* a thread of ours inside a read */
-	if (pthread_mutex_trylock(&fs->wr_lock) != 0) {
+	if (lock_within(&fs->wr_lock, wait) != 0) {
 		pthread_mutex_unlock(&fs->rd_lock);
 		return -EBUSY;
 	}
@@ -338,6 +371,14 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 	fivc_fs_client_decide(fs); /* (an offer not adopted yet is withdrawn) */
 	if (fs->state == FS_PLAIN)
 		goto out;
+	if (fs->state == FS_SERVER_PRE && reason == FIVC_DOWN_OPERATOR && fs->ch.f &&
+	    !fs->ch.broken) {
+		/* still reading the client's pre-switch bytes from TCP, which
+		 * the program must get before any doorbell is dropped: once it
+		 * has them (the call that reads the last goes on the ring) */
+		r = -EAGAIN;
+		goto out;
+	}
 	if (!eligible(fs) || fs->ch.reset) {
 		r = -EOPNOTSUPP;
 		goto out;
@@ -358,11 +399,30 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 	if ((r = leave_tx(fs, fd)) < 0)
 		goto out;
 	fs->down = FIVC_DOWN_W;
-	FIVC_DEBUG("fd %d: left, %.0f us", fd,
-		   (double)(fivc_now_ns(CLOCK_MONOTONIC) - fs->down_ns0) / 1e3);
-	if (!peer_count(fs, fd, &at, FOLLOW_WAIT_MS)) {
+	int pc = peer_count(fs, fd, &at, FOLLOW_WAIT_MS);
+	if (!pc) {
 		r = -ETIMEDOUT;
 		goto out;
+	}
+	if (pc == 2 && !ring_unread(fs)) {
+		/* the peer closed (or died) before it could follow, and left
+		 * nothing unread: its TCP bytes were doorbells up to its end */
+	} else if (pc == 2 && reason == FIVC_DOWN_OPERATOR) {
+		/* ... with ring bytes we have not read: they are the
+		 * connection's last, and only the ring has them.  It stays on
+		 * the ring to its end (our flags are for a peer that is gone). */
+		fs->down = 0;
+		fs->down_reason = 0;
+		__atomic_store_n(&fs->down_quiet, 0, __ATOMIC_SEQ_CST);
+		FIVC_DEBUG("fd %d: the peer closed with ring bytes unread here: stays on the ring",
+			   fd);
+		r = -ENOTCONN;
+		goto out;
+	} else if (pc == 2) {
+		/* exec, io_uring: what comes next reads TCP, which never has them */
+		FIVC_INFO("fd %d: the peer closed before it could follow: the ring bytes not "
+			  "read yet cannot reach TCP",
+			  fd);
 	}
 	/* Both ends may start at once (`fastivc downgrade --all`): neither saw
 	 * the other's RD_DOWN when it began.  The peer set it before its count,
@@ -372,8 +432,6 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 		r = -ECONNRESET;
 		goto out;
 	}
-	FIVC_DEBUG("fd %d: the peer's count, %.0f us", fd,
-		   (double)(fivc_now_ns(CLOCK_MONOTONIC) - fs->down_ns0) / 1e3);
 	if ((r = drop_to(fd, at, FOLLOW_WAIT_MS)) <= 0) {
 		r = r < 0 ? r : -ETIMEDOUT;
 		goto out;
@@ -409,7 +467,9 @@ void fivc_fs_down_due_slow(struct fsock *fs, int fd)
 		return;
 	int e = errno;
 	int r = fivc_fs_downgrade(fs, fd, why);
-	if (r == -EBUSY) {
+	if (r == -ENOTCONN) {
+		/* the peer closed: on the ring to its end */
+	} else if (r == -EBUSY || r == -EAGAIN) {
 		__atomic_store_n(&fs->down_due, why, __ATOMIC_RELEASE); /* another thread's call */
 	} else if (r < 0) {
 		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
@@ -428,13 +488,22 @@ static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 	if (!fivc_fs_uses_fabric(fs) || !nfds)
 		return;
 	int r = fivc_fs_downgrade(fs, fds[0], reason);
-	if (r == -EBUSY) {
+	if (r == -ENOTCONN)
+		return; /* the peer closed: on the ring to its end */
+	if (r == -EBUSY || r == -EAGAIN) {
 		__atomic_store_n(&fs->down_due, reason, __ATOMIC_RELEASE);
 		FIVC_DEBUG("fd %d: in use by a thread: goes back when its call returns", fds[0]);
 	} else if (r < 0) {
 		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fds[0], strerror(-r));
 		fivc_real.shutdown(fds[0], SHUT_RDWR);
 	}
+}
+
+static void down_current(int reason)
+{
+	int e = errno;
+	fivc_for_each_fsock(down_one, &reason);
+	errno = e;
 }
 
 void fivc_down_process(int reason, const char *how)
@@ -463,10 +532,22 @@ static void *watcher(void *arg)
 	fivc_guard++;
 	struct fivc_member *me = fivc_member_at(f, f->self - 1);
 	struct timespec beat = {0, (long)FIVC_HEARTBEAT_MS * 1000000L};
-	while (!__atomic_load_n(&me->down_req, __ATOMIC_ACQUIRE))
-		syscall(SYS_futex, &me->down_req, FUTEX_WAIT, 0u, f->guest ? &beat : NULL, NULL, 0);
-	fivc_down_process(FIVC_DOWN_OPERATOR, "fastivc downgrade");
-	return NULL;
+	uint32_t seen = __atomic_load_n(&me->down_req, __ATOMIC_ACQUIRE) & ~FIVC_DOWN_REQ_PLAIN;
+	for (;;) {
+		uint32_t v = __atomic_load_n(&me->down_req, __ATOMIC_ACQUIRE);
+		if (v & FIVC_DOWN_REQ_PLAIN) {
+			fivc_down_process(FIVC_DOWN_OPERATOR, "fastivc downgrade");
+			return NULL;
+		}
+		if (v != seen) { /* --keep-accelerating: the connections of now */
+			seen = v;
+			FIVC_DEBUG("fastivc downgrade --keep-accelerating: this process's "
+				   "connections go back to TCP");
+			down_current(FIVC_DOWN_OPERATOR);
+			continue;
+		}
+		syscall(SYS_futex, &me->down_req, FUTEX_WAIT, v, f->guest ? &beat : NULL, NULL, 0);
+	}
 }
 
 void fivc_down_watch(struct fivc_fabric *fab)
@@ -613,4 +694,25 @@ void fivc_stat_downgraded(int reason)
 	if (f && f->base && reason > 0 && reason < FIVC_DOWN_REASONS)
 		__atomic_fetch_add(&((struct fivc_fabric_hdr *)f->base)->downgrades[reason], 1,
 				   __ATOMIC_RELAXED);
+}
+
+/* See preload.h: before the last close of a connection whose peer left. */
+void fivc_fs_follow_at_close(struct fsock *fs, int fd)
+{
+	if (fs->state != FS_ACCEL || !fs->ch.f || fs->ch.broken ||
+	    __atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED) ||
+	    !(fivc_chan_down_peer(&fs->ch, NULL) & (FIVC_PEER_RD_DOWN | FIVC_PEER_LEFT)))
+		return;
+	fivc_fs_follow(fs, fd, 0, 0);
+	if (fs->state == FS_PLAIN || !(fs->down & FIVC_DOWN_W))
+		return;
+	/* the backlog into TCP's buffer, which the kernel delivers after the
+	 * close, as it would the bytes of a closed socket */
+	pthread_mutex_lock(&fs->wr_lock); /* (no pusher has it: its hold would keep the socket) */
+	push(fs, fd, 1, (uint64_t)FOLLOW_WAIT_MS * 1000000u);
+	if (pthread_mutex_trylock(&fs->rd_lock) == 0) {
+		finish(fs, fd);
+		pthread_mutex_unlock(&fs->rd_lock);
+	}
+	pthread_mutex_unlock(&fs->wr_lock);
 }

@@ -451,8 +451,9 @@ struct fivc_fabric *fivc_fabric_new_conn(void)
 		return NULL;
 	const struct fivc_fabric_hdr *h = (const struct fivc_fabric_hdr *)f->base;
 	if (__builtin_expect(__atomic_load_n(&h->drain, __ATOMIC_RELAXED) ||
-				     (f->self && __atomic_load_n(&fivc_member_at(f, f->self - 1)->down_req,
-								 __ATOMIC_RELAXED)),
+				     (f->self && (__atomic_load_n(&fivc_member_at(f, f->self - 1)->down_req,
+								  __ATOMIC_RELAXED) &
+						  FIVC_DOWN_REQ_PLAIN)),
 			     0)) {
 		fivc_down_process(FIVC_DOWN_OPERATOR, "fastivc downgrade");
 		return NULL;

@@ -384,6 +384,10 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason);
 /* The follower, where a ring said -FIVC_EDOWN or the peer left: with
  * rd_lock held already or not, and trylock in poll paths (then no wait). */
 void fivc_fs_follow(struct fsock *fs, int fd, int have_rd, int trylock);
+/* Before the last close: a peer that left the ring gets what we wrote and
+ * it did not read (our backlog) over TCP, which delivers it after the
+ * close; bounded (5 s). */
+void fivc_fs_follow_at_close(struct fsock *fs, int fd);
 /* Client, offer still pending, under wr_lock: withdrawn (FS_PLAIN), or
  * switched if the server adopted it meanwhile (FS_ACCEL) (io.c). */
 void fivc_fs_client_decide(struct fsock *fs);

@@ -97,6 +97,9 @@ static int fs_detach(int fd, int do_close)
 	int r = 0, e = errno;
 	if (fs)
 		__atomic_store_n(&fs->fd, -1, __ATOMIC_RELAXED); /* the next call sets one */
+	if (do_close && fs && __atomic_load_n(&fs->refs, __ATOMIC_RELAXED) == 1 &&
+	    __atomic_load_n(&fs->hold, __ATOMIC_ACQUIRE) < 2)
+		fivc_fs_follow_at_close(fs, fd); /* (the peer left the ring: down.c) */
 	if (do_close && fs && __atomic_load_n(&fs->refs, __ATOMIC_RELAXED) == 1) {
 		if (fs->state == FS_ACCEL && fs->ch.f)
 			fivc_chan_unshare_now(&fs->ch); /* (children that exited: this is the last) */
@@ -162,11 +165,21 @@ int fivc_fs_shutdown(struct fsock *fs, int fd, int how)
 {
 	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
 		return -EINVAL;
-	if (fs->state == FS_PLAIN || fs->state == FS_CLIENT_PENDING) {
+	if (fs->state == FS_PLAIN) {
 		if (fivc_real.shutdown(fd, how) < 0)
 			return -errno;
-		if (fs->state == FS_PLAIN)
-			return 0;
+		return 0;
+	}
+	if (fs->state == FS_CLIENT_PENDING) {
+		/* TCP's FIN goes now, and reaches a server that switched after
+		 * our N bytes: the ring is shut first, so that its drain takes
+		 * the FIN for this shutdown, not for our death (connect.c) */
+		int r = fivc_chan_shutdown(&fs->ch, how);
+		if (r < 0)
+			return r;
+		if (fivc_real.shutdown(fd, how) < 0)
+			return -errno;
+		return 0;
 	}
 	if (fs->down)
 		return down_shutdown(fs, fd, how);

@@ -9,7 +9,8 @@
  *                                               their own pid namespace) is PID
  *   fastivc-downgrade FABRIC resume             new connections accelerate again
  *
- * With WAIT_MS it then waits, up to WAIT_MS, until the asked members hold
+ * "keep" last: the connections they have now go back, but new ones are
+ * accelerated (no drain either).  With WAIT_MS it then waits, up to WAIT_MS, until the asked members hold
  * no connection side any more (they answer from their own thread), looking
  * every 20 us.  Prints one JSON object: {"asked": [member indexes],
  * "sides_before": N, "sides_left": N, "us": from the ask to the last side
@@ -70,6 +71,9 @@ static uint64_t now_ns(void)
 
 int main(int argc, char **argv)
 {
+	int keep = argc > 2 && !strcmp(argv[argc - 1], "keep");
+	if (keep)
+		argc--;
 	int all = (argc == 3 || argc == 4) && !strcmp(argv[2], "all");
 	int resume = argc == 3 && !strcmp(argv[2], "resume");
 	int bypid = (argc == 4 || argc == 5) && !strcmp(argv[2], "pid");
@@ -79,7 +83,7 @@ int main(int argc, char **argv)
 	long wait_ms = w ? strtol(w, &wend, 10) : -1;
 	if (!(all || resume || bypid) || (bypid && (!*argv[3] || *end || pid <= 0)) ||
 	    (w && (!*w || *wend || wait_ms < 0))) {
-		fprintf(stderr, "usage: fastivc-downgrade FABRIC all|resume|pid PID [WAIT_MS]\n");
+		fprintf(stderr, "usage: fastivc-downgrade FABRIC all|resume|pid PID [WAIT_MS] [keep]\n");
 		return 1;
 	}
 	struct stat st;
@@ -100,7 +104,7 @@ int main(int argc, char **argv)
 		fivc_fabric_close(&f);
 		return 0;
 	}
-	if (all) /* first: a member that joins meanwhile sees it */
+	if (all && !keep) /* first: a member that joins meanwhile sees it */
 		fivc_drain_set(&f, 1);
 	for (uint32_t i = 0; i < f.g.nmembers; i++) {
 		struct fivc_member *m = fivc_member_at(&f, i);
@@ -114,7 +118,7 @@ int main(int argc, char **argv)
 	printf("{\"asked\": [");
 	int first = 1;
 	for (uint32_t k = 0; k < nasked; k++)
-		if (fivc_down_request(&f, asked[k] + 1, 0)) {
+		if (fivc_down_request(&f, asked[k] + 1, 0, keep)) {
 			printf("%s%u", first ? "" : ", ", asked[k]);
 			first = 0;
 		}

@@ -187,19 +187,24 @@ def _cmd_downgrade(args: argparse.Namespace) -> int:
     if args.pid is not None and args.pid <= 0:
         print(f"fastivc downgrade: --pid {args.pid}: not a process id", file=sys.stderr)
         return 2
+    if args.resume and args.keep_accelerating:
+        print("fastivc downgrade: --keep-accelerating goes with --pid or --all",
+              file=sys.stderr)
+        return 2
     if args.wait < 0:
         print(f"fastivc downgrade: --wait {args.wait}: must be >= 0", file=sys.stderr)
         return 2
     how = (["resume"] if args.resume else
            ["all" if args.all else "pid", *([] if args.all else [str(args.pid)]),
-            str(int(args.wait * 1000))])
+            str(int(args.wait * 1000)), *(["keep"] if args.keep_accelerating else [])])
     r = subprocess.run([str(helper_path("fastivc-downgrade")), path, *how],
                        capture_output=True, text=True)
     if r.returncode != 0:
         print(f"fastivc downgrade: {r.stderr.strip() or f'exit {r.returncode}'}",
               file=sys.stderr)
         return 1
-    rep = {"fabric": path, **json.loads(r.stdout), "draining": bool(args.all)}
+    rep = {"fabric": path, **json.loads(r.stdout),
+           "draining": bool(args.all and not args.keep_accelerating)}
     if args.json:
         print(json.dumps(rep))
     elif args.resume:
@@ -214,7 +219,7 @@ def _cmd_downgrade(args: argparse.Namespace) -> int:
                   f"{before - left} of {before} connection sides back to TCP in "
                   f"{rep['us'] / 1000:.1f} ms"
                   + (f", {left} still on rings after {args.wait:g} s" if left else ""))
-        if args.all:
+        if rep["draining"]:
             print("the fabric drains: new connections stay plain until "
                   "`fastivc downgrade --resume`")
     return 1 if rep.get("sides_left") else 0
@@ -465,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end a drain: new connections are accelerated again")
     dg.add_argument("--fabric", metavar="PATH",
                     help="fabric file (default $FASTIVC_FABRIC or /dev/shm/fastivc)")
+    dg.add_argument("--keep-accelerating", action="store_true",
+                    help="only the connections they have now go back; new ones are "
+                         "accelerated (no drain): to test or to shed rings")
     dg.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                     help="how long to wait for the processes to go back (default 10)")
     dg.add_argument("--json", action="store_true", help="print the report as JSON")

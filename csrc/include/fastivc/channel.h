@@ -177,6 +177,9 @@ void fivc_chan_arm_code(struct fivc_chan *c, int rd, int wr, uint32_t code);
  * of sleep: 1 when the peer is gone (found dead now: then it is marked as
  * reset, so readiness reports it and I/O drains, then fails), 0 while it
  * lives. */
+/* The peer let go of its side of the slot (it closed, or finished its
+ * downgrade), or the slot moved on; for a side that was adopted. */
+int fivc_chan_peer_released(struct fivc_chan *c);
 int fivc_chan_peer_check(struct fivc_chan *c);
 /* Stores into the slot outside the channel's calls (the client's switch,
  * io.c) go between these: 1 when the lease stands (a guest then counts as

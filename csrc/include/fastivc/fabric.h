@@ -288,10 +288,11 @@ int fivc_gc(struct fivc_fabric *f, struct fivc_gc_report *r);
 #define FIVC_GC_LIFT_QUARANTINE 1u
 int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flags);
 /* `fastivc downgrade`: ask members to take their connections back to TCP
- * and accelerate no new one: the member with id+1 == member, else every
- * live one, then (drain) no member accelerates a new connection until
- * fivc_drain_set(f, 0).  Returns how many were asked. */
-uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain);
+ * and accelerate no new one (keep: new ones are accelerated): the member
+ * with id+1 == member, else every live one; drain: then no member
+ * accelerates a new connection until fivc_drain_set(f, 0).  Returns how
+ * many were asked. */
+uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, int keep);
 void fivc_drain_set(struct fivc_fabric *f, int on);
 /* A guest member's last thread left the slot (busy 0): lift its side's
  * quarantine if there is one; 1 when lifted. */

@@ -134,12 +134,16 @@ struct fivc_member {
 	 * 65,536 entries, at every fork); slots are always swept (their index
 	 * of used slots is small to scan). */
 	uint32_t touched;
-	/* bumped by `fastivc downgrade` (the one field another process writes,
-	 * then a futex wake on it): the member's connections go back to TCP
-	 * and it accelerates no new one (preload down.c) */
+	/* `fastivc downgrade` (the one field another process writes, then a
+	 * futex wake on it): FIVC_DOWN_REQ_PLAIN bits bumped: the member's
+	 * connections go back to TCP and it accelerates no new one; the
+	 * FIVC_DOWN_REQ_NOW count bumped: the connections it has now go back,
+	 * new ones are accelerated (--keep-accelerating) (preload down.c) */
 	uint32_t down_req;
 	uint8_t pad[8];
 };
+#define FIVC_DOWN_REQ_PLAIN 0xffffu
+#define FIVC_DOWN_REQ_NOW 0x10000u /* the unit of the count in the high half */
 enum { FIVC_TOUCHED_OFFERS = 1, FIVC_TOUCHED_LISTENERS = 2, FIVC_TOUCHED_WAKERS = 4,
        FIVC_TOUCHED_ALL = 7 };
 
