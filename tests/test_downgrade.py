@@ -30,6 +30,28 @@ from fastivc.run import build_env
 
 PROG = str(Path(__file__).with_name("programs") / "downgrade.py")
 
+
+def _server(env: dict, mode: str, ta: int, tb: int) -> tuple[subprocess.Popen, str]:
+    """tests/programs/downgrade.py's server, and the port it listens on."""
+    srv = subprocess.Popen([sys.executable, PROG, "server", mode, str(ta), str(tb)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    return srv, port
+
+
+def _finish(cli: subprocess.Popen, srv: subprocess.Popen,
+            stdin: str | None = None) -> tuple[str, str, str, str]:
+    """Both ends' output once they are done (killed if they hang)."""
+    try:
+        cout, cerr = cli.communicate(stdin, timeout=120)
+        sout, serr = srv.communicate(timeout=120)
+    finally:
+        for p in (cli, srv):
+            if p.poll() is None:
+                p.kill()
+    return cout, cerr, sout, serr
+
 CASES = [
     # mode, how, total A, total B, A before the exec, B read before the exec
     ("threads", "env", 300_000, 400_000, 100_000, 50_000),
@@ -62,20 +84,11 @@ def test_exec_without_the_library_goes_on_over_tcp(shm_path, mode, how, ta, tb, 
     if how.startswith("static") and not shutil.which("busybox"):
         pytest.skip("busybox (a static binary) is not installed")
     env = build_env(dict(os.environ), fabric=shm_path)
-    srv = subprocess.Popen([sys.executable, PROG, "server", mode, str(ta), str(tb)], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    port = srv.stdout.readline().strip()
-    assert port.isdigit(), srv.communicate(timeout=30)
+    srv, port = _server(env, mode, ta, tb)
     cli = subprocess.Popen([sys.executable, PROG, "client", port, str(ta), str(tb), str(pre_a),
                             str(read_b), how], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    try:
-        cout, cerr = cli.communicate(timeout=120)
-        sout, serr = srv.communicate(timeout=120)
-    finally:
-        for p in (cli, srv):
-            if p.poll() is None:
-                p.kill()
+    cout, cerr, sout, serr = _finish(cli, srv)
     assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])
     assert "ok client accelerated 1" in cout, cout  # on the ring before the exec
     assert f"ok child read {tb - read_b}" in cout, cout
@@ -124,20 +137,11 @@ def test_io_uring_goes_back_to_tcp(shm_path, uring_client, mode, order, ta, tb, 
     or the io_uring set up before the first byte, or before connect."""
     exe, tab_a, tab_b = uring_client
     env = build_env(dict(os.environ), fabric=shm_path)
-    srv = subprocess.Popen([sys.executable, PROG, "server", mode, str(ta), str(tb)], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    port = srv.stdout.readline().strip()
-    assert port.isdigit(), srv.communicate(timeout=30)
+    srv, port = _server(env, mode, ta, tb)
     cli = subprocess.Popen([str(exe), port, str(ta), str(tb), str(pre_a), str(read_b), order,
                             str(tab_a), str(tab_b)], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    try:
-        cout, cerr = cli.communicate(timeout=120)
-        sout, serr = srv.communicate(timeout=120)
-    finally:
-        for p in (cli, srv):
-            if p.poll() is None:
-                p.kill()
+    cout, cerr, sout, serr = _finish(cli, srv)
     assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])
     assert f"ok client read {tb} through io_uring {tb - read_b}" in cout, cout
     assert "ok after setup accelerated 0" in cout, cout
@@ -177,10 +181,7 @@ def test_operator_downgrade_goes_on_over_tcp(shm_path, mode, whom, ta, tb, pre_a
     downgrade --pid CLIENT` (or --all) while the client waits and the server
     is blocked, in epoll or idle; then both streams go on to their ends."""
     env = build_env(dict(os.environ), fabric=shm_path)
-    srv = subprocess.Popen([sys.executable, PROG, "server", mode, str(ta), str(tb)], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    port = srv.stdout.readline().strip()
-    assert port.isdigit(), srv.communicate(timeout=30)
+    srv, port = _server(env, mode, ta, tb)
     cli = subprocess.Popen([sys.executable, PROG, "client-op", port, str(ta), str(tb),
                             str(pre_a), str(read_b)], env=env, stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
