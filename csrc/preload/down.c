@@ -168,9 +168,11 @@ static int drop_to(int fd, uint64_t at, int wait_ms)
 }
 
 /* The peer's TCP count (AT), waiting up to wait_ms for it: 1 with *at, 0
- * not yet, 2 the peer went without one (*at: all it sent).  A peer gone before it published (dead, or closed its socket
- * on the ring): all it sent were doorbells, up to its end.  A peer that published, finished and let its slot go
- * looks gone too, so its ring is read again after the check: it published
+ * not yet, 2 the peer went without one (*at: all it sent).  A peer gone
+ * before it published (dead, or closed its socket on the ring): all it
+ * sent were doorbells, up to its end.  A peer that published, finished and
+ * let its slot go looks gone too, so its ring is read again after the
+ * check: it published
  * before it let go (release), which the check saw (acquire).  (Regression:
  * under load a follower read no count, was descheduled while the
  * initiator finished, judged it dead and dropped the new program's bytes
@@ -333,8 +335,6 @@ static int ring_unread(struct fsock *fs)
 	return fivc_chan_readable(&fs->ch, &eof) > 0;
 }
 
-/* The initiator's part (see top).  0: plain TCP now; <0: the connection
- * could not go back (the caller ends it). */
 /* A lock that a thread of ours holds inside a call: waited for up to
  * LOCK_WAIT_MS where the caller holds none (a reader and a writer thread,
  * each always in some call, are never out at once), never for ever (a
@@ -355,6 +355,10 @@ static int lock_within(pthread_mutex_t *m, int wait)
 	return pthread_mutex_timedlock(m, &ts);
 }
 
+/* The initiator's part (see top).  0: plain TCP now; -EBUSY a thread of
+ * ours is inside a call, -EAGAIN not yet (a server reading pre-switch
+ * bytes), -ENOTCONN it stays on the ring (a peer that closed); other <0:
+ * the connection could not go back (the caller ends it). */
 int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 {
 	/* (exec: the other threads are about to go; io_uring and operator
@@ -383,18 +387,9 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 		r = -EOPNOTSUPP;
 		goto out;
 	}
-	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	fs->down_reason = reason;
 	fs->down_ns0 = fivc_now_ns(CLOCK_MONOTONIC);
 	uint64_t at = 0;
-	int peer = fivc_chan_down_peer(&fs->ch, &at);
-	if (peer & FIVC_PEER_RD_DOWN) {
-		/* the peer leaves too: both send their backlog */
-		if (fivc_chan_backlog_start(&fs->ch) < 0) {
-			r = -ECONNRESET;
-			goto out;
-		}
-	}
 	fivc_chan_down_leave_rx(&fs->ch);
 	if ((r = leave_tx(fs, fd)) < 0)
 		goto out;
@@ -424,9 +419,10 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 			  "read yet cannot reach TCP",
 			  fd);
 	}
-	/* Both ends may start at once (`fastivc downgrade --all`): neither saw
-	 * the other's RD_DOWN when it began.  The peer set it before its count,
-	 * so it shows now; what we wrote past its head goes over TCP first. */
+	/* The peer left its head too (it started as well, `fastivc downgrade
+	 * --all`): what we wrote past it goes over TCP first, our backlog.  It
+	 * set RD_DOWN before its count, so it shows now, whether or not it did
+	 * when we began. */
 	if (!fs->ch.backlog_on && (fivc_chan_down_peer(&fs->ch, NULL) & FIVC_PEER_RD_DOWN) &&
 	    fivc_chan_backlog_start(&fs->ch) < 0) {
 		r = -ECONNRESET;
@@ -459,22 +455,29 @@ out:
 	return r;
 }
 
-/* See preload.h: io_uring's downgrade (uring.c) met a thread inside a call. */
+/* io_uring and `fastivc downgrade` (not exec): back now, or at the end of
+ * the call in progress (fs->down_due), or it stays on the ring (a peer
+ * that closed), or, when it cannot go back, shut down. */
+static void down_now_or_due(struct fsock *fs, int fd, int reason)
+{
+	int r = fivc_fs_downgrade(fs, fd, reason);
+	if (r == -EBUSY || r == -EAGAIN) {
+		__atomic_store_n(&fs->down_due, reason, __ATOMIC_RELEASE);
+		FIVC_DEBUG("fd %d: in use by a thread: goes back when its call returns", fd);
+	} else if (r < 0 && r != -ENOTCONN) {
+		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
+		fivc_real.shutdown(fd, SHUT_RDWR);
+	}
+}
+
+/* See preload.h: the downgrade met a thread inside a call. */
 void fivc_fs_down_due_slow(struct fsock *fs, int fd)
 {
 	int why = __atomic_exchange_n(&fs->down_due, 0, __ATOMIC_ACQ_REL);
 	if (!why || !fivc_fs_uses_fabric(fs))
 		return;
 	int e = errno;
-	int r = fivc_fs_downgrade(fs, fd, why);
-	if (r == -ENOTCONN) {
-		/* the peer closed: on the ring to its end */
-	} else if (r == -EBUSY || r == -EAGAIN) {
-		__atomic_store_n(&fs->down_due, why, __ATOMIC_RELEASE); /* another thread's call */
-	} else if (r < 0) {
-		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
-		fivc_real.shutdown(fd, SHUT_RDWR);
-	}
+	down_now_or_due(fs, fd, why);
 	errno = e;
 }
 
@@ -484,19 +487,8 @@ static int process_down; /* the reason, once the process went back */
 
 static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
-	int reason = *(const int *)arg;
-	if (!fivc_fs_uses_fabric(fs) || !nfds)
-		return;
-	int r = fivc_fs_downgrade(fs, fds[0], reason);
-	if (r == -ENOTCONN)
-		return; /* the peer closed: on the ring to its end */
-	if (r == -EBUSY || r == -EAGAIN) {
-		__atomic_store_n(&fs->down_due, reason, __ATOMIC_RELEASE);
-		FIVC_DEBUG("fd %d: in use by a thread: goes back when its call returns", fds[0]);
-	} else if (r < 0) {
-		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fds[0], strerror(-r));
-		fivc_real.shutdown(fds[0], SHUT_RDWR);
-	}
+	if (fivc_fs_uses_fabric(fs) && nfds)
+		down_now_or_due(fs, fds[0], *(const int *)arg);
 }
 
 static void down_current(int reason)
@@ -516,8 +508,8 @@ void fivc_down_process(int reason, const char *how)
 	__atomic_store_n(&fivc_cfg.disabled, 1, __ATOMIC_RELEASE);
 	FIVC_INFO("%s: this process's connections go back to TCP, new ones stay plain", how);
 	fivc_listen_forget_all();
-	fivc_for_each_fsock(down_one, &reason);
 	errno = e;
+	down_current(reason);
 }
 
 /* The watcher: asleep on our member's down_req (a process-shared futex);

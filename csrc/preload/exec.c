@@ -468,14 +468,10 @@ static int spawn_with(int search, pid_t *pid, const char *path, const void *fa,
 {
 	typedef int (*spawn_fn)(pid_t *, const char *, const void *, const void *,
 				char *const[], char *const[]);
-	static spawn_fn real[2];
-	spawn_fn f = __atomic_load_n(&real[search], __ATOMIC_ACQUIRE);
-	if (!f) {
-		f = (spawn_fn)dlsym(RTLD_NEXT, search ? "posix_spawnp" : "posix_spawn");
-		if (!f)
-			return ENOSYS;
-		__atomic_store_n(&real[search], f, __ATOMIC_RELEASE);
-	}
+	static void *real[2];
+	spawn_fn f = (spawn_fn)fivc_next_sym(&real[search], search ? "posix_spawnp" : "posix_spawn");
+	if (!f)
+		return ENOSYS;
 	if (__atomic_load_n(&fivc_ready, __ATOMIC_ACQUIRE) && !FIVC_GUARDED() && path &&
 	    !fivc_exec_loads_library(path, -1, search && !strchr(path, '/'),
 				     envp ? envp : environ)) {
@@ -501,9 +497,10 @@ FIVC_EXPORT int posix_spawnp(pid_t *pid, const char *file, const void *fa, const
 
 FIVC_EXPORT int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)
 {
-	static int (*f)(void *, int, int);
-	if (!f && !(f = (int (*)(void *, int, int))dlsym(RTLD_NEXT,
-							  "posix_spawn_file_actions_adddup2")))
+	static void *real;
+	int (*f)(void *, int, int) = (int (*)(void *, int, int))fivc_next_sym(
+		&real, "posix_spawn_file_actions_adddup2");
+	if (!f)
 		return ENOSYS;
 	int r = f(fa, fd, newfd);
 	if (r == 0 && fivc_fs(fd)) {
@@ -520,8 +517,9 @@ FIVC_EXPORT int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)
 
 FIVC_EXPORT int posix_spawn_file_actions_destroy(void *fa)
 {
-	static int (*f)(void *);
-	if (!f && !(f = (int (*)(void *))dlsym(RTLD_NEXT, "posix_spawn_file_actions_destroy")))
+	static void *real;
+	int (*f)(void *) = (int (*)(void *))fivc_next_sym(&real, "posix_spawn_file_actions_destroy");
+	if (!f)
 		return ENOSYS;
 	pthread_mutex_lock(&dups_lock);
 	for (int i = 0; i < ndups;)

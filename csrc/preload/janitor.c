@@ -15,6 +15,7 @@
  * lock is taken on the write path only when a ring has just grown, and on
  * close only for a connection on the list.
  */
+#include <dlfcn.h>
 #include <signal.h>
 #include <time.h>
 
@@ -65,6 +66,16 @@ static void *janitor(void *arg)
 /* A detached thread with every signal blocked, so that none of the
  * program's lands on it. */
 int fivc_start_thread(void *(*fn)(void *)) { return fivc_start_thread_arg(fn, NULL); }
+
+void *fivc_next_sym(void **slot, const char *name)
+{
+	void *f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+	if (!f) {
+		f = dlsym(RTLD_NEXT, name);
+		__atomic_store_n(slot, f, __ATOMIC_RELEASE);
+	}
+	return f;
+}
 
 int fivc_start_thread_arg(void *(*fn)(void *), void *arg)
 {

@@ -461,6 +461,10 @@ void fivc_janitor_fork_child(void);
 /* A detached library thread with every signal blocked; 0 or -errno. */
 int fivc_start_thread(void *(*fn)(void *));
 int fivc_start_thread_arg(void *(*fn)(void *), void *arg);
+/* The next definition of name (libc's, liburing's), looked up once into
+ * *slot: for functions outside the real-function table, which exist only
+ * in some programs (NULL when none has it). */
+void *fivc_next_sym(void **slot, const char *name);
 
 /* errno at the libc boundary only (STYLE.md 6) */
 static inline long fivc_ret(long r)

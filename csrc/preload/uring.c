@@ -25,7 +25,6 @@
  * A connection that a thread of ours is inside a call on (-EBUSY) goes
  * when that call returns (fivc_fs_down_due). */
 #include <dirent.h>
-#include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -66,15 +65,14 @@ void fivc_uring_scan(void)
 
 /* ---- liburing's set-up calls (its structs stay opaque here) ---- */
 
-static void *next(const char *name)
-{
-	return dlsym(RTLD_NEXT, name);
-}
+/* f: the function pointer to fill, with its own type */
+#define NEXT(f, name) ((f) = (__typeof__(f))fivc_next_sym(&f##_slot, name))
 
 FIVC_EXPORT int io_uring_setup(unsigned entries, void *p)
 {
-	static int (*f)(unsigned, void *);
-	if (!f && !(f = (int (*)(unsigned, void *))next("io_uring_setup")))
+	static void *f_slot;
+	int (*f)(unsigned, void *);
+	if (!NEXT(f, "io_uring_setup"))
 		return -ENOSYS;
 	fivc_uring_seen("io_uring_setup");
 	return f(entries, p);
@@ -82,8 +80,9 @@ FIVC_EXPORT int io_uring_setup(unsigned entries, void *p)
 
 FIVC_EXPORT int io_uring_queue_init(unsigned entries, void *ring, unsigned flags)
 {
-	static int (*f)(unsigned, void *, unsigned);
-	if (!f && !(f = (int (*)(unsigned, void *, unsigned))next("io_uring_queue_init")))
+	static void *f_slot;
+	int (*f)(unsigned, void *, unsigned);
+	if (!NEXT(f, "io_uring_queue_init"))
 		return -ENOSYS;
 	fivc_uring_seen("io_uring_queue_init");
 	return f(entries, ring, flags);
@@ -91,8 +90,9 @@ FIVC_EXPORT int io_uring_queue_init(unsigned entries, void *ring, unsigned flags
 
 FIVC_EXPORT int io_uring_queue_init_params(unsigned entries, void *ring, void *p)
 {
-	static int (*f)(unsigned, void *, void *);
-	if (!f && !(f = (int (*)(unsigned, void *, void *))next("io_uring_queue_init_params")))
+	static void *f_slot;
+	int (*f)(unsigned, void *, void *);
+	if (!NEXT(f, "io_uring_queue_init_params"))
 		return -ENOSYS;
 	fivc_uring_seen("io_uring_queue_init_params");
 	return f(entries, ring, p);
@@ -101,9 +101,9 @@ FIVC_EXPORT int io_uring_queue_init_params(unsigned entries, void *ring, void *p
 FIVC_EXPORT int io_uring_queue_init_mem(unsigned entries, void *ring, void *p, void *buf,
 					size_t size)
 {
-	static int (*f)(unsigned, void *, void *, void *, size_t);
-	if (!f && !(f = (int (*)(unsigned, void *, void *, void *, size_t))next(
-			    "io_uring_queue_init_mem")))
+	static void *f_slot;
+	int (*f)(unsigned, void *, void *, void *, size_t);
+	if (!NEXT(f, "io_uring_queue_init_mem"))
 		return -ENOSYS;
 	fivc_uring_seen("io_uring_queue_init_mem");
 	return f(entries, ring, p, buf, size);

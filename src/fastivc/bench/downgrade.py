@@ -27,7 +27,7 @@ from .._paths import helper_path
 from ..fabric import Fabric
 from ..netns import in_ns
 from ..run import build_env
-from .scale import _plain_env, _readline
+from .scale import _plain_env, _readline, _stop
 from .stats import fastivc_settings, machine_info, now, versions
 from .tcp import place
 
@@ -80,15 +80,7 @@ def _once(idle: int, pl, port: int, fabric: str) -> tuple[dict, list[str]]:
             left = fab.connected_count(port)
             counts = fab.downgrades()
     finally:
-        if srv.poll() is None:
-            srv.kill()
-        srv.wait()
-        if cli is not None:
-            try:
-                cli.communicate(b"\n", timeout=30)
-            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
-                cli.kill()
-                cli.wait()
+        _stop(srv, cli)
     if not after.get("samples"):
         raise RuntimeError(f"no round trip after the downgrade: {after}")
     res = {"idle": idle, "connections": idle + 1, "us": rep["us"],

@@ -127,6 +127,21 @@ def _mkfabric(path: str, slots: int, ring_kib: int) -> dict:
     return json.loads(r.stdout)
 
 
+def _stop(srv: subprocess.Popen, cli: subprocess.Popen | None) -> None:
+    """End a --pause client and its server.  The server goes first: its
+    side keeps the TIME_WAITs, not the client's ports (the library binds
+    them before connecting)."""
+    if srv.poll() is None:
+        srv.kill()
+    srv.wait()
+    if cli is not None:
+        try:
+            cli.communicate(b"\n", timeout=30)
+        except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+            cli.kill()
+            cli.wait()
+
+
 def _once(idle: int, fast: bool, pl: Placement, port: int, seconds: float, fabric: str,
           slots: int, ring_kib: int) -> tuple[dict, list[str]]:
     helper = str(helper_path("fastivc-tcpbench"))
@@ -169,17 +184,7 @@ def _once(idle: int, fast: bool, pl: Placement, port: int, seconds: float, fabri
                                               if idle else None)
         res.update(json.loads(_readline(cli, buf, 60 + 4 * seconds, what)))
     finally:
-        # the server goes first: its side keeps the TIME_WAITs, not the
-        # client's ports (the library binds them before connecting)
-        if srv.poll() is None:
-            srv.kill()
-        srv.wait()
-        if cli is not None:
-            try:
-                cli.communicate(b"\n", timeout=30)
-            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
-                cli.kill()
-                cli.wait()
+        _stop(srv, cli)
     prefix = ["fastivc", "run", "--fabric", fabric, "--"] if fast else []
     cmds = [shlex.join(in_ns(pl.server_ns, [*prefix, *srv_argv])),
             shlex.join(in_ns(pl.client_ns, [*prefix, *cli_argv]))]
