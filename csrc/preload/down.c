@@ -513,8 +513,11 @@ void fivc_down_process(int reason, const char *how)
 }
 
 /* The watcher: asleep on our member's down_req (a process-shared futex);
- * a guest's fabric is memory another kernel writes, so a guest looks
- * every heartbeat instead. */
+ * a guest's fabric is memory another kernel writes, and a futex there
+ * fails at once (EFAULT: the BAR's mapping has no pages), so a guest
+ * looks every heartbeat instead.  (Regression, the guest chaos test: a
+ * guest's watcher looped on that EFAULT, a vCPU's worth of CPU per
+ * process, and a paused guest's stream came back late.) */
 static int wstarted;
 static pthread_mutex_t wlock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -538,7 +541,10 @@ static void *watcher(void *arg)
 			down_current(FIVC_DOWN_OPERATOR);
 			continue;
 		}
-		syscall(SYS_futex, &me->down_req, FUTEX_WAIT, v, f->guest ? &beat : NULL, NULL, 0);
+		if (f->guest ||
+		    (syscall(SYS_futex, &me->down_req, FUTEX_WAIT, v, NULL, NULL, 0) < 0 &&
+		     errno != EAGAIN && errno != EINTR))
+			nanosleep(&beat, NULL); /* (a futex that cannot sleep: look every beat) */
 	}
 }
 
