@@ -375,7 +375,8 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 	fivc_fs_client_decide(fs); /* (an offer not adopted yet is withdrawn) */
 	if (fs->state == FS_PLAIN)
 		goto out;
-	if (fs->state == FS_SERVER_PRE && reason == FIVC_DOWN_OPERATOR && fs->ch.f &&
+	if (fs->state == FS_SERVER_PRE &&
+	    (reason == FIVC_DOWN_OPERATOR || reason == FIVC_DOWN_UNTRACKED) && fs->ch.f &&
 	    !fs->ch.broken) {
 		/* still reading the client's pre-switch bytes from TCP, which
 		 * the program must get before any doorbell is dropped: once it
@@ -455,10 +456,9 @@ out:
 	return r;
 }
 
-/* io_uring and `fastivc downgrade` (not exec): back now, or at the end of
- * the call in progress (fs->down_due), or it stays on the ring (a peer
- * that closed), or, when it cannot go back, shut down. */
-static void down_now_or_due(struct fsock *fs, int fd, int reason)
+/* io_uring, `fastivc downgrade`, an fd beyond our table (not exec): see
+ * preload.h. */
+void fivc_fs_down_now_or_due(struct fsock *fs, int fd, int reason)
 {
 	int r = fivc_fs_downgrade(fs, fd, reason);
 	if (r == -EBUSY || r == -EAGAIN) {
@@ -477,7 +477,7 @@ void fivc_fs_down_due_slow(struct fsock *fs, int fd)
 	if (!why || !fivc_fs_uses_fabric(fs))
 		return;
 	int e = errno;
-	down_now_or_due(fs, fd, why);
+	fivc_fs_down_now_or_due(fs, fd, why);
 	errno = e;
 }
 
@@ -488,7 +488,7 @@ static int process_down; /* the reason, once the process went back */
 static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
 	if (fivc_fs_uses_fabric(fs) && nfds)
-		down_now_or_due(fs, fds[0], *(const int *)arg);
+		fivc_fs_down_now_or_due(fs, fds[0], *(const int *)arg);
 }
 
 static void down_current(int reason)

@@ -195,6 +195,14 @@ static void fd_table_init(void)
 		n = rl.rlim_max;
 	if (n > (1u << 20))
 		n = 1u << 20;
+	/* FASTIVC_FD_TABLE: fewer (at least 64), e.g. to try what happens
+	 * beyond the table (a dup there takes the connection back to TCP) */
+	const char *v = getenv("FASTIVC_FD_TABLE");
+	if (v && *v) {
+		unsigned long want = strtoul(v, NULL, 10);
+		if (want >= 64 && want < n)
+			n = (rlim_t)want;
+	}
 	fivc_fds = calloc((size_t)n, sizeof(*fivc_fds));
 	fivc_kinds = calloc((size_t)n, 1);
 	fdpos = calloc((size_t)n, sizeof(*fdpos));

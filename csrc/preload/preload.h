@@ -376,11 +376,16 @@ enum {
 	FIVC_DOWN_EXEC = 2,
 	FIVC_DOWN_URING = 3,
 	FIVC_DOWN_OPERATOR = 4,
+	FIVC_DOWN_UNTRACKED = 5, /* duplicated onto an fd beyond our table */
 	FIVC_DOWN_REASONS = 8
 };
 /* The initiator: 0 once the connection is plain TCP, else -errno (a thread
  * of ours inside a call: -EBUSY; the peer did not follow: -ETIMEDOUT). */
 int fivc_fs_downgrade(struct fsock *fs, int fd, int reason);
+/* Back now, or at the end of the call a thread of ours is in (down_due),
+ * or it stays on the ring (a peer that closed); shut down where it cannot
+ * go back. */
+void fivc_fs_down_now_or_due(struct fsock *fs, int fd, int reason);
 /* The follower, where a ring said -FIVC_EDOWN or the peer left: with
  * rd_lock held already or not, and trylock in poll paths (then no wait). */
 void fivc_fs_follow(struct fsock *fs, int fd, int have_rd, int trylock);

@@ -153,7 +153,15 @@ int fivc_fs_dup(int oldfd, int newfd)
 	if (!fs || newfd < 0 || newfd == oldfd)
 		return 0;
 	if (newfd >= fivc_nfds) {
-		FIVC_INFO("fd %d beyond the fd table: the duplicate stays unmanaged", newfd);
+		/* Calls on newfd go past us to the kernel, whose stream has
+		 * only doorbells while the connection is on the ring: it goes
+		 * back to TCP first (issue 12), as for an exec. */
+		if (fivc_fs_uses_fabric(fs)) {
+			FIVC_INFO("fd %d beyond the fd table (%d fds): fd %d's connection goes "
+				  "back to TCP",
+				  newfd, fivc_nfds, oldfd);
+			fivc_fs_down_now_or_due(fs, oldfd, FIVC_DOWN_UNTRACKED);
+		}
 		return 0;
 	}
 	__atomic_add_fetch(&fs->refs, 1, __ATOMIC_ACQ_REL);

@@ -46,7 +46,8 @@ HDR = struct.Struct("<QIIQQIIIIQQQQQIIIIIIIIIIQQQQQIIQII")
 POOL_ENT = struct.Struct("<QII")
 DOWNGRADES, DOWNGRADES_OFF = struct.Struct("<8Q"), 192  # after HDR, in its reserved page
 # (FIVC_DOWN_* in preload.h)
-DOWNGRADE_REASONS = {1: "peer_left", 2: "exec", 3: "io_uring", 4: "operator"}
+DOWNGRADE_REASONS = {1: "peer_left", 2: "exec", 3: "io_uring", 4: "operator",
+                     5: "fd_beyond_table"}
 HDR_SIZE, MEMBER_SIZE, OFFER_SIZE, SLOT_SIZE = 4096, 64, 128, 1024
 MEMBER = struct.Struct("<IIQQQ16sI")  # ... comm, touched
 TUPLE = struct.Struct("<16s16sHHI")

@@ -14,8 +14,9 @@
       (LD_PRELOAD removed from the environment), "static" (through a static
       helper: busybox), "vfork" (subprocess: vfork, execve in the child)
       or "spawn" (posix_spawn, the fd given by a dup2 action), with the
-      socket's fd; "-seq" after any: the child writes all of A before it
-      reads B.
+      socket's fd; or HOW "highfd": no exec, it goes on in-process on a
+      dup2 of the socket beyond the library's fd table.  "-seq" after any:
+      the child writes all of A before it reads B.
   downgrade.py client-op PORT TOTAL_A TOTAL_B PRE_A READ_B
       as client, but it stays: prints "ready", waits for a line on stdin
       (the test runs `fastivc downgrade` meanwhile), then goes on itself.
@@ -38,6 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 L = 1_000_003
+HIGH_FD = 1_500  # past the table the test asks for (FASTIVC_FD_TABLE)
 
 
 def _table(seed: int) -> bytes:
@@ -165,6 +167,16 @@ def client(port: int, total_a: int, total_b: int, pre_a: int, read_b: int, how: 
         s.detach()
         os.close(fd)  # (the child holds it now)
         raise SystemExit(p.wait())
+    if how.startswith("highfd"):
+        # dup2 onto an fd beyond the library's table (FASTIVC_FD_TABLE,
+        # set by the test below HIGH_FD): the library never sees calls on
+        # that fd, and the connection goes back to TCP at the dup2
+        os.dup2(fd, HIGH_FD)
+        s.detach()
+        os.close(fd)
+        go_on(socket.socket(fileno=HIGH_FD), pre_a, total_a, cb.off, total_b,
+              int(how.endswith("-seq")))
+        return
     if how.startswith("spawn"):  # posix_spawn, the fd given by a dup2 action
         os.set_inheritable(fd, False)
         pid = os.posix_spawn(args[0], args, env, file_actions=[(os.POSIX_SPAWN_DUP2, fd, fd)])

@@ -99,7 +99,8 @@ struct fivc_fabric_hdr {
 	uint32_t waker_size;
 	/* connections that went back to TCP (issue 12), by reason: [1] the
 	 * peer left, [2] exec of a program without the library, [3] io_uring
-	 * set up in the process, [4] `fastivc downgrade` (FIVC_DOWN_* in the
+	 * set up in the process, [4] `fastivc downgrade`, [5] duplicated
+	 * onto an fd beyond the library's table (FIVC_DOWN_* in the
 	 * preload); added by every
 	 * member, read by `fastivc stat` */
 	uint64_t downgrades[8];
