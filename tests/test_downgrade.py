@@ -293,7 +293,7 @@ def soak(fabric: str, mode: str, total: int, seed: int, env: dict, asks: bool = 
     assert port.isdigit(), srv.communicate(timeout=30)
     cli = subprocess.Popen([sys.executable, SOAK, "client", port, str(total), str(seed)],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    hits = asks = 0
+    hits = asked = 0
     try:
         while cli.poll() is None:
             time.sleep(rng.uniform(0.002, 0.02))
@@ -306,7 +306,7 @@ def soak(fabric: str, mode: str, total: int, seed: int, env: dict, asks: bool = 
             assert r.returncode == 0, r.stderr
             rep = json.loads(r.stdout)
             assert rep["sides_left"] == 0, rep  # each went back within 20 s
-            asks += 1
+            asked += 1
             hits += rep["sides_before"] > 0
         cout, cerr = cli.communicate(timeout=60)
     finally:
@@ -316,7 +316,7 @@ def soak(fabric: str, mode: str, total: int, seed: int, env: dict, asks: bool = 
         _, serr = srv.communicate(timeout=30)
     assert cli.returncode == 0, (cout, cerr[-3000:], serr[-3000:])
     out = json.loads(cout)
-    out.update(asks=asks, hits=hits)
+    out.update(asks=asked, hits=hits)
     return out
 
 

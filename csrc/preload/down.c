@@ -358,8 +358,9 @@ static int lock_within(pthread_mutex_t *m, int wait)
 /* The initiator's part (see top).  0: plain TCP now; -EBUSY a thread of
  * ours is inside a call, -EAGAIN not yet (a server reading pre-switch
  * bytes), -ENOTCONN it stays on the ring (a peer that closed); other <0:
- * the connection could not go back (the caller ends it). */
-int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
+ * the connection could not go back (the caller ends it).  own_fd: fd is
+ * our duplicate of the socket, not the program's (the watcher's walk). */
+static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
 {
 	/* (exec: the other threads are about to go; io_uring and operator
 	 * callers hold no lock of fs) */
@@ -371,10 +372,30 @@ int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 		return -EBUSY;
 	}
 	int r = 0;
-	__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
+	if (!own_fd)
+		__atomic_store_n(&fs->fd, fd, __ATOMIC_RELAXED);
 	fivc_fs_client_decide(fs); /* (an offer not adopted yet is withdrawn) */
 	if (fs->state == FS_PLAIN)
 		goto out;
+	if (fs->down) {
+		/* Leaving already: the follower of a peer that began (or an
+		 * ask before).  A second LEFT, doorbell and count would put a
+		 * doorbell byte past the count the peer has read, and RD_DOWN
+		 * on a ring we still read would make the peer send what we
+		 * read as its backlog.  (Found by reading, hunting the soak's
+		 * stray zero byte: an ask that finds a busy server still
+		 * following its client.)  What is left is the follower's part. */
+		follow_locked(fs, fd, reason == FIVC_DOWN_OPERATOR ? 0 : FOLLOW_WAIT_MS);
+		if (fs->state == FS_PLAIN || reason == FIVC_DOWN_OPERATOR)
+			r = 0; /* (done, or done through the program's next calls) */
+		else if (!(fs->down & FIVC_DOWN_R)) /* ring bytes only the ring has */
+			r = reason == FIVC_DOWN_EXEC ? -EINPROGRESS : -EAGAIN;
+		else if (push(fs, fd, 1, (uint64_t)FOLLOW_WAIT_MS * 1000000u) < 0)
+			r = -ETIMEDOUT;
+		else
+			finish(fs, fd);
+		goto out;
+	}
 	if (fs->state == FS_SERVER_PRE &&
 	    (reason == FIVC_DOWN_OPERATOR || reason == FIVC_DOWN_UNTRACKED) && fs->ch.f &&
 	    !fs->ch.broken) {
@@ -456,11 +477,14 @@ out:
 	return r;
 }
 
-/* io_uring, `fastivc downgrade`, an fd beyond our table (not exec): see
- * preload.h. */
-void fivc_fs_down_now_or_due(struct fsock *fs, int fd, int reason)
+int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 {
-	int r = fivc_fs_downgrade(fs, fd, reason);
+	return downgrade(fs, fd, reason, 0);
+}
+
+static void now_or_due(struct fsock *fs, int fd, int reason, int own_fd)
+{
+	int r = downgrade(fs, fd, reason, own_fd);
 	if (r == -EBUSY || r == -EAGAIN) {
 		__atomic_store_n(&fs->down_due, reason, __ATOMIC_RELEASE);
 		FIVC_DEBUG("fd %d: in use by a thread: goes back when its call returns", fd);
@@ -468,6 +492,13 @@ void fivc_fs_down_now_or_due(struct fsock *fs, int fd, int reason)
 		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
 		fivc_real.shutdown(fd, SHUT_RDWR);
 	}
+}
+
+/* io_uring, `fastivc downgrade`, an fd beyond our table (not exec): see
+ * preload.h. */
+void fivc_fs_down_now_or_due(struct fsock *fs, int fd, int reason)
+{
+	now_or_due(fs, fd, reason, 0);
 }
 
 /* See preload.h: the downgrade met a thread inside a call. */
@@ -485,10 +516,23 @@ void fivc_fs_down_due_slow(struct fsock *fs, int fd)
 
 static int process_down; /* the reason, once the process went back */
 
+/* From the watcher (or the thread that set up an io_uring), while the
+ * program's threads go on: one of them may close fds[0] meanwhile, and a
+ * new socket take its number, which the last doorbell and the drop would
+ * then reach (seen in the soak's log: a downgrade still under way on the
+ * number of the program's next connection).  So it works on a duplicate,
+ * made while the table still gave fds[0] to this connection (a close
+ * clears the entry before the kernel's close); the walk holds fs. */
 static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
-	if (fivc_fs_uses_fabric(fs) && nfds)
-		fivc_fs_down_now_or_due(fs, fds[0], *(const int *)arg);
+	if (!fivc_fs_uses_fabric(fs) || !nfds)
+		return;
+	int d = fivc_real.fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	if (d < 0)
+		return;
+	if (fivc_fs(fds[0]) == fs)
+		now_or_due(fs, d, *(const int *)arg, 1);
+	fivc_real.close(d);
 }
 
 static void down_current(int reason)

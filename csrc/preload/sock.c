@@ -416,6 +416,9 @@ void fivc_for_each_fsock(void (*fn)(struct fsock *fs, const int *fds, int nfds, 
 	struct fivc_walk w;
 	fivc_fdlist_lock();
 	int r = fivc_walk_take(&w);
+	/* held: a close by another thread meanwhile frees none of them */
+	for (int k = 0; r == 0 && k < w.n; k++)
+		fivc_fs_hold(w.ent[k].fs);
 	fivc_fdlist_unlock();
 	if (r < 0) {
 		FIVC_INFO("out of memory for a walk over the connections");
@@ -423,6 +426,8 @@ void fivc_for_each_fsock(void (*fn)(struct fsock *fs, const int *fds, int nfds, 
 	}
 	for (int k = 0; k < w.n; k++)
 		fn(w.ent[k].fs, w.fds + w.ent[k].first, w.ent[k].nfds, arg);
+	for (int k = 0; k < w.n; k++)
+		fivc_fs_unhold(w.ent[k].fs);
 	fivc_walk_free(&w);
 }
 
@@ -584,7 +589,10 @@ static void drop_cloexec(struct fsock *fs, const int *fds, int nfds, void *arg)
 	}
 	for (int i = 0; i < nfds; i++)
 		fivc_fd_set(fds[i], NULL);
-	fivc_fs_release(fs);
+	/* (the walk holds fs: its last unhold releases it) */
+	__atomic_store_n(&fs->refs, 0, __ATOMIC_RELEASE);
+	if (__atomic_or_fetch(&fs->hold, 1, __ATOMIC_ACQ_REL) == 1)
+		fivc_fs_release(fs);
 }
 
 /* exec(): the kernel closes close-on-exec fds without telling us; let go of

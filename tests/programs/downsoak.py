@@ -76,6 +76,7 @@ def busy(rng: random.Random) -> None:
 
 
 def serve_blocking(s: socket.socket, seed: int, la: int, lb: int, spin: bool) -> None:
+    what = f"stream A (port {s.getpeername()[1]})"
     rng = random.Random(seed)
     a0, b0 = seed % L, (seed * 7) % L
     err: list[BaseException] = []
@@ -99,7 +100,7 @@ def serve_blocking(s: socket.socket, seed: int, la: int, lb: int, spin: bool) ->
         b = s.recv(rng.randint(1, 262144))
         if not b:
             break
-        check(a0 + got, b, "stream A")
+        check(a0 + got, b, what)
         got += len(b)
     w.join()
     if err:
@@ -109,6 +110,7 @@ def serve_blocking(s: socket.socket, seed: int, la: int, lb: int, spin: bool) ->
 
 
 def serve_epoll(s: socket.socket, seed: int, la: int, lb: int) -> None:
+    what = f"stream A (port {s.getpeername()[1]})"
     rng = random.Random(seed)
     a0, b0 = seed % L, (seed * 7) % L
     s.setblocking(False)
@@ -126,7 +128,7 @@ def serve_epoll(s: socket.socket, seed: int, la: int, lb: int) -> None:
                 if b == b"":
                     eof = True
                 elif b:
-                    check(a0 + got, b, "stream A")
+                    check(a0 + got, b, what)
                     got += len(b)
             if ev & selectors.EVENT_WRITE and sent < lb:
                 try:
@@ -169,6 +171,7 @@ def client(port: int, total: int, seed: int) -> None:
         a0, b0 = cseed % L, (cseed * 7) % L
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(HDR.pack(cseed, la, lb))
+        what = f"connection {conns} (port {s.getsockname()[1]}) stream B"
         first = True
         err: list[BaseException] = []
 
@@ -192,7 +195,7 @@ def client(port: int, total: int, seed: int) -> None:
             if first:  # (switched by now: the server wrote)
                 on_ring += on_fabric() > 0
                 first = False
-            check(b0 + got, b, f"connection {conns} stream B")
+            check(b0 + got, b, what)
             got += len(b)
         w.join()
         if err:
