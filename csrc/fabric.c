@@ -1488,8 +1488,11 @@ int fivc_slot_held_by(struct fivc_fabric *f, uint32_t slot, int side, uint32_t m
 	if (slot >= f->g.nslots || (side != 0 && side != 1) || !member1)
 		return 0;
 	struct fivc_slot *s = fivc_slot_at(f, slot);
-	if (FIVC_LEASE_SIDE(fivc_load_acquire(&s->lease), side) == member1)
+	uint32_t m = FIVC_LEASE_SIDE(fivc_load_acquire(&s->lease), side);
+	if (m == member1)
 		return 1;
+	if (!m)
+		return 0; /* let go: the holder entries are the last holders' (reset at claim) */
 	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++)
 		if (fivc_load_acquire(&s->holder_ids[side][k]) == member1)
 			return 1;

@@ -185,13 +185,23 @@ void fivc_fs_server_check(struct fsock *fs)
 	}
 }
 
-/* Server, forked before the switch (fs->pre_shared): the program bytes
- * all holders of this side took from TCP, which only the kernel knows:
- * bytes received (tcpi_bytes_received counts the FIN too, not the SYN)
- * less those still queued (FIONREAD, which never counts the FIN).  The
- * two calls are not one snapshot: read the first again after the second,
- * until no segment came in between.  0 or -errno. */
+/* The program bytes all holders of this side took from TCP (a forked
+ * server before the switch, and the downgrade's drop: down.c), which only
+ * the kernel knows: bytes received (tcpi_bytes_received counts the FIN
+ * too, not the SYN) less those still queued (FIONREAD), less one once the
+ * socket is done (tcp_inq: FIONREAD is rcv_nxt - copied_seq, less one
+ * while the socket has SOCK_DONE).  SOCK_DONE comes with a FIN (the FIN
+ * states) or with tcp_done (TCP_CLOSE: a reset, after a FIN or not);
+ * either way the count is bytes received less FIONREAD less one while
+ * bytes are queued.  (Regression, the downgrade soak: a follower whose
+ * client's FIN and then reset had come, in TCP_CLOSE, counted one byte too
+ * many and handed the initiator's last doorbell to its program as a zero;
+ * with nothing queued and no FIN it counts one too few, which only makes
+ * the drop look once more and find the end.)  The two calls are not one
+ * snapshot: read the first again after the second, until no segment came
+ * in between.  0 or -errno. */
 #define FIVC_TCPS_TIME_WAIT 6 /* the kernel's TCP states (include/net/tcp_states.h) */
+#define FIVC_TCPS_CLOSE 7
 #define FIVC_TCPS_CLOSE_WAIT 8
 #define FIVC_TCPS_LAST_ACK 9
 #define FIVC_TCPS_CLOSING 11
@@ -207,7 +217,8 @@ static int tcp_info_rx(int fd, uint64_t *bytes, int *fin)
 		return -EOPNOTSUPP; /* (kernels before 4.1) */
 	*bytes = ti.tcpi_bytes_received;
 	*fin = ti.tcpi_state == FIVC_TCPS_CLOSE_WAIT || ti.tcpi_state == FIVC_TCPS_LAST_ACK ||
-	       ti.tcpi_state == FIVC_TCPS_CLOSING || ti.tcpi_state == FIVC_TCPS_TIME_WAIT;
+	       ti.tcpi_state == FIVC_TCPS_CLOSING || ti.tcpi_state == FIVC_TCPS_TIME_WAIT ||
+	       ti.tcpi_state == FIVC_TCPS_CLOSE;
 	return 0;
 }
 
@@ -223,7 +234,8 @@ int fivc_tcp_taken(int fd, uint64_t *out)
 		if ((e = tcp_info_rx(fd, &b, &fb)) < 0)
 			return e;
 		if (a == b && fa == fb) {
-			*out = a - (uint64_t)q - (uint64_t)fa;
+			uint64_t t = a - (uint64_t)q;
+			*out = fa && t ? t - 1 : t; /* (see above: never below 0) */
 			return 0;
 		}
 	}

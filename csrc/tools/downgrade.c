@@ -30,9 +30,17 @@ static uint32_t asked[FIVC_MAX_MEMBERS]; /* member indexes */
 static uint32_t nasked;
 
 /* The slot sides the asked members hold: found once (a whole scan), then
- * only those are looked at again (an asked member accelerates no new one). */
+ * only those are looked at again, in the generation they had (with
+ * `keep` an asked member accelerates new connections, which may take the
+ * same slot again). */
 static uint32_t *sides; /* slot * 2 + side */
+static uint32_t *gens;  /* the slot's lease generation then */
 static uint32_t nsides;
+
+static uint32_t gen_of(struct fivc_fabric *f, uint32_t slot)
+{
+	return FIVC_LEASE_GEN(__atomic_load_n(&fivc_slot_at(f, slot)->lease, __ATOMIC_ACQUIRE));
+}
 
 static int held_by_asked(struct fivc_fabric *f, uint32_t slot, int side)
 {
@@ -45,12 +53,15 @@ static int held_by_asked(struct fivc_fabric *f, uint32_t slot, int side)
 static uint32_t find_held(struct fivc_fabric *f)
 {
 	sides = calloc((size_t)f->g.nslots * 2, sizeof(*sides));
-	if (!sides)
+	gens = calloc((size_t)f->g.nslots * 2, sizeof(*gens));
+	if (!sides || !gens)
 		return 0;
 	for (uint32_t s = 0; s < f->g.nslots; s++)
 		for (int side = 0; side < 2; side++)
-			if (held_by_asked(f, s, side))
+			if (held_by_asked(f, s, side)) {
+				gens[nsides] = gen_of(f, s);
 				sides[nsides++] = s * 2 + (uint32_t)side;
+			}
 	return nsides;
 }
 
@@ -58,7 +69,8 @@ static uint32_t held(struct fivc_fabric *f)
 {
 	uint32_t n = 0;
 	for (uint32_t k = 0; k < nsides; k++)
-		n += (uint32_t)held_by_asked(f, sides[k] / 2, (int)(sides[k] % 2));
+		n += (uint32_t)(gen_of(f, sides[k] / 2) == gens[k] &&
+				held_by_asked(f, sides[k] / 2, (int)(sides[k] % 2)));
 	return n;
 }
 
@@ -137,6 +149,7 @@ int main(int argc, char **argv)
 	}
 	printf("}\n");
 	free(sides);
+	free(gens);
 	fivc_fabric_close(&f);
 	return 0;
 }

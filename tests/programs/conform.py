@@ -348,8 +348,12 @@ class Scenario:
             raise InterruptedError
 
         old = signal.signal(signal.SIGALRM, handler)
-        signal.setitimer(signal.ITIMER_REAL, 2.0 if ready else 0.01)
         try:
+            # (armed inside the try: on a loaded machine the 10 ms can pass
+            # before the recv starts, and the handler's raise must land
+            # here; the long run's seed 280220053, scenario 18361, had the
+            # kernel's run end on it)
+            signal.setitimer(signal.ITIMER_REAL, 2.0 if ready else 0.01)
             r = self._blocking_recv(e)
         except InterruptedError:
             r = ["interrupted"]
