@@ -336,20 +336,26 @@ def test_soak_streams_without_asks(shm_path, mode):
 SOAK_TOTAL = int(os.environ.get("FASTIVC_SOAK_DOWNGRADE", "0") or 0)
 
 
-@pytest.mark.skipif(not SOAK_TOTAL, reason="long mode: make soak-downgrade "
-                    "(FASTIVC_SOAK_DOWNGRADE=BYTES); it finds two open problems (README)")
 @pytest.mark.parametrize("mode,seed", [(m, s) for m in ("threads", "epoll", "busy")
                                        for s in (1, 2)])
 def test_downgrades_at_random_moments(shm_path, mode, seed):
     """`fastivc downgrade --keep-accelerating` at random moments against
-    either end, FASTIVC_SOAK_DOWNGRADE bytes a run (make soak-downgrade:
-    10 GiB in all)."""
+    either end: 256 MiB a run in `make test` (1.5 GiB in all),
+    FASTIVC_SOAK_DOWNGRADE bytes a run in the long mode (make
+    soak-downgrade: 10 GiB in all)."""
+    total = SOAK_TOTAL or 256 << 20
     env = build_env(dict(os.environ), fabric=shm_path)
-    out = soak(shm_path, mode, SOAK_TOTAL, seed * 1000 + len(mode), env)
-    assert out["bytes"] >= SOAK_TOTAL and out["on_ring"] >= 1, out
-    assert out["hits"] >= 1, out  # the asks found connections on rings
+    out = soak(shm_path, mode, total, seed * 1000 + len(mode), env)
+    assert out["bytes"] >= total and out["on_ring"] >= 1, out
+    print(f"downgrade soak {mode} seed {seed}: {out}")
+    # the asks found connections on rings (in the bounded run, threads and
+    # epoll finish 256 MiB in about a second, in which an ask found 1 to
+    # 13 connections on rings, measured; busy computing, 15 to 17)
+    assert out["hits"] >= 1 or (not SOAK_TOTAL and mode != "busy"), out
+    assert out["asks"] >= 1, out
     with Fabric(shm_path) as fab:
         counts = fab.downgrades()
     # (an ask may find an offer not switched yet, withdrawn instead, or a
     # peer that closed with ring bytes unread, which stays on the ring)
-    assert counts["operator"] >= 1 and counts["peer_left"] >= 1, (counts, out)
+    if SOAK_TOTAL or mode == "busy":
+        assert counts["operator"] >= 1 and counts["peer_left"] >= 1, (counts, out)

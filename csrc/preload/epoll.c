@@ -1024,7 +1024,15 @@ static void sweep_dead(struct ep_set *s)
 		 * Arm again (the plain doorbell) and look.  One still before the
 		 * switch here may have been switched by another holder, whose
 		 * doorbell we never saw: the walk looks (fivc_fs_ready). */
-		else if (fivc_load_relaxed(&fs->ch.shared) &&
+		/* A peer whose FIN came while it stays on the ring (it shut
+		 * down writing, before its switch or after) can send no
+		 * doorbell, so nothing wakes our kernel for its ring moves
+		 * either: look as for a shared side.  (Found by the downgrade
+		 * soak, then without any downgrade: a client that wrote all it
+		 * had and shut down before its switch, then read a server that
+		 * wrote the ring full from epoll: the server slept for ever on
+		 * EPOLLOUT; tests/test_eof_before_switch.py.) */
+		else if ((fivc_load_relaxed(&fs->ch.shared) || fs->tcp_eof) &&
 			 (fs->state != FS_ACCEL ||
 			  fivc_chan_arm(&fs->ch, !!(e->events & (EPOLLIN | EPOLLPRI)),
 					!!(e->events & EPOLLOUT))))

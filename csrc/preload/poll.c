@@ -23,8 +23,25 @@ static int any_managed(const struct pollfd *fds, nfds_t n)
 	return 0;
 }
 
-/* timeout_ns < 0: forever.  Returns the ready count or -errno. */
-static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask)
+/* Whether revents make fd ready for the caller: any bit for poll; for
+ * select only what its sets show (the kernel's POLLIN_SET, POLLOUT_SET,
+ * POLLEX_SET): a HUP wakes no write set.  (Regression, a server that
+ * selected for writing on a ring that was full, whose client had shut
+ * down: select returned 0 at once, not at its timeout, which Python's
+ * selectors read as the timeout.) */
+static int counts(short events, short revents, int sel)
+{
+	if (!sel)
+		return revents != 0;
+	return ((events & POLLIN) && (revents & (POLLIN | POLLHUP | POLLERR))) ||
+	       ((events & POLLOUT) && (revents & (POLLOUT | POLLERR))) ||
+	       ((events & POLLPRI) && (revents & POLLPRI)) || (revents & POLLNVAL);
+}
+
+/* timeout_ns < 0: forever.  Returns the ready count or -errno.  sel: for
+ * select (see counts). */
+static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask,
+			int sel)
 {
 	struct pollfd stackbuf[32];
 	short stackauth[32];
@@ -61,10 +78,15 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			short kev;
 			fds[i].revents = fivc_fs_ready(fs, fds[i].fd, fds[i].events, 1, &kev);
 			k[i].events = kev;
-			/* on TCP still: the kernel's answer, with what it always
-			 * reports (a refused connect: HUP, ERR) */
-			auth[i] = fs->state == FS_ACCEL ? 0 : kev | POLLERR | POLLHUP | POLLNVAL;
-			ready += fds[i].revents != 0;
+			/* on TCP still: the kernel's answer to what was asked,
+			 * with what it always reports (a refused connect: HUP,
+			 * ERR); a server before the switch asks for POLLIN
+			 * whatever the program asked (regression: a POLLOUT
+			 * poll got POLLIN for the client's FIN) */
+			auth[i] = fs->state == FS_ACCEL
+					  ? 0
+					  : (short)((kev & fds[i].events) | POLLERR | POLLHUP | POLLNVAL);
+			ready += counts(fds[i].events, fds[i].revents, sel);
 		}
 		int64_t left = -1, sleep;
 		if (ready) {
@@ -111,7 +133,7 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 			} else {
 				fds[i].revents |= kr;
 			}
-			count += fds[i].revents != 0;
+			count += counts(fds[i].events, fds[i].revents, sel);
 		}
 		if (count || left == 0) {
 			ret = count;
@@ -140,7 +162,7 @@ int fivc_do_poll(struct pollfd *fds, nfds_t n, int timeout_ms)
 	if (!any_managed(fds, n))
 		return fivc_real.poll(fds, n, timeout_ms);
 	return (int)fivc_ret(poll_managed(fds, n, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000,
-					  NULL));
+					  NULL, 0));
 }
 
 int fivc_do_ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask)
@@ -150,7 +172,7 @@ int fivc_do_ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const
 	if (ts && (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000))
 		return (int)fivc_ret(-EINVAL);
 	int64_t t = ts ? (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec : -1;
-	return (int)fivc_ret(poll_managed(fds, n, t, mask));
+	return (int)fivc_ret(poll_managed(fds, n, t, mask, 0));
 }
 
 /* select() on top of poll_managed when a managed fd is in the sets. */
@@ -187,7 +209,7 @@ static int select_managed(int nfds, fd_set *r, fd_set *w, fd_set *x, int64_t tim
 		if (ev)
 			p[i++] = (struct pollfd){.fd = fd, .events = ev};
 	}
-	int rc = poll_managed(p, (nfds_t)cnt, timeout_ns, mask);
+	int rc = poll_managed(p, (nfds_t)cnt, timeout_ns, mask, 1);
 	if (rc < 0) {
 		free(p);
 		return rc;

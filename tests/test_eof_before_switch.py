@@ -1,0 +1,43 @@
+"""A client that shut down writing before its switch can ring no doorbell
+(its TCP has sent its FIN), so a server waiting for room in the ring it
+writes must find that room without one.  Found by the downgrade soak
+(issue 12): epoll slept for ever on EPOLLOUT, select returned 0 at once
+(a HUP counted for a write set), and poll(POLLOUT) reported POLLIN for the
+client's FIN.  The same run on plain TCP and under fastivc, compared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastivc.run import build_env
+
+PROG = str(Path(__file__).with_name("programs") / "eof_before_switch.py")
+
+
+def _run(env: dict, selector: str) -> tuple[str, str]:
+    srv = subprocess.Popen([sys.executable, PROG, "server", selector], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    cli = subprocess.run([sys.executable, PROG, "client", port], env=env, capture_output=True,
+                         text=True, timeout=60)
+    sout, serr = srv.communicate(timeout=60)
+    assert srv.returncode == 0 and cli.returncode == 0, (sout, serr[-2000:], cli.stdout,
+                                                         cli.stderr[-2000:])
+    return sout, cli.stdout
+
+
+@pytest.mark.parametrize("selector", ["EpollSelector", "PollSelector", "SelectSelector"])
+def test_server_writes_past_the_ring_to_a_client_that_shut_down_first(shm_path, selector):
+    plain, _ = _run({k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}, selector)
+    fast, fcli = _run(build_env(dict(os.environ), fabric=shm_path), selector)
+    assert "accelerated -1" in plain, plain  # (no library there)
+    assert "accelerated 1" in fast, fast  # on the ring, not TCP
+    assert f"ok client read {4 << 20}" in fcli, fcli
+    # a full buffer is not writable, and POLLOUT asks for nothing else
+    assert "full-poll []" in plain and "full-poll []" in fast, (plain, fast)
