@@ -336,6 +336,8 @@ def test_soak_streams_without_asks(shm_path, mode):
 SOAK_TOTAL = int(os.environ.get("FASTIVC_SOAK_DOWNGRADE", "0") or 0)
 
 
+@pytest.mark.skipif(not SOAK_TOTAL, reason="long mode: make soak-downgrade "
+                    "(FASTIVC_SOAK_DOWNGRADE=BYTES); a rare reset is still open (README)")
 @pytest.mark.parametrize("mode,seed", [(m, s) for m in ("threads", "epoll", "busy")
                                        for s in (1, 2)])
 def test_downgrades_at_random_moments(shm_path, mode, seed):
