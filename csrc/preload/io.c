@@ -192,8 +192,8 @@ void fivc_fs_server_check(struct fsock *fs)
  * socket is done (tcp_inq: FIONREAD is rcv_nxt - copied_seq, less one
  * while the socket has SOCK_DONE).  SOCK_DONE comes with a FIN (the FIN
  * states) or with tcp_done (TCP_CLOSE: a reset, after a FIN or not);
- * either way the count is bytes received less FIONREAD less one while
- * bytes are queued.  (Regression, the downgrade soak: a follower whose
+ * either way the count is bytes received less FIONREAD, less one where
+ * that leaves any.  (Regression, the downgrade soak: a follower whose
  * client's FIN and then reset had come, in TCP_CLOSE, counted one byte too
  * many and handed the initiator's last doorbell to its program as a zero;
  * with nothing queued and no FIN it counts one too few, which only makes
@@ -206,7 +206,7 @@ void fivc_fs_server_check(struct fsock *fs)
 #define FIVC_TCPS_LAST_ACK 9
 #define FIVC_TCPS_CLOSING 11
 
-static int tcp_info_rx(int fd, uint64_t *bytes, int *fin)
+static int tcp_info_rx(int fd, uint64_t *bytes, int *done)
 {
 	struct tcp_info ti;
 	socklen_t l = sizeof(ti);
@@ -216,7 +216,7 @@ static int tcp_info_rx(int fd, uint64_t *bytes, int *fin)
 	if (l < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti.tcpi_bytes_received))
 		return -EOPNOTSUPP; /* (kernels before 4.1) */
 	*bytes = ti.tcpi_bytes_received;
-	*fin = ti.tcpi_state == FIVC_TCPS_CLOSE_WAIT || ti.tcpi_state == FIVC_TCPS_LAST_ACK ||
+	*done = ti.tcpi_state == FIVC_TCPS_CLOSE_WAIT || ti.tcpi_state == FIVC_TCPS_LAST_ACK ||
 	       ti.tcpi_state == FIVC_TCPS_CLOSING || ti.tcpi_state == FIVC_TCPS_TIME_WAIT ||
 	       ti.tcpi_state == FIVC_TCPS_CLOSE;
 	return 0;
@@ -226,16 +226,16 @@ int fivc_tcp_taken(int fd, uint64_t *out)
 {
 	for (;;) {
 		uint64_t a, b;
-		int fa, fb, q, e;
-		if ((e = tcp_info_rx(fd, &a, &fa)) < 0)
+		int da, db, q, e;
+		if ((e = tcp_info_rx(fd, &a, &da)) < 0)
 			return e;
 		if (fivc_real.ioctl(fd, FIONREAD, &q) < 0)
 			return -errno;
-		if ((e = tcp_info_rx(fd, &b, &fb)) < 0)
+		if ((e = tcp_info_rx(fd, &b, &db)) < 0)
 			return e;
-		if (a == b && fa == fb) {
+		if (a == b && da == db) {
 			uint64_t t = a - (uint64_t)q;
-			*out = fa && t ? t - 1 : t; /* (see above: never below 0) */
+			*out = da && t ? t - 1 : t; /* (see above: never below 0) */
 			return 0;
 		}
 	}

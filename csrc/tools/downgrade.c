@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "fastivc/atomics.h"
 #include "fastivc/fabric.h"
 
 static uint32_t asked[FIVC_MAX_MEMBERS]; /* member indexes */
@@ -39,7 +40,7 @@ static uint32_t nsides;
 
 static uint32_t gen_of(struct fivc_fabric *f, uint32_t slot)
 {
-	return FIVC_LEASE_GEN(__atomic_load_n(&fivc_slot_at(f, slot)->lease, __ATOMIC_ACQUIRE));
+	return FIVC_LEASE_GEN(fivc_load_acquire(&fivc_slot_at(f, slot)->lease));
 }
 
 static int held_by_asked(struct fivc_fabric *f, uint32_t slot, int side)
