@@ -136,6 +136,18 @@ static void tcp_db_send(struct fsock *fs, int flags)
 	int fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED);
 	if (fd < 0)
 		return; /* closing: the FIN wakes the peer */
+	/* A client before its switch: every byte it puts on TCP is one of
+	 * the N the server reads as program data, and N is not published
+	 * yet, so no doorbell may go (the ring's shutdown of a pending
+	 * client, an SO_RCVBUF that grew).  What such a bell would say, TCP
+	 * says itself (the FIN), or the waiter's liveness nap finds it.
+	 * (Regression, the downgrade soak, about 1 run in 60: a client that
+	 * shut down writing before its switch rang for the server's armed
+	 * ring, and the server read the byte after the client's 3,978,462
+	 * pre-switch bytes as a zero in its stream.) */
+	if (fs->side == FIVC_SIDE_CLIENT &&
+	    __atomic_load_n(&fs->state, __ATOMIC_RELAXED) == FS_CLIENT_PENDING)
+		return;
 	int saved = errno;
 	if (!__atomic_load_n(&fs->nodelay_forced, __ATOMIC_ACQUIRE)) {
 		/* After the switch no program data crosses TCP, so Nagle only

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -171,8 +172,15 @@ static void read_config(void)
 void fivc_log(int level, const char *fmt, ...)
 {
 	char buf[512];
-	int n = snprintf(buf, sizeof(buf), "fastivc[%d] %s: ", (int)getpid(),
-			 level >= FIVC_LOG_DEBUG ? "debug" : "info");
+	int n;
+	if (level >= FIVC_LOG_DEBUG) { /* (when and which thread: races read from the log) */
+		uint64_t t = fivc_now_ns(CLOCK_MONOTONIC) / 1000u;
+		n = snprintf(buf, sizeof(buf), "fastivc[%d] debug: [%llu.%06llu t%ld] ",
+			     (int)getpid(), (unsigned long long)(t / 1000000u),
+			     (unsigned long long)(t % 1000000u), (long)syscall(SYS_gettid));
+	} else {
+		n = snprintf(buf, sizeof(buf), "fastivc[%d] info: ", (int)getpid());
+	}
 	va_list ap;
 	va_start(ap, fmt);
 	n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);

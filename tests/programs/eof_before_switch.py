@@ -13,7 +13,17 @@ event loop (tests/test_eof_before_switch.py).
       error (the kernel's select/poll do not return early).
   eof_before_switch.py client PORT
       writes A bytes, shuts down writing, sleeps 0.5 s (no call: no
-      switch yet), reads to EOF, checks every byte."""
+      switch yet), reads to EOF, checks every byte.
+  eof_before_switch.py server-reads
+      listens, prints its port, waits 0.3 s before accepting, then reads
+      to EOF (its second read blocks before the client's shutdown, the
+      ring armed for the client's first ring write), checks every byte,
+      answers "done" and prints "ok read N accelerated K".
+  eof_before_switch.py client-late-shut PORT
+      writes A2 bytes at once (over TCP: the server has not accepted),
+      sleeps 0.8 s (no call: still before its switch, while the server
+      reads them and waits), shuts down writing, sleeps 0.3 s (the
+      server reads to its EOF before any switch), reads the answer."""
 from __future__ import annotations
 
 import os
@@ -25,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 A, B = 300_000, 4 << 20
+A2 = 20_000  # (within the socket buffers: sent at once, before the accept)
 PAT = bytes(range(251)) * 300  # (no power-of-two period)
 
 
@@ -79,8 +90,45 @@ def client(port: int) -> None:
     print(f"ok client read {len(data)}", flush=True)
 
 
+def server_reads() -> None:
+    from onfabric import on_fabric
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    print(lst.getsockname()[1], flush=True)
+    time.sleep(0.3)
+    s, _ = lst.accept()
+    data = bytearray()
+    while b := s.recv(65536):
+        data += b
+    if bytes(data) != b"a" * A2:
+        k = next((i for i in range(min(len(data), A2)) if data[i] != 97), min(len(data), A2))
+        raise SystemExit(f"stream: {len(data)} of {A2} bytes, first wrong at {k}"
+                         f" ({data[k:k + 1]!r})")
+    s.sendall(b"done")
+    acc = on_fabric()
+    s.close()
+    print(f"ok read {len(data)} accelerated {acc}", flush=True)
+
+
+def client_late_shut(port: int) -> None:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"a" * A2)
+    time.sleep(0.8)
+    s.shutdown(socket.SHUT_WR)
+    time.sleep(0.3)  # (no call: the server reads to EOF before our switch)
+    data = bytearray()
+    while b := s.recv(65536):
+        data += b
+    print(f"ok client got {bytes(data)!r}", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         server(sys.argv[2])
+    elif sys.argv[1] == "server-reads":
+        server_reads()
+    elif sys.argv[1] == "client-late-shut":
+        client_late_shut(int(sys.argv[2]))
     else:
         client(int(sys.argv[2]))
