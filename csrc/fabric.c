@@ -2065,6 +2065,24 @@ uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, in
 	return n;
 }
 
+uint32_t fivc_down_poke_follow(struct fivc_fabric *f, uint32_t slot, int side)
+{
+	if (slot >= f->g.nslots || (side != 0 && side != 1))
+		return 0;
+	struct fivc_slot *s = fivc_slot_at(f, slot);
+	uint32_t n = 0;
+	for (int k = 0; k < FIVC_SLOT_HOLDERS; k++) {
+		uint32_t id = fivc_load_acquire(&s->holder_ids[side][k]);
+		if (!id || id > f->g.nmembers)
+			continue; /* (a peer's word: checked like any) */
+		struct fivc_member *m = fivc_member_at(f, id - 1);
+		__atomic_fetch_add(&m->down_req, FIVC_DOWN_REQ_FOLLOW, __ATOMIC_SEQ_CST);
+		syscall(SYS_futex, &m->down_req, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+		n++;
+	}
+	return n;
+}
+
 void fivc_drain_set(struct fivc_fabric *f, int on)
 {
 	__atomic_store_n(&((struct fivc_fabric_hdr *)f->base)->drain, on ? 1u : 0u,

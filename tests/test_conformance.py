@@ -95,7 +95,10 @@ def _compare(shm_path: str, resets: bool, seed: int | None = None,
         eof = [False, False]  # whose output ended
         try:
             while done < count:
-                plain, fast = (q.get(timeout=STALL_S) for q in queues)
+                stalled = "the kernel's"
+                plain = queues[0].get(timeout=STALL_S)
+                stalled = "fastivc's"
+                fast = queues[1].get(timeout=STALL_S)
                 if plain is None or fast is None:
                     eof = [plain is None, fast is None]
                     break
@@ -108,7 +111,9 @@ def _compare(shm_path: str, resets: bool, seed: int | None = None,
                 held += plain["steps"][-1:] == [["held_back"]]
                 done += 1
         except queue.Empty:
-            raise AssertionError(f"no scenario for {STALL_S} s after {done}: a hang") from None
+            hung = f"{stalled} run: no scenario for {STALL_S} s after {done} (seed {seed + done})"
+        else:
+            hung = ""
         finally:
             # which ended by itself, before the other is stopped
             ended = [p.wait(30) if gone else p.poll() for p, gone in zip(procs, eof, strict=True)]
@@ -116,10 +121,12 @@ def _compare(shm_path: str, resets: bool, seed: int | None = None,
                 if p.poll() is None and done < count:
                     p.kill()
                 p.wait()
-        report = []
+        report = [f"a hang: {hung}"] if hung else []
         for name, p, e, rc in zip(("kernel", "fastivc"), procs, (ep, ef), ended, strict=True):
             e.seek(0)
-            if p.returncode != 0:
+            if hung:  # (conform.py dumps its threads' stacks before the stall is called)
+                report.append(f"{name} run's stderr:\n{e.read()[-6000:]}")
+            elif p.returncode != 0:
                 how = "ended by itself" if rc is not None else "stopped by the test"
                 report.append(f"{name} run: exit {p.returncode} ({how})\n{e.read()[-3000:]}")
         assert not report, (f"after {done} scenarios (the next seed {seed + done}):\n"

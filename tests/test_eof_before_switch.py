@@ -50,7 +50,8 @@ def test_shutdown_before_the_switch_puts_no_byte_in_the_stream(shm_path):
     with its bytes all on TCP, shuts down writing.  The ring's shutdown
     rang for that arm: a doorbell byte on TCP after the client's bytes, N
     not yet published, so the server read it as a zero at the end of the
-    stream (with the old library 10 runs of 10) (found by the downgrade soak, issue 12: 1 run in about 60).
+    stream (with the old library 10 runs of 10; found by the downgrade
+    soak, issue 12: 1 run in about 60).
     Plain TCP and fastivc must read the same bytes, then EOF."""
     plain, pcli = _run({k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}, "",
                        ("server-reads",), "client-late-shut")

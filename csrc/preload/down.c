@@ -54,6 +54,7 @@
 #include "preload.h"
 
 #define FOLLOW_WAIT_MS 5000 /* how long an initiator waits for its peer */
+#define POKE_AFTER_MS 10u   /* ... before it asks the peer's watcher to answer */
 #define PUSH_CHUNK 16384
 
 static uint64_t now_ms(void) { return fivc_now_ns(CLOCK_MONOTONIC) / 1000000u; }
@@ -177,10 +178,18 @@ static int drop_to(int fd, uint64_t at, int wait_ms)
  * under load a follower read no count, was descheduled while the
  * initiator finished, judged it dead and dropped the new program's bytes
  * as doorbells.) */
-static int peer_count(struct fsock *fs, int fd, uint64_t *at, int wait_ms)
+static int peer_count(struct fsock *fs, int fd, uint64_t *at, int wait_ms, int poke)
 {
 	long us = 10; /* a follower that is awake answers in tens of us: look again soon */
 	for (uint64_t t0 = now_ms();;) {
+		if (poke && now_ms() - t0 >= POKE_AFTER_MS) {
+			/* a follower that makes no call (computing, asleep in
+			 * something else): its watcher answers (down_req) */
+			poke = 0;
+			uint32_t n = fivc_down_poke_follow(fs->fab, fs->slot, 1 - fs->side);
+			FIVC_DEBUG("fd %d: no count from the peer after %u ms: asked %u watcher(s)", fd,
+				   POKE_AFTER_MS, n);
+		}
 		if (fivc_chan_down_peer(&fs->ch, at) & FIVC_PEER_AT)
 			return 1;
 		/* (a switched peer whose side is let go closed the socket, or
@@ -286,7 +295,7 @@ static void follow_locked(struct fsock *fs, int fd, int wait_ms)
 		if (!fs->down_t0)
 			fs->down_t0 = now_ms();
 		/* the initiator publishes right after its doorbell */
-		if (!peer_count(fs, fd, &at, wait_ms))
+		if (!peer_count(fs, fd, &at, wait_ms, 0))
 			goto late;
 		int r = drop_to(fd, at, wait_ms);
 		if (r < 0) {
@@ -416,8 +425,16 @@ static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
 	if ((r = leave_tx(fs, fd)) < 0)
 		goto out;
 	fs->down = FIVC_DOWN_W;
-	int pc = peer_count(fs, fd, &at, FOLLOW_WAIT_MS);
+	int pc = peer_count(fs, fd, &at, FOLLOW_WAIT_MS, 1);
 	if (!pc) {
+		/* A peer alive and silent for FOLLOW_WAIT_MS: it may still
+		 * drain our TCP bytes as doorbells, so none may go (LEFT says
+		 * our writes are TCP's now): the connection ends here, reset,
+		 * before our locks go (regression, the soak: the writer
+		 * thread's bytes went between this return and the caller's
+		 * shutdown, and the late follower dropped them). */
+		__atomic_store_n(&fs->ch.broken, 1, __ATOMIC_RELAXED);
+		fivc_real.shutdown(fd, SHUT_RDWR);
 		r = -ETIMEDOUT;
 		goto out;
 	}
@@ -535,6 +552,40 @@ static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 	fivc_real.close(d);
 }
 
+/* A peer of ours left the ring and waits for our count, and maybe no
+ * thread of the program will make a call for a while: the follower's
+ * first part (quiet, LEFT, doorbell, count; the backlog to the pusher),
+ * and the rest where the ring is dry, on our own duplicate as down_one.
+ * Only where no thread of the program is inside a call on the socket
+ * (trylock): such a call's wait sees the peer's flags itself within
+ * FIVC_LIVENESS_MS.  The rest (ring bytes the program has not read, or a
+ * server's pre-switch bytes: FS_SERVER_PRE, found by the test's second
+ * run) waits for its calls, as before. */
+static void follow_one(struct fsock *fs, const int *fds, int nfds, void *arg)
+{
+	(void)arg;
+	if (!nfds || (fs->state != FS_ACCEL && fs->state != FS_SERVER_PRE) || !fs->ch.f ||
+	    (fs->down & FIVC_DOWN_W) ||
+	    !(fivc_chan_down_peer(&fs->ch, NULL) & (FIVC_PEER_RD_DOWN | FIVC_PEER_LEFT)))
+		return;
+	int d = fivc_real.fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	if (d < 0)
+		return;
+	if (fivc_fs(fds[0]) == fs) {
+		fivc_fs_follow(fs, d, 0, 1);
+		FIVC_DEBUG("fd %d: the watcher followed the peer back to TCP: %s", fds[0],
+			   (fs->down & FIVC_DOWN_W) ? "our count is out" : "a call was inside");
+	}
+	fivc_real.close(d);
+}
+
+static void follow_current(void)
+{
+	int e = errno;
+	fivc_for_each_fsock(follow_one, NULL);
+	errno = e;
+}
+
 static void down_current(int reason)
 {
 	int e = errno;
@@ -578,11 +629,16 @@ static void *watcher(void *arg)
 			fivc_down_process(FIVC_DOWN_OPERATOR, "fastivc downgrade");
 			return NULL;
 		}
-		if (v != seen) { /* --keep-accelerating: the connections of now */
+		uint32_t now = (v ^ seen) & FIVC_DOWN_REQ_NOW_MASK;
+		if (v != seen) {
 			seen = v;
-			FIVC_DEBUG("fastivc downgrade --keep-accelerating: this process's "
-				   "connections go back to TCP");
-			down_current(FIVC_DOWN_OPERATOR);
+			if (now) { /* --keep-accelerating: the connections of now */
+				FIVC_DEBUG("fastivc downgrade --keep-accelerating: this process's "
+					   "connections go back to TCP");
+				down_current(FIVC_DOWN_OPERATOR);
+			} else { /* a peer left a ring and waits for our count */
+				follow_current();
+			}
 			continue;
 		}
 		if (f->guest ||
@@ -610,6 +666,8 @@ void fivc_down_watch(struct fivc_fabric *fab)
  * order.  Under wr_lock; fs->down has FIVC_DOWN_W. */
 ssize_t fivc_fs_down_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
 {
+	if (__atomic_load_n(&fs->ch.broken, __ATOMIC_RELAXED))
+		return -ECONNRESET; /* (a peer that never followed: see downgrade) */
 	int nb = fs->nonblock || (flags & MSG_DONTWAIT);
 	int r = push(fs, fd, !nb, fs->ch.wr_timeout_ns);
 	if (r < 0)

@@ -528,9 +528,16 @@ static int peer_stepped(struct fsock *fs)
 	 * our side, which removed the offer as it switched (regression: a
 	 * holder asleep in tcp_wait_live when the other switched and took
 	 * the doorbells never looked again, and read nothing once the other
-	 * died). */
+	 * died), or switched by another thread of ours (the writer), which
+	 * removed the offer too: its ring is ours to read now, and no byte may
+	 * come to wake us (regression, the downgrade soak: a reader asleep
+	 * here held rd_lock while the server, gone back to TCP, waited for
+	 * our count, which our writer, following it, could not give without
+	 * rd_lock; after 5 s the server gave up and its next bytes were
+	 * dropped here as doorbells). */
 	if (fs->side == FIVC_SIDE_CLIENT)
-		return fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
+		return __atomic_load_n(&fs->state, __ATOMIC_RELAXED) != FS_CLIENT_PENDING ||
+		       fivc_offer_poll(fs->fab, fs->offer_idx, fs->offer_word) ==
 			       FIVC_OFFER_ADOPTED ||
 		       (fs->pre_shared &&
 			fivc_load_acquire(&fivc_slot_at(fs->fab, fs->slot)->switch_state));

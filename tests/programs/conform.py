@@ -26,6 +26,7 @@ which the kernel's sizes decide, never enters a comparison)."""
 from __future__ import annotations
 
 import errno
+import faulthandler
 import fcntl
 import hashlib
 import json
@@ -530,8 +531,11 @@ def main() -> int:
     seed, count, steps = (int(a) for a in sys.argv[1:4])
     resets = len(sys.argv) > 4 and sys.argv[4] == "resets"
     for k in range(count):
+        # a scenario that hangs says where, before the test's stall (180 s)
+        faulthandler.dump_traceback_later(120)
         s = Scenario(seed + k, resets)
         s.run(steps)
+        faulthandler.cancel_dump_traceback_later()
         print(json.dumps({"seed": seed + k, "steps": s.steps, "accelerated": s.accelerated}),
               flush=True)
     return 0

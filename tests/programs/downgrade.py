@@ -6,7 +6,11 @@
       end, checking every byte.  MODE: "threads" (a writer thread, so the
       server is blocked in a write and in a read while the client execs),
       "epoll" (one thread, non-blocking, selectors), "idle" (first sleeps
-      until the client exec'd: its library notices at its first call).
+      until the client exec'd: its library notices at its first call),
+      "asleep" (one thread: writes ASLEEP_B of B, reads ASLEEP_A of A,
+      prints "asleep", then makes no call for ASLEEP_S seconds, longer
+      than an initiator waits for its peer's count, then goes on with
+      both streams).
   downgrade.py client PORT TOTAL_A TOTAL_B PRE_A READ_B HOW
       (under the library) connects, writes PRE_A bytes of stream A and reads
       READ_B of stream B (both on the ring, with more in flight both ways),
@@ -93,6 +97,9 @@ def read_stream(s: socket.socket, c: Checker, limit: int | None = None) -> None:
         c.take(bytes(buf[:n]))
 
 
+ASLEEP_A, ASLEEP_B, ASLEEP_S = 60_000, 100_000, 7.0
+
+
 def server(mode: str, total_a: int, total_b: int) -> None:
     from onfabric import on_fabric
     lst = socket.socket()
@@ -101,11 +108,20 @@ def server(mode: str, total_a: int, total_b: int) -> None:
     print(lst.getsockname()[1], flush=True)
     s, _ = lst.accept()
     ca = Checker("A")
+    b0 = 0
     if mode == "idle":
         time.sleep(1.0)  # the client execs meanwhile
-    if mode in ("threads", "idle"):
+    if mode == "asleep":
+        b0 = min(ASLEEP_B, total_b)
+        send_stream(s, "B", 0, b0)  # (within the ring: it does not block)
+        read_stream(s, ca, ASLEEP_A)
         acc = on_fabric()
-        w = threading.Thread(target=lambda: (send_stream(s, "B", 0, total_b),
+        print("asleep", flush=True)
+        time.sleep(ASLEEP_S)  # no thread in a call: the test asks the client meanwhile
+        mode = "threads"
+    if mode in ("threads", "idle"):
+        acc = on_fabric() if not b0 else acc
+        w = threading.Thread(target=lambda: (send_stream(s, "B", b0, total_b),
                                              s.shutdown(socket.SHUT_WR)))
         w.start()
         read_stream(s, ca)

@@ -294,6 +294,10 @@ int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flag
  * many were asked. */
 uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, int keep);
 void fivc_drain_set(struct fivc_fabric *f, int on);
+/* The way back to TCP: the holders of a slot's side (its peer, waiting
+ * for their count) are asked to follow now (FIVC_DOWN_REQ_FOLLOW).
+ * Returns how many were asked. */
+uint32_t fivc_down_poke_follow(struct fivc_fabric *f, uint32_t slot, int side);
 /* A guest member's last thread left the slot (busy 0): lift its side's
  * quarantine if there is one; 1 when lifted. */
 int fivc_slot_quarantine_lift(struct fivc_fabric *f, uint32_t slot, uint32_t gen, int side);

@@ -46,7 +46,7 @@
 #define FIVC_PAGE 4096
 
 #define FIVC_FABRIC_MAGIC 0x3143564954534146ULL /* "FASTIVC1" little-endian */
-#define FIVC_LAYOUT_VERSION 8u
+#define FIVC_LAYOUT_VERSION 9u
 #define FIVC_RING_MAGIC 0x474e4952u /* "RING" */
 #define FIVC_LOCK_BASE (1ULL << 40)
 #define FIVC_SLOT_HOLDERS 8 /* processes per slot side with their own entry */
@@ -138,13 +138,21 @@ struct fivc_member {
 	/* `fastivc downgrade` (the one field another process writes, then a
 	 * futex wake on it): FIVC_DOWN_REQ_PLAIN bits bumped: the member's
 	 * connections go back to TCP and it accelerates no new one; the
-	 * FIVC_DOWN_REQ_NOW count bumped: the connections it has now go back,
-	 * new ones are accelerated (--keep-accelerating) (preload down.c) */
+	 * FIVC_DOWN_REQ_NOW count (bits 16-23) bumped: the connections it has
+	 * now go back, new ones are accelerated (--keep-accelerating); the
+	 * FIVC_DOWN_REQ_FOLLOW count (bits 24-31) bumped: a peer of one of its
+	 * connections left the ring and waits for its count, which the
+	 * member's watcher gives where no thread of the program is inside a
+	 * call (a program computing, or asleep elsewhere) (preload down.c).
+	 * The counts wrap; a NOW that wraps bumps FOLLOW, which costs one
+	 * look. */
 	uint32_t down_req;
 	uint8_t pad[8];
 };
 #define FIVC_DOWN_REQ_PLAIN 0xffffu
-#define FIVC_DOWN_REQ_NOW 0x10000u /* the unit of the count in the high half */
+#define FIVC_DOWN_REQ_NOW 0x10000u      /* the unit of its count (bits 16-23) */
+#define FIVC_DOWN_REQ_FOLLOW 0x1000000u /* the unit of its count (bits 24-31) */
+#define FIVC_DOWN_REQ_NOW_MASK 0xff0000u
 enum { FIVC_TOUCHED_OFFERS = 1, FIVC_TOUCHED_LISTENERS = 2, FIVC_TOUCHED_WAKERS = 4,
        FIVC_TOUCHED_ALL = 7 };
 
