@@ -811,6 +811,18 @@ void fivc_fs_follow_at_close(struct fsock *fs, int fd)
 	pthread_mutex_lock(&fs->wr_lock); /* (no pusher has it: its hold would keep the socket) */
 	push(fs, fd, 1, (uint64_t)FOLLOW_WAIT_MS * 1000000u);
 	if (pthread_mutex_trylock(&fs->rd_lock) == 0) {
+		/* The initiator leaves our ring (RD_DOWN) before its own (LEFT,
+		 * then its count): a program that read the ring's EOF in
+		 * between and closed had the initiator's doorbells unread, and
+		 * the kernel reset where plain TCP sends a FIN; the reset took
+		 * our own bytes still in flight with it (the soak: the server's
+		 * stream A ended in ECONNRESET, 1 run in 200).  With the ring
+		 * read to its end, wait for the count and drop them. */
+		uint64_t at = 0;
+		if (!(fs->down & FIVC_DOWN_R) && !ring_unread(fs) &&
+		    peer_count(fs, fd, &at, FOLLOW_WAIT_MS, 0) &&
+		    drop_to(fd, at, FOLLOW_WAIT_MS) == 1)
+			fs->down |= FIVC_DOWN_R;
 		finish(fs, fd);
 		pthread_mutex_unlock(&fs->rd_lock);
 	}

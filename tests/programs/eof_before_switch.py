@@ -39,14 +39,20 @@ A2 = 20_000  # (within the socket buffers: sent at once, before the accept)
 PAT = bytes(range(251)) * 300  # (no power-of-two period)
 
 
-def server(selector: str) -> None:
-    from onfabric import on_fabric
+def accept_late() -> socket.socket:
+    """Listens, prints the port, accepts 0.3 s later (the client's first
+    bytes go over TCP, before any switch)."""
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(1)
     print(lst.getsockname()[1], flush=True)
     time.sleep(0.3)
-    s, _ = lst.accept()
+    return lst.accept()[0]
+
+
+def server(selector: str) -> None:
+    from onfabric import on_fabric
+    s = accept_late()
     got = 0
     while b := s.recv(65536):
         got += len(b)
@@ -92,12 +98,7 @@ def client(port: int) -> None:
 
 def server_reads() -> None:
     from onfabric import on_fabric
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(1)
-    print(lst.getsockname()[1], flush=True)
-    time.sleep(0.3)
-    s, _ = lst.accept()
+    s = accept_late()
     data = bytearray()
     while b := s.recv(65536):
         data += b
