@@ -91,7 +91,8 @@ def test_corrupt_ring_indices_reported_not_believed(held):
 
 @pytest.mark.parametrize("off,fmt,val,msg", [
     (0, "<Q", 0x1234, "bad magic"),
-    (8, "<I", 9, "layout version 9"),
+    # (a version after the current one: never the one the tree has)
+    (8, "<I", F.LAYOUT_VERSION + 1, f"layout version {F.LAYOUT_VERSION + 1}"),
     (40, "<I", 3, "offsets are inconsistent"),
     (44, "<I", 12345, "geometry out of range"),
     (16, "<Q", 1 << 40, "offsets are inconsistent"),

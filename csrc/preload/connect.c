@@ -482,6 +482,7 @@ struct fsock *fivc_fs_new(struct fivc_fabric *fab, int fd, int side)
 	fs->fab = fab;
 	pthread_mutex_init(&fs->rd_lock, NULL);
 	pthread_mutex_init(&fs->wr_lock, NULL);
+	pthread_mutex_init(&fs->ctl_lock, NULL);
 	fivc_down_watch(fab);
 	return fs;
 }

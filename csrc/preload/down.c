@@ -246,7 +246,9 @@ static void finish(struct fsock *fs, int fd)
 		int zero = 0;
 		fivc_real.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &zero, sizeof(zero));
 	}
-	/* the ring's shutdowns are TCP's now */
+	/* the ring's shutdowns are TCP's now (a shutdown() meanwhile sees
+	 * either the ring, before, or FS_PLAIN: ctl_lock) */
+	pthread_mutex_lock(&fs->ctl_lock);
 	if (fs->ch.wr_shut || fs->ch.rd_shut)
 		fivc_real.shutdown(fd, fs->ch.wr_shut && fs->ch.rd_shut ? SHUT_RDWR
 					: fs->ch.wr_shut ? SHUT_WR : SHUT_RD);
@@ -254,6 +256,7 @@ static void finish(struct fsock *fs, int fd)
 	fivc_chan_down_release(&fs->ch);
 	fivc_janitor_forget(fs);
 	__atomic_store_n(&fs->state, FS_PLAIN, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&fs->ctl_lock);
 	FIVC_DEBUG("fd %d: downgraded: plain TCP (%.0f us after it began)", fd,
 		   (double)(fivc_now_ns(CLOCK_MONOTONIC) - fs->down_ns0) / 1e3);
 	fivc_stat_downgraded(fs->down_reason);

@@ -54,7 +54,16 @@ static void client_switch(struct fsock *fs);
 /* Client: give up on acceleration (the server is plain).  switch_ok: an
  * offer adopted meanwhile is switched to instead (a client that gives up
  * for its own reasons, not because it saw program data on TCP). */
+static void give_up_locked(struct fsock *fs, int switch_ok);
+
 static void client_give_up(struct fsock *fs, int switch_ok)
+{
+	pthread_mutex_lock(&fs->ctl_lock); /* (a shutdown() looking at the channel) */
+	give_up_locked(fs, switch_ok);
+	pthread_mutex_unlock(&fs->ctl_lock);
+}
+
+static void give_up_locked(struct fsock *fs, int switch_ok)
 {
 	int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
 	if (r == -EALREADY && switch_ok) {

@@ -159,6 +159,14 @@ struct fsock {
 	int tcp_eof;       /* the TCP peer closed or reset (ch.peer_gone says which);
 			      SO_RCVTIMEO/SO_SNDTIMEO live in ch.rd/wr_timeout_ns */
 	pthread_mutex_t rd_lock, wr_lock;
+	/* Innermost, never held across a wait: a shutdown() (which may not
+	 * wait for a thread blocked in a call, so takes neither lock above)
+	 * against the calls that let the channel go while it looks (the
+	 * downgrade's finish, a client giving up before its switch).
+	 * (Regression, the downgrade soak: a writer thread's shutdown after
+	 * its last write met a finished downgrade's released channel:
+	 * SIGSEGV in fivc_chan_shutdown.) */
+	pthread_mutex_t ctl_lock;
 	struct fivc_fabric *fab;
 	uint32_t slot, gen;
 	uint32_t offer_idx;

@@ -44,6 +44,7 @@ void fivc_fs_release(struct fsock *fs)
 		fivc_chan_close(&fs->ch);
 	pthread_mutex_destroy(&fs->rd_lock);
 	pthread_mutex_destroy(&fs->wr_lock);
+	pthread_mutex_destroy(&fs->ctl_lock);
 	free(fs);
 }
 
@@ -173,32 +174,35 @@ int fivc_fs_shutdown(struct fsock *fs, int fd, int how)
 {
 	if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR)
 		return -EINVAL;
+	pthread_mutex_lock(&fs->ctl_lock);
+	int r = 0;
 	if (fs->state == FS_PLAIN) {
 		if (fivc_real.shutdown(fd, how) < 0)
-			return -errno;
-		return 0;
-	}
-	if (fs->state == FS_CLIENT_PENDING) {
+			r = -errno;
+	} else if (fs->state == FS_CLIENT_PENDING) {
 		/* TCP's FIN goes now, and reaches a server that switched after
 		 * our N bytes: the ring is shut first, so that its drain takes
 		 * the FIN for this shutdown, not for our death (connect.c) */
-		int r = fivc_chan_shutdown(&fs->ch, how);
-		if (r < 0)
-			return r;
-		if (fivc_real.shutdown(fd, how) < 0)
-			return -errno;
-		return 0;
+		r = fivc_chan_shutdown(&fs->ch, how);
+		if (r == 0 && fivc_real.shutdown(fd, how) < 0)
+			r = -errno;
+	} else if (fs->down) {
+		pthread_mutex_unlock(&fs->ctl_lock);
+		return down_shutdown(fs, fd, how); /* (its finish takes ctl_lock) */
+	} else {
+		/* On the ring only: the TCP socket must stay able to carry
+		 * doorbells both ways; it is shut down by the final close.
+		 * Once both ways were shut (our FIN and the peer's) TCP's
+		 * socket is CLOSEd: shutdown() still takes effect and says
+		 * ENOTCONN (inet_shutdown). */
+		int closed = (fs->ch.wr_shut && fivc_chan_peer_shut(&fs->ch)) ||
+			     fivc_chan_reset_state(&fs->ch, NULL, 0);
+		r = fivc_chan_shutdown(&fs->ch, how);
+		if (r == 0 && closed)
+			r = -ENOTCONN;
 	}
-	if (fs->down)
-		return down_shutdown(fs, fd, how);
-	/* On the ring only: the TCP socket must stay able to carry doorbells
-	 * both ways; it is shut down by the final close.  Once both ways were
-	 * shut (our FIN and the peer's) TCP's socket is CLOSEd: shutdown()
-	 * still takes effect and says ENOTCONN (inet_shutdown). */
-	int closed = (fs->ch.wr_shut && fivc_chan_peer_shut(&fs->ch)) ||
-		     fivc_chan_reset_state(&fs->ch, NULL, 0);
-	int r = fivc_chan_shutdown(&fs->ch, how);
-	return r < 0 ? r : closed ? -ENOTCONN : 0;
+	pthread_mutex_unlock(&fs->ctl_lock);
+	return r;
 }
 
 /* Leaving the ring (down.c): a direction already on TCP is TCP's to shut;
@@ -503,6 +507,7 @@ static void fork_settle(struct fsock *fs, int child)
 		fs->ch.sleepers[0] = fs->ch.sleepers[1] = 0;
 		pthread_mutex_init(&fs->rd_lock, NULL);
 		pthread_mutex_init(&fs->wr_lock, NULL);
+		pthread_mutex_init(&fs->ctl_lock, NULL); /* (shutdown holds fs too) */
 	}
 	if (!fs->child_untracked)
 		return;

@@ -431,7 +431,12 @@ FIVC_EXPORT void closefrom(int lowfd)
 FIVC_EXPORT int shutdown(int fd, int how)
 {
 	struct fsock *fs = fivc_managed(fd);
-	return fs ? (int)fivc_ret(fivc_fs_shutdown(fs, fd, how)) : fivc_real.shutdown(fd, how);
+	if (!fs)
+		return fivc_real.shutdown(fd, how);
+	fivc_fs_hold(fs); /* (a close by another thread frees none of it) */
+	int r = fivc_fs_shutdown(fs, fd, how);
+	fivc_fs_unhold(fs);
+	return (int)fivc_ret(r);
 }
 
 FIVC_EXPORT int dup(int fd)
