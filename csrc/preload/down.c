@@ -540,25 +540,35 @@ static int process_down; /* the reason, once the process went back */
  * program's threads go on: one of them may close fds[0] meanwhile, and a
  * new socket take its number, which the last doorbell and the drop would
  * then reach (seen in the soak's log: a downgrade still under way on the
- * number of the program's next connection).  So it works on a duplicate,
- * made while the table still gave fds[0] to this connection (a close
- * clears the entry before the kernel's close); the walk holds fs. */
+ * number of the program's next connection).  So the watcher works on a
+ * duplicate, made while the table still gave fd to this connection (a
+ * close clears the entry before the kernel's close); the walk holds fs.
+ * -1 where there is none; the caller closes it. */
+static int own_duplicate(struct fsock *fs, int fd)
+{
+	int d = fivc_real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (d >= 0 && fivc_fs(fd) != fs) {
+		fivc_real.close(d);
+		d = -1;
+	}
+	return d;
+}
+
 static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
 	if (!fivc_fs_uses_fabric(fs) || !nfds)
 		return;
-	int d = fivc_real.fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	int d = own_duplicate(fs, fds[0]);
 	if (d < 0)
 		return;
-	if (fivc_fs(fds[0]) == fs)
-		now_or_due(fs, d, *(const int *)arg, 1);
+	now_or_due(fs, d, *(const int *)arg, 1);
 	fivc_real.close(d);
 }
 
 /* A peer of ours left the ring and waits for our count, and maybe no
  * thread of the program will make a call for a while: the follower's
  * first part (quiet, LEFT, doorbell, count; the backlog to the pusher),
- * and the rest where the ring is dry, on our own duplicate as down_one.
+ * and the rest where the ring is dry, on our own duplicate.
  * Only where no thread of the program is inside a call on the socket
  * (trylock): such a call's wait sees the peer's flags itself within
  * FIVC_LIVENESS_MS.  The rest (ring bytes the program has not read, or a
@@ -571,14 +581,12 @@ static void follow_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 	    (fs->down & FIVC_DOWN_W) ||
 	    !(fivc_chan_down_peer(&fs->ch, NULL) & (FIVC_PEER_RD_DOWN | FIVC_PEER_LEFT)))
 		return;
-	int d = fivc_real.fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	int d = own_duplicate(fs, fds[0]);
 	if (d < 0)
 		return;
-	if (fivc_fs(fds[0]) == fs) {
-		fivc_fs_follow(fs, d, 0, 1);
-		FIVC_DEBUG("fd %d: the watcher followed the peer back to TCP: %s", fds[0],
-			   (fs->down & FIVC_DOWN_W) ? "our count is out" : "a call was inside");
-	}
+	fivc_fs_follow(fs, d, 0, 1);
+	FIVC_DEBUG("fd %d: the watcher followed the peer back to TCP: %s", fds[0],
+		   (fs->down & FIVC_DOWN_W) ? "our count is out" : "a call was inside");
 	fivc_real.close(d);
 }
 
