@@ -53,42 +53,36 @@ static void client_switch(struct fsock *fs);
 
 /* Client: give up on acceleration (the server is plain).  switch_ok: an
  * offer adopted meanwhile is switched to instead (a client that gives up
- * for its own reasons, not because it saw program data on TCP). */
-static void give_up_locked(struct fsock *fs, int switch_ok);
-
+ * for its own reasons, not because it saw program data on TCP).  Under
+ * ctl_lock: a shutdown() on another thread looks at the channel. */
 static void client_give_up(struct fsock *fs, int switch_ok)
 {
-	pthread_mutex_lock(&fs->ctl_lock); /* (a shutdown() looking at the channel) */
-	give_up_locked(fs, switch_ok);
-	pthread_mutex_unlock(&fs->ctl_lock);
-}
-
-static void give_up_locked(struct fsock *fs, int switch_ok)
-{
+	pthread_mutex_lock(&fs->ctl_lock);
 	int r = fivc_offer_withdraw(fs->fab, fs->offer_idx, fs->offer_word);
 	if (r == -EALREADY && switch_ok) {
 		client_switch(fs);
-		return;
-	}
-	if (r == -EALREADY) {
+	} else if (r == -EALREADY) {
 		/* Adopted after we saw program data: impossible for a correct
 		 * server (it adopts before the program sees the connection). */
 		fs->ch.broken = 1;
 		fs->state = FS_ACCEL;
-		return;
+	} else {
+		fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
+		/* After a fork other holders of the side go on until they see
+		 * the same; the last one to let go closes it (as
+		 * fivc_fs_release). */
+		if (!fs->pre_shared ||
+		    fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
+				     fs->untracked ? 0 : fs->fab->self) != 0)
+			fivc_chan_close(&fs->ch);
+		else
+			fs->ch.f = NULL;
+		fs->state = FS_PLAIN;
+		FIVC_DEBUG("fd %d: %s: plain TCP", fs->fd,
+			   switch_ok ? "it leaves before the switch (urgent data, exec)"
+				     : "peer is not accelerated");
 	}
-	fivc_offer_remove(fs->fab, fs->offer_idx, fs->offer_word);
-	/* After a fork other holders of the side go on until they see the
-	 * same; the last one to let go closes it (as fivc_fs_release). */
-	if (!fs->pre_shared || fivc_slot_unhold(fs->fab, fs->slot, fs->gen, fs->side,
-						fs->untracked ? 0 : fs->fab->self) != 0)
-		fivc_chan_close(&fs->ch);
-	else
-		fs->ch.f = NULL;
-	fs->state = FS_PLAIN;
-	FIVC_DEBUG("fd %d: %s: plain TCP", fs->fd,
-		   switch_ok ? "it leaves before the switch (urgent data, exec)"
-			     : "peer is not accelerated");
+	pthread_mutex_unlock(&fs->ctl_lock);
 }
 
 static void client_go_plain(struct fsock *fs) { client_give_up(fs, 0); }
