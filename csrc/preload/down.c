@@ -577,9 +577,14 @@ static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 static void follow_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
 	(void)arg;
-	if (!nfds || (fs->state != FS_ACCEL && fs->state != FS_SERVER_PRE) || !fs->ch.f ||
-	    (fs->down & FIVC_DOWN_W) ||
-	    !(fivc_chan_down_peer(&fs->ch, NULL) & (FIVC_PEER_RD_DOWN | FIVC_PEER_LEFT)))
+	if (!nfds)
+		return;
+	pthread_mutex_lock(&fs->ctl_lock); /* (a program thread's finish() lets ch go) */
+	int asked = (fs->state == FS_ACCEL || fs->state == FS_SERVER_PRE) && fs->ch.f &&
+		    !(fs->down & FIVC_DOWN_W) &&
+		    (fivc_chan_down_peer(&fs->ch, NULL) & (FIVC_PEER_RD_DOWN | FIVC_PEER_LEFT));
+	pthread_mutex_unlock(&fs->ctl_lock);
+	if (!asked)
 		return;
 	int d = own_duplicate(fs, fds[0]);
 	if (d < 0)

@@ -256,6 +256,9 @@ static short down_ready(struct fsock *fs, int fd, short events, short *kernel_ev
 	return (short)(r & (events | POLLERR | POLLHUP));
 }
 
+static short ready_locked(struct fsock *fs, int fd, short events, int arm,
+			  short *kernel_events, int *again);
+
 /* See preload.h.  *kernel_events: what to ask the kernel for on the TCP fd;
  * bits of the kernel's answer that count are those in *kernel_events too,
  * except for FS_ACCEL where the kernel only wakes us (doorbell, FIN). */
@@ -274,12 +277,28 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 		pthread_mutex_unlock(&fs->rd_lock);
 	}
 checked:
-	if (fs->state == FS_ACCEL && fs->ch.f &&
-	    (fs->down || fivc_chan_down_peer(&fs->ch, NULL))) {
+	/* The channel stays while we look at it: another thread's downgrade
+	 * lets it go in finish(), under ctl_lock (as shutdown) */
+	pthread_mutex_lock(&fs->ctl_lock);
+	int follow = fs->state == FS_ACCEL && fs->ch.f &&
+		     (fs->down || fivc_chan_down_peer(&fs->ch, NULL));
+	pthread_mutex_unlock(&fs->ctl_lock);
+	if (follow)
 		fivc_fs_follow(fs, fd, 0, 1); /* (trylock: a call of ours may be inside) */
-		if (fs->state == FS_ACCEL && fs->down)
-			return down_ready(fs, fd, events, kernel_events);
-	}
+	int again = 0;
+	pthread_mutex_lock(&fs->ctl_lock);
+	short r = ready_locked(fs, fd, events, arm, kernel_events, &again);
+	pthread_mutex_unlock(&fs->ctl_lock);
+	if (again)
+		return fivc_fs_ready(fs, fd, events, 0, kernel_events);
+	return r;
+}
+
+static short ready_locked(struct fsock *fs, int fd, short events, int arm,
+			  short *kernel_events, int *again)
+{
+	if (fs->state == FS_ACCEL && fs->down)
+		return down_ready(fs, fd, events, kernel_events);
 	switch (fs->state) {
 	case FS_CLIENT_PENDING:
 		/* TCP decides while pending; arm the ring as well so a switch
@@ -334,8 +353,10 @@ checked:
 	if (!r && arm && !fs->ch.broken) {
 		/* pre: the client's first ring write must wake us too (io.c) */
 		if (fivc_chan_arm(&fs->ch, (events & (POLLIN | POLLRDNORM | POLLPRI)) != 0,
-				  (events & (POLLOUT | POLLWRNORM)) != 0))
-			return fivc_fs_ready(fs, fd, events, 0, kernel_events);
+				  (events & (POLLOUT | POLLWRNORM)) != 0)) {
+			*again = 1;
+			return 0;
+		}
 	}
 	*kernel_events = POLLIN; /* pre: program bytes; accel: doorbell or FIN */
 	return r;
