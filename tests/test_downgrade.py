@@ -72,6 +72,11 @@ CASES = [
     ("epoll", "vfork", 300_000, 400_000, 100_000, 50_000),
     ("threads", "spawn", 300_000, 400_000, 100_000, 50_000),
     ("epoll", "spawn-seq", 300_000, 900_000, 100_000, 0),
+    # the exec in a fork child, the parent closing its copy at once or
+    # only after the exec (the connection held by both at the exec)
+    ("threads", "fork", 300_000, 400_000, 100_000, 50_000),
+    ("epoll", "fork-late", 300_000, 400_000, 100_000, 50_000),
+    ("threads", "fork-late-seq", 3_000_000, 5_000_000, 2_000_000, 1_000),
     # nothing sent before the exec: the offer not yet switched
     ("threads", "env", 100, 100, 0, 0),
     ("epoll", "static", 1, 1, 1, 1),

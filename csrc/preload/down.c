@@ -56,6 +56,7 @@
 #define FOLLOW_WAIT_MS 5000 /* how long an initiator waits for its peer */
 #define POKE_AFTER_MS 10u   /* ... before it asks the peer's watcher to answer */
 #define PUSH_CHUNK 16384
+#define ALONE_WAIT_MS 2000 /* how long an exec waits for the fork parent's close */
 
 static uint64_t now_ms(void) { return fivc_now_ns(CLOCK_MONOTONIC) / 1000000u; }
 
@@ -367,6 +368,22 @@ static int lock_within(pthread_mutex_t *m, int wait)
 	return pthread_mutex_timedlock(m, &ts);
 }
 
+/* An exec in a fork child whose parent still holds the connection (a
+ * forking server: the parent closes its copy after the fork, maybe after
+ * the child's exec): the side is ours alone once the parent closed, and
+ * then it can go back; within ALONE_WAIT_MS.  A side held on by another
+ * process cannot: its other holder would go on with the ring. */
+static void wait_alone(struct fsock *fs)
+{
+	uint64_t t0 = now_ms();
+	while (!fivc_chan_unshare_now(&fs->ch) && now_ms() - t0 < ALONE_WAIT_MS)
+		nap_ms(-1, 0, 1);
+	FIVC_DEBUG("fd %d: exec: the connection is %s after %llu ms", fs->fd,
+		   fivc_load_relaxed(&fs->ch.shared) ? "still held by another process"
+						     : "ours alone",
+		   (unsigned long long)(now_ms() - t0));
+}
+
 /* The initiator's part (see top).  0: plain TCP now; -EBUSY a thread of
  * ours is inside a call, -EAGAIN not yet (a server reading pre-switch
  * bytes), -ENOTCONN it stays on the ring (a peer that closed); other <0:
@@ -417,6 +434,9 @@ static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
 		r = -EAGAIN;
 		goto out;
 	}
+	if (reason == FIVC_DOWN_EXEC && fs->state == FS_ACCEL && fs->ch.f && !fs->ch.broken &&
+	    __atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED))
+		wait_alone(fs);
 	if (!eligible(fs) || fs->ch.reset) {
 		r = -EOPNOTSUPP;
 		goto out;

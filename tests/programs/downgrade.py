@@ -183,6 +183,17 @@ def client(port: int, total_a: int, total_b: int, pre_a: int, read_b: int, how: 
         s.detach()
         os.close(fd)  # (the child holds it now)
         raise SystemExit(p.wait())
+    if how.startswith("fork"):
+        # a forking server's pattern (inetd, socketserver.ForkingMixIn):
+        # the fork child execs, the parent closes its copy right away
+        # ("fork") or only after the exec ("fork-late": the connection is
+        # held by both processes at the exec)
+        pid = os.fork()
+        if pid == 0:
+            os.execve(args[0], args, env)
+        time.sleep(0.5 if how.startswith("fork-late") else 0)
+        s.close()
+        raise SystemExit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     if how.startswith("highfd"):
         # dup2 onto an fd beyond the library's table (FASTIVC_FD_TABLE,
         # set by the test below HIGH_FD): the library never sees calls on
