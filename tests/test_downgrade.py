@@ -72,6 +72,10 @@ CASES = [
     ("epoll", "vfork", 300_000, 400_000, 100_000, 50_000),
     ("threads", "spawn", 300_000, 400_000, 100_000, 50_000),
     ("epoll", "spawn-seq", 300_000, 900_000, 100_000, 0),
+    # ... of a program that loads the library too: it cannot be handed the
+    # ring (it would be another member; the parent goes on with the socket)
+    ("threads", "vfork-lib", 2_000_000, 3_000_000, 500_000, 1_000),
+    ("epoll", "spawn-lib", 300_000, 400_000, 100_000, 50_000),
     # the exec in a fork child, the parent closing its copy at once or
     # only after the exec (the connection held by both at the exec)
     ("threads", "fork", 300_000, 400_000, 100_000, 50_000),

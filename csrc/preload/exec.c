@@ -16,9 +16,11 @@
  * on plain TCP instead, byte-exact (down.c), before the exec.
  *
  * In a vfork() child (memory shared with the parent) and before
- * posix_spawn (whose child execs past us), a program that will not load
- * the library gets the connections back on plain TCP in the same way; one
- * that loads it is not handed them (the connection stays the parent's).
+ * posix_spawn (whose child execs past us) no connection can be handed
+ * over: the new program would be another member, and the parent goes on
+ * with the same socket.  The connections the child holds go back to plain
+ * TCP in the same way, for both, whether or not the new program loads the
+ * library (before, one that loads it got sockets that carried doorbells).
  */
 #include <dlfcn.h>
 #include <elf.h>
@@ -459,10 +461,9 @@ void fivc_exec_downgrade(int shared)
 }
 
 /* posix_spawn and posix_spawnp: glibc's child execs with no call through
- * us, so the parent decides before it: a program that will not load the
- * library gets the connections it will hold back on plain TCP, which the
- * parent then goes on with too (one socket).  A program that loads the
- * library gets them as fds it does not know (README, "Not there yet"). */
+ * us, so the parent decides before it: the connections the child will
+ * hold go back to plain TCP, which the parent then goes on with too (one
+ * socket), whatever program the child runs (see the top). */
 static int spawn_with(int search, pid_t *pid, const char *path, const void *fa,
 		      const void *attr, char *const argv[], char *const envp[])
 {
@@ -472,9 +473,7 @@ static int spawn_with(int search, pid_t *pid, const char *path, const void *fa,
 	spawn_fn f = (spawn_fn)fivc_next_sym(&real[search], search ? "posix_spawnp" : "posix_spawn");
 	if (!f)
 		return ENOSYS;
-	if (__atomic_load_n(&fivc_ready, __ATOMIC_ACQUIRE) && !FIVC_GUARDED() && path &&
-	    !fivc_exec_loads_library(path, -1, search && !strchr(path, '/'),
-				     envp ? envp : environ)) {
+	if (__atomic_load_n(&fivc_ready, __ATOMIC_ACQUIRE) && !FIVC_GUARDED() && path) {
 		int e = errno;
 		struct down_what w = {0, fa};
 		fivc_for_each_fsock(downgrade_one, &w);

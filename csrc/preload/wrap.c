@@ -665,17 +665,18 @@ int fivc_exec_with(const char *p, int fd, int search, char *const a[], char *con
 {
 	FIVC_ENSURE_INIT();
 	/* A vfork() child (or one of a raw clone) may share the parent's
-	 * memory, and its exec closes only its own descriptors: the
-	 * connections stay the parent's, and none is handed over. */
+	 * memory, and its exec closes only its own descriptors: none of the
+	 * connections can be handed over (the new program would be another
+	 * member, which the parent's memory cannot make), so those the child
+	 * holds go back to TCP, for the parent too (one socket), whether or
+	 * not the new program loads the library (exec.c). */
 	char **env = NULL;
 	if (getpid() == fivc_pid) {
 		fivc_before_exec();
 		if (!fivc_exec_loads_library(p, fd, search, e))
 			fivc_exec_downgrade(0); /* back to TCP (exec.c) */
 		env = fivc_exec_env(e);
-	} else if (!fivc_exec_loads_library(p, fd, search, e)) {
-		/* ... but a program without the library must not get a ring's
-		 * socket: back to TCP, for the parent too (one socket) */
+	} else {
 		fivc_exec_downgrade(1);
 	}
 	char *const *ev = env ? env : e;

@@ -172,6 +172,8 @@ def client(port: int, total_a: int, total_b: int, pre_a: int, read_b: int, how: 
     fd = s.fileno()
     os.set_inheritable(fd, True)
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if how.endswith("-lib"):  # the new program loads the library too
+        env = dict(os.environ)
     args = [sys.executable, os.path.abspath(__file__), "child", str(fd), str(pre_a),
             str(total_a), str(cb.off), str(total_b), str(int(how.endswith("-seq")))]
     if how.startswith("static"):
