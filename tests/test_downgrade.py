@@ -267,6 +267,69 @@ def test_operator_downgrade_goes_on_over_tcp(shm_path, mode, whom, ta, tb, pre_a
         assert _pair_accelerated(env) == "1"
 
 
+def test_operator_downgrade_of_a_server_whose_client_reader_sleeps_from_before_the_switch(
+        shm_path):
+    """The client's reader thread is asleep in its TCP read from before the
+    switch, which its writer thread makes right after the server's accept;
+    `fastivc downgrade --pid SERVER` while the server makes no call after
+    its accept.  The server's watcher starts it at once: the server saw no
+    pre-switch byte, and is on the ring though no call of its program told
+    it so (before: it waited for the program's next call, 3 s here); the
+    client follows from the reader's sleep (the soak's race: a reader
+    asleep there held rd_lock while the server waited for its count; here
+    the server's last doorbell wakes it)."""
+    env = build_env(dict(os.environ), fabric=shm_path)
+    ta, tb, pre_a = 300_000, 400_000, 100_000
+    srv = subprocess.Popen([sys.executable, PROG, "server", "slow", str(ta), str(tb)], env=env,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    cli = subprocess.Popen([sys.executable, PROG, "client-sleeper", port, str(ta), str(tb),
+                            str(pre_a)], env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the adoption comes while the reader sleeps, and the writer's
+        # switch right after it, within the reader's 100 ms nap
+        assert cli.stdout.readline().strip() == "reading"
+        srv.stdin.write("\n")
+        srv.stdin.flush()
+        assert srv.stdout.readline().strip() == "accepted"
+        cli.stdin.write("\n")
+        cli.stdin.flush()
+        lines = [cli.stdout.readline() for _ in range(2)]
+        assert lines[-1].strip() == "ready", (lines, cli.stderr.read() if cli.poll() else "")
+        assert "ok client accelerated 1" in lines[0], lines
+        t0 = time.monotonic()
+        op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
+                             shm_path, "--json", "--wait", "20", "--pid", str(srv.pid)],
+                            capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+        cli.stdin.write("go\n")
+        cli.stdin.flush()
+        cout, cerr = cli.communicate(timeout=120)
+        sout, serr = srv.communicate(timeout=120)
+    finally:
+        for p in (cli, srv):
+            if p.poll() is None:
+                p.kill()
+    assert op.returncode == 0, (op.stdout, op.stderr)
+    rep = json.loads(op.stdout)
+    assert rep["sides_before"] == 1 and rep["sides_left"] == 0, rep
+    # the server was still asleep when it was done (else the server's own
+    # calls, not the client's sleeping reader, could have finished it)
+    assert took < SLOW_S_BOUND, took
+    assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])
+    assert f"ok child read {tb}" in cout, cout
+    assert f"ok server read {ta} accelerated 0" in sout, sout  # (looked after)
+    with Fabric(shm_path) as fab:
+        counts = fab.downgrades()
+    assert counts["operator"] == 1 and counts["peer_left"] == 1, counts
+
+
+SLOW_S_BOUND = 3.0  # (the server's program sleeps 4 s: tests/programs/downgrade.py)
+
+
 PAIR = """
 import socket, sys
 sys.path.insert(0, sys.argv[1])

@@ -98,6 +98,7 @@ def read_stream(s: socket.socket, c: Checker, limit: int | None = None) -> None:
 
 
 ASLEEP_A, ASLEEP_B, ASLEEP_S = 60_000, 100_000, 7.0
+SLOW_S = 4.0
 
 
 def server(mode: str, total_a: int, total_b: int) -> None:
@@ -106,11 +107,18 @@ def server(mode: str, total_a: int, total_b: int) -> None:
     lst.bind(("127.0.0.1", 0))
     lst.listen(1)
     print(lst.getsockname()[1], flush=True)
+    if mode == "slow":  # accepts on a line on stdin, then says so
+        sys.stdin.readline()
     s, _ = lst.accept()
+    if mode == "slow":
+        print("accepted", flush=True)
     ca = Checker("A")
     b0 = 0
     if mode == "idle":
         time.sleep(1.0)  # the client execs meanwhile
+    if mode == "slow":
+        time.sleep(SLOW_S)  # the test asks us meanwhile (the watcher starts it)
+        mode = "threads"
     if mode == "asleep":
         b0 = min(ASLEEP_B, total_b)
         send_stream(s, "B", 0, b0)  # (within the ring: it does not block)
@@ -231,6 +239,32 @@ def client_op(port: int, total_a: int, total_b: int, pre_a: int, read_b: int) ->
     go_on(s, pre_a, total_a, cb.off, total_b, 0)
 
 
+def client_sleeper(port: int, total_a: int, total_b: int, pre_a: int) -> None:
+    """A reader thread asleep in its TCP read from before the switch, which
+    the main thread's first write makes; then "ready" (the test asks the
+    server to go back meanwhile: we follow with the reader still asleep),
+    and on a line on stdin the rest of A, while the reader takes all of B."""
+    from onfabric import on_fabric
+    s = socket.create_connection(("127.0.0.1", port))
+    cb = Checker("B")
+    r = threading.Thread(target=read_stream, args=(s, cb))
+    r.start()
+    time.sleep(0.3)  # (asleep in the pre-switch read now)
+    print("reading", flush=True)
+    sys.stdin.readline()  # the server accepted (adopted) just now
+    send_stream(s, "A", 0, pre_a)  # the switch, by this thread, within the reader's nap
+    time.sleep(0.3)
+    print(f"ok client accelerated {on_fabric()}", flush=True)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    send_stream(s, "A", pre_a, total_a)
+    s.shutdown(socket.SHUT_WR)
+    r.join()
+    if cb.off != total_b:
+        raise SystemExit(f"stream B: {cb.off} of {total_b} bytes")
+    print(f"ok child read {cb.off}", flush=True)
+
+
 def child(fd: int, off_a: int, total_a: int, off_b: int, total_b: int, seq: int) -> None:
     go_on(socket.socket(fileno=fd), off_a, total_a, off_b, total_b, seq)
 
@@ -256,6 +290,8 @@ if __name__ == "__main__":
         server(rest[0], int(rest[1]), int(rest[2]))
     elif role == "client":
         client(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]), rest[5])
+    elif role == "client-sleeper":
+        client_sleeper(*(int(x) for x in rest))
     elif role == "client-op":
         client_op(*(int(x) for x in rest))
     else:
