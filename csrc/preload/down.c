@@ -54,7 +54,7 @@
 #include "preload.h"
 
 #define FOLLOW_WAIT_MS 5000 /* how long an initiator waits for its peer */
-#define POKE_AFTER_MS 10u   /* ... before it asks the peer's watcher to answer */
+#define POKE_AFTER_MS 1u    /* ... before it asks the peer's watcher to answer */
 #define PUSH_CHUNK 16384
 #define ALONE_WAIT_MS 2000 /* how long an exec waits for the fork parent's close */
 
