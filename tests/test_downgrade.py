@@ -327,6 +327,48 @@ def test_operator_downgrade_of_a_server_whose_client_reader_sleeps_from_before_t
     assert counts["operator"] == 1 and counts["peer_left"] == 1, counts
 
 
+FORK_SHARED = str(Path(__file__).with_name("programs") / "fork_shared_down.py")
+
+
+def test_operator_downgrade_of_a_fork_shared_connection_waits_until_it_is_alone(shm_path):
+    """`fastivc downgrade --pid PARENT` while a fork child holds a copy of
+    the connection: the parent cannot take the child's copy with it, so the
+    connection stays on the ring (the tool says a side is left) until a
+    call of the parent's finds it alone, after the child exited; then it
+    goes back and the echoes go on over TCP, every byte checked.  (Before:
+    it was shut down at the ask, and the parent's next echo met EOF.)"""
+    env = build_env(dict(os.environ), fabric=shm_path)
+    srv = subprocess.Popen([sys.executable, FORK_SHARED, "server"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = srv.stdout.readline().strip()
+    assert port.isdigit(), srv.communicate(timeout=30)
+    cli = subprocess.Popen([sys.executable, FORK_SHARED, "client", port], env=env,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        line = cli.stdout.readline().strip()
+        assert line == "ready 1", (line, cli.stderr.read() if cli.poll() else "")
+        op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
+                             shm_path, "--json", "--wait", "1", "--pid", str(cli.pid)],
+                            capture_output=True, text=True, timeout=60)
+        cli.stdin.write("go\n")
+        cli.stdin.flush()
+        cout, cerr = cli.communicate(timeout=120)
+        sout, serr = srv.communicate(timeout=120)
+    finally:
+        for p in (cli, srv):
+            if p.poll() is None:
+                p.kill()
+    rep = json.loads(op.stdout)
+    assert op.returncode == 1 and rep["sides_before"] == 1 and rep["sides_left"] == 1, (
+        op.stdout, op.stderr)
+    assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])
+    assert "ok 0" in cout, cout  # back on TCP by the end
+    with Fabric(shm_path) as fab:
+        counts = fab.downgrades()
+    assert counts["operator"] == 1 and counts["peer_left"] == 1, counts
+
+
 SLOW_S_BOUND = 3.0  # (the server's program sleeps 4 s: tests/programs/downgrade.py)
 
 

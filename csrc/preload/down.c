@@ -442,9 +442,17 @@ static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
 		r = -EAGAIN;
 		goto out;
 	}
-	if (reason == FIVC_DOWN_EXEC && fs->state == FS_ACCEL && fs->ch.f && !fs->ch.broken &&
-	    __atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED))
-		wait_alone(fs);
+	if (fs->state == FS_ACCEL && fs->ch.f && !fs->ch.broken &&
+	    __atomic_load_n(&fs->ch.shared, __ATOMIC_RELAXED)) {
+		/* the other holders may have closed or exited since a read or
+		 * write of ours last looked */
+		if (reason == FIVC_DOWN_EXEC)
+			wait_alone(fs);
+		else if (!fivc_chan_unshare_now(&fs->ch) && reason == FIVC_DOWN_OPERATOR) {
+			r = -EAGAIN; /* (at a later call, once the others let go) */
+			goto out;
+		}
+	}
 	if (!eligible(fs) || fs->ch.reset) {
 		r = -EOPNOTSUPP;
 		goto out;
@@ -535,7 +543,9 @@ static void now_or_due(struct fsock *fs, int fd, int reason, int own_fd)
 	int r = downgrade(fs, fd, reason, own_fd);
 	if (r == -EBUSY || r == -EAGAIN) {
 		__atomic_store_n(&fs->down_due, reason, __ATOMIC_RELEASE);
-		FIVC_DEBUG("fd %d: in use by a thread: goes back when its call returns", fd);
+		FIVC_DEBUG("fd %d: in use by a thread, or held by another process too: goes back "
+			   "at a call that finds it alone",
+			   fd);
 	} else if (r < 0 && r != -ENOTCONN) {
 		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
 		fivc_real.shutdown(fd, SHUT_RDWR);
