@@ -413,8 +413,14 @@ def soak(fabric: str, mode: str, total: int, seed: int, env: dict, asks: bool = 
     cli = subprocess.Popen([sys.executable, SOAK, "client", port, str(total), str(seed)],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     hits = asked = 0
+    # a stall is a failure, not a hang of the suite: the runs take about
+    # 1 s per 100 MiB here; the bound is generous for a slow machine
+    deadline = time.monotonic() + 120 + total / (2 << 20)
     try:
         while cli.poll() is None:
+            assert time.monotonic() < deadline, (
+                f"the soak stalled (seed {seed}, {mode}): the client is not done after "
+                f"{120 + total / (2 << 20):.0f} s, {asked} asks")
             time.sleep(rng.uniform(0.002, 0.02))
             who = rng.choice((srv, cli))
             if not asks:  # (the same streams, no ask)

@@ -1012,7 +1012,17 @@ static void sweep_dead(struct ep_set *s)
 		if (e->nested || e->disabled || e->listed || e->ghost)
 			continue;
 		struct fsock *fs = fivc_fs(e->fd);
-		if (!fs || fs->state == FS_PLAIN || !fivc_fs_uses_fabric(fs) ||
+		if (fs && __atomic_load_n(&fs->state, __ATOMIC_ACQUIRE) == FS_PLAIN) {
+			/* Gone back to TCP while we slept, by the watcher (an
+			 * ask, the peer's poke): the kernel's edges for it were
+			 * the downgrade's, taken before it was plain, and none
+			 * may come again (regression, the downgrade soak: a
+			 * server's epoll slept for ever on a socket at EOF).
+			 * The walk hands it to the kernel, which re-polls it. */
+			queue(s, e);
+			continue;
+		}
+		if (!fs || !fivc_fs_uses_fabric(fs) ||
 		    __atomic_load_n(&fs->ch.peer_gone, __ATOMIC_RELAXED) || fs->ch.broken)
 			continue;
 		if (fivc_chan_peer_check(&fs->ch))
