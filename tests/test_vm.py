@@ -194,6 +194,56 @@ def test_64_mib_each_way_exact_between_guests(accel_net):
     assert "switched to the ring" in c.output and "adopted offer" in slog
 
 
+def test_operator_downgrade_of_guests_mid_transfer_goes_on_over_tcp(accel_net):
+    """`fastivc downgrade --all` on the host while a guest sends 32 MiB to
+    another, both on the ring: each guest's watcher (which looks at its
+    word every heartbeat: no futex reaches a guest) takes the connection
+    back, and the transfer goes on over the guests' TCP, every byte checked
+    at both ends; the fabric counts both sides back, then --resume."""
+    import json
+    import time
+
+    from fastivc import Fabric
+
+    a, b = accel_net.guests
+    n = 32 << 20
+    fab_path = str(accel_net.fabric)
+    with Fabric(fab_path) as fab:
+        before = fab.downgrades()
+    _server(b, f"--mode xfer --size {n}")
+    try:
+        a.run(f"{PCI_ENV}fastivc-tcpbench client --host {b.ip} --port 7100 --mode xfer "
+              f"--size {n} >/tmp/c.log 2>&1 & echo $! >/tmp/c.pid")
+        moved, t0 = False, time.monotonic()  # on the ring, bytes moving
+        while not moved and time.monotonic() - t0 < 30:
+            with Fabric(fab_path) as fab:
+                moved = any(sl.state == "connected" and sl.client_to_server.produced > 0
+                            for sl in fab.slots())
+            time.sleep(0.05)
+        assert moved, "no bytes on a ring between the guests"
+        op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
+                             fab_path, "--all", "--json", "--wait", "60"],
+                            capture_output=True, text=True, timeout=120)
+        c = a.run("while kill -0 $(cat /tmp/c.pid) 2>/dev/null; do sleep 0.2; done; "
+                  "cat /tmp/c.log", timeout=300)
+    finally:
+        slog = _stop_server(b)
+        subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric", fab_path,
+                        "--resume"], capture_output=True, timeout=60)
+    assert op.returncode == 0, (op.stdout, op.stderr)
+    rep = json.loads(op.stdout)
+    assert rep["sides_before"] >= 2 and rep["sides_left"] == 0, rep
+    print(f"guests back to TCP in {rep['us'] / 1000:.1f} ms")
+    assert {"mode": "xfer", "bytes": n, "ok": True} in _json_lines(c.output), c.output
+    assert {"mode": "xfer", "bytes": n, "ok": True} in _json_lines(slog), slog
+    assert "switched to the ring" in c.output and "downgraded: plain TCP" in c.output, c.output
+    assert "downgraded: plain TCP" in slog, slog
+    with Fabric(fab_path) as fab:
+        after = fab.downgrades()
+    gone = {k: after[k] - before[k] for k in after}
+    assert gone["operator"] + gone["peer_left"] == 2 and gone["operator"] >= 1, gone
+
+
 def test_plain_guest_with_accelerated_guest_stays_plain_and_exact(accel_net):
     a, b = accel_net.guests
     n = 4 << 20
