@@ -200,6 +200,24 @@ def test_io_uring_goes_back_to_tcp(shm_path, uring_client, mode, order, ta, tb, 
 
 # ---- `fastivc downgrade`: an operator takes connections back to TCP ----
 
+def _ask_then_go(shm_path: str, cli: subprocess.Popen, srv: subprocess.Popen,
+                 whom: list[str], wait: int = 20) -> tuple[subprocess.CompletedProcess, float,
+                                                           str, str, str, str]:
+    """`fastivc downgrade --json --wait WAIT WHOM...`, then "go" to the
+    client, and both ends' output once done: (the tool's run, the seconds it
+    took, client out, err, server out, err)."""
+    t0 = time.monotonic()
+    op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric", shm_path,
+                         "--json", "--wait", str(wait), *whom],
+                        capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    cli.stdin.write("go\n")
+    cli.stdin.flush()
+    cout, cerr = cli.communicate(timeout=120)
+    sout, serr = srv.communicate(timeout=120)
+    return op, took, cout, cerr, sout, serr
+
+
 OP_CASES = [
     # server mode, whom, total A, total B, A before, B read before
     ("threads", "pid", 300_000, 400_000, 100_000, 50_000),
@@ -232,14 +250,8 @@ def test_operator_downgrade_goes_on_over_tcp(shm_path, mode, whom, ta, tb, pre_a
         assert "ok client accelerated 1" in lines[0], lines
         if mode == "asleep":  # (its A read, its B written: then no call)
             assert srv.stdout.readline().strip() == "asleep"
-        op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
-                             shm_path, "--json", "--wait", "20",
-                             *(["--all"] if whom == "all" else ["--pid", str(cli.pid)])],
-                            capture_output=True, text=True, timeout=60)
-        cli.stdin.write("go\n")
-        cli.stdin.flush()
-        cout, cerr = cli.communicate(timeout=120)
-        sout, serr = srv.communicate(timeout=120)
+        op, _, cout, cerr, sout, serr = _ask_then_go(
+            shm_path, cli, srv, ["--all"] if whom == "all" else ["--pid", str(cli.pid)])
     finally:
         for p in (cli, srv):
             if p.poll() is None:
@@ -300,15 +312,8 @@ def test_operator_downgrade_of_a_server_whose_client_reader_sleeps_from_before_t
         lines = [cli.stdout.readline() for _ in range(2)]
         assert lines[-1].strip() == "ready", (lines, cli.stderr.read() if cli.poll() else "")
         assert "ok client accelerated 1" in lines[0], lines
-        t0 = time.monotonic()
-        op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
-                             shm_path, "--json", "--wait", "20", "--pid", str(srv.pid)],
-                            capture_output=True, text=True, timeout=60)
-        took = time.monotonic() - t0
-        cli.stdin.write("go\n")
-        cli.stdin.flush()
-        cout, cerr = cli.communicate(timeout=120)
-        sout, serr = srv.communicate(timeout=120)
+        op, took, cout, cerr, sout, serr = _ask_then_go(shm_path, cli, srv,
+                                                        ["--pid", str(srv.pid)])
     finally:
         for p in (cli, srv):
             if p.poll() is None:
@@ -348,13 +353,8 @@ def test_operator_downgrade_of_a_fork_shared_connection_waits_until_it_is_alone(
     try:
         line = cli.stdout.readline().strip()
         assert line == "ready 1", (line, cli.stderr.read() if cli.poll() else "")
-        op = subprocess.run([sys.executable, "-m", "fastivc", "downgrade", "--fabric",
-                             shm_path, "--json", "--wait", "1", "--pid", str(cli.pid)],
-                            capture_output=True, text=True, timeout=60)
-        cli.stdin.write("go\n")
-        cli.stdin.flush()
-        cout, cerr = cli.communicate(timeout=120)
-        sout, serr = srv.communicate(timeout=120)
+        op, _, cout, cerr, sout, serr = _ask_then_go(shm_path, cli, srv,
+                                                     ["--pid", str(cli.pid)], wait=1)
     finally:
         for p in (cli, srv):
             if p.poll() is None:

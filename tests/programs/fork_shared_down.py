@@ -15,20 +15,11 @@ import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fork_conns import recv_exact  # noqa: E402
 
 
 def pattern(i: int, n: int) -> bytes:
     return bytes((i * 131 + k * 7) & 0xFF for k in range(n))
-
-
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        b = s.recv(n - len(out))
-        if not b:
-            raise SystemExit(f"EOF after {len(out)} of {n} bytes")
-        out += b
-    return bytes(out)
 
 
 def server() -> None:
