@@ -2033,21 +2033,21 @@ int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flag
 
 /* ---- `fastivc downgrade` (issue 12) ---- */
 
-uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, int keep)
+static int down_askable(struct fivc_fabric *f, uint32_t i, uint32_t member)
 {
-	struct fivc_fabric_hdr *h = (struct fivc_fabric_hdr *)f->base;
-	if (drain)
-		__atomic_store_n(&h->drain, 1u, __ATOMIC_SEQ_CST);
+	if ((member && i + 1 != member) || i + 1 == f->self) /* (not the asker itself) */
+		return 0;
+	uint32_t st = __atomic_load_n(&fivc_member_at(f, i)->state, __ATOMIC_ACQUIRE);
+	return st == FIVC_MEMBER_ALIVE || st == FIVC_MEMBER_GUEST;
+}
+
+uint32_t fivc_down_mark(struct fivc_fabric *f, uint32_t member, int keep)
+{
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < f->g.nmembers; i++) {
-		if (member && i + 1 != member)
+		if (!down_askable(f, i, member))
 			continue;
 		struct fivc_member *m = fivc_member_at(f, i);
-		uint32_t st = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
-		if (st != FIVC_MEMBER_ALIVE && st != FIVC_MEMBER_GUEST)
-			continue;
-		if (i + 1 == f->self)
-			continue; /* (the asker itself) */
 		if (keep) {
 			__atomic_fetch_add(&m->down_req, FIVC_DOWN_REQ_NOW, __ATOMIC_SEQ_CST);
 		} else { /* (saturates: never wraps back to "not asked") */
@@ -2057,11 +2057,28 @@ uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, in
 							    __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
 				;
 		}
-		/* a member's watcher sleeps on the word (a process-shared futex:
-		 * the mapping is MAP_SHARED); a guest's looks every heartbeat */
-		syscall(SYS_futex, &m->down_req, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 		n++;
 	}
+	return n;
+}
+
+void fivc_down_wake(struct fivc_fabric *f, uint32_t member)
+{
+	/* a member's watcher sleeps on the word (a process-shared futex: the
+	 * mapping is MAP_SHARED); a guest's looks every heartbeat */
+	for (uint32_t i = 0; i < f->g.nmembers; i++)
+		if (down_askable(f, i, member))
+			syscall(SYS_futex, &fivc_member_at(f, i)->down_req, FUTEX_WAKE, INT32_MAX,
+				NULL, NULL, 0);
+}
+
+uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, int keep)
+{
+	struct fivc_fabric_hdr *h = (struct fivc_fabric_hdr *)f->base;
+	if (drain)
+		__atomic_store_n(&h->drain, 1u, __ATOMIC_SEQ_CST);
+	uint32_t n = fivc_down_mark(f, member, keep);
+	fivc_down_wake(f, member);
 	return n;
 }
 

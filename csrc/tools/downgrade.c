@@ -130,11 +130,13 @@ int main(int argc, char **argv)
 	uint64_t t0 = now_ns();
 	printf("{\"asked\": [");
 	int first = 1;
-	for (uint32_t k = 0; k < nasked; k++)
-		if (fivc_down_request(&f, asked[k] + 1, 0, keep)) {
+	for (uint32_t k = 0; k < nasked; k++) /* all marked, then all woken (fabric.h) */
+		if (fivc_down_mark(&f, asked[k] + 1, keep)) {
 			printf("%s%u", first ? "" : ", ", asked[k]);
 			first = 0;
 		}
+	for (uint32_t k = 0; k < nasked; k++)
+		fivc_down_wake(&f, asked[k] + 1);
 	printf("]");
 	if (w) {
 		uint32_t left;

@@ -293,6 +293,14 @@ int fivc_gc_flags(struct fivc_fabric *f, struct fivc_gc_report *r, unsigned flag
  * accelerates a new connection until fivc_drain_set(f, 0).  Returns how
  * many were asked. */
 uint32_t fivc_down_request(struct fivc_fabric *f, uint32_t member, int drain, int keep);
+/* The two halves of fivc_down_request: mark the asked words, then wake
+ * their watchers.  Several members asked at once are all marked before any
+ * is woken: a woken one's downgrade pokes its peers' watchers (FOLLOW)
+ * within 1 ms, and a peer that follows before it sees its own ask leaves
+ * its unread ring bytes to its program's calls (regression: `--all` under
+ * load left the client's side held until its next call). */
+uint32_t fivc_down_mark(struct fivc_fabric *f, uint32_t member, int keep);
+void fivc_down_wake(struct fivc_fabric *f, uint32_t member);
 void fivc_drain_set(struct fivc_fabric *f, int on);
 /* The way back to TCP: the holders of a slot's side (its peer, waiting
  * for their count) are asked to follow now (FIVC_DOWN_REQ_FOLLOW).
