@@ -278,15 +278,15 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 	}
 checked:
 	/* The channel stays while we look at it: another thread's downgrade
-	 * lets it go in finish(), under ctl_lock (as shutdown) */
+	 * lets it go in finish(), under ctl_lock (as shutdown).  One lock and
+	 * unlock when there is nothing to follow (every look of an epoll walk). */
 	pthread_mutex_lock(&fs->ctl_lock);
-	int follow = fs->state == FS_ACCEL && fs->ch.f &&
-		     (fs->down || fivc_chan_down_peer(&fs->ch, NULL));
-	pthread_mutex_unlock(&fs->ctl_lock);
-	if (follow)
+	if (fs->state == FS_ACCEL && fs->ch.f && (fs->down || fivc_chan_down_peer(&fs->ch, NULL))) {
+		pthread_mutex_unlock(&fs->ctl_lock); /* (follow takes rd/wr_lock, then ctl_lock) */
 		fivc_fs_follow(fs, fd, 0, 1); /* (trylock: a call of ours may be inside) */
+		pthread_mutex_lock(&fs->ctl_lock);
+	}
 	int again = 0;
-	pthread_mutex_lock(&fs->ctl_lock);
 	short r = ready_locked(fs, fd, events, arm, kernel_events, &again);
 	pthread_mutex_unlock(&fs->ctl_lock);
 	if (again)
