@@ -592,6 +592,16 @@ static int own_duplicate(struct fsock *fs, int fd)
 	return d;
 }
 
+/* The watcher finished a downgrade: a program thread asleep in epoll on
+ * the socket is told now, not at its set's next sweep (epoll.c). */
+static void went_plain(struct fsock *fs, const int *fds, int nfds)
+{
+	if (__atomic_load_n(&fs->state, __ATOMIC_ACQUIRE) != FS_PLAIN)
+		return;
+	for (int i = 0; i < nfds; i++)
+		fivc_epoll_went_plain(fds[i]);
+}
+
 static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
 	if (!fivc_fs_uses_fabric(fs) || !nfds)
@@ -601,6 +611,7 @@ static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 		return;
 	now_or_due(fs, d, *(const int *)arg, 1);
 	fivc_real.close(d);
+	went_plain(fs, fds, nfds);
 }
 
 /* A peer of ours left the ring and waits for our count, and maybe no
@@ -631,6 +642,7 @@ static void follow_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 	FIVC_DEBUG("fd %d: the watcher followed the peer back to TCP: %s", fds[0],
 		   (fs->down & FIVC_DOWN_W) ? "our count is out" : "a call was inside");
 	fivc_real.close(d);
+	went_plain(fs, fds, nfds);
 }
 
 static void follow_current(void)

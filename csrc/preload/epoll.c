@@ -373,6 +373,46 @@ static void forget_entries(int fd)
 
 void fivc_epoll_forget_fd(int fd) { forget_entries(fd); }
 
+static void hand_to_kernel(struct ep_set *s, struct ep_entry *e);
+
+/* See preload.h: the watcher took fd's socket back to TCP (down.c) while a
+ * thread of the program may sleep in one of our sets, whose kernel edges
+ * for it were the downgrade's.  Each set's entry goes to the kernel now:
+ * EPOLL_CTL_MOD re-polls the socket and wakes a sleeper if it is ready
+ * (else the set's sweep does it within FIVC_LIVENESS_MS).  Entries of a
+ * ONESHOT that fired, and ghosts, stay for the program's next ctl. */
+void fivc_epoll_went_plain(int fd)
+{
+	if (!by_fd || fd < 0 || fd >= ep_nfds || !__atomic_load_n(&by_fd[fd], __ATOMIC_RELAXED))
+		return;
+	struct ep_set *done[8];
+	int nd = 0;
+	while (nd < 8) {
+		struct ep_set *s = NULL;
+		pthread_mutex_lock(stripe(fd));
+		for (struct ep_entry *e = by_fd[fd]; e && !s; e = e->fnext) {
+			s = e->set;
+			for (int k = 0; k < nd && s; k++)
+				if (done[k] == s)
+					s = NULL;
+		}
+		pthread_mutex_unlock(stripe(fd));
+		if (!s)
+			return;
+		done[nd++] = s;
+		pthread_mutex_lock(&s->lock); /* order: set, then stripe */
+		struct ep_entry *e = lookup(s, fd);
+		struct fsock *fs = fivc_fs(fd);
+		if (e && !e->nested && !e->ghost && !e->disabled && fs &&
+		    __atomic_load_n(&fs->state, __ATOMIC_ACQUIRE) == FS_PLAIN) {
+			hand_to_kernel(s, e);
+			FIVC_DEBUG("fd %d: back on TCP by the watcher: handed to epoll set %d", fd,
+				   s->epfd);
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
 /* close(epfd): its registry empties (the set itself stays, for reuse), and
  * other sets forget it as a nested entry. */
 void fivc_epoll_forget_set(int epfd)

@@ -439,6 +439,8 @@ static inline void fivc_fs_down_due(struct fsock *fs, int fd)
 int fivc_tcp_taken(int fd, uint64_t *out);
 /* epoll (epoll.c) */
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
+/* The watcher took fd's socket back to TCP: hand its entries to the kernel. */
+void fivc_epoll_went_plain(int fd);
 int fivc_do_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
 		       const sigset_t *mask);
 /* close/dup2 of fd: every set forgets its entry for fd (O(sets watching
