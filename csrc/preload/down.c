@@ -429,9 +429,7 @@ static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
 		/* the program may have read all the client's pre-switch bytes
 		 * (or there were none) and made no call since: on the ring now,
 		 * as its next call would find (fivc_fs_ready; we hold rd_lock) */
-		fivc_fs_server_check(fs);
-		if (fs->n_known && fivc_fs_pre_taken(fs, fd) >= fs->switch_n)
-			fs->state = FS_ACCEL;
+		fivc_fs_server_settle(fs, fd);
 	}
 	if (fs->state == FS_SERVER_PRE &&
 	    (reason == FIVC_DOWN_OPERATOR || reason == FIVC_DOWN_UNTRACKED) && fs->ch.f &&

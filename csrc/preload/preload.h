@@ -335,6 +335,9 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 void fivc_fs_client_check(struct fsock *fs, int have_wr_lock);
 void fivc_fs_server_check(struct fsock *fs);
 uint64_t fivc_fs_pre_taken(struct fsock *fs, int fd);
+/* Server in FS_SERVER_PRE, under rd_lock: learn N, and go on the ring
+ * (FS_ACCEL) once the program has taken all N pre-switch bytes. */
+void fivc_fs_server_settle(struct fsock *fs, int fd);
 /* Consume control bytes (after the switch) without blocking. */
 void fivc_fs_drain(struct fsock *fs, int fd);
 long fivc_fs_nread(struct fsock *fs, int fd);

@@ -259,6 +259,14 @@ static short down_ready(struct fsock *fs, int fd, short events, short *kernel_ev
 static short ready_locked(struct fsock *fs, int fd, short events, int arm,
 			  short *kernel_events, int *again);
 
+/* See preload.h. */
+void fivc_fs_server_settle(struct fsock *fs, int fd)
+{
+	fivc_fs_server_check(fs);
+	if (fs->n_known && fivc_fs_pre_taken(fs, fd) >= fs->switch_n)
+		fs->state = FS_ACCEL;
+}
+
 /* See preload.h.  *kernel_events: what to ask the kernel for on the TCP fd;
  * bits of the kernel's answer that count are those in *kernel_events too,
  * except for FS_ACCEL where the kernel only wakes us (doorbell, FIN). */
@@ -271,9 +279,7 @@ short fivc_fs_ready(struct fsock *fs, int fd, short events, int arm, short *kern
 		/* a reader of this socket may hold rd_lock for a blocking read */
 		if (pthread_mutex_trylock(&fs->rd_lock) != 0)
 			goto checked;
-		fivc_fs_server_check(fs);
-		if (fs->n_known && fivc_fs_pre_taken(fs, fd) >= fs->switch_n)
-			fs->state = FS_ACCEL;
+		fivc_fs_server_settle(fs, fd);
 		pthread_mutex_unlock(&fs->rd_lock);
 	}
 checked:
