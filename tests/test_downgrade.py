@@ -40,6 +40,13 @@ def _server(env: dict, mode: str, ta: int, tb: int) -> tuple[subprocess.Popen, s
     return srv, port
 
 
+def _kill_left(*procs: subprocess.Popen) -> None:
+    """Kill whichever of procs still runs (a test that failed midway)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
 def _finish(cli: subprocess.Popen, srv: subprocess.Popen,
             stdin: str | None = None) -> tuple[str, str, str, str]:
     """Both ends' output once they are done (killed if they hang)."""
@@ -47,9 +54,7 @@ def _finish(cli: subprocess.Popen, srv: subprocess.Popen,
         cout, cerr = cli.communicate(stdin, timeout=120)
         sout, serr = srv.communicate(timeout=120)
     finally:
-        for p in (cli, srv):
-            if p.poll() is None:
-                p.kill()
+        _kill_left(cli, srv)
     return cout, cerr, sout, serr
 
 CASES = [
@@ -253,9 +258,7 @@ def test_operator_downgrade_goes_on_over_tcp(shm_path, mode, whom, ta, tb, pre_a
         op, _, cout, cerr, sout, serr = _ask_then_go(
             shm_path, cli, srv, ["--all"] if whom == "all" else ["--pid", str(cli.pid)])
     finally:
-        for p in (cli, srv):
-            if p.poll() is None:
-                p.kill()
+        _kill_left(cli, srv)
     assert op.returncode == 0, (op.stdout, op.stderr)
     rep = json.loads(op.stdout)
     assert rep["sides_before"] >= 1 and rep["sides_left"] == 0, rep
@@ -315,9 +318,7 @@ def test_operator_downgrade_of_a_server_whose_client_reader_sleeps_from_before_t
         op, took, cout, cerr, sout, serr = _ask_then_go(shm_path, cli, srv,
                                                         ["--pid", str(srv.pid)])
     finally:
-        for p in (cli, srv):
-            if p.poll() is None:
-                p.kill()
+        _kill_left(cli, srv)
     assert op.returncode == 0, (op.stdout, op.stderr)
     rep = json.loads(op.stdout)
     assert rep["sides_before"] == 1 and rep["sides_left"] == 0, rep
@@ -356,9 +357,7 @@ def test_operator_downgrade_of_a_fork_shared_connection_waits_until_it_is_alone(
         op, _, cout, cerr, sout, serr = _ask_then_go(shm_path, cli, srv,
                                                      ["--pid", str(cli.pid)], wait=1)
     finally:
-        for p in (cli, srv):
-            if p.poll() is None:
-                p.kill()
+        _kill_left(cli, srv)
     rep = json.loads(op.stdout)
     assert op.returncode == 1 and rep["sides_before"] == 1 and rep["sides_left"] == 1, (
         op.stdout, op.stderr)
@@ -435,9 +434,7 @@ def soak(fabric: str, mode: str, total: int, seed: int, env: dict, asks: bool = 
             hits += rep["sides_before"] > 0
         cout, cerr = cli.communicate(timeout=60)
     finally:
-        for p in (cli, srv):
-            if p.poll() is None:
-                p.kill()
+        _kill_left(cli, srv)
         _, serr = srv.communicate(timeout=30)
     assert cli.returncode == 0, (cout, cerr[-3000:], serr[-3000:])
     out = json.loads(cout)
