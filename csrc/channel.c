@@ -708,7 +708,8 @@ static int wait_ready_past(struct fivc_chan *c, int writing, uint64_t have)
 				return r < 0 ? r : 0;
 			}
 			fivc_cpu_relax();
-			if (!(i & 31) && fivc_now_ns(CLOCK_MONOTONIC) - start >= budget)
+			if (!(i & 31) && (fivc_now_ns(CLOCK_MONOTONIC) - start >= budget ||
+					  (c->db->stop_spin && c->db->stop_spin(c->db_ctx))))
 				break;
 		}
 		if (*fails < FIVC_SPIN_MAX_SHIFT)

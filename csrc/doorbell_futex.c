@@ -37,4 +37,4 @@ static void futex_wake(void *ctx, uint32_t *word)
 	errno = saved;
 }
 
-const struct fivc_doorbell fivc_doorbell_futex = {futex_wait, futex_wake, NULL};
+const struct fivc_doorbell fivc_doorbell_futex = {futex_wait, futex_wake, NULL, NULL};

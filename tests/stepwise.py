@@ -22,14 +22,15 @@ def _run(prog: str, env: dict, timeout: int) -> list[dict]:
     return [json.loads(ln) for ln in r.stdout.splitlines()]
 
 
-def plain_and_fast(prog: str, shm_path: str, scenarios: int,
-                   timeout: int = 120) -> list[tuple[dict, dict]]:
+def plain_and_fast(prog: str, shm_path: str, scenarios: int, timeout: int = 120,
+                   fast_env: dict | None = None) -> list[tuple[dict, dict]]:
     """The scenarios' records, (plain, fastivc) pairwise, once every step is
-    equal; the caller checks each pair's "accelerated"."""
+    equal; the caller checks each pair's "accelerated".  fast_env: more
+    environment for the fastivc run (FASTIVC_SPIN_US)."""
     plain_env = dict(os.environ)
     plain_env.pop("LD_PRELOAD", None)
     plain = _run(prog, plain_env, timeout)
-    fast = _run(prog, build_env(os.environ, fabric=shm_path), timeout)
+    fast = _run(prog, build_env(dict(os.environ, **(fast_env or {})), fabric=shm_path), timeout)
     assert [p["name"] for p in plain] == [f["name"] for f in fast]
     assert len(plain) == scenarios
     for p, f in zip(plain, fast, strict=True):

@@ -9,7 +9,10 @@ and EOPNOTSUPP), stdio on fdopen'd sockets (fileno, buffering, fgets,
 ftell's ESPIPE, fclose), daemon() followed by an exec,
 execl/execlp/execle/fexecve handing the connection to the new program, and
 socket calls made raw through syscall() on one end while the other uses
-libc.
+libc, and the program's signal handlers as sigaction, signal, sysv_signal,
+siginterrupt and sigset report and run them (fastivc's trampoline around
+them does not show), with a blocking recv on the ring that one interrupts
+and one with SA_RESTART lets go on.
 Before, each went past the library (glibc's internal names, or no wrapper):
 its bytes were read as doorbells, or lost."""
 
@@ -33,7 +36,7 @@ def test_calls_past_read_and_write_as_the_kernels(cbuild, shm_path):
     plain_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     plain, fast = _run(prog, plain_env), _run(prog, build_env(os.environ, fabric=shm_path))
     assert [p["name"] for p in plain] == [f["name"] for f in fast]
-    assert len(plain) == 17
+    assert len(plain) == 18
     for p, f in zip(plain, fast, strict=True):
         assert p["accelerated"] == -1 and f["accelerated"] == 2, (p, f)  # both ends on a ring
         for k, (a, b) in enumerate(zip(p["steps"], f["steps"], strict=True)):

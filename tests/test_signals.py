@@ -16,3 +16,16 @@ from stepwise import plain_and_fast
 def test_signals_as_the_kernels(shm_path):
     for _p, f in plain_and_fast("signals.py", shm_path, 9, timeout=300):
         assert f["accelerated"] == 2, f
+
+
+def test_a_handler_ends_a_wait_as_it_ends_the_kernels(shm_path):
+    """tests/programs/interrupts.py: SIGALRM against a blocking recv,
+    send, accept, poll, select and epoll_wait, with and without
+    SA_RESTART and under SO_RCVTIMEO.  Under fastivc with a 400 ms spin,
+    so that the signal lands in the library's own path before its sleep
+    (regression, issue 11: the handler ran there and the recv then slept
+    until data came; the kernel's gave EINTR)."""
+    pairs = plain_and_fast("interrupts.py", shm_path, 12, timeout=300,
+                           fast_env={"FASTIVC_SPIN_US": "400000"})
+    for _p, f in pairs:
+        assert f["accelerated"] == 2, f

@@ -95,15 +95,18 @@ static int tcp_db_poll(struct fsock *fs, uint32_t *word, uint32_t expected,
 		struct pollfd p = {.fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED),
 				   .events = POLLRDHUP};
 		int saved = errno;
-		int r = fivc_real.poll(&p, p.fd >= 0, timeout_ms < 1 ? (int)timeout_ms : 1);
+		int r = fivc_sig_poll(&p, p.fd >= 0, timeout_ms < 1 ? (int)timeout_ms : 1);
+		int e = errno;
 		errno = saved;
+		if (r < 0 && e == EINTR)
+			return -EINTR;
 		return r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) ? -ETIMEDOUT : 0;
 	}
 	if (fs->tcp_eof)
 		return -ETIMEDOUT; /* let the channel re-check and see peer_gone */
 	struct pollfd p = {.fd = __atomic_load_n(&fs->fd, __ATOMIC_RELAXED), .events = POLLIN};
 	int saved = errno;
-	int r = fivc_real.poll(&p, 1, others && timeout_ms > 1 ? 1 : (int)timeout_ms);
+	int r = fivc_sig_poll(&p, 1, others && timeout_ms > 1 ? 1 : (int)timeout_ms);
 	int e = errno;
 	errno = saved;
 	if (r < 0)
@@ -128,6 +131,13 @@ static int tcp_db_wait(void *ctx, uint32_t *word, uint32_t expected, uint32_t ti
 	int others = __atomic_fetch_add(&fs->db_waiters, 1, __ATOMIC_ACQ_REL);
 	int r = tcp_db_poll(fs, word, expected, timeout_ms, others);
 	__atomic_sub_fetch(&fs->db_waiters, 1, __ATOMIC_ACQ_REL);
+	/* A handler ran: the kernel's recv or send goes on where every one
+	 * that ran had SA_RESTART and the socket has no timeout for the
+	 * direction (signal(7)); the channel looks again then. */
+	if (r == -EINTR &&
+	    fivc_sig_restarts(word == &fs->ch.tx->prod_wake ? fs->ch.wr_timeout_ns
+							      : fs->ch.rd_timeout_ns))
+		return 0;
 	return r;
 }
 
@@ -178,7 +188,14 @@ static void tcp_db_wake(void *ctx, uint32_t *word)
  * drain reads past the byte (inline or not), as any doorbell's. */
 static void tcp_db_wake_urgent(void *ctx) { tcp_db_send(ctx, MSG_OOB); }
 
-static const struct fivc_doorbell tcp_doorbell = {tcp_db_wait, tcp_db_wake, tcp_db_wake_urgent};
+static int tcp_db_stop_spin(void *ctx)
+{
+	(void)ctx;
+	return fivc_sig_came();
+}
+
+static const struct fivc_doorbell tcp_doorbell = {tcp_db_wait, tcp_db_wake, tcp_db_wake_urgent,
+						  tcp_db_stop_spin};
 
 /* ---- 4-tuples ---- */
 
@@ -737,6 +754,18 @@ static uint64_t accept_gap = UINT64_MAX / 8;
 static unsigned accept_probe;
 static int accept_accel;
 
+/* A listener's SO_RCVTIMEO (an accept under one is not restarted), in ns */
+static uint64_t rcv_timeout(int lfd)
+{
+	struct timeval tv = {0};
+	socklen_t l = sizeof(tv);
+	int saved = errno;
+	if (fivc_real.getsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) < 0)
+		tv.tv_sec = tv.tv_usec = 0;
+	errno = saved;
+	return (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
+}
+
 /* Returns when the spin began (0: no spin, no measure). */
 static uint64_t accept_spin(int lfd)
 {
@@ -751,9 +780,10 @@ static uint64_t accept_spin(int lfd)
 	for (unsigned i = 0;; i++) {
 		if (!(i & 31)) {
 			struct pollfd p = {.fd = lfd, .events = POLLIN};
-			if (fivc_real.poll(&p, 1, 0) != 0 ||
+			if (fivc_real.poll(&p, 1, 0) != 0 || fivc_sig_came() ||
 			    fivc_now_ns(CLOCK_MONOTONIC) - start >= budget)
-				break; /* a connection (or an error accept() will give); time up */
+				break; /* a connection (or an error accept() will give);
+					* a handler ran (the caller sees it); time up */
 		}
 		fivc_cpu_relax();
 	}
@@ -786,8 +816,14 @@ int fivc_do_accept(int lfd, struct sockaddr *addr, socklen_t *len, int flags, in
 	uint64_t spun = 0;
 	if (!fivc_cfg.disabled && !FIVC_GUARDED()) {
 		lfl = fivc_fd_nonblock(lfd);
-		if (lfl == 0)
+		if (lfl == 0) {
+			fivc_sig_mark();
 			spun = accept_spin(lfd);
+			/* a handler that ran in the spin ends the accept as
+			 * it would the kernel's sleep in it (sig.c) */
+			if (fivc_sig_came() && !fivc_sig_restarts(rcv_timeout(lfd)))
+				return (int)fivc_ret(-EINTR);
+		}
 	}
 	int fd = use4 ? fivc_real.accept4(lfd, addr, len, flags) : fivc_real.accept(lfd, addr, len);
 	if (fd >= 0)

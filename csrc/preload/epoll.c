@@ -1000,7 +1000,8 @@ static uint32_t nested_eval(struct ep_entry *e, int peek)
 static int kernel_take(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
 		       const sigset_t *mask)
 {
-	int k = fivc_real.epoll_pwait(s->epfd, ev, max, timeout_ms, mask);
+	int k = timeout_ms ? fivc_sig_epoll_pwait(s->epfd, ev, max, timeout_ms, mask)
+			   : fivc_real.epoll_pwait(s->epfd, ev, max, 0, mask);
 	if (k < 0)
 		return -errno;
 	int out = 0, locked = 0;
@@ -1154,6 +1155,7 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 	if (!s || !__atomic_load_n(&s->nentries, __ATOMIC_RELAXED))
 		return fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
 	__atomic_add_fetch(&s->n_calls, 1, __ATOMIC_RELAXED);
+	fivc_sig_mark();
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
 	uint64_t budget = fivc_cfg.spin_ns >> s->spin_fails;
 	if (++s->spin_probe >= FIVC_SPIN_PROBE) {
@@ -1199,7 +1201,9 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 					return (int)fivc_ret(k);
 				if (k)
 					return k + report(s, events + k, max - k, 0);
-				if (!s->nlisted || fivc_now_ns(CLOCK_MONOTONIC) - start >= budget) {
+				/* (a handler that ran: the sleep below ends at once) */
+				if (!s->nlisted || fivc_sig_came() ||
+				    fivc_now_ns(CLOCK_MONOTONIC) - start >= budget) {
 					uint8_t f = s->spin_fails;
 					s->spin_fails = f >= FIVC_SPIN_MAX_SHIFT / 2 ? FIVC_SPIN_MAX_SHIFT
 										     : (uint8_t)(f ? f * 2 : 1);

@@ -278,28 +278,6 @@ static ssize_t tcp_last_look(int fd, void *buf, size_t len, int flags)
 	return errno == EAGAIN ? -ECONNRESET : -errno;
 }
 
-/* A wait of ours that poll(2) ended with EINTR, where the kernel's blocking
- * call would have been restarted had the handler SA_RESTART (signal(7)):
- * which signal came is not known, so restart when every caught signal's
- * handler restarts.  A socket with a timeout (SO_RCVTIMEO / SO_SNDTIMEO
- * for the call's direction) is never restarted. */
-static int eintr_restarts(uint64_t timeout_ns)
-{
-	if (timeout_ns)
-		return 0;
-	for (int sig = 1; sig < NSIG; sig++) {
-		struct sigaction sa;
-		if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
-			continue;
-		if (!(sa.sa_flags & SA_SIGINFO) &&
-		    (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN))
-			continue;
-		if (!(sa.sa_flags & SA_RESTART))
-			return 0;
-	}
-	return 1;
-}
-
 static int peer_stepped(struct fsock *fs); /* below: adopted (client), N known (server) */
 
 /* One nap of a wait that began at start, under a timeout (SO_RCVTIMEO or
@@ -335,12 +313,12 @@ static int tcp_wait_live(struct fsock *fs, int fd, uint64_t start)
 			return -EAGAIN;
 		struct pollfd p = {.fd = fd, .events = POLLIN};
 		__atomic_add_fetch(&fs->ch.sleepers[0], 1, __ATOMIC_ACQ_REL); /* (fs_lock) */
-		int r = fivc_real.poll(&p, 1, tmo);
+		int r = fivc_sig_poll(&p, 1, tmo);
 		__atomic_sub_fetch(&fs->ch.sleepers[0], 1, __ATOMIC_ACQ_REL);
 		if (r > 0)
 			return 0;
 		if (r < 0 && errno == EINTR) {
-			if (!eintr_restarts(fs->ch.rd_timeout_ns))
+			if (!fivc_sig_restarts(fs->ch.rd_timeout_ns))
 				return -EINTR;
 			continue;
 		}
@@ -497,8 +475,8 @@ static ssize_t client_pre_shared_send(struct fsock *fs, int fd, const char *buf,
 			if (tmo < 0)
 				return done ? (ssize_t)done : -EAGAIN;
 			struct pollfd p = {.fd = fd, .events = POLLOUT};
-			int k = fivc_real.poll(&p, 1, tmo);
-			if (k < 0 && errno == EINTR && !eintr_restarts(limit))
+			int k = fivc_sig_poll(&p, 1, tmo);
+			if (k < 0 && errno == EINTR && !fivc_sig_restarts(limit))
 				return done ? (ssize_t)done : -EINTR;
 			/* (any other poll error: the send says what is wrong) */
 			if (k != 0 && !(k < 0 && errno == EINTR))
@@ -570,8 +548,9 @@ static int pending_spin(struct fsock *fs, int fd)
 		int saved = errno;
 		int r = fivc_real.poll(&p, 1, 0);
 		errno = saved;
-		if (r != 0 || fivc_now_ns(CLOCK_MONOTONIC) - start >= budget)
-			break; /* TCP has something (a plain peer, pre-switch bytes), or time is up */
+		if (r != 0 || fivc_sig_came() || fivc_now_ns(CLOCK_MONOTONIC) - start >= budget)
+			break; /* TCP has something (a plain peer, pre-switch bytes), a
+				* handler ran (the sleep after ends with EINTR), or time is up */
 	}
 	if (fails < FIVC_SPIN_MAX_SHIFT)
 		__atomic_store_n(&pending_fails[role], fails + 1, __ATOMIC_RELAXED);
@@ -647,13 +626,21 @@ static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flag
 /* One recv on an fsock; the body behind every read-family wrapper.  The
  * error queue stays the kernel's (nothing is queued for ring bytes); urgent
  * data (MSG_OOB) is the ring's (channel.c "urgent data"). */
-ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
+static ssize_t fs_recv_held(struct fsock *fs, int fd, void *buf, size_t len, int flags)
 {
 	fivc_fs_hold(fs);
 	ssize_t r = fs_recv(fs, fd, buf, len, flags);
 	fivc_fs_down_due(fs, fd);
 	fivc_fs_unhold(fs);
 	return r;
+}
+
+/* (a signal's handler from here on ends a wait as it would the kernel's:
+ * sig.c) */
+ssize_t fivc_fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
+{
+	fivc_sig_mark();
+	return fs_recv_held(fs, fd, buf, len, flags);
 }
 
 static ssize_t fs_recv(struct fsock *fs, int fd, void *buf, size_t len, int flags)
@@ -845,13 +832,19 @@ out:
 
 static ssize_t fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags);
 
-ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
+static ssize_t fs_send_held(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
 {
 	fivc_fs_hold(fs);
 	ssize_t r = fs_send(fs, fd, buf, len, flags);
 	fivc_fs_down_due(fs, fd);
 	fivc_fs_unhold(fs);
 	return r;
+}
+
+ssize_t fivc_fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
+{
+	fivc_sig_mark();
+	return fs_send_held(fs, fd, buf, len, flags);
 }
 
 static ssize_t fs_send(struct fsock *fs, int fd, const void *buf, size_t len, int flags)
@@ -934,6 +927,7 @@ static ssize_t fs_vec_in(struct fsock *fs, int fd, const struct iovec *iov, int 
 static ssize_t fs_vec(struct fsock *fs, int fd, const struct iovec *iov, int n, int wr,
 		      int flags, int later)
 {
+	fivc_sig_mark(); /* (once: a handler between pieces ends the call) */
 	fivc_fs_hold(fs); /* (across the pieces: see fivc_fs_hold) */
 	ssize_t r = fs_vec_in(fs, fd, iov, n, wr, flags, later);
 	fivc_fs_unhold(fs);
@@ -957,8 +951,8 @@ static ssize_t fs_vec_in(struct fsock *fs, int fd, const struct iovec *iov, int 
 		int f = done ? later : flags;
 		if (wr && i != last)
 			f &= ~MSG_OOB;
-		ssize_t r = wr ? fivc_fs_send(fs, fd, iov[i].iov_base, iov[i].iov_len, f)
-			       : fivc_fs_recv(fs, fd, iov[i].iov_base, iov[i].iov_len, f);
+		ssize_t r = wr ? fs_send_held(fs, fd, iov[i].iov_base, iov[i].iov_len, f)
+			       : fs_recv_held(fs, fd, iov[i].iov_base, iov[i].iov_len, f);
 		if (r < 0)
 			return done ? (ssize_t)done : r;
 		done += (size_t)r;

@@ -43,6 +43,7 @@ static int counts(short events, short revents, int sel)
 static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask,
 			int sel)
 {
+	fivc_sig_mark();
 	struct pollfd stackbuf[32];
 	short stackauth[32];
 	struct pollfd *k = n <= 32 ? stackbuf : malloc(n * sizeof(*k));
@@ -106,7 +107,10 @@ static int poll_managed(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const 
 		/* Nothing is disarmed after the wait: the peer clears a flag when
 		 * it rings (channel.c), and a flag cleared here could be another
 		 * waiter's (an epoll set, another thread) just armed. */
-		int r = fivc_real.ppoll(k, n, sleep < 0 ? NULL : &ts, mask);
+		/* (a sleep after a handler of the program's ran in our walk
+		 * ends at once with EINTR, as the kernel's would: sig.c) */
+		int r = sleep ? fivc_sig_ppoll(k, n, sleep < 0 ? NULL : &ts, mask)
+			      : fivc_real.ppoll(k, n, &ts, mask);
 		int e = errno;
 		if (r < 0) {
 			ret = -e;

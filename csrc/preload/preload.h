@@ -206,6 +206,19 @@ struct fsock {
 	struct fivc_chan ch;
 };
 
+/* Signals inside our calls (sig.c): a call that may sleep marks at its
+ * start; its sleeps end with EINTR when a handler of the program's ran
+ * since (fivc_sig_poll etc. return as poll does, errno set), and
+ * fivc_sig_restarts says whether the kernel's call would have gone on. */
+void fivc_sig_mark(void);
+int fivc_sig_came(void);
+int fivc_sig_restarts(uint64_t timeout_ns);
+long fivc_sig_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+int fivc_sig_poll(struct pollfd *p, nfds_t n, int timeout_ms);
+int fivc_sig_ppoll(struct pollfd *p, nfds_t n, const struct timespec *ts, const sigset_t *mask);
+int fivc_sig_epoll_pwait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
+			 const sigset_t *mask);
+
 /* fd -> fsock; NULL for every fd the library does not handle. */
 extern struct fsock **fivc_fds;
 extern int fivc_nfds;

@@ -16,6 +16,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -63,6 +64,7 @@ static const char *en(int e)
 	case EBADF: return "EBADF";
 	case ECONNRESET: return "ECONNRESET";
 	case ENOTCONN: return "ENOTCONN";
+	case EINTR: return "EINTR";
 	default: snprintf(b, sizeof(b), "errno%d", e); return b;
 	}
 }
@@ -506,6 +508,142 @@ static void t_raw(void)
 	done("raw syscall()", &p);
 }
 
+/* ---- the program's handlers, as it set them (issue 11: fastivc runs them
+ * through a trampoline of its own, which must not show) ---- */
+
+static volatile sig_atomic_t h_runs, h_signo, h_code, h_value;
+static void h1(int sig) { h_runs++; h_signo = sig; }
+static void h2(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	h_runs++;
+	h_signo = sig;
+	h_code = si->si_code;
+	h_value = si->si_value.sival_int;
+}
+
+static const char *hname(void *h)
+{
+	return h == (void *)SIG_DFL ? "DFL" : h == (void *)SIG_IGN ? "IGN" : h == (void *)SIG_HOLD ? "HOLD"
+	     : h == (void *)h1 ? "h1" : h == (void *)h2 ? "h2" : "other";
+}
+
+/* what sigaction reports for sig */
+static void act_is(const char *what, int sig)
+{
+	struct sigaction o;
+	if (sigaction(sig, NULL, &o) < 0) {
+		step("%s -1 %s", what, en(errno));
+		return;
+	}
+	void *h = o.sa_flags & SA_SIGINFO ? (void *)o.sa_sigaction : (void *)o.sa_handler;
+	step("%s %s siginfo=%d restart=%d resethand=%d nodefer=%d masks_self=%d", what, hname(h),
+	     !!(o.sa_flags & SA_SIGINFO), !!(o.sa_flags & SA_RESTART),
+	     !!(o.sa_flags & SA_RESETHAND), !!(o.sa_flags & SA_NODEFER),
+	     sigismember(&o.sa_mask, sig));
+}
+
+static void ran(const char *what)
+{
+	step("%s runs=%d signo=%d", what, (int)h_runs, (int)h_signo);
+	h_runs = h_signo = 0;
+}
+
+struct kick {
+	pthread_t main;
+	int sig, fd, write_ms;
+};
+
+static void *kick_later(void *arg)
+{
+	struct kick *k = arg;
+	usleep(50000);
+	pthread_kill(k->main, k->sig);
+	if (k->write_ms) {
+		usleep((useconds_t)k->write_ms * 1000);
+		send(k->fd, "late", 4, MSG_NOSIGNAL);
+	}
+	return NULL;
+}
+
+/* a blocking recv on the ring that a handler interrupts (none restarting)
+ * or that goes on (SA_RESTART) */
+static void recv_kicked(const char *what, struct pair *p, int restart)
+{
+	struct kick k = {pthread_self(), SIGUSR1, p->w, restart ? 200 : 0};
+	pthread_t t;
+	char b[16];
+	struct sigaction a = {.sa_handler = h1, .sa_flags = restart ? SA_RESTART : 0};
+	sigemptyset(&a.sa_mask);
+	sigaction(SIGUSR1, &a, NULL);
+	pthread_create(&t, NULL, kick_later, &k);
+	res(what, recv(p->r, b, sizeof(b), 0));
+	pthread_join(t, NULL);
+	ran(what);
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* siginterrupt, sigset: programs call them */
+static void t_sigaction(void)
+{
+	struct pair p = pair_open();
+	struct sigaction a = {.sa_handler = h1}, o;
+	sigemptyset(&a.sa_mask);
+	res("sigaction h1", sigaction(SIGUSR1, &a, &o));
+	step("its old %s", hname((void *)o.sa_handler));
+	act_is("then", SIGUSR1);
+	raise(SIGUSR1);
+	ran("raised");
+	a.sa_sigaction = h2;
+	a.sa_flags = SA_SIGINFO;
+	res("sigaction h2 siginfo", sigaction(SIGUSR1, &a, &o));
+	step("its old %s siginfo=%d", hname((void *)o.sa_handler), !!(o.sa_flags & SA_SIGINFO));
+	act_is("then", SIGUSR1);
+	sigqueue(getpid(), SIGUSR1, (union sigval){.sival_int = 42});
+	step("queued runs=%d signo=%d code=%d value=%d", (int)h_runs, (int)h_signo,
+	     h_code == SI_QUEUE, (int)h_value);
+	h_runs = h_signo = 0;
+	step("signal old %s", hname((void *)signal(SIGUSR2, h1)));
+	act_is("signal()", SIGUSR2);
+	res("siginterrupt 1", siginterrupt(SIGUSR2, 1));
+	act_is("then", SIGUSR2);
+	step("signal old %s", hname((void *)signal(SIGUSR2, h1)));
+	act_is("signal() after siginterrupt", SIGUSR2);
+	res("siginterrupt 0", siginterrupt(SIGUSR2, 0));
+	act_is("then", SIGUSR2);
+	step("sysv_signal old %s", hname((void *)sysv_signal(SIGUSR2, h1)));
+	act_is("sysv_signal()", SIGUSR2);
+	raise(SIGUSR2);
+	ran("raised");
+	act_is("after its one run", SIGUSR2);
+	a.sa_handler = h1;
+	a.sa_flags = SA_RESETHAND;
+	sigaction(SIGUSR1, &a, NULL);
+	raise(SIGUSR1);
+	ran("resethand raised");
+	act_is("after", SIGUSR1);
+	signal(SIGUSR1, h1);
+	step("sigset hold old %s", hname((void *)sigset(SIGUSR1, SIG_HOLD)));
+	raise(SIGUSR1);
+	ran("held");
+	step("sigset h1 old %s", hname((void *)sigset(SIGUSR1, h1)));
+	ran("released");
+	step("signal ign old %s", hname((void *)signal(SIGUSR1, SIG_IGN)));
+	raise(SIGUSR1);
+	ran("ignored");
+	res("sigaction SIGKILL", sigaction(SIGKILL, &a, NULL));
+	res("sigaction 0", sigaction(0, &a, NULL));
+	errno = 0;
+	void *h65 = (void *)signal(65, h1);
+	step("signal 65 %s %s", h65 == (void *)SIG_ERR ? "SIG_ERR" : hname(h65), en(errno));
+	recv_kicked("recv, a handler", &p, 0);
+	recv_kicked("recv, an SA_RESTART handler", &p, 1);
+	signal(SIGUSR1, SIG_DFL);
+	signal(SIGUSR2, SIG_DFL);
+	done("the program's handlers", &p);
+}
+#pragma GCC diagnostic pop
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "child")) {
@@ -529,6 +667,7 @@ int main(int argc, char **argv)
 	t_recvmmsg_reset_later();
 	t_sendmmsg();
 	t_raw();
+	t_sigaction();
 	t_v2();
 	t_stdio();
 	t_daemon(self);

@@ -17,6 +17,9 @@ struct fivc_doorbell {
 	/* An urgent write's doorbell, out of band (its kernel raises SIGURG
 	 * at the peer's owner); NULL: none (channel.c "signals") */
 	void (*wake_urgent)(void *ctx);
+	/* Whether a spin before the sleep should stop now (a signal's
+	 * handler ran: the sleep ends it with EINTR); NULL: never */
+	int (*stop_spin)(void *ctx);
 };
 extern const struct fivc_doorbell fivc_doorbell_futex;
 
