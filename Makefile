@@ -49,7 +49,7 @@ soak-downgrade: install
 # conformance: the differential harness against the kernel, long mode
 # (tests/test_conformance.py: CONFORM_SCENARIOS random call sequences in each
 # of its two tests, 100,000 in all, plain TCP vs fastivc, every result
-# compared; about an hour on 2 vCPUs).
+# compared; about 85 minutes on 2 vCPUs).
 CONFORM_SCENARIOS ?= 50000
 conformance: install
 	FIVC_CONFORM_SCENARIOS=$(CONFORM_SCENARIOS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \

@@ -6,7 +6,9 @@ none when nothing comes or once O_ASYNC is cleared; SIGURG at an owner
 for urgent data; SIGIO at a writer that met EAGAIN once there is room;
 5,000 messages each announced by its signal, and all of it (with
 SO_OOBINLINE) in a program the socket was handed to by exec.  Every scenario on the
-ring (before: no signal ever came for ring data)."""
+ring (before: no signal ever came for ring data).  And a handler against
+a call that waits (tests/programs/interrupts.py): EINTR or the call going
+on, as the kernel's, also when the signal lands in the library's spin."""
 
 from __future__ import annotations
 

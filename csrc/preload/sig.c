@@ -165,6 +165,24 @@ static void unlock_acts(const sigset_t *old)
 	pthread_sigmask(SIG_SETMASK, old, NULL);
 }
 
+/* fork: the lock held across it, so that the child never inherits it
+ * held by a thread it does not have */
+static TLS sigset_t fork_mask;
+static pid_t acts_pid; /* the process the table is of */
+static void fork_prepare(void) { lock_acts(&fork_mask); }
+static void fork_parent(void) { unlock_acts(&fork_mask); }
+static void fork_child(void)
+{
+	acts_pid = getpid();
+	unlock_acts(&fork_mask);
+}
+
+__attribute__((constructor)) static void sig_init(void)
+{
+	acts_pid = getpid();
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
 /* The kernel's answer, or the program's own handler where the kernel's
  * is our trampoline. */
 static void report_old(int sig, struct sigaction *k, unsigned cur)
@@ -191,8 +209,14 @@ FIVC_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction
 		errno = ENOSYS;
 		return -1;
 	}
-	if (sig <= 0 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP || !act) {
-		/* the kernel's answer (errors; a query) */
+	/* A child that shares our memory (vfork, posix_spawn: Python's
+	 * subprocess resets every handler there before its exec) must not
+	 * change the table the parent's trampoline reads (regression:
+	 * tornado's test_sigchild, the parent's SIGCHLD handler found SIG_DFL
+	 * there and never ran): its handlers go to the kernel as they are. */
+	int shared = getpid() != __atomic_load_n(&acts_pid, __ATOMIC_RELAXED);
+	if (sig <= 0 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP || !act || shared) {
+		/* the kernel's answer (errors; a query; such a child) */
 		struct sigaction k;
 		int r = real_sigaction(sig, act, old ? &k : NULL);
 		if (r == 0 && old) {
