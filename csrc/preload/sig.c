@@ -261,9 +261,9 @@ FIVC_EXPORT int __sigaction(int sig, const struct sigaction *act, struct sigacti
 	return sigaction(sig, act, old);
 }
 
-/* signal(): BSD's, as glibc's: the signal blocked in its handler and
- * SA_RESTART unless siginterrupt turned it off. */
-FIVC_EXPORT sighandler_t signal(int sig, sighandler_t h)
+/* The older calls' one form: h for sig with those flags, the signal
+ * itself blocked in its handler or not; the old handler, or SIG_ERR. */
+static sighandler_t set_simple(int sig, sighandler_t h, int flags, int mask_self)
 {
 	struct sigaction a, o;
 	if (h == SIG_ERR || sig <= 0 || sig >= NSIG) {
@@ -273,9 +273,18 @@ FIVC_EXPORT sighandler_t signal(int sig, sighandler_t h)
 	memset(&a, 0, sizeof(a));
 	a.sa_handler = h;
 	sigemptyset(&a.sa_mask);
-	sigaddset(&a.sa_mask, sig);
-	a.sa_flags = sigismember(&act_restart_off, sig) ? 0 : SA_RESTART;
+	if (mask_self)
+		sigaddset(&a.sa_mask, sig);
+	a.sa_flags = flags;
 	return sigaction(sig, &a, &o) < 0 ? SIG_ERR : o.sa_handler;
+}
+
+/* signal(): BSD's, as glibc's: the signal blocked in its handler and
+ * SA_RESTART unless siginterrupt turned it off. */
+FIVC_EXPORT sighandler_t signal(int sig, sighandler_t h)
+{
+	int off = sig > 0 && sig < NSIG && sigismember(&act_restart_off, sig) == 1;
+	return set_simple(sig, h, off ? 0 : SA_RESTART, 1);
 }
 
 FIVC_EXPORT sighandler_t bsd_signal(int sig, sighandler_t h) { return signal(sig, h); }
@@ -284,16 +293,7 @@ FIVC_EXPORT sighandler_t ssignal(int sig, sighandler_t h) { return signal(sig, h
 /* System V's: one delivery, not blocked in its handler, no restart. */
 FIVC_EXPORT sighandler_t sysv_signal(int sig, sighandler_t h)
 {
-	struct sigaction a, o;
-	if (h == SIG_ERR || sig <= 0 || sig >= NSIG) {
-		errno = EINVAL;
-		return SIG_ERR;
-	}
-	memset(&a, 0, sizeof(a));
-	a.sa_handler = h;
-	sigemptyset(&a.sa_mask);
-	a.sa_flags = SA_RESETHAND | SA_NODEFER;
-	return sigaction(sig, &a, &o) < 0 ? SIG_ERR : o.sa_handler;
+	return set_simple(sig, h, SA_RESETHAND | SA_NODEFER, 0);
 }
 
 FIVC_EXPORT sighandler_t __sysv_signal(int sig, sighandler_t h) { return sysv_signal(sig, h); }

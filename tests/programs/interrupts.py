@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from onfabric import on_fabric
+from onfabric import on_fabric, switched_pair
 
 ALARM_S, LATE_S, WATCHDOG = 0.05, 1.0, 4.0
 counted = [0]
@@ -78,20 +78,7 @@ class Later:
 class Pair:
     def __init__(self) -> None:
         base = on_fabric()
-        ls = socket.socket()
-        ls.bind(("127.0.0.1", 0))
-        ls.listen(8)
-        c = socket.socket()
-        c.connect(ls.getsockname())
-        s, _ = ls.accept()
-        self.ls = ls
-        for x in (c, s):
-            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.sendall(b"!")  # the switch, both ways
-        assert s.recv(1) == b"!"
-        s.sendall(b"!")
-        assert c.recv(1) == b"!"
-        self.c, self.s = c, s
+        self.ls, self.c, self.s = switched_pair(backlog=8)
         self.steps: list = []
         self.acc = on_fabric() - base if base >= 0 else -1
 

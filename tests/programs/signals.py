@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 
-from onfabric import on_fabric
+from onfabric import on_fabric, switched_pair
 
 WAIT_YES, WAIT_NO = 3.0, 0.15
 FIOASYNC, FIOSETOWN = 0x5452, 0x8901
@@ -35,22 +35,8 @@ def _count(sig, _frame) -> None:
 class Pair:
     def __init__(self, client_setup=None) -> None:
         base = on_fabric()
-        ls = socket.socket()
-        ls.bind(("127.0.0.1", 0))
-        ls.listen(1)
-        c = socket.socket()
-        if client_setup:
-            client_setup(c)  # before connect
-        c.connect(ls.getsockname())
-        s, _ = ls.accept()
+        ls, self.c, self.s = switched_pair(client_setup)
         ls.close()
-        for x in (c, s):
-            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.sendall(b"!")  # the switch, both ways
-        assert s.recv(1) == b"!"
-        s.sendall(b"!")
-        assert c.recv(1) == b"!"
-        self.c, self.s = c, s
         self.steps: list = []
         self.acc = on_fabric() - base if base >= 0 else -1
 
