@@ -763,7 +763,7 @@ static uint64_t rcv_timeout(int lfd)
 	if (fivc_real.getsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) < 0)
 		tv.tv_sec = tv.tv_usec = 0;
 	errno = saved;
-	return (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
+	return tv_ns(&tv);
 }
 
 /* Returns when the spin began (0: no spin, no measure). */
