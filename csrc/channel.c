@@ -924,6 +924,23 @@ void fivc_chan_arm_code(struct fivc_chan *c, int rd, int wr, uint32_t code)
 	fivc_smp_mb(); /* SB: the caller looks at the rings after this */
 }
 
+/* A watcher that goes (its epoll entry freed: close, DEL) leaves its code
+ * in the flags it armed.  A later ring write by the peer would spend it:
+ * the exchange takes it, the note clears the set's record's "armed" and
+ * rings this connection's socket, which no longer wakes the set; the set,
+ * asleep for another connection, then misses that one's note (regression:
+ * an epoll client that closes and connects again waited 100 ms for one
+ * reply in five).  The CAS leaves alone a flag that holds anything else. */
+void fivc_chan_unarm_code(struct fivc_chan *c, uint32_t code)
+{
+	if (!FIVC_WAKE_IS_CODE(code))
+		return;
+	uint32_t v = code;
+	fivc_cas(&c->rx->cons_waiting, &v, 0u);
+	v = code;
+	fivc_cas(&c->tx->prod_waiting, &v, 0u);
+}
+
 void fivc_chan_disarm(struct fivc_chan *c)
 {
 	fivc_store_relaxed(&c->rx->cons_waiting, 0);

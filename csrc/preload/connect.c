@@ -724,6 +724,10 @@ int fivc_do_connect(int fd, const struct sockaddr *addr, socklen_t len)
 		fivc_fd_set(fd, NULL);
 		fivc_fs_release(fs);
 		errno = e;
+	} else if (fs) {
+		/* sets it was added to before (nginx's upstreams): now ours; what
+		 * the kernel reported meanwhile was TCP's, and the MOD looks again */
+		fivc_epoll_took_fd(fd);
 	}
 	return r;
 }

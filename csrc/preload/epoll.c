@@ -177,6 +177,14 @@ struct ep_set {
 
 static struct ep_set **sets;     /* by epoll fd; entries never freed */
 static struct ep_entry **by_fd;  /* by watched fd */
+/* A TCP socket's registrations made while it was not ours yet (pre_note) */
+struct pre_reg {
+	struct pre_reg *next;
+	int epfd;
+	struct epoll_event ev;
+};
+static struct pre_reg **pre_by_fd; /* by fd, under its stripe */
+static uint64_t epoll_late; /* fastivc_epoll_late */
 static int ep_nfds;
 static pthread_mutex_t stripes[STRIPES];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
@@ -188,14 +196,17 @@ static void tables_init(void)
 	int n = fivc_nfds;
 	struct ep_set **s = calloc((size_t)n, sizeof(*s));
 	struct ep_entry **b = calloc((size_t)n, sizeof(*b));
+	struct pre_reg **pre = calloc((size_t)n, sizeof(*pre));
 	for (int i = 0; i < STRIPES; i++)
 		pthread_mutex_init(&stripes[i], NULL);
-	if (!s || !b) {
+	if (!s || !b || !pre) {
 		free(s);
 		free(b);
+		free(pre);
 		return;
 	}
 	by_fd = b;
+	pre_by_fd = pre;
 	ep_nfds = n;
 	__atomic_store_n(&sets, s, __ATOMIC_RELEASE); /* publishes by_fd and ep_nfds */
 }
@@ -280,9 +291,17 @@ static void queue(struct ep_set *s, struct ep_entry *e)
 
 static int is_nested_et(const struct ep_entry *e) { return e->nested && (e->events & EPOLLET); }
 
+static int set_nrec(const struct ep_set *s);
+
 static void entry_free(struct ep_set *s, struct ep_entry *e)
 {
 	if (e->tok1 && s->tok) {
+		/* its code leaves the ring's flags with it (fivc_chan_unarm_code) */
+		struct fsock *fs = e->nested ? NULL : fivc_fs(e->fd);
+		unsigned t = (unsigned)e->tok1 - 1;
+		if (fs && fs->ch.f && fs->ch.f == s->rec_f && t / FIVC_WAKER_TOKENS < (unsigned)set_nrec(s))
+			fivc_chan_unarm_code(&fs->ch, FIVC_WAKE_CODE(s->rec[t / FIVC_WAKER_TOKENS],
+								     t % FIVC_WAKER_TOKENS));
 		s->tok[e->tok1 - 1] = NULL;
 		s->tok_free[s->ntok_free++] = (uint16_t)(e->tok1 - 1);
 	}
@@ -467,6 +486,86 @@ static void hand_to_kernel(struct ep_set *s, struct ep_entry *e)
 	__atomic_add_fetch(&s->nplain, 1, __ATOMIC_RELAXED);
 }
 
+/* ---- registrations made before the socket was ours ----
+ *
+ * A TCP socket may be added to a set before connect() makes it ours:
+ * nginx adds each upstream connection (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET)
+ * before its connect (ngx_event_connect_peer).  Such a registration is the
+ * kernel's, for TCP's events only, so the ring's never reached the program:
+ * nginx sent its request, the server's reply sat in the ring, and nginx
+ * waited for ever (regression: `fastivc bench tiers`, every upstream
+ * request hung until proxy_read_timeout).  The program's MOD took it over
+ * (fivc_do_epoll_ctl), but an edge-triggered loop never sends one.  So the
+ * registrations of a TCP socket that is not ours are noted here, and
+ * connect() takes each over as that MOD would (fivc_epoll_took_fd).  The
+ * notes go with the program's DEL and with close. */
+static void pre_note(int epfd, int op, int fd, const struct epoll_event *ev)
+{
+	if (!pre_by_fd || fd < 0 || fd >= ep_nfds)
+		return;
+	pthread_mutex_lock(stripe(fd));
+	struct pre_reg **pp = &pre_by_fd[fd];
+	while (*pp && (*pp)->epfd != epfd)
+		pp = &(*pp)->next;
+	if (op == EPOLL_CTL_DEL) {
+		struct pre_reg *g = *pp;
+		if (g) {
+			*pp = g->next;
+			free(g);
+		}
+	} else if (*pp) {
+		(*pp)->ev = *ev;
+	} else {
+		/* (a MOD with no note: added before we were loaded) */
+		struct pre_reg *g = malloc(sizeof(*g));
+		if (g) {
+			g->epfd = epfd;
+			g->ev = *ev;
+			g->next = pre_by_fd[fd];
+			__atomic_store_n(&pre_by_fd[fd], g, __ATOMIC_RELEASE);
+		}
+	}
+	pthread_mutex_unlock(stripe(fd));
+}
+
+static struct pre_reg *pre_take(int fd)
+{
+	if (!pre_by_fd || fd < 0 || fd >= ep_nfds || !__atomic_load_n(&pre_by_fd[fd], __ATOMIC_ACQUIRE))
+		return NULL;
+	pthread_mutex_lock(stripe(fd));
+	struct pre_reg *list = pre_by_fd[fd];
+	__atomic_store_n(&pre_by_fd[fd], NULL, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(stripe(fd));
+	return list;
+}
+
+void fivc_epoll_forget_pre(int fd)
+{
+	for (struct pre_reg *g = pre_take(fd), *n; g; g = n) {
+		n = g->next;
+		free(g);
+	}
+}
+
+void fivc_epoll_took_fd(int fd)
+{
+	struct pre_reg *g = pre_take(fd), *n;
+	if (!g)
+		return;
+	int saved = errno;
+	for (; g; g = n) {
+		n = g->next;
+		/* (an EPOLLEXCLUSIVE one cannot be modified: it stays the kernel's;
+		 * a set closed since answers EBADF or ENOENT: nothing to take) */
+		if (!(g->ev.events & EPOLLEXCLUSIVE) &&
+		    fivc_do_epoll_ctl(g->epfd, EPOLL_CTL_MOD, fd, &g->ev) == 0)
+			FIVC_DEBUG("fd %d: its registration in epoll set %d, made before connect, "
+				   "taken over", fd, g->epfd);
+		free(g);
+	}
+	errno = saved;
+}
+
 /* An fd we do not (or no longer) manage: the kernel's, after dropping an
  * entry it may have from when it was managed. */
 static int ctl_unmanaged(int epfd, int op, int fd, struct epoll_event *ev)
@@ -486,6 +585,8 @@ static int ctl_unmanaged(int epfd, int op, int fd, struct epoll_event *ev)
 			return (int)fivc_ret(-ENOENT);
 	}
 	int r = fivc_real.epoll_ctl(epfd, op, fd, ev);
+	if (r == 0 && fd != epfd && fivc_fd_kind(fd) == FIVC_KIND_TCP && !fivc_fs(fd))
+		pre_note(epfd, op, fd, ev); /* it may become ours (connect) */
 	if (r == 0 && s && op == EPOLL_CTL_ADD)
 		__atomic_add_fetch(&s->nplain, 1, __ATOMIC_RELAXED);
 	else if (r == 0 && s && op == EPOLL_CTL_DEL && __atomic_load_n(&s->nplain, __ATOMIC_RELAXED) > 0)
@@ -516,6 +617,36 @@ static int ctl_del(struct ep_set *s, struct ep_entry *e, int epfd, int fd, struc
 	}
 	entry_free(s, e);
 	return fivc_real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0 ? -errno : 0;
+}
+
+enum { EVAL_REPORT = 0, EVAL_PEEK = 1 };
+static void entry_arm(struct ep_set *s, struct ep_entry *e, int coded);
+static uint32_t entry_eval(struct ep_entry *e, int peek, int *gone);
+
+/* An entry added (or modified) while a thread of the program sleeps in the
+ * set's kernel wait: that thread armed the set before the entry came, so
+ * nothing would wake it for the entry's ring, and the kernel's own wait
+ * wakes a sleeper for a ready fd added from another thread (regression:
+ * gunicorn's gthread worker, whose pool threads add each kept-alive
+ * connection while its main thread waits, answered every request after
+ * the first 100 ms late, at the sleeper's liveness look).  Armed now; if
+ * it is ready already, the kernel registration is made to fire at once
+ * (EPOLLOUT, edge-triggered, on a socket with send room): the sleeper
+ * takes that event, queues the entry and reports it; its next arming puts
+ * the registration back (entry_arm).  Set lock held. */
+static void ctl_while_asleep(struct ep_set *s, struct ep_entry *e)
+{
+	int gone;
+	struct fsock *fs = fivc_fs(e->fd);
+	if (!fs || fs->state == FS_PLAIN || e->disabled)
+		return;
+	entry_arm(s, e, 0);
+	if (!entry_eval(e, EVAL_PEEK, &gone) && !gone)
+		return; /* the peer's next move rings (SB: the arm's fence) */
+	struct epoll_event kev = {.events = e->kmask | EPOLLOUT | EPOLLET,
+				  .data.u64 = TAG | (uint32_t)e->fd};
+	if (fivc_real.epoll_ctl(s->epfd, EPOLL_CTL_MOD, e->fd, &kev) == 0)
+		e->kmask = kev.events;
 }
 
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
@@ -596,13 +727,15 @@ int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 		r = ctl_del(s, e, epfd, fd, fs);
 		break;
 	}
+	if (r == 0 && op != EPOLL_CTL_DEL && e && !e->nested &&
+	    __atomic_load_n(&s->sleepers, __ATOMIC_ACQUIRE))
+		ctl_while_asleep(s, e);
 	pthread_mutex_unlock(&s->lock);
 	return (int)fivc_ret(r);
 }
 
 /* ---- readiness of one entry ---- */
 
-enum { EVAL_REPORT = 0, EVAL_PEEK = 1 };
 enum { GONE_NO, GONE_CLOSED, GONE_PLAIN };
 
 static uint32_t nested_eval(struct ep_entry *e, int peek);
@@ -637,6 +770,14 @@ static uint32_t entry_eval(struct ep_entry *e, int peek, int *gone)
 		*gone = GONE_PLAIN;
 		return 0;
 	}
+	/* ET: the positions are taken before readiness is.  Taken after, a
+	 * byte that came in between moved them without being seen as ready,
+	 * and the edge was lost until the liveness nap (regression: an
+	 * epoll ET client's first reply after its switch waited 100 ms in
+	 * about one connection in five: nginx's upstreams, `bench tiers`). */
+	uint64_t in = 0, out = 0;
+	if (e->events & EPOLLET)
+		positions(e, fs, &in, &out);
 	short kev;
 	short r = fivc_fs_ready(fs, e->fd, to_poll(e->events), 0, &kev);
 	if (fs->state == FS_PLAIN) { /* left the ring just now (down.c) */
@@ -653,8 +794,6 @@ static uint32_t entry_eval(struct ep_entry *e, int peek, int *gone)
 	uint32_t lvl = to_epoll(r) & (e->events | EPOLLERR | EPOLLHUP);
 	if (!lvl || !(e->events & EPOLLET))
 		return lvl;
-	uint64_t in, out;
-	positions(e, fs, &in, &out);
 	uint32_t shut = lvl & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
 	if (!e->edge && in == e->seen_in && out == e->seen_out && !(shut & ~e->seen_shut))
 		return 0; /* ET: nothing new since the last report */
@@ -997,6 +1136,8 @@ static uint32_t nested_eval(struct ep_entry *e, int peek)
 /* The kernel's events: ours (tagged) queue their entries, after the
  * doorbell is drained; the program's are kept, compacted to the front.
  * Returns how many of the program's, or -errno. */
+static int take_events(struct ep_set *s, struct epoll_event *ev, int k);
+
 static int kernel_take(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
 		       const sigset_t *mask)
 {
@@ -1004,6 +1145,12 @@ static int kernel_take(struct ep_set *s, struct epoll_event *ev, int max, int ti
 			   : fivc_real.epoll_pwait(s->epfd, ev, max, 0, mask);
 	if (k < 0)
 		return -errno;
+	return take_events(s, ev, k);
+}
+
+/* The k events the kernel gave: see kernel_take. */
+static int take_events(struct ep_set *s, struct epoll_event *ev, int k)
+{
 	int out = 0, locked = 0;
 	for (int i = 0; i < k; i++) {
 		uint64_t d = ev[i].data.u64;
@@ -1152,8 +1299,32 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		       const sigset_t *mask)
 {
 	struct ep_set *s = max > 0 ? set_get(epfd, 0) : NULL;
-	if (!s || !__atomic_load_n(&s->nentries, __ATOMIC_RELAXED))
+	if (!s)
 		return fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
+	if (!__atomic_load_n(&s->nentries, __ATOMIC_RELAXED)) {
+		/* Only the kernel's fds: its wait, counted as a sleeper, so that
+		 * a managed entry added meanwhile by another thread wakes it
+		 * (ctl_while_asleep; regression: gunicorn's gthread main thread,
+		 * waiting while a pool thread put its only kept-alive connection
+		 * back, slept through the next request until its 1 s timeout).
+		 * Events of ours among the kernel's: the managed wait goes on. */
+		uint64_t t0 = timeout_ms > 0 ? fivc_now_ns(CLOCK_MONOTONIC) : 0;
+		__atomic_add_fetch(&s->sleepers, 1, __ATOMIC_ACQ_REL);
+		int k = fivc_real.epoll_pwait(epfd, events, max, timeout_ms, mask);
+		int e = errno;
+		__atomic_sub_fetch(&s->sleepers, 1, __ATOMIC_ACQ_REL);
+		if (k <= 0) {
+			errno = e;
+			return k;
+		}
+		int out = take_events(s, events, k);
+		if (out)
+			return out;
+		if (timeout_ms > 0) {
+			uint64_t el = (fivc_now_ns(CLOCK_MONOTONIC) - t0) / 1000000;
+			timeout_ms = el >= (uint64_t)timeout_ms ? 0 : timeout_ms - (int)el;
+		}
+	}
 	__atomic_add_fetch(&s->n_calls, 1, __ATOMIC_RELAXED);
 	fivc_sig_mark();
 	uint64_t start = fivc_now_ns(CLOCK_MONOTONIC);
@@ -1214,6 +1385,7 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		}
 	}
 	uint64_t checked = start;
+	int swept = 0;
 	for (;;) {
 		n = report_fair(s, events, max, 1, mask); /* arms and drops the rest */
 		if (n)
@@ -1227,8 +1399,12 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		int slice = left < 0 || left > (int)FIVC_LIVENESS_MS ? (int)FIVC_LIVENESS_MS : left;
 		pthread_mutex_lock(&s->lock); /* (so that a waking thread sees us count) */
 		int early = rec_arm(s); /* bits since our walk: look, do not sleep */
+		/* an entry queued since the walk (another thread's ctl, a kernel
+		 * event it took) was not armed by it: look again first */
+		early |= s->nlisted != 0;
 		__atomic_add_fetch(&s->sleepers, 1, __ATOMIC_ACQ_REL);
 		pthread_mutex_unlock(&s->lock);
+		uint64_t absorbed = __atomic_load_n(&s->n_absorbed, __ATOMIC_RELAXED);
 		int k = kernel_take(s, events, max, early ? 0 : slice, mask);
 		if (!__atomic_sub_fetch(&s->sleepers, 1, __ATOMIC_ACQ_REL)) {
 			/* awake: ring moves need not ring until we sleep again */
@@ -1241,12 +1417,19 @@ int fivc_do_epoll_wait(int epfd, struct epoll_event *events, int max, int timeou
 		if (k < 0)
 			return (int)fivc_ret(k);
 		n = k + report(s, events + k, max - k, 1);
+		if (n && !k && !early && !swept &&
+		    __atomic_load_n(&s->n_absorbed, __ATOMIC_RELAXED) == absorbed)
+			/* ready after a sleep that no doorbell ended: a lost wake
+			 * (or one that came as the slice ran out) */
+			__atomic_add_fetch(&epoll_late, (uint64_t)n, __ATOMIC_RELAXED);
 		if (n || left == 0)
 			return n;
 		uint64_t now = fivc_now_ns(CLOCK_MONOTONIC);
+		swept = 0;
 		if (now - checked >= FIVC_LIVENESS_MS * 1000000ull) {
 			checked = now;
 			sweep_dead(s);
+			swept = 1;
 		}
 	}
 }
@@ -1322,6 +1505,12 @@ FIVC_EXPORT void fastivc_epoll_stats(uint64_t out[6])
 }
 
 FIVC_EXPORT void fastivc_epoll_stats_reset(void) { for_each_set(stats_zero, NULL); }
+
+/* Events an epoll_wait reported after a sleep slice that no kernel event
+ * (doorbell, TCP edge) ended: each is a wake-up that went missing and was
+ * found by the next look, FIVC_LIVENESS_MS late (or, rarely, one that came
+ * just as the slice ran out).  For tests (test_epoll_wakes.py). */
+FIVC_EXPORT uint64_t fastivc_epoll_late(void) { return __atomic_load_n(&epoll_late, __ATOMIC_RELAXED); }
 
 static void rec_stats_add(struct ep_set *s, void *arg)
 {

@@ -457,6 +457,10 @@ int fivc_tcp_taken(int fd, uint64_t *out);
 int fivc_do_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
 /* The watcher took fd's socket back to TCP: hand its entries to the kernel. */
 void fivc_epoll_went_plain(int fd);
+/* connect() made fd ours: its registrations made before are taken over,
+ * as the program's EPOLL_CTL_MOD would; close forgets them (epoll.c) */
+void fivc_epoll_took_fd(int fd);
+void fivc_epoll_forget_pre(int fd);
 int fivc_do_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
 		       const sigset_t *mask);
 /* close/dup2 of fd: every set forgets its entry for fd (O(sets watching

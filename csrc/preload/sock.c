@@ -91,6 +91,7 @@ static int fs_detach(int fd, int do_close)
 		fivc_epoll_forget_fd(fd);
 	else
 		fivc_epoll_forget_set(fd); /* it may have been an epoll fd */
+	fivc_epoll_forget_pre(fd);
 	if (!fs && fivc_fd_kind(fd) == FIVC_KIND_TCP)
 		fivc_listen_forget(fd);
 	fivc_fd_set(fd, NULL);

@@ -176,6 +176,9 @@ void fivc_chan_arm_always(struct fivc_chan *c, int rd, int wr);
 /* The same with a wake code (layout.h "wake record") for an epoll set's
  * own sleep; the caller looks at the rings afterwards (SB). */
 void fivc_chan_arm_code(struct fivc_chan *c, int rd, int wr, uint32_t code);
+/* Take code back out of the waiting flags that still hold it (its watcher
+ * goes); a flag another waiter shares (1) or that a ringer took stays. */
+void fivc_chan_unarm_code(struct fivc_chan *c, uint32_t code);
 /* For waiters outside the channel (poll, epoll), once per FIVC_LIVENESS_MS
  * of sleep: 1 when the peer is gone (found dead now: then it is marked as
  * reset, so readiness reports it and I/O drains, then fails), 0 while it
