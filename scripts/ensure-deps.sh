@@ -30,6 +30,11 @@ have memcached || need+=(memcached)
 have node || need+=(nodejs)
 # PostgreSQL server, pgbench and psql (test_eventloops.py)
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
+# the app tier of `fastivc bench tiers` (tests/test_tiers.py): gunicorn with
+# Debian's Python clients for redis and PostgreSQL
+have gunicorn || need+=(gunicorn)
+/usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3-redis)
+/usr/bin/python3 -c 'import psycopg2' >/dev/null 2>&1 || need+=(python3-psycopg2)
 have ss || need+=(iproute2)
 # io_uring programs the downgrade tests build (test_downgrade.py)
 [ -e /usr/include/liburing.h ] || need+=(liburing-dev)

@@ -121,6 +121,15 @@ def _cmd_bench_nginx(args: argparse.Namespace) -> int:
                                                            args.loopback, p), "plain TCP")
 
 
+def _cmd_bench_tiers(args: argparse.Namespace) -> int:
+    from .bench import tiers
+
+    keepalive = {"on": (True,), "off": (False,), "both": (True, False)}[args.keepalive]
+    return _bench_output(args, lambda p: tiers.run(args.repeats, args.seconds, args.connections,
+                                                   keepalive, args.loopback, args.workers,
+                                                   progress=p), "plain TCP")
+
+
 def _cmd_bench_scale(args: argparse.Namespace) -> int:
     from .bench import scale
 
@@ -367,6 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("--quiet", action="store_true", help="no progress bar")
     dn.set_defaults(func=_cmd_bench_downgrade)
 
+    tr = bsub.add_parser("tiers", help="a multi-tier service: wrk -> nginx reverse proxy -> "
+                         "gunicorn (a Python app) -> redis and PostgreSQL, each tier in its own "
+                         "network namespace (loopback when not root or with --loopback): req/s, "
+                         "p50/p99 latency and CPU per 1,000 requests, plain and under fastivc run "
+                         "on every tier (not yet: --vm, the tiers in QEMU guests)")
+    tr.add_argument("--repeats", type=int, default=3, help="repeats (default 3)")
+    tr.add_argument("--seconds", type=int, default=3,
+                    help="seconds of wrk per case (default 3)")
+    tr.add_argument("--connections", type=int, nargs="+", metavar="C",
+                    default=[10, 100, 1000], help="wrk connections (default 10 100 1000)")
+    tr.add_argument("--keepalive", choices=("on", "off", "both"), default="both",
+                    help="nginx's upstream keepalive to the app tier (default both)")
+    tr.add_argument("--workers", type=int, default=1, help="nginx worker processes (default 1)")
+    tr.add_argument("--loopback", action="store_true",
+                    help="every tier on loopback in this namespace, even as root")
+    _bench_output_options(tr)
+    tr.set_defaults(func=_cmd_bench_tiers)
+
     sc = bsub.add_parser("scale", help="a busy connection's 64 B round trip (p50, p99) with N "
                          "idle connections open, plain and under fastivc run, and fastivc's "
                          "shared memory per idle connection (loopback or two network "
@@ -555,6 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--workers and --connections must be >= 1")
         if args.scenario == "redis" and args.clients and min(args.clients) < 1:
             parser.error("--clients must be >= 1")
+    if args.command == "bench" and args.scenario == "tiers":
+        if args.repeats < 1 or args.seconds < 1:
+            parser.error("--repeats and --seconds must be >= 1")
+        if min(args.connections) < 1 or args.workers < 1:
+            parser.error("--connections and --workers must be >= 1")
     if args.command == "bench" and args.scenario == "scale":
         from .bench.scale import DEFAULT_IDLE
         from .fabric import MAX_SLOTS
