@@ -50,6 +50,24 @@ def serve(ls: socket.socket) -> None:
         threading.Thread(target=one, args=(c,), daemon=True).start()
 
 
+def await_reply(ep: select.epoll, s: socket.socket, i: int, timeouts: list) -> bytes:
+    """The reply, each piece awaited in epoll_wait; round i goes to
+    timeouts when a wait sees nothing for WAIT_S."""
+    got = b""
+    while len(got) < REPLY:
+        if not ep.poll(WAIT_S):
+            timeouts.append(i)
+            break
+        try:
+            d = s.recv(4096)
+        except BlockingIOError:
+            continue
+        if not d:
+            break
+        got += d
+    return got
+
+
 def scenario(addr: tuple, before: bool, et: bool) -> dict:
     ep = select.epoll()
     mask = select.EPOLLIN | select.EPOLLRDHUP | (select.EPOLLOUT | select.EPOLLET if et else 0)
@@ -74,18 +92,7 @@ def scenario(addr: tuple, before: bool, et: bool) -> dict:
             if not et:
                 ep.modify(s.fileno(), mask)
             s.send(b"G" * REQ)
-            while len(got) < REPLY:
-                ev = ep.poll(WAIT_S)
-                if not ev:
-                    timeouts.append(i)
-                    break
-                try:
-                    d = s.recv(4096)
-                except BlockingIOError:
-                    continue
-                if not d:
-                    break
-                got += d
+            got = await_reply(ep, s, i, timeouts)
         else:
             timeouts.append(i)
         replies += len(got) == REPLY
@@ -125,16 +132,7 @@ def added_while_asleep(addr: tuple, other: bool) -> dict:
     for i in range(ROUNDS // 10):
         t = threading.Thread(target=add)
         t.start()
-        got = b""
-        while len(got) < REPLY:
-            ev = ep.poll(WAIT_S)
-            if not ev:
-                timeouts.append(i)
-                break
-            try:
-                got += s.recv(4096)
-            except BlockingIOError:
-                continue
+        got = await_reply(ep, s, i, timeouts)
         t.join()
         ep.unregister(s.fileno())
         replies += len(got) == REPLY

@@ -335,7 +335,8 @@ def _redis_once(r: Run) -> tuple[dict, list[str]]:
 
 # --- nginx -------------------------------------------------------------------------------
 
-NGINX_CONF = """\
+# nginx.conf's start, in the run's own directory (fastivc bench nginx, tiers)
+NGINX_HEAD = """\
 user root;
 worker_processes {workers};
 daemon off;
@@ -345,14 +346,17 @@ worker_rlimit_nofile {rlimit};
 events {{ worker_connections {worker_connections}; }}
 http {{
   access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_timeout 65;
   client_body_temp_path {dir}/body;
   proxy_temp_path {dir}/proxy;
   fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
+"""
+
+NGINX_CONF = NGINX_HEAD + """\
+  sendfile on;
+  tcp_nopush on;
+  keepalive_timeout 65;
   server {{
     listen {addr}:{port} backlog={backlog};
     root {dir}/html;
