@@ -243,6 +243,21 @@ def _run(ns: str | None, argv: list[str], timeout: float = 60, stdin: str | None
     return r.stdout
 
 
+def _probe(ns: str | None, argv: list[str]) -> tuple[int, str]:
+    """A readiness probe, plain TCP, 10 s at most: (exit status, stdout),
+    (-1, "") for one that hung (not ready yet)."""
+    try:
+        r = subprocess.run(in_ns(ns, argv), capture_output=True, text=True, timeout=10,
+                           env=_plain_env())
+    except subprocess.TimeoutExpired:
+        return -1, ""
+    return r.returncode, r.stdout
+
+
+def _http_status(ns: str | None, url: str) -> str:
+    return _probe(ns, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url])[1]
+
+
 def _as_postgres(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups", *argv]
 
@@ -321,9 +336,9 @@ def _once(c: Case, nginx_workers: int) -> tuple[dict, list[str]]:
         db = start("db", db_argv, "postgres.out")
         psql = [f"{pgb}/psql", "-h", h.addr["db"], "-p", str(p["db"]), "-U", "postgres", "-At",
                 "-q", "-v", "ON_ERROR_STOP=1", "postgres"]
-        _wait_ready(db, lambda: subprocess.run(
-            in_ns(h.ns["app"], [f"{pgb}/pg_isready", "-q", "-h", h.addr["db"], "-p",
-                                str(p["db"])]), env=_plain_env()).returncode == 0, "postgres")
+        _wait_ready(db, lambda: _probe(h.ns["app"], [f"{pgb}/pg_isready", "-q", "-h",
+                                                     h.addr["db"], "-p", str(p["db"])])[0] == 0,
+                    "postgres")
         _run(h.ns["app"], [*psql, "-c", "DROP TABLE IF EXISTS items; CREATE TABLE items (id int "
                            "PRIMARY KEY, name text NOT NULL, hits bigint NOT NULL DEFAULT 0); "
                            f"INSERT INTO items SELECT i, 'item-' || i, 0 FROM "
@@ -333,9 +348,8 @@ def _once(c: Case, nginx_workers: int) -> tuple[dict, list[str]]:
                       "--save", "", "--appendonly", "no", "--protected-mode", "no"]
         cache = start("cache", cache_argv, "redis.out")
         rcli = ["redis-cli", "-h", h.addr["cache"], "-p", str(p["cache"])]
-        _wait_ready(cache, lambda: subprocess.run(
-            in_ns(h.ns["app"], [*rcli, "ping"]), capture_output=True, text=True,
-            env=_plain_env()).stdout.strip() == "PONG", "redis-server")
+        _wait_ready(cache, lambda: _probe(h.ns["app"], [*rcli, "ping"])[1].strip() == "PONG",
+                    "redis-server")
         _run(h.ns["app"], [*rcli], stdin="".join(f"SET item:{i} cached-{i}\n"
                                                  for i in range(1, ITEMS + 1)) + "SET updates 0\n")
         # the app
@@ -350,10 +364,7 @@ def _once(c: Case, nginx_workers: int) -> tuple[dict, list[str]]:
                     f"{h.addr['app']}:{p['app']}", "tierapp:app"]
         app = start("app", app_argv, "gunicorn.out")
         app_url = f"http://{h.addr['app']}:{p['app']}/item/1"
-        _wait_ready(app, lambda: subprocess.run(
-            in_ns(h.ns["web"], ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                app_url]), capture_output=True, text=True,
-            env=_plain_env()).stdout == "200", "gunicorn")
+        _wait_ready(app, lambda: _http_status(h.ns["web"], app_url) == "200", "gunicorn")
         # the front end
         wc = max(1024, 4 * c.connections + 64)  # a client and an upstream connection each
         conf = os.path.join(wd, "nginx.conf")
@@ -367,10 +378,8 @@ def _once(c: Case, nginx_workers: int) -> tuple[dict, list[str]]:
         web_argv = ["nginx", "-p", wd, "-e", os.path.join(wd, "error.log"), "-c", conf]
         web = start("web", web_argv, "nginx.out")
         base = f"http://{h.addr['web']}:{p['web']}"
-        _wait_ready(web, lambda: subprocess.run(
-            in_ns(h.ns["client"], ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                   base + "/fastivc-status"]), capture_output=True, text=True,
-            env=_plain_env()).stdout == "200", "nginx")
+        _wait_ready(web, lambda: _http_status(h.ns["client"], base + "/fastivc-status") == "200",
+                    "nginx")
         # the load
         script = os.path.join(wd, "items.lua")
         with open(script, "w") as f:
