@@ -151,16 +151,18 @@ URING_CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def uring_client(tmp_path_factory):
-    """tests/c/uring_client.c, built here against Debian's liburing-dev."""
+def _build_uring_client(tmp_path_factory, static: bool):
+    """tests/c/uring_client.c, built here against Debian's liburing-dev:
+    liburing.so, or liburing.a linked into the program (its system calls
+    then are instructions of the program's own)."""
     if not Path("/usr/include/liburing.h").exists():
         pytest.skip("liburing-dev is not installed (scripts/ensure-deps.sh installs it)")
     d = tmp_path_factory.mktemp("uring")
     exe = d / "uring_client"
     src = Path(__file__).with_name("c") / "uring_client.c"
+    lib = ["-Wl,-Bstatic", "-luring", "-Wl,-Bdynamic"] if static else ["-luring"]
     subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-I", str(src.parent), "-o", str(exe),
-                    str(src), "-luring", "-ldl"], check=True)
+                    str(src), *lib, "-ldl"], check=True)
     import importlib.util
     spec = importlib.util.spec_from_file_location("downgrade_prog", PROG)
     mod = importlib.util.module_from_spec(spec)
@@ -170,6 +172,16 @@ def uring_client(tmp_path_factory):
     return exe, d / "tableA", d / "tableB"
 
 
+@pytest.fixture(scope="module")
+def uring_client(tmp_path_factory):
+    return _build_uring_client(tmp_path_factory, static=False)
+
+
+@pytest.fixture(scope="module")
+def uring_client_static(tmp_path_factory):
+    return _build_uring_client(tmp_path_factory, static=True)
+
+
 @pytest.mark.parametrize("mode,order,ta,tb,pre_a,read_b", URING_CASES,
                          ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in URING_CASES])
 def test_io_uring_goes_back_to_tcp(shm_path, uring_client, mode, order, ta, tb, pre_a,
@@ -177,11 +189,31 @@ def test_io_uring_goes_back_to_tcp(shm_path, uring_client, mode, order, ta, tb, 
     """A liburing client: libc bytes on the ring first (with more in flight
     both ways), then an io_uring send and recv to the end of both streams;
     or the io_uring set up before the first byte, or before connect."""
-    exe, tab_a, tab_b = uring_client
+    _uring_case(shm_path, uring_client, mode, order, ta, tb, pre_a, read_b, trap=False)
+
+
+STATIC_URING_CASES = [c for c in URING_CASES if c[1] == "after"] + [URING_CASES[3]]
+
+
+@pytest.mark.parametrize("mode,order,ta,tb,pre_a,read_b", STATIC_URING_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in STATIC_URING_CASES])
+def test_static_liburing_seen_by_syscall_user_dispatch(shm_path, uring_client_static, mode,
+                                                       order, ta, tb, pre_a, read_b):
+    """The same client with liburing linked into it: its io_uring_setup is
+    an instruction of the program's, which no libc symbol sees.  With
+    FASTIVC_TRAP_SYSCALLS=1 (Syscall User Dispatch, sud.c) the set-up traps
+    and the connection goes back to TCP first, byte-exact; and every
+    io_uring_enter after it is a trapped call made for the program."""
+    _uring_case(shm_path, uring_client_static, mode, order, ta, tb, pre_a, read_b, trap=True)
+
+
+def _uring_case(shm_path, client, mode, order, ta, tb, pre_a, read_b, trap: bool) -> None:
+    exe, tab_a, tab_b = client
     env = build_env(dict(os.environ), fabric=shm_path)
     srv, port = _server(env, mode, ta, tb)
+    cenv = {**env, "FASTIVC_TRAP_SYSCALLS": "1"} if trap else env
     cli = subprocess.Popen([str(exe), port, str(ta), str(tb), str(pre_a), str(read_b), order,
-                            str(tab_a), str(tab_b)], env=env, stdout=subprocess.PIPE,
+                            str(tab_a), str(tab_b)], env=cenv, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     cout, cerr, sout, serr = _finish(cli, srv)
     assert cli.returncode == 0 and srv.returncode == 0, (cout, cerr[-2000:], sout, serr[-2000:])

@@ -371,8 +371,9 @@ FIVC_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
  * reads found doorbells, its writes went to TCP beside the ring.  The
  * calls that take or make descriptors go to our wrappers, which end in
  * the same system call for a descriptor that is not ours; every other
- * number goes straight on.  Not covered: the syscall instruction itself
- * (static and Go binaries, inline assembly).
+ * number goes straight on.  The syscall instruction itself (static and
+ * Go binaries, inline assembly) comes here too where Syscall User Dispatch
+ * is on (sud.c, FASTIVC_TRAP_SYSCALLS=1).
  *
  * Nothing here may run before init is done: init's own calls (dlsym, the
  * allocator) may come through syscall(), and would wait for init's lock. */
@@ -439,9 +440,26 @@ FIVC_EXPORT long syscall(long nr, ...)
 #ifdef SYS_poll
 	case SYS_poll: return poll(P(0), (nfds_t)a[1], I(2));
 #endif
-	case SYS_ppoll: /* (the kernel's ppoll takes the sigset's size too) */
-		return a[4] == sizeof(sigset_t) || !a[3] ? ppoll(P(0), (nfds_t)a[1], P(2), P(3))
-							: raw(nr, a);
+	case SYS_ppoll: /* (the kernel's ppoll takes the sigset's size too: 8) */
+		if (!a[3] || a[4] == sizeof(sigset_t))
+			return ppoll(P(0), (nfds_t)a[1], P(2), P(3));
+		if (a[4] == 8) {
+			sigset_t m;
+			sigemptyset(&m);
+			memcpy(&m, P(3), 8);
+			return ppoll(P(0), (nfds_t)a[1], P(2), &m);
+		}
+		return raw(nr, a);
+	case SYS_epoll_pwait:
+		if (!a[4])
+			return epoll_pwait(I(0), P(1), I(2), I(3), NULL);
+		if (a[5] == 8) {
+			sigset_t m;
+			sigemptyset(&m);
+			memcpy(&m, P(4), 8);
+			return epoll_pwait(I(0), P(1), I(2), I(3), &m);
+		}
+		return raw(nr, a);
 #ifdef SYS_select
 	case SYS_select: return select(I(0), P(1), P(2), P(3), P(4));
 #endif

@@ -389,16 +389,25 @@ static void wait_alone(struct fsock *fs)
  * bytes), -ENOTCONN it stays on the ring (a peer that closed); other <0:
  * the connection could not go back (the caller ends it).  own_fd: fd is
  * our duplicate of the socket, not the program's (the watcher's walk). */
-static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
+/* The initiator's part in two halves, so that a walk over many
+ * connections can start them all before it waits for the first count
+ * (down_batch): down_begin takes both locks and, where the connection
+ * leaves, does steps 1 and 2 and returns 1 with the locks held; else
+ * (nothing to do, or an error) it lets them go and returns 0 with the
+ * result in *res.  down_end does step 3 and lets the locks go. */
+static int down_begin(struct fsock *fs, int fd, int reason, int own_fd, int *res)
 {
 	/* (exec: the other threads are about to go; io_uring and operator
 	 * callers hold no lock of fs) */
 	int wait = reason != FIVC_DOWN_EXEC;
-	if (lock_within(&fs->rd_lock, wait) != 0)
-		return -EBUSY; /* a thread of ours inside a read */
+	if (lock_within(&fs->rd_lock, wait) != 0) {
+		*res = -EBUSY; /* a thread of ours inside a read */
+		return 0;
+	}
 	if (lock_within(&fs->wr_lock, wait) != 0) {
 		pthread_mutex_unlock(&fs->rd_lock);
-		return -EBUSY;
+		*res = -EBUSY;
+		return 0;
 	}
 	int r = 0;
 	if (!own_fd)
@@ -457,11 +466,22 @@ static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
 	}
 	fs->down_reason = reason;
 	fs->down_ns0 = fivc_now_ns(CLOCK_MONOTONIC);
-	uint64_t at = 0;
 	fivc_chan_down_leave_rx(&fs->ch);
 	if ((r = leave_tx(fs, fd)) < 0)
 		goto out;
 	fs->down = FIVC_DOWN_W;
+	return 1;
+out:
+	pthread_mutex_unlock(&fs->wr_lock);
+	pthread_mutex_unlock(&fs->rd_lock);
+	*res = r;
+	return 0;
+}
+
+static int down_end(struct fsock *fs, int fd, int reason)
+{
+	int r;
+	uint64_t at = 0;
 	int pc = peer_count(fs, fd, &at, FOLLOW_WAIT_MS, 1);
 	if (!pc) {
 		/* A peer alive and silent for FOLLOW_WAIT_MS: it may still
@@ -531,14 +551,19 @@ out:
 	return r;
 }
 
+static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
+{
+	int r;
+	return down_begin(fs, fd, reason, own_fd, &r) ? down_end(fs, fd, reason) : r;
+}
+
 int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 {
 	return downgrade(fs, fd, reason, 0);
 }
 
-static void now_or_due(struct fsock *fs, int fd, int reason, int own_fd)
+static void after_down(struct fsock *fs, int fd, int r, int reason)
 {
-	int r = downgrade(fs, fd, reason, own_fd);
 	if (r == -EBUSY || r == -EAGAIN) {
 		__atomic_store_n(&fs->down_due, reason, __ATOMIC_RELEASE);
 		FIVC_DEBUG("fd %d: in use by a thread, or held by another process too: goes back "
@@ -548,6 +573,11 @@ static void now_or_due(struct fsock *fs, int fd, int reason, int own_fd)
 		FIVC_INFO("fd %d cannot go back to TCP (%s): shut down", fd, strerror(-r));
 		fivc_real.shutdown(fd, SHUT_RDWR);
 	}
+}
+
+static void now_or_due(struct fsock *fs, int fd, int reason, int own_fd)
+{
+	after_down(fs, fd, downgrade(fs, fd, reason, own_fd), reason);
 }
 
 /* io_uring, `fastivc downgrade`, an fd beyond our table (not exec): see
@@ -600,7 +630,7 @@ static void went_plain(struct fsock *fs, const int *fds, int nfds)
 		fivc_epoll_went_plain(fds[i]);
 }
 
-static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
+static void down_single(struct fsock *fs, const int *fds, int nfds, void *arg)
 {
 	if (!fivc_fs_uses_fabric(fs) || !nfds)
 		return;
@@ -610,6 +640,67 @@ static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
 	now_or_due(fs, d, *(const int *)arg, 1);
 	fivc_real.close(d);
 	went_plain(fs, fds, nfds);
+}
+
+/* The whole process's connections, many at once: every connection's
+ * first half (its count out, its peer rung), then each one's wait for its
+ * peer's count.  The followers answer side by side, so 100 connections
+ * take about one round trip more than one, not 100 of them (before: one
+ * after another, 13 ms for 101 on loopback).  Each job holds its fsock (a
+ * close meanwhile frees nothing) and its duplicate; a batch holds both
+ * locks of each of its connections while its peers answer. */
+#define DOWN_BATCH 64
+
+#define JOB_FDS 4
+
+struct down_job {
+	struct fsock *fs;
+	int dup;
+	int nfds;
+	int fds[JOB_FDS]; /* the program's numbers, for epoll (more: its sweep) */
+};
+
+struct down_batch {
+	int reason;
+	int n;
+	struct down_job job[DOWN_BATCH];
+};
+
+static void down_flush(struct down_batch *b)
+{
+	for (int i = 0; i < b->n; i++) {
+		struct down_job *j = &b->job[i];
+		after_down(j->fs, j->dup, down_end(j->fs, j->dup, b->reason), b->reason);
+		fivc_real.close(j->dup);
+		went_plain(j->fs, j->fds, j->nfds);
+		fivc_fs_unhold(j->fs);
+	}
+	b->n = 0;
+}
+
+static void down_one(struct fsock *fs, const int *fds, int nfds, void *arg)
+{
+	struct down_batch *b = arg;
+	if (!fivc_fs_uses_fabric(fs) || !nfds)
+		return;
+	int d = own_duplicate(fs, fds[0]);
+	if (d < 0)
+		return;
+	int r;
+	if (!down_begin(fs, d, b->reason, 1, &r)) {
+		after_down(fs, d, r, b->reason);
+		fivc_real.close(d);
+		went_plain(fs, fds, nfds);
+		return;
+	}
+	fivc_fs_hold(fs);
+	struct down_job *j = &b->job[b->n++];
+	j->fs = fs;
+	j->dup = d;
+	j->nfds = nfds < JOB_FDS ? nfds : JOB_FDS;
+	memcpy(j->fds, fds, (size_t)j->nfds * sizeof(*fds));
+	if (b->n == DOWN_BATCH)
+		down_flush(b);
 }
 
 /* A peer of ours left the ring and waits for our count, and maybe no
@@ -653,7 +744,17 @@ static void follow_current(void)
 static void down_current(int reason)
 {
 	int e = errno;
-	fivc_for_each_fsock(down_one, &reason);
+	struct down_batch *b = malloc(sizeof(*b));
+	if (!b) {
+		FIVC_INFO("out of memory for a downgrade: the connections go one by one");
+		fivc_for_each_fsock(down_single, &reason);
+	} else {
+		b->reason = reason;
+		b->n = 0;
+		fivc_for_each_fsock(down_one, b);
+		down_flush(b);
+		free(b);
+	}
 	errno = e;
 }
 

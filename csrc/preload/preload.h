@@ -98,7 +98,17 @@ void fivc_init(void);
 	do {                                                                 \
 		if (__builtin_expect(!__atomic_load_n(&fivc_ready, __ATOMIC_ACQUIRE), 0)) \
 			fivc_init();                                         \
+		if (__builtin_expect(fivc_sud_stale, 0))                     \
+			fivc_sud_fresh();                                    \
 	} while (0)
+
+/* Syscall User Dispatch (sud.c, FASTIVC_TRAP_SYSCALLS=1): on for the
+ * process; this thread's selector; a call made again at ALLOW left it so */
+extern int fivc_sud_on;
+extern __thread char fivc_sud_sel __attribute__((tls_model("initial-exec")));
+extern __thread char fivc_sud_stale __attribute__((tls_model("initial-exec")));
+void fivc_sud_fresh(void);
+int fivc_sud_sigaction(const struct sigaction *act, struct sigaction *old);
 
 /* Per-thread recursion guard: the library's own socket calls go straight to
  * fivc_real, but libc may call back into wrapped symbols while we hold locks

@@ -135,10 +135,14 @@ static void trampoline(int sig, siginfo_t *si, void *uc)
 		return;
 	/* (a handler may make calls of its own: they mark for themselves) */
 	unsigned m = t_mark, im = t_imark;
+	char sel = fivc_sud_sel; /* (ALLOW inside our sleep stub: the handler's own calls are seen) */
+	if (fivc_sud_on)
+		fivc_sud_sel = 1;
 	if (a.flags & SA_SIGINFO)
 		((void (*)(int, siginfo_t *, void *))a.handler)(sig, si, uc);
 	else if (a.handler != (void *)SIG_DFL && a.handler != (void *)SIG_IGN)
 		((void (*)(int))a.handler)(sig);
+	fivc_sud_sel = sel;
 	t_mark = m;
 	t_imark = im;
 }
@@ -215,6 +219,17 @@ FIVC_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction
 	 * tornado's test_sigchild, the parent's SIGCHLD handler found SIG_DFL
 	 * there and never ran): its handlers go to the kernel as they are. */
 	int shared = getpid() != __atomic_load_n(&acts_pid, __ATOMIC_RELAXED);
+	/* Syscall User Dispatch on (sud.c): SIGSYS stays ours, never blocked */
+	struct sigaction nosys;
+	if (__atomic_load_n(&fivc_sud_on, __ATOMIC_ACQUIRE) && !shared) {
+		if (sig == SIGSYS)
+			return fivc_sud_sigaction(act, old);
+		if (act && sigismember(&act->sa_mask, SIGSYS) == 1) {
+			nosys = *act;
+			sigdelset(&nosys.sa_mask, SIGSYS);
+			act = &nosys;
+		}
+	}
 	if (sig <= 0 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP || !act || shared) {
 		/* the kernel's answer (errors; a query; such a child) */
 		struct sigaction k;
@@ -385,7 +400,11 @@ long fivc_sig_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long
 	int old;
 	pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &old);
 #if HAVE_CP
+	/* (an instruction of ours, outside libc: not to be dispatched, sud.c) */
+	char sel = fivc_sud_sel;
+	fivc_sud_sel = 0;
 	long r = fivc_cp_syscall(nr, a1, a2, a3, a4, a5, a6, &t_sigs, t_mark);
+	fivc_sud_sel = sel;
 #else
 	long r = -EINTR;
 	if (t_sigs == t_mark) {

@@ -83,7 +83,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     env = build_env(os.environ, args.fabric, args.spin_us, args.log, args.ring_kib, args.disable,
-                    args.event_loops, args.fabric_mode, args.fabric_group)
+                    args.event_loops, args.fabric_mode, args.fabric_group,
+                    trap_syscalls=args.trap_syscalls)
     try:
         exec_command(cmd, env)
     except FileNotFoundError:
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "connection stays plain TCP. Statically linked and setuid programs stay on TCP.",
         usage="fastivc run [--fabric PATH] [--spin-us N] [--log off|info|debug[:FILE]] "
         "[--ring-kib K] [--fabric-mode MODE] [--fabric-group GROUP] [--disable] "
-        "[--no-event-loops] -- CMD ARGS...")
+        "[--no-event-loops] [--trap-syscalls] -- CMD ARGS...")
     rn.add_argument("--fabric", metavar="PATH",
                     help="fabric file shared by the peers (default $FASTIVC_FABRIC or "
                     "/dev/shm/fastivc)")
@@ -445,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="accelerate sockets that are non-blocking at connect/accept "
                     "(epoll and other event loops); on by default, --no-event-loops "
                     "leaves them on plain TCP (FASTIVC_NONBLOCK=0)")
+    rn.add_argument("--trap-syscalls", action="store_true",
+                    help="see system calls the program makes outside libc (inline assembly, "
+                    "a static liburing, runtimes with their own syscalls) through Syscall User "
+                    "Dispatch, so they follow the ring; costs ~50-180 ns on every system call "
+                    "and ~7 us on each one it traps (FASTIVC_TRAP_SYSCALLS=1)")
     rn.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
     rn.set_defaults(func=_cmd_run)
 

@@ -13,7 +13,8 @@ LOG_LEVELS = ("off", "info", "debug")
 def build_env(base: Mapping[str, str], fabric: str | None = None, spin_us: int | None = None,
               log: str | None = None, ring_kib: int | None = None,
               disable: bool = False, event_loops: bool | None = None,
-              fabric_mode: str | None = None, fabric_group: str | None = None) -> dict[str, str]:
+              fabric_mode: str | None = None, fabric_group: str | None = None,
+              trap_syscalls: bool = False) -> dict[str, str]:
     """The environment CMD runs with: our library appended to any existing
     LD_PRELOAD, and the FASTIVC_* variables the options set."""
     env = dict(base)
@@ -37,6 +38,8 @@ def build_env(base: Mapping[str, str], fabric: str | None = None, spin_us: int |
         env["FASTIVC_FABRIC_MODE"] = fabric_mode
     if fabric_group:
         env["FASTIVC_FABRIC_GROUP"] = fabric_group
+    if trap_syscalls:
+        env["FASTIVC_TRAP_SYSCALLS"] = "1"
     return env
 
 
