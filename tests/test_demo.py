@@ -24,7 +24,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TITLES = [sc.title for sc in measure.SCENARIOS]
 # the demo's namespaces: FIVC_BENCH_NS, else next to this checkout's test namespaces
 BENCH_NS = os.environ.get("FIVC_BENCH_NS") or os.environ.get("FIVC_TEST_NS", "fivc-test") + "d"
-ENV = {**os.environ, "FIVC_BENCH_NS": BENCH_NS}
+ENV = {**os.environ, "FIVC_BENCH_NS": BENCH_NS, "FIVC_TIERS_NS": "fivt-demo",
+       "FIVC_TIERS_SUBNET": "205"}
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 
@@ -89,7 +90,7 @@ def test_demo_quick_measures_every_row_in_namespaces(tmp_path):
         assert row["speedup"] > 0
         # the table shows the JSON's number
         assert speedups[row["title"]] == pytest.approx(row["speedup"], abs=0.051)
-    assert set(doc["benches"]) == {"tcp", "redis", "nginx"}
+    assert set(doc["benches"]) == {"tcp", "redis", "nginx", "tiers"}
     _check_png(png, doc)
     assert BENCH_NS not in _netns()
 
@@ -182,7 +183,7 @@ def test_missing_row_is_shown_with_its_reason_and_charted(monkeypatch, tmp_path)
     monkeypatch.setattr(measure, "SCENARIOS", tuple(
         measure.BY_KEY[k] for k in ("rr_p50", "stream", "redis_get", "redis_set")))
     seen = []
-    doc = measure.measure(measure.Settings("t", 2, 0.1, 0.1, 1), loopback=True,
+    doc = measure.measure(measure.Settings("t", 2, 0.1, 0.1, 1, 1), loopback=True,
                           progress=lambda d, t, w: seen.append((d, t)))
     assert seen[-1] == (8, 8)
     st = {row["key"]: row["status"] for row in doc["rows"]}

@@ -324,10 +324,10 @@ static void sud_fork_child(void)
 
 static void resolve_next(void)
 {
-	real_sigaction = dlsym(RTLD_NEXT, "sigaction");
-	real_sigprocmask = dlsym(RTLD_NEXT, "sigprocmask");
-	real_pthread_sigmask = dlsym(RTLD_NEXT, "pthread_sigmask");
-	real_pthread_create = dlsym(RTLD_NEXT, "pthread_create");
+	real_sigaction = (__typeof__(real_sigaction))dlsym(RTLD_NEXT, "sigaction");
+	real_sigprocmask = (__typeof__(real_sigprocmask))dlsym(RTLD_NEXT, "sigprocmask");
+	real_pthread_sigmask = (__typeof__(real_pthread_sigmask))dlsym(RTLD_NEXT, "pthread_sigmask");
+	real_pthread_create = (__typeof__(real_pthread_create))dlsym(RTLD_NEXT, "pthread_create");
 }
 
 __attribute__((constructor)) static void sud_init(void)
@@ -406,8 +406,8 @@ static const sigset_t *without_sys(int how, const sigset_t *set, sigset_t *copy)
 
 FIVC_EXPORT int sigprocmask(int how, const sigset_t *set, sigset_t *old)
 {
-	static int (*f)(int, const sigset_t *, sigset_t *);
-	if (!f && !(f = real_sigprocmask ? real_sigprocmask : dlsym(RTLD_NEXT, "sigprocmask"))) {
+	int (*f)(int, const sigset_t *, sigset_t *) = real_sigprocmask;
+	if (!f && !(f = (__typeof__(f))dlsym(RTLD_NEXT, "sigprocmask"))) {
 		errno = ENOSYS;
 		return -1;
 	}
@@ -417,9 +417,8 @@ FIVC_EXPORT int sigprocmask(int how, const sigset_t *set, sigset_t *old)
 
 FIVC_EXPORT int pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
 {
-	static int (*f)(int, const sigset_t *, sigset_t *);
-	if (!f && !(f = real_pthread_sigmask ? real_pthread_sigmask
-					    : dlsym(RTLD_NEXT, "pthread_sigmask")))
+	int (*f)(int, const sigset_t *, sigset_t *) = real_pthread_sigmask;
+	if (!f && !(f = (__typeof__(f))dlsym(RTLD_NEXT, "pthread_sigmask")))
 		return ENOSYS;
 	sigset_t c;
 	return f(how, without_sys(how, set, &c), old);
@@ -443,9 +442,9 @@ static void *started(void *p)
 FIVC_EXPORT int pthread_create(pthread_t *t, const pthread_attr_t *attr,
 			       void *(*fn)(void *), void *arg)
 {
-	static int (*f)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
-	if (!f && !(f = real_pthread_create ? real_pthread_create
-					   : dlsym(RTLD_NEXT, "pthread_create")))
+	int (*f)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
+		real_pthread_create;
+	if (!f && !(f = (__typeof__(f))dlsym(RTLD_NEXT, "pthread_create")))
 		return EAGAIN;
 	if (!__atomic_load_n(&fivc_sud_on, __ATOMIC_ACQUIRE))
 		return f(t, attr, fn, arg);

@@ -3,7 +3,8 @@ fastivc, reduced to one row per scenario.
 
 Nothing is measured here that `fastivc bench` does not measure: the rows come
 from `bench.tcp` (fastivc-tcpbench rr and stream) and `bench.servers`
-(redis-server with redis-benchmark, nginx with wrk), which place client and
+(redis-server with redis-benchmark, nginx with wrk) and `bench.tiers` (the
+multi-tier service, each tier in its own namespace), which place client and
 server in two network namespaces joined by veth when run as root (prefix and
 subnet from FIVC_BENCH_NS / FIVC_BENCH_SUBNET) and on loopback otherwise.
 A scenario that cannot be measured (a program missing, a run that was not
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from .. import __version__
-from ..bench import servers, tcp
+from ..bench import servers, tcp, tiers
 from ..bench.stats import machine_info, size_label
 
 STREAM_SIZE = 65536
@@ -39,10 +40,14 @@ class Settings:
     tcp_seconds: float
     redis_seconds: float
     nginx_seconds: float
+    tiers_seconds: int
 
 
-QUICK = Settings("quick", repeats=1, tcp_seconds=0.3, redis_seconds=0.2, nginx_seconds=1)
-DEFAULT = Settings("default", repeats=3, tcp_seconds=1.5, redis_seconds=1.5, nginx_seconds=2)
+QUICK = Settings("quick", repeats=1, tcp_seconds=0.3, redis_seconds=0.2, nginx_seconds=1,
+                 tiers_seconds=1)
+DEFAULT = Settings("default", repeats=3, tcp_seconds=1.5, redis_seconds=1.5, nginx_seconds=2,
+                   tiers_seconds=2)
+TIERS_CONNECTIONS = 100
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ SCENARIOS = (
     Scenario("redis_set", "Redis SET (redis-benchmark, 50 clients)", "req/s", "higher"),
     Scenario("nginx", f"nginx (1 worker) + wrk -c10, {servers.PAGE_SIZE} B page", "req/s",
              "higher"),
+    Scenario("tiers", f"multi-tier: wrk -c{TIERS_CONNECTIONS} > nginx > gunicorn > redis + "
+             "PostgreSQL", "req/s", "higher"),
 )
 BY_KEY = {s.key: s for s in SCENARIOS}
 
@@ -88,6 +95,11 @@ GROUPS = (
     Group("nginx", "nginx with wrk", 2,
           lambda s, lb, p: servers.run_nginx(s.repeats, s.nginx_seconds, 1, 10, lb, p),
           {"nginx": (f"nginx (1 worker) + wrk -c10, {servers.PAGE_SIZE} B file")}),
+    # (bench tiers: each tier in its own namespace, upstream keepalive on)
+    Group("tiers", "the multi-tier service (bench tiers)", 2,
+          lambda s, lb, p: tiers.run(s.repeats, s.tiers_seconds, (TIERS_CONNECTIONS,), (True,),
+                                     lb, progress=p),
+          {"tiers": f"req/s, upstream keepalive on, wrk -c{TIERS_CONNECTIONS}"}),
 )
 
 
