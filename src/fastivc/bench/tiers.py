@@ -274,9 +274,12 @@ def init_db(pgdir: str, subnet: str) -> str:
     return data
 
 
-def _cpu_ticks(sessions: set[int]) -> int:
-    """utime + stime + cutime + cstime of every process in these sessions."""
-    total = 0
+def _cpu_ticks_by_tree(roots: set[int]) -> dict[int, int]:
+    """utime + stime + cutime + cstime of each root and all its descendants
+    (by parent pid, not session: PostgreSQL's backends each call setsid()
+    and were not counted when this went by session)."""
+    ticks: dict[int, int] = {}
+    parent: dict[int, int] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -286,8 +289,15 @@ def _cpu_ticks(sessions: set[int]) -> int:
         except OSError:
             continue
         fields = st[st.rindex(")") + 2:].split()
-        if int(fields[3]) in sessions:  # field 6, the session id
-            total += sum(int(x) for x in fields[11:15])  # fields 14-17
+        parent[int(pid)] = int(fields[1])  # field 4, the parent
+        ticks[int(pid)] = sum(int(x) for x in fields[11:15])  # fields 14-17
+    total = dict.fromkeys(roots, 0)
+    for pid, t in ticks.items():
+        q, seen = pid, 0
+        while q > 1 and q not in roots and seen < 64:
+            q, seen = parent.get(q, 0), seen + 1
+        if q in roots:
+            total[q] += t
     return total
 
 
@@ -317,11 +327,13 @@ def _once(c: Case, nginx_workers: int) -> tuple[dict, list[str]]:
     h, p, wd = c.hosts, c.ports, c.workdir
     pgb = pg_bin()
     servers: list[_Server] = []
+    tier_of: dict[_Server, str] = {}  # (by the program: postgres, redis, gunicorn, nginx)
     cmds: list[str] = []
 
     def start(tier: str, argv: list[str], out: str) -> _Server:
         srv = _Server(argv, c.env(tier), h.ns[tier], os.path.join(wd, out))
         servers.append(srv)
+        tier_of[srv] = out.split(".")[0]
         cmds.append(c.cmd(tier, argv))
         return srv
 
@@ -391,11 +403,14 @@ def _once(c: Case, nginx_workers: int) -> tuple[dict, list[str]]:
                     "--timeout", f"{WRK_TIMEOUT_S}s",
                     "-s", script, base + "/"]
         cmds.append(c.cmd("client", wrk_argv))
-        sessions = {s.p.pid for s in servers}
-        t0 = _cpu_ticks(sessions)
+        roots = {s.p.pid for s in servers}
+        t0 = _cpu_ticks_by_tree(roots)
         w = subprocess.run(in_ns(h.ns["client"], wrk_argv), env=c.env("client"),
                            capture_output=True, text=True, timeout=120 + 4 * c.seconds)
-        cpu_s = (_cpu_ticks(sessions) - t0) / os.sysconf("SC_CLK_TCK")
+        t1 = _cpu_ticks_by_tree(roots)
+        tck = os.sysconf("SC_CLK_TCK")
+        cpu_by = {tier_of[s]: (t1[s.p.pid] - t0[s.p.pid]) / tck for s in servers}
+        cpu_s = sum(cpu_by.values())
         out = w.stdout
         if w.returncode != 0 or "Requests/sec" not in out:
             raise RuntimeError(f"{' '.join(wrk_argv)} failed (exit {w.returncode}): "
@@ -436,6 +451,7 @@ def _once(c: Case, nginx_workers: int) -> tuple[dict, list[str]]:
         "requests": requests, "rps": float(re.search(r"Requests/sec:\s*([0-9.]+)", out).group(1)),
         "p50_ms": _wrk_latency(out, "50"), "p99_ms": _wrk_latency(out, "99"),
         "cpu_s": cpu_s, "cpu_s_per_1k": 1000 * cpu_s / requests if requests else 0.0,
+        "cpu_s_by_tier": cpu_by,
         "updates": updates, "wrk_errors": errors, "nginx_status": status.strip(),
     }
     if c.fast:
