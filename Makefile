@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc src -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test deps install clean results chaos sanitize fuzz soak soak-downgrade conformance foreign-load
+.PHONY: demo test deps install clean results chaos sanitize fuzz soak soak-downgrade conformance foreign-load trap-syscalls
 
 demo: install
 	$(VENV)/bin/fastivc demo
@@ -60,6 +60,16 @@ conformance: install
 FOREIGN_ROUNDS ?= 3
 foreign-load: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) scripts/foreign-load.py $(FOREIGN_ROUNDS)
+
+# trap-syscalls: the real programs, signals, event loops, the multi-tier
+# service, fork/exec/spawn and socket semantics again with Syscall User
+# Dispatch armed in every process (FASTIVC_TRAP_SYSCALLS=1, `fastivc run
+# --trap-syscalls`; csrc/preload/sud.c).
+TRAP_TESTS ?= tests/test_real_programs.py tests/test_signals.py tests/test_eventloops.py \
+	tests/test_tiers.py tests/test_families.py tests/test_calls.py tests/test_process.py \
+	tests/test_peer_death.py tests/test_sockopts.py tests/test_oob.py tests/test_raw_syscalls.py
+trap-syscalls: install
+	FASTIVC_TRAP_SYSCALLS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs $(TRAP_TESTS)
 
 # sanitize: the library built with ASan and UBSan under the real programs.
 sanitize: install
