@@ -666,15 +666,41 @@ struct down_batch {
 	struct down_job job[DOWN_BATCH];
 };
 
+static void job_end(struct down_batch *b, struct down_job *j)
+{
+	after_down(j->fs, j->dup, down_end(j->fs, j->dup, b->reason), b->reason);
+	fivc_real.close(j->dup);
+	went_plain(j->fs, j->fds, j->nfds);
+	fivc_fs_unhold(j->fs);
+	j->fs = NULL;
+}
+
+/* Each job as its peer's count comes, in whatever order they come, for a
+ * few ms (a silent peer must not keep the others' locks: it is waited for
+ * last, alone, by down_end's own bounded wait); the peers' watchers asked
+ * after POKE_AFTER_MS, all at once. */
 static void down_flush(struct down_batch *b)
 {
-	for (int i = 0; i < b->n; i++) {
-		struct down_job *j = &b->job[i];
-		after_down(j->fs, j->dup, down_end(j->fs, j->dup, b->reason), b->reason);
-		fivc_real.close(j->dup);
-		went_plain(j->fs, j->fds, j->nfds);
-		fivc_fs_unhold(j->fs);
+	int left = b->n;
+	for (unsigned us = 0; left && us < 5000; us += 100) {
+		for (int i = 0; i < b->n; i++) {
+			struct down_job *j = &b->job[i];
+			if (j->fs && (fivc_chan_down_peer(&j->fs->ch, NULL) & FIVC_PEER_AT)) {
+				job_end(b, j);
+				left--;
+			}
+		}
+		if (left && us == POKE_AFTER_MS * 1000u)
+			for (int i = 0; i < b->n; i++)
+				if (b->job[i].fs)
+					fivc_down_poke_follow(b->job[i].fs->fab, b->job[i].fs->slot,
+							      1 - b->job[i].fs->side);
+		if (left)
+			nap_us(-1, 0, 100);
 	}
+	for (int i = 0; i < b->n; i++)
+		if (b->job[i].fs)
+			job_end(b, &b->job[i]);
 	b->n = 0;
 }
 
