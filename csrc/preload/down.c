@@ -388,13 +388,14 @@ static void wait_alone(struct fsock *fs)
  * ours is inside a call, -EAGAIN not yet (a server reading pre-switch
  * bytes), -ENOTCONN it stays on the ring (a peer that closed); other <0:
  * the connection could not go back (the caller ends it).  own_fd: fd is
- * our duplicate of the socket, not the program's (the watcher's walk). */
-/* The initiator's part in two halves, so that a walk over many
- * connections can start them all before it waits for the first count
- * (down_batch): down_begin takes both locks and, where the connection
- * leaves, does steps 1 and 2 and returns 1 with the locks held; else
- * (nothing to do, or an error) it lets them go and returns 0 with the
- * result in *res.  down_end does step 3 and lets the locks go. */
+ * our duplicate of the socket, not the program's (the watcher's walk).
+ *
+ * In two halves, so that a walk over many connections can start them all
+ * before it waits for the first count (down_batch): down_begin takes both
+ * locks and, where the connection leaves, does steps 1 and 2 and returns 1
+ * with the locks held; else (nothing to do, or an error) it lets them go
+ * and returns 0 with the result in *res.  down_end does step 3 and lets
+ * the locks go; downgrade() is both. */
 static int down_begin(struct fsock *fs, int fd, int reason, int own_fd, int *res)
 {
 	/* (exec: the other threads are about to go; io_uring and operator
@@ -551,15 +552,15 @@ out:
 	return r;
 }
 
-static int downgrade(struct fsock *fs, int fd, int reason, int own_fd)
+static int downgrade(struct fsock *fs, int fd, int reason)
 {
 	int r;
-	return down_begin(fs, fd, reason, own_fd, &r) ? down_end(fs, fd, reason) : r;
+	return down_begin(fs, fd, reason, 0, &r) ? down_end(fs, fd, reason) : r;
 }
 
 int fivc_fs_downgrade(struct fsock *fs, int fd, int reason)
 {
-	return downgrade(fs, fd, reason, 0);
+	return downgrade(fs, fd, reason);
 }
 
 static void after_down(struct fsock *fs, int fd, int r, int reason)
@@ -575,16 +576,11 @@ static void after_down(struct fsock *fs, int fd, int r, int reason)
 	}
 }
 
-static void now_or_due(struct fsock *fs, int fd, int reason, int own_fd)
-{
-	after_down(fs, fd, downgrade(fs, fd, reason, own_fd), reason);
-}
-
 /* io_uring, `fastivc downgrade`, an fd beyond our table (not exec): see
  * preload.h. */
 void fivc_fs_down_now_or_due(struct fsock *fs, int fd, int reason)
 {
-	now_or_due(fs, fd, reason, 0);
+	after_down(fs, fd, downgrade(fs, fd, reason), reason);
 }
 
 /* See preload.h: the downgrade met a thread inside a call. */
@@ -628,18 +624,6 @@ static void went_plain(struct fsock *fs, const int *fds, int nfds)
 		return;
 	for (int i = 0; i < nfds; i++)
 		fivc_epoll_went_plain(fds[i]);
-}
-
-static void down_single(struct fsock *fs, const int *fds, int nfds, void *arg)
-{
-	if (!fivc_fs_uses_fabric(fs) || !nfds)
-		return;
-	int d = own_duplicate(fs, fds[0]);
-	if (d < 0)
-		return;
-	now_or_due(fs, d, *(const int *)arg, 1);
-	fivc_real.close(d);
-	went_plain(fs, fds, nfds);
 }
 
 /* The whole process's connections, many at once: every connection's
@@ -770,17 +754,11 @@ static void follow_current(void)
 static void down_current(int reason)
 {
 	int e = errno;
-	struct down_batch *b = malloc(sizeof(*b));
-	if (!b) {
-		FIVC_INFO("out of memory for a downgrade: the connections go one by one");
-		fivc_for_each_fsock(down_single, &reason);
-	} else {
-		b->reason = reason;
-		b->n = 0;
-		fivc_for_each_fsock(down_one, b);
-		down_flush(b);
-		free(b);
-	}
+	struct down_batch b; /* (2 KiB) */
+	b.reason = reason;
+	b.n = 0;
+	fivc_for_each_fsock(down_one, &b);
+	down_flush(&b);
 	errno = e;
 }
 
