@@ -186,30 +186,30 @@ struct ksigaction {
 	uint64_t mask;
 };
 
-/* rt_sigaction(SIGSYS, ...) made outside libc: kept as the program's */
+/* rt_sigaction(SIGSYS, ...) made outside libc: kept as the program's,
+ * as libc's sigaction is (fivc_sud_sigaction) */
 static long sigaction_sys(const long *a)
 {
 	struct ksigaction kn, ko;
+	struct sigaction n, o;
 	if (a[3] != 8)
 		return -EINVAL;
-	if (a[1] && peek(&kn, (uintptr_t)a[1], sizeof(kn)) < 0)
-		return -EFAULT;
-	lock_app();
-	memset(&ko, 0, sizeof(ko));
-	ko.handler = app_sys.sa_flags & SA_SIGINFO ? (void *)app_sys.sa_sigaction
-						   : (void *)app_sys.sa_handler;
-	ko.flags = (unsigned long)app_sys.sa_flags;
-	memcpy(&ko.mask, &app_sys.sa_mask, 8);
 	if (a[1]) {
-		memset(&app_sys, 0, sizeof(app_sys));
-		app_sys.sa_flags = (int)kn.flags & ~SA_RESTORER;
+		if (peek(&kn, (uintptr_t)a[1], sizeof(kn)) < 0)
+			return -EFAULT;
+		memset(&n, 0, sizeof(n));
+		n.sa_flags = (int)kn.flags & ~SA_RESTORER;
 		if (kn.flags & SA_SIGINFO)
-			app_sys.sa_sigaction = (void (*)(int, siginfo_t *, void *))kn.handler;
+			n.sa_sigaction = (void (*)(int, siginfo_t *, void *))kn.handler;
 		else
-			app_sys.sa_handler = (void (*)(int))kn.handler;
-		memcpy(&app_sys.sa_mask, &kn.mask, 8);
+			n.sa_handler = (void (*)(int))kn.handler;
+		memcpy(&n.sa_mask, &kn.mask, 8);
 	}
-	unlock_app();
+	fivc_sud_sigaction(a[1] ? &n : NULL, &o);
+	memset(&ko, 0, sizeof(ko));
+	ko.handler = o.sa_flags & SA_SIGINFO ? (void *)o.sa_sigaction : (void *)o.sa_handler;
+	ko.flags = (unsigned long)o.sa_flags;
+	memcpy(&ko.mask, &o.sa_mask, 8);
 	if (a[2] && poke((uintptr_t)a[2], &ko, sizeof(ko)) < 0)
 		return -EFAULT;
 	return 0;
@@ -284,12 +284,7 @@ static void on_sigsys(int sig, siginfo_t *si, void *ucv)
 			r = again(g, nr);
 			break;
 		}
-		r = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
-		if (r == 0)
-			arm(); /* a fork child: not inherited */
-		else if (r < 0)
-			r = -errno;
-		break;
+		goto plain; /* (a fork: its child armed below) */
 	case SYS_rt_sigprocmask:
 		r = sigprocmask_on(uc, a);
 		break;
@@ -309,6 +304,8 @@ static void on_sigsys(int sig, siginfo_t *si, void *ucv)
 		r = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 		if (r == -1)
 			r = -errno;
+		else if (r == 0 && nr == SYS_clone)
+			arm(); /* a fork child: the dispatch is not inherited */
 		break;
 	}
 out:
